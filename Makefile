@@ -1,0 +1,33 @@
+# jaxscape: two commands on a fresh machine.
+#   make experiment NAME=<name> [PRESET=smoke|cpu|full] [SEED=0] [DATA_DIR=...]
+#   make test
+VENV   ?= .venv
+PYTHON ?= python3
+PY      = $(VENV)/bin/python
+NAME   ?= surface_demo
+PRESET ?= cpu
+SEED   ?= 0
+DATA_DIR ?=
+JOBS   ?= 2
+
+.PHONY: install test experiment bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m pytest -q -n $(JOBS) tests
+
+experiment: install
+	$(PY) -m experiments.$(NAME) --preset $(PRESET) --seed $(SEED) $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
+
+bench: install
+	$(PY) benchmarks/surface.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

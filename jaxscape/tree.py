@@ -1,0 +1,179 @@
+"""Vector algebra on parameter pytrees.
+
+Parameters, directions, gradients and Hessian-vector products are all pytrees of
+the same structure; these small functions treat such a pytree as one vector.
+All of them are pure and work under ``jit``, ``vmap`` and ``grad``.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from jaxscape import tree
+  >>> a = {"w": jnp.ones((2, 2)), "b": jnp.zeros(2)}
+  >>> float(tree.norm(tree.scale(2.0, a)))
+  4.0
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+PyTree = Any
+
+__all__ = [
+    "add",
+    "sub",
+    "scale",
+    "axpy",
+    "dot",
+    "norm",
+    "zeros_like",
+    "normal_like",
+    "rademacher_like",
+    "combine",
+    "stack",
+    "unstack",
+    "astype",
+    "size",
+    "ravel",
+    "leaf_names",
+    "allclose",
+    "assert_allclose",
+]
+
+
+def add(a: PyTree, b: PyTree) -> PyTree:
+  """Returns ``a + b`` leaf by leaf."""
+  return jax.tree.map(jnp.add, a, b)
+
+
+def sub(a: PyTree, b: PyTree) -> PyTree:
+  """Returns ``a - b`` leaf by leaf."""
+  return jax.tree.map(jnp.subtract, a, b)
+
+
+def scale(c: jax.typing.ArrayLike, a: PyTree) -> PyTree:
+  """Returns ``c * a`` for a scalar ``c``, keeping each leaf's dtype."""
+  return jax.tree.map(lambda x: (c * x).astype(x.dtype), a)
+
+
+def axpy(c: jax.typing.ArrayLike, x: PyTree, y: PyTree) -> PyTree:
+  """Returns ``c * x + y`` (BLAS ``axpy``), keeping the dtype of ``y``."""
+  return jax.tree.map(lambda u, v: (c * u + v).astype(v.dtype), x, y)
+
+
+def dot(a: PyTree, b: PyTree) -> jax.Array:
+  """Euclidean inner product of two pytrees seen as flat vectors."""
+  parts = jax.tree.leaves(jax.tree.map(lambda x, y: jnp.vdot(x, y), a, b))
+  return sum(parts, start=jnp.zeros((), jnp.result_type(*parts) if parts else jnp.float32))
+
+
+def norm(a: PyTree) -> jax.Array:
+  """Euclidean norm of a pytree seen as one flat vector."""
+  return jnp.sqrt(dot(a, a))
+
+
+def zeros_like(a: PyTree) -> PyTree:
+  """A pytree of zeros shaped like ``a``."""
+  return jax.tree.map(jnp.zeros_like, a)
+
+
+def _keys_like(key: jax.Array, a: PyTree) -> PyTree:
+  leaves, treedef = jax.tree.flatten(a)
+  return jax.tree.unflatten(treedef, list(jax.random.split(key, max(len(leaves), 1))[: len(leaves)]))
+
+
+def normal_like(key: jax.Array, a: PyTree) -> PyTree:
+  """Standard Gaussian entries with the shapes and dtypes of ``a``.
+
+  Each leaf gets its own key split from ``key``, so the draw is reproducible
+  from the key alone.
+  """
+  return jax.tree.map(lambda k, x: jax.random.normal(k, x.shape, x.dtype), _keys_like(key, a), a)
+
+
+def rademacher_like(key: jax.Array, a: PyTree) -> PyTree:
+  """Random signs (+1/-1, equally likely) with the shapes and dtypes of ``a``."""
+  return jax.tree.map(lambda k, x: jax.random.rademacher(k, x.shape, x.dtype), _keys_like(key, a), a)
+
+
+def combine(coefficients: jax.Array, vectors: PyTree) -> PyTree:
+  """Linear combination ``sum_i c_i v_i`` of stacked vectors.
+
+  Args:
+    coefficients: array of shape ``[n]``.
+    vectors: pytree whose leaves have a leading axis of size ``n``
+      (as made by :func:`stack`).
+  """
+  return jax.tree.map(lambda v: jnp.tensordot(coefficients.astype(v.dtype), v, axes=1), vectors)
+
+
+def stack(trees: list[PyTree] | tuple[PyTree, ...]) -> PyTree:
+  """Stacks pytrees of one structure along a new leading axis."""
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def unstack(a: PyTree) -> list[PyTree]:
+  """Inverse of :func:`stack`: splits the leading axis into a list of pytrees."""
+  n = jax.tree.leaves(a)[0].shape[0]
+  return [jax.tree.map(lambda x, i=i: x[i], a) for i in range(n)]
+
+
+def astype(a: PyTree, dtype: jax.typing.DTypeLike) -> PyTree:
+  """Casts every floating leaf to ``dtype`` (integer leaves are kept)."""
+  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, a)
+
+
+def size(a: PyTree) -> int:
+  """Total number of scalars in the pytree."""
+  return int(sum(np.size(x) for x in jax.tree.leaves(a)))
+
+
+def ravel(a: PyTree) -> tuple[jax.Array, Callable[[jax.Array], PyTree]]:
+  """Flattens a pytree into one vector; returns it and the inverse map."""
+  return ravel_pytree(a)
+
+
+def leaf_names(a: PyTree) -> list[str]:
+  """Readable ``/``-joined paths of the leaves, in flattening order.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> leaf_names({"dense": {"kernel": jnp.ones(1), "bias": jnp.ones(1)}})
+    ['dense/bias', 'dense/kernel']
+  """
+  out = []
+  for path, _ in jax.tree_util.tree_flatten_with_path(a)[0]:
+    parts = []
+    for p in path:
+      for attr in ("key", "name", "idx"):
+        if hasattr(p, attr):
+          parts.append(str(getattr(p, attr)))
+          break
+      else:
+        parts.append(str(p))
+    out.append("/".join(parts))
+  return out
+
+
+def allclose(a: PyTree, b: PyTree, rtol: float = 1e-6, atol: float = 0.0) -> bool:
+  """True when the two pytrees have one structure and all leaves are close."""
+  if jax.tree.structure(a) != jax.tree.structure(b):
+    return False
+  return all(
+      np.shape(x) == np.shape(y) and np.allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+      for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
+
+
+def assert_allclose(actual: PyTree, desired: PyTree, rtol: float = 1e-6, atol: float = 0.0) -> None:
+  """Asserts leaf-wise closeness, naming the first leaf that differs."""
+  sa, sd = jax.tree.structure(actual), jax.tree.structure(desired)
+  if sa != sd:
+    raise AssertionError(f"pytree structures differ: {sa} vs {sd}")
+  names = leaf_names(actual)
+  for name, x, y in zip(names, jax.tree.leaves(actual), jax.tree.leaves(desired)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol, err_msg=f"leaf {name!r}")

@@ -1,0 +1,110 @@
+"""Objective: exact full-data means, adapters and errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import jaxscape as js
+
+
+def _data(n=13, d=3, classes=4, seed=0):
+  rng = np.random.default_rng(seed)
+  return rng.normal(size=(n, d)).astype(np.float32), rng.integers(0, classes, n)
+
+
+def _linear_apply(p, x):
+  return x @ p["w"] + p["b"]
+
+
+def _params(d=3, classes=4, seed=1):
+  rng = np.random.default_rng(seed)
+  return {"w": jnp.asarray(rng.normal(size=(d, classes)), jnp.float32), "b": jnp.asarray(rng.normal(size=classes), jnp.float32)}
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 5, 13, 100, None])
+def test_full_data_mean_is_exact_for_any_batch_size(batch_size):
+  x, y = _data()
+  p = _params()
+  obj = js.Objective.from_apply(_linear_apply, p, data=(x, y), batch_size=batch_size)
+  loss, metrics = obj.loss(p)
+  logits = x @ np.asarray(p["w"]) + np.asarray(p["b"])
+  ref = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+  # float32 sums over 13 terms: 1e-6 relative
+  np.testing.assert_allclose(loss, ref, rtol=1e-6)
+  np.testing.assert_allclose(metrics["accuracy"], (logits.argmax(-1) == y).mean(), rtol=1e-6)
+  assert obj.num_examples == 13
+  assert float(obj.w.sum()) == 13.0
+
+
+def test_objective_is_a_pytree_under_jit_and_grad():
+  x, y = _data()
+  p = _params()
+  obj = js.Objective.from_apply(_linear_apply, p, data=(x, y), batch_size=5)
+  loss = jax.jit(lambda o, q: o.value(q))(obj, p)
+  np.testing.assert_allclose(loss, obj.value(p), rtol=1e-6)
+  g = jax.grad(obj.value)(p)
+  g_ref = jax.grad(lambda q: optax.softmax_cross_entropy_with_integer_labels(_linear_apply(q, x), y).mean())(p)
+  js.tree.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-7)
+
+
+def test_batch_loss_and_mse(x64):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(7, 2)); t = rng.normal(size=(7,))
+  apply = lambda p, x: x @ p
+  w = jnp.array([0.3, -0.2])
+  obj = js.Objective.from_apply(apply, w, data=(x, t), loss="mse", batch_size=3)
+  np.testing.assert_allclose(obj.value(w), np.mean((x @ np.asarray(w) - t) ** 2), rtol=1e-12)
+  loss, metrics = obj.loss(w, (x[:2], t[:2]))
+  np.testing.assert_allclose(loss, np.mean((x[:2] @ np.asarray(w) - t[:2]) ** 2), rtol=1e-12)
+  assert metrics == {}
+
+
+class _BNNet(nnx.Module):
+  def __init__(self, rngs):
+    self.dense = nnx.Linear(3, 5, rngs=rngs)
+    self.bn = nnx.BatchNorm(5, rngs=rngs)
+    self.out = nnx.Linear(5, 4, rngs=rngs)
+
+  def __call__(self, x):
+    return self.out(nnx.relu(self.bn(self.dense(x))))
+
+
+def test_nnx_adapter_uses_eval_mode_and_keeps_model_unchanged():
+  model = _BNNet(nnx.Rngs(0))
+  # give the BatchNorm non-trivial running statistics
+  model.bn.mean[...] = jnp.arange(5.0) * 0.1
+  model.bn.var[...] = jnp.arange(1.0, 6.0)
+  x, y = _data()
+  obj, params = js.Objective.from_nnx(model, data=(x, y), batch_size=4)
+  assert set(params) == {"dense", "bn", "out"}
+  assert model.bn.use_running_average is False  # the module was not switched to eval
+  assert obj.describe()["bn_policy"] == "frozen"
+  model.eval()
+  ref = optax.softmax_cross_entropy_with_integer_labels(model(jnp.asarray(x)), y).mean()
+  np.testing.assert_allclose(obj.value(params), ref, rtol=1e-6)
+  # moving params moves the loss; the running stats are fixed (frozen policy)
+  moved = js.tree.scale(0.5, params)
+  assert not np.isclose(float(obj.value(moved)), float(ref))
+
+
+def test_with_data_and_errors():
+  x, y = _data()
+  p = _params()
+  obj = js.Objective.from_apply(_linear_apply, p, data=(x, y), batch_size=4, name="train")
+  test = obj.with_data((x[:5], y[:5]), name="test")
+  assert test.describe()["dataset"] == "test" and test.num_examples == 5
+  ref = optax.softmax_cross_entropy_with_integer_labels(x[:5] @ np.asarray(p["w"]) + np.asarray(p["b"]), y[:5]).mean()
+  np.testing.assert_allclose(test.value(p), ref, rtol=1e-6)
+  with pytest.raises(ValueError, match="same positive number of examples"):
+    js.Objective.from_apply(_linear_apply, p, data=(x, y[:3]))
+  with pytest.raises(ValueError, match="unknown loss"):
+    js.Objective.from_apply(_linear_apply, p, data=(x, y), loss="hinge")
+  with pytest.raises(ValueError, match="do not fit the loss"):
+    js.Objective.from_apply(_linear_apply, {"w": jnp.zeros((5, 4)), "b": jnp.zeros(4)}, data=(x, y))
+  with pytest.raises(ValueError, match="per-example shape"):
+    obj.with_data((np.zeros((3, 7), np.float32), y[:3]))
+  with pytest.raises(ValueError, match="batch_size"):
+    js.Objective.from_apply(_linear_apply, p, data=(x, y), batch_size=0)
