@@ -3,5 +3,16 @@
 from . import tree as tree
 from .objective import Objective as Objective
 from .objective import split_nnx as split_nnx
+from . import directions as directions
+from .directions import Directions as Directions
+from .directions import random_directions as random_directions
+from .directions import interpolation_direction as interpolation_direction
+from .directions import plane_directions as plane_directions
+from .directions import pca_directions as pca_directions
+from . import io as io
+from .io import save as save
+from .surface import Surface as Surface
+from .surface import loss_surface as loss_surface
+from .surface import load_surface as load_surface
 
 __version__ = "0.1.0"

@@ -1,0 +1,147 @@
+"""Directions: filter normalisation, scale invariance, ignore, interpolation, PCA."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxscape as js
+from jaxscape import directions as jd
+
+
+def _params(seed=0):
+  rng = np.random.default_rng(seed)
+  f = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)
+  return {"conv": {"kernel": f(3, 3, 2, 4), "bias": f(4)}, "dense": {"kernel": f(36, 5), "bias": f(5)}, "bn": {"scale": f(4)}}
+
+
+def test_every_filter_has_the_norm_of_its_weight_filter():
+  params = _params()
+  dirs = js.random_directions(jax.random.key(1), params, n=2, norm="filter", ignore="biasbn")
+  for d in dirs:
+    for name in ("conv", "dense"):
+      w, v = np.asarray(params[name]["kernel"]), np.asarray(d[name]["kernel"])
+      axes = tuple(range(w.ndim - 1))  # a filter is a slice along the last (output) axis
+      np.testing.assert_allclose(np.sqrt((v**2).sum(axes)), np.sqrt((w**2).sum(axes)), rtol=1e-6)
+      assert w.shape[-1] == np.sqrt((v**2).sum(axes)).size
+
+
+def test_ignore_biasbn_zeroes_1d_leaves_and_none_keeps_them():
+  params = _params()
+  d = js.random_directions(jax.random.key(2), params, n=1, ignore="biasbn")[0]
+  for leaf in (d["conv"]["bias"], d["dense"]["bias"], d["bn"]["scale"]):
+    assert np.all(np.asarray(leaf) == 0.0)
+  d = js.random_directions(jax.random.key(2), params, n=1, ignore=None)[0]
+  # kept 1-D leaves are normalised as a whole to the weight leaf's norm
+  np.testing.assert_allclose(np.linalg.norm(d["bn"]["scale"]), np.linalg.norm(params["bn"]["scale"]), rtol=1e-6)
+
+
+def test_layer_model_and_none_norms():
+  params = _params()
+  key = jax.random.key(3)
+  raw = js.tree.normal_like(key, params)
+  d = jd.normalize(raw, params, "layer", ignore=None)
+  for v, w in zip(jax.tree.leaves(d), jax.tree.leaves(params)):
+    np.testing.assert_allclose(np.linalg.norm(v), np.linalg.norm(w), rtol=1e-6)
+  d = jd.normalize(raw, params, "model", ignore=None)
+  np.testing.assert_allclose(js.tree.norm(d), js.tree.norm(params), rtol=1e-6)
+  js.tree.assert_allclose(jd.normalize(raw, params, "none", ignore=None), raw)
+  with pytest.raises(ValueError, match="unknown norm"):
+    jd.normalize(raw, params, "filters")
+  with pytest.raises(ValueError, match="unknown ignore"):
+    jd.normalize(raw, params, "filter", ignore="bias")
+
+
+def test_directions_are_reproducible_and_first_matches_1d():
+  params = _params()
+  a = js.random_directions(jax.random.key(4), params, n=2)
+  b = js.random_directions(jax.random.key(4), params, n=1)
+  js.tree.assert_allclose(a[0], b[0])
+  assert a.info["norm"] == "filter" and a.info["key"] == b.info["key"]
+  assert not js.tree.allclose(a[0], a[1])
+
+
+def test_orthogonalize():
+  params = _params()
+  d = js.random_directions(jax.random.key(5), params, n=2, orthogonalize=True)
+  cos = js.tree.dot(d[0], d[1]) / (js.tree.norm(d[0]) * js.tree.norm(d[1]))
+  assert abs(float(cos)) < 1e-6
+  plain = js.random_directions(jax.random.key(5), params, n=2)
+  np.testing.assert_allclose(js.tree.norm(d[1]), js.tree.norm(plain[1]), rtol=1e-6)
+
+
+def _mlp(p, x):
+  h = jax.nn.relu(x @ p["l1"]["kernel"] + p["l1"]["bias"])
+  return h @ p["l2"]["kernel"] + p["l2"]["bias"]
+
+
+def test_filter_normalised_curve_is_invariant_to_relu_rescaling():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(64, 5)).astype(np.float32)
+  y = rng.integers(0, 3, 64)
+  p = {"l1": {"kernel": jnp.asarray(rng.normal(size=(5, 8)), jnp.float32), "bias": jnp.asarray(rng.normal(size=8), jnp.float32)},
+       "l2": {"kernel": jnp.asarray(rng.normal(size=(8, 3)), jnp.float32), "bias": jnp.zeros(3)}}
+  c = 10.0
+  q = {"l1": {"kernel": c * p["l1"]["kernel"], "bias": c * p["l1"]["bias"]}, "l2": {"kernel": p["l2"]["kernel"] / c, "bias": p["l2"]["bias"]}}
+  obj = js.Objective.from_apply(_mlp, p, data=(x, y), batch_size=64)
+  np.testing.assert_allclose(obj.value(p), obj.value(q), rtol=1e-5)  # same function
+  key = jax.random.key(6)
+  curves = {}
+  for norm in ("filter", "none"):
+    for name, params in (("p", p), ("q", q)):
+      d = js.random_directions(key, params, n=1, norm=norm)
+      curves[norm, name] = js.loss_surface(obj, params, d, x=(-1, 1, 7), quiet=True).loss
+  # float32 through a ReLU net: 1e-4 relative
+  np.testing.assert_allclose(curves["filter", "p"], curves["filter", "q"], rtol=1e-4)
+  assert np.max(np.abs(curves["none", "p"] - curves["none", "q"])) > 0.1
+
+
+def test_interpolation_and_plane_hit_the_endpoints():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(40, 5)).astype(np.float32)
+  y = rng.integers(0, 3, 40)
+  mk = lambda: {"l1": {"kernel": jnp.asarray(rng.normal(size=(5, 8)), jnp.float32), "bias": jnp.asarray(rng.normal(size=8), jnp.float32)},
+                "l2": {"kernel": jnp.asarray(rng.normal(size=(8, 3)), jnp.float32), "bias": jnp.zeros(3)}}
+  a, b, c = mk(), mk(), mk()
+  obj = js.Objective.from_apply(_mlp, a, data=(x, y), batch_size=64)
+  line = js.loss_surface(obj, a, js.interpolation_direction(a, b), x=(-0.5, 1.5, 5), quiet=True)
+  np.testing.assert_allclose(line.loss[[1, 3]], [obj.value(a), obj.value(b)], rtol=1e-5)
+  plane = js.loss_surface(obj, a, js.plane_directions(a, b, c), x=(0, 1, 2), y=(0, 1, 2), quiet=True)
+  np.testing.assert_allclose([plane.loss[0, 0], plane.loss[0, 1], plane.loss[1, 0]], [obj.value(a), obj.value(b), obj.value(c)], rtol=1e-5)
+  orth = js.plane_directions(a, b, c, orthogonalize=True)
+  assert abs(float(js.tree.dot(orth[0], orth[1]))) < 1e-3 * float(js.tree.norm(orth[0]) * js.tree.norm(orth[1]))
+
+
+def test_pca_directions_match_sklearn_and_recover_a_planar_trajectory():
+  from sklearn.decomposition import PCA
+
+  rng = np.random.default_rng(2)
+  final = {"w": rng.normal(size=(4, 3)), "b": rng.normal(size=3)}
+  u, v = rng.normal(size=12), rng.normal(size=12)
+  t = np.linspace(0, 1, 9)
+  snaps = []
+  for ti in t:
+    off = (1 - ti) * 3 * u + np.sin(3 * ti) * v
+    snaps.append({"w": final["w"] + off.reshape(4, 3), "b": final["b"]})
+  pca = js.pca_directions(snaps, n=2)
+  rows = np.stack([(s["w"] - final["w"]).ravel() for s in snaps])
+  ref = PCA(n_components=2).fit(rows)
+  np.testing.assert_allclose(pca.explained_variance_ratio, ref.explained_variance_ratio_, rtol=1e-5)
+  np.testing.assert_allclose(pca.explained_variance_ratio.sum(), 1.0, rtol=1e-5)  # trajectory lies in a plane
+  np.testing.assert_allclose(pca.residuals, 0.0, atol=1e-4)
+  for i, d in enumerate(pca.directions):
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(d["w"])), 1.0, rtol=1e-5)
+    assert np.all(np.asarray(d["b"]) == 0.0)  # biasbn: 1-D leaves left out
+    np.testing.assert_allclose(abs(np.dot(np.asarray(d["w"]).ravel(), ref.components_[i])), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(pca.coords[-1], 0.0, atol=1e-6)  # the final point is the origin
+  with pytest.raises(ValueError, match="at least 3 snapshots"):
+    js.pca_directions(snaps[:2], n=2)
+
+
+def test_structure_mismatch_is_a_clear_error():
+  params = _params()
+  with pytest.raises(ValueError, match="structure of params"):
+    jd.as_directions([{"w": jnp.ones(3)}], params)
+  bad = jax.tree.map(lambda p: jnp.ones((2,) + p.shape[:-1] + (p.shape[-1] + 1,)), params)
+  with pytest.raises(ValueError, match="has shape"):
+    jd.as_directions(jd.Directions(bad), params)

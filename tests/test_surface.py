@@ -1,0 +1,184 @@
+"""Surface evaluation: correctness, sharding/chunk invariance, resume, NaNs, results and plots."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxscape as js
+from jaxscape import plot
+from jaxscape import surface as jsurf
+
+
+def _mlp(p, x):
+  h = jnp.tanh(x @ p["l1"]["kernel"] + p["l1"]["bias"])
+  return h @ p["l2"]["kernel"] + p["l2"]["bias"]
+
+
+@pytest.fixture(scope="module")
+def problem():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(50, 6)).astype(np.float32)
+  y = rng.integers(0, 3, 50)
+  p = {"l1": {"kernel": jnp.asarray(rng.normal(size=(6, 8)) / 2, jnp.float32), "bias": jnp.zeros(8)},
+       "l2": {"kernel": jnp.asarray(rng.normal(size=(8, 3)) / 2, jnp.float32), "bias": jnp.zeros(3)}}
+  obj = js.Objective.from_apply(_mlp, p, data=(x, y), batch_size=16)  # ragged: 16+16+16+2
+  dirs = js.random_directions(jax.random.key(0), p, n=2)
+  return obj, p, dirs
+
+
+def _reference(obj, p, dirs, xs, ys):
+  value = jax.jit(obj.loss)
+  out = np.zeros((len(ys), len(xs))); acc = np.zeros_like(out)
+  for iy, b in enumerate(ys):
+    for ix, a in enumerate(xs):
+      q = js.tree.add(p, js.tree.add(js.tree.scale(a, dirs[0]), js.tree.scale(b, dirs[1])))
+      loss, m = value(q)
+      out[iy, ix], acc[iy, ix] = loss, m["accuracy"]
+  return out, acc
+
+
+def test_surface_matches_per_point_evaluation_on_a_non_square_grid(problem):
+  obj, p, dirs = problem
+  surf = js.loss_surface(obj, p, dirs, x="-1:1:5", y=(-0.5, 1.0, 4), quiet=True)
+  assert surf.loss.shape == (4, 5) and surf.accuracy.shape == (4, 5)
+  ref, acc = _reference(obj, p, dirs, surf.x, surf.y)
+  # float32 means over 50 examples: 1e-5 relative
+  np.testing.assert_allclose(surf.loss, ref, rtol=1e-5)
+  np.testing.assert_allclose(surf.accuracy, acc, atol=1e-6)
+  assert surf.num_nonfinite == 0
+  assert surf.meta["config"]["objective"]["num_examples"] == 50
+  assert surf.meta["points_per_second"] > 0
+
+
+def test_origin_equals_trained_loss(problem):
+  obj, p, dirs = problem
+  surf = js.loss_surface(obj, p, dirs, x=(-1, 1, 5), y=(-1, 1, 3), quiet=True)
+  iy, ix = surf.origin_index()
+  assert (iy, ix) == (1, 2)
+  np.testing.assert_allclose(surf.loss[iy, ix], obj.value(p), rtol=1e-6)
+
+
+def test_same_result_on_1_or_8_devices_and_any_chunk_size(problem):
+  obj, p, dirs = problem
+  assert jax.device_count() == 8
+  base = js.loss_surface(obj, p, dirs, x=(-1, 1, 5), y=(-1, 1, 3), quiet=True, devices=jax.devices()[:1], chunk_size=15)
+  for devices, chunk in ((jax.devices(), None), (jax.devices(), 8), (jax.devices()[:1], 4), (jax.devices()[:2], 6)):
+    other = js.loss_surface(obj, p, dirs, x=(-1, 1, 5), y=(-1, 1, 3), quiet=True, devices=devices, chunk_size=chunk)
+    np.testing.assert_allclose(other.loss, base.loss, rtol=1e-6)
+    np.testing.assert_allclose(other.accuracy, base.accuracy, rtol=1e-6)
+    assert other.meta["environment"]["device_count"] == len(devices)
+
+
+def test_1d_and_3d_grids(problem):
+  obj, p, dirs = problem
+  line = js.loss_surface(obj, p, [dirs[0]], x=(-1, 1, 5), quiet=True)
+  plane = js.loss_surface(obj, p, dirs, x=(-1, 1, 5), y=(0, 0, 1), quiet=True)
+  np.testing.assert_allclose(line.loss, plane.loss[0], rtol=1e-6)
+  assert line.y is None and line.ndim == 1
+  three = js.loss_surface(obj, p, [dirs[0], dirs[1], dirs[0]], ranges=[(-1, 1, 3), (0, 1, 2), (0, 0.5, 2)], quiet=True)
+  assert three.loss.shape == (2, 2, 3)  # [nz, ny, nx]
+  # point (x=1, y=0, z=0.5) is θ + 1.5·d0
+  np.testing.assert_allclose(three.loss[1, 0, 2], js.loss_surface(obj, p, [dirs[0]], x=(1.5, 1.5, 1), quiet=True).loss[0], rtol=1e-6)
+
+
+def test_resume_after_a_killed_run_loses_no_finished_chunk(problem, tmp_path, monkeypatch):
+  obj, p, dirs = problem
+  out = str(tmp_path / "run")
+  full = js.loss_surface(obj, p, dirs, x=(-1, 1, 5), y=(-1, 1, 3), quiet=True, chunk_size=4, devices=jax.devices()[:1])
+
+  real = jsurf._chunk_evaluator(jsurf._mesh(jax.devices()[:1]))
+  calls = []
+
+  class Killed(Exception):
+    pass
+
+  def dying(*args):
+    calls.append(1)
+    if len(calls) > 2:
+      raise Killed("simulated kill")
+    return real(*args)
+
+  monkeypatch.setattr(jsurf, "_chunk_evaluator", lambda mesh: dying)
+  with pytest.raises(Killed):
+    js.loss_surface(obj, p, dirs, x=(-1, 1, 5), y=(-1, 1, 3), quiet=True, chunk_size=4, devices=jax.devices()[:1], out_dir=out)
+  with np.load(os.path.join(out, "results.npz")) as f:
+    partial = dict(f)
+  assert partial["done"].sum() == 8  # two chunks of 4 survived the kill
+  monkeypatch.undo()
+
+  resumed = js.loss_surface(obj, p, dirs, x=(-1, 1, 5), y=(-1, 1, 3), quiet=True, chunk_size=4, devices=jax.devices()[:1], out_dir=out)
+  assert resumed.meta["points_evaluated"] == 7  # only the unfinished points
+  np.testing.assert_allclose(resumed.loss, full.loss, rtol=1e-6)
+  again = js.loss_surface(obj, p, dirs, x=(-1, 1, 5), y=(-1, 1, 3), quiet=True, chunk_size=3, out_dir=out)
+  assert again.meta["points_evaluated"] == 0  # finished: nothing recomputed, any chunk size
+  loaded = js.load_surface(out)
+  np.testing.assert_allclose(loaded.loss, full.loss, rtol=1e-6)
+  np.testing.assert_allclose(loaded.accuracy, full.accuracy, rtol=1e-6)
+  with pytest.raises(ValueError, match="another config.*axes"):
+    js.loss_surface(obj, p, dirs, x=(-1, 1, 7), y=(-1, 1, 3), quiet=True, out_dir=out)
+  with pytest.raises(ValueError, match="params_fingerprint"):
+    js.loss_surface(obj, js.tree.scale(2.0, p), dirs, x=(-1, 1, 5), y=(-1, 1, 3), quiet=True, out_dir=out)
+  with open(os.path.join(out, "meta.json")) as f:
+    meta = json.load(f)
+  for key in ("directions", "objective", "dtype", "axes"):
+    assert key in meta["config"]
+  assert meta["config"]["directions"]["norm"] == "filter"
+  assert meta["environment"]["versions"]["jax"] == jax.__version__
+  assert "wall_time_s" in meta and "points_per_second" in meta
+
+
+def test_nonfinite_losses_are_nan_and_counted():
+  x = np.ones((4, 1), np.float32)
+  y = np.zeros(4, np.float32)
+  p = {"w": jnp.ones(1)}
+  obj = js.Objective.from_apply(lambda p, x: jnp.log(x @ p["w"]), p, data=(x, y), loss="mse")
+  surf = js.loss_surface(obj, p, [{"w": jnp.ones(1)}], x=(-2, 0, 5), quiet=True)
+  # w + α ∈ {-1, -0.5, 0, 0.5, 1}: log of a negative is NaN, log 0 = -inf -> loss inf
+  assert surf.num_nonfinite == 3 and np.isnan(surf.loss[:3]).all() and np.isfinite(surf.loss[3:]).all()
+  np.testing.assert_allclose(surf.loss[4], 0.0, atol=1e-12)
+
+
+def test_bad_input_is_a_clear_error(problem):
+  obj, p, dirs = problem
+  with pytest.raises(ValueError, match="start:stop:num"):
+    js.loss_surface(obj, p, dirs, x="-1:1", y="-1:1:3")
+  with pytest.raises(ValueError, match="positive integer"):
+    js.loss_surface(obj, p, dirs, x=(-1, 1, 0), y=(-1, 1, 3))
+  with pytest.raises(ValueError, match="2 direction"):
+    js.loss_surface(obj, p, dirs, x=(-1, 1, 3))
+  with pytest.raises(ValueError, match="chunk_size"):
+    js.loss_surface(obj, p, dirs, x=(-1, 1, 3), y=(-1, 1, 3), chunk_size=0)
+
+
+def test_plots_and_vtk(problem, tmp_path):
+  obj, p, dirs = problem
+  surf = js.loss_surface(obj, p, dirs, x=(-1, 1, 5), y=(-1, 1, 3), quiet=True)
+  for fn in (plot.contour, plot.contourf, plot.heatmap, plot.surface3d):
+    fig, ax = fn(surf)
+    fig.savefig(tmp_path / f"{fn.__name__}.png")
+    plot.close(fig)
+  fig, ax = plot.contour(surf, log=True, vlevel=0.1)
+  plot.close(fig)
+  line = js.loss_surface(obj, p, [dirs[0]], x=(-1, 1, 5), quiet=True)
+  fig, ax = plot.curve(line, log=True)
+  assert ax.right.get_ylabel() == "accuracy"
+  plot.close(fig)
+  with pytest.raises(ValueError, match="2-D surface"):
+    plot.contour(line)
+  with pytest.raises(ValueError, match="no field"):
+    plot.heatmap(surf, field="lambda_max")
+  path = js.io.export_vtk(str(tmp_path / "s.vtk"), surf.x, surf.y, {"loss": surf.loss, "accuracy": surf.accuracy}, zmax=10)
+  with open(path) as f:
+    lines = f.read().splitlines()
+  assert lines[3] == "DATASET STRUCTURED_GRID" and lines[4] == "DIMENSIONS 5 3 1" and lines[5] == "POINTS 15 double"
+  # the height of point (ix=4, iy=2) is the clipped loss there
+  assert np.isclose(float(lines[6 + 14].split()[2]), min(surf.loss[2, 4], 10), rtol=1e-8)
+  assert "SCALARS accuracy double 1" in lines
+  with pytest.raises(ValueError, match="expected \\(ny, nx\\)"):
+    js.io.export_vtk(str(tmp_path / "t.vtk"), surf.x, surf.y, {"loss": surf.loss.T})
+  with pytest.raises(FileNotFoundError, match="results.npz"):
+    js.load_surface(str(tmp_path / "nothing"))
