@@ -151,7 +151,8 @@ class Objective:
         once on one batch (no FLOPs) to check that its outputs fit the loss.
       data: ``(x, y)`` arrays with the examples on the leading axis.
       loss: a name in :data:`LOSSES` or ``fn(outputs, targets) -> [B]``.
-      batch_size: examples per scanned batch (``None``: the whole set at once).
+      batch_size: at most this many examples per scanned batch (``None``: the
+        whole set at once); batches are balanced to minimise padding.
       name: dataset name recorded in results.
       metrics: extra named per-example metrics (replace the loss's defaults).
     """
@@ -202,7 +203,7 @@ class Objective:
       batch_size = n
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
       raise ValueError(f"batch_size must be a positive integer or None; got {batch_size!r}")
-    batch_size = int(min(batch_size, n))
+    batch_size = _balanced(n, int(batch_size))
     xb, yb, wb = _batch(x, y, batch_size)
     info = (("dataset", name), ("num_examples", n), ("batch_size", batch_size), ("loss", loss_name)) + extra
     obj = cls(apply, per_example, metric_fns, xb, yb, wb, state, n, info)
@@ -225,7 +226,7 @@ class Objective:
     x, y = jnp.asarray(data[0]), jnp.asarray(data[1])
     if x.shape[1:] != self.x.shape[2:]:
       raise ValueError(f"new inputs have per-example shape {x.shape[1:]}; the objective expects {self.x.shape[2:]}")
-    bs = int(min(batch_size or self.batch_size, x.shape[0]))
+    bs = _balanced(int(x.shape[0]), int(batch_size or self.batch_size))
     xb, yb, wb = _batch(x, y, bs)
     info = dict(self.info)
     info.update(dataset=name or info.get("dataset", "data") , num_examples=int(x.shape[0]), batch_size=bs)
@@ -295,6 +296,17 @@ jax.tree_util.register_dataclass(
     data_fields=["x", "y", "w", "state"],
     meta_fields=["apply", "per_example", "metric_fns", "num_examples", "info"],
 )
+
+
+def _balanced(n: int, batch_size: int) -> int:
+  """The smallest batch size that covers ``n`` examples in as many batches as ``batch_size`` would.
+
+  Balancing keeps the padding of the last batch below the number of batches
+  (1797 digits with batch_size 512: 4 batches of 450, not 4 of 512 with 251
+  padded), so no compute is spent on masked examples.
+  """
+  num_batches = -(-n // min(batch_size, n))
+  return -(-n // num_batches)
 
 
 def _batch(x: jax.Array, y: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array, jax.Array]:

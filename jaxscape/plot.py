@@ -23,7 +23,7 @@ matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["contour", "contourf", "heatmap", "surface3d", "curve", "trajectory", "close"]
+__all__ = ["contour", "contourf", "heatmap", "surface3d", "curve", "trajectory", "save_figures", "close"]
 
 
 def _field(surf: Any, field: str) -> np.ndarray:
@@ -156,3 +156,35 @@ def trajectory(surf: Any, coords: np.ndarray, *, ax=None, explained: np.ndarray 
 def close(fig) -> None:
   """Closes a figure (free its memory in long loops)."""
   plt.close(fig)
+
+
+def save_figures(surf: Any, out_dir: str, *, prefix: str = "", vmin=None, vmax=None, vlevel=None, log: bool = False,
+                 zmax: float | None = None, dpi: int = 120) -> list[str]:
+  """Writes the standard figures of a surface as PNG files; returns their paths.
+
+  2-D: ``contour.png`` (labelled levels), ``contourf.png``, ``surface3d.png``,
+  and a ``heatmap_<name>.png`` for every extra map (curvature, ...) besides
+  loss and accuracy. 1-D: ``curve1d.png`` (loss and accuracy on twin axes).
+  """
+  import os
+
+  os.makedirs(out_dir, exist_ok=True)
+  figures = []
+  if surf.ndim == 1:
+    figures.append(("curve1d", curve(surf, log=log)))
+  elif surf.ndim == 2:
+    figures.append(("contour", contour(surf, vmin=vmin, vmax=vmax, vlevel=vlevel, log=log)))
+    figures.append(("contourf", contourf(surf, vmin=vmin, vmax=vmax, vlevel=vlevel, log=log)))
+    figures.append(("surface3d", surface3d(surf, zmax=zmax, log=log)))
+    for name in sorted(surf.metrics):
+      if name != "accuracy":
+        figures.append((f"heatmap_{name}", heatmap(surf, field=name)))
+  else:
+    raise ValueError(f"no standard figures for a {surf.ndim}-D surface; slice it to 1-D or 2-D first")
+  paths = []
+  for name, (fig, _) in figures:
+    path = os.path.join(out_dir, f"{prefix}{name}.png")
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    close(fig)
+    paths.append(path)
+  return paths

@@ -25,7 +25,7 @@ def problem():
   y = rng.integers(0, 3, 50)
   p = {"l1": {"kernel": jnp.asarray(rng.normal(size=(6, 8)) / 2, jnp.float32), "bias": jnp.zeros(8)},
        "l2": {"kernel": jnp.asarray(rng.normal(size=(8, 3)) / 2, jnp.float32), "bias": jnp.zeros(3)}}
-  obj = js.Objective.from_apply(_mlp, p, data=(x, y), batch_size=16)  # ragged: 16+16+16+2
+  obj = js.Objective.from_apply(_mlp, p, data=(x, y), batch_size=16)  # 4 balanced batches of 13: 2 padded examples
   dirs = js.random_directions(jax.random.key(0), p, n=2)
   return obj, p, dirs
 
@@ -66,8 +66,9 @@ def test_same_result_on_1_or_8_devices_and_any_chunk_size(problem):
   obj, p, dirs = problem
   assert jax.device_count() == 8
   base = js.loss_surface(obj, p, dirs, x=(-1, 1, 5), y=(-1, 1, 3), quiet=True, devices=jax.devices()[:1], chunk_size=15)
-  for devices, chunk in ((jax.devices(), None), (jax.devices(), 8), (jax.devices()[:1], 4), (jax.devices()[:2], 6)):
-    other = js.loss_surface(obj, p, dirs, x=(-1, 1, 5), y=(-1, 1, 3), quiet=True, devices=devices, chunk_size=chunk)
+  for devices, chunk, per_call in ((jax.devices(), None, 8), (jax.devices(), 8, 1), (jax.devices()[:1], 4, 2), (jax.devices()[:2], 6, 3)):
+    other = js.loss_surface(obj, p, dirs, x=(-1, 1, 5), y=(-1, 1, 3), quiet=True, devices=devices, chunk_size=chunk,
+                            chunks_per_call=per_call)
     np.testing.assert_allclose(other.loss, base.loss, rtol=1e-6)
     np.testing.assert_allclose(other.accuracy, base.accuracy, rtol=1e-6)
     assert other.meta["environment"]["device_count"] == len(devices)
@@ -90,7 +91,7 @@ def test_resume_after_a_killed_run_loses_no_finished_chunk(problem, tmp_path, mo
   out = str(tmp_path / "run")
   full = js.loss_surface(obj, p, dirs, x=(-1, 1, 5), y=(-1, 1, 3), quiet=True, chunk_size=4, devices=jax.devices()[:1])
 
-  real = jsurf._chunk_evaluator(jsurf._mesh(jax.devices()[:1]))
+  real = jsurf._call_evaluator(jsurf._mesh(jax.devices()[:1]), 1)
   calls = []
 
   class Killed(Exception):
@@ -102,15 +103,15 @@ def test_resume_after_a_killed_run_loses_no_finished_chunk(problem, tmp_path, mo
       raise Killed("simulated kill")
     return real(*args)
 
-  monkeypatch.setattr(jsurf, "_chunk_evaluator", lambda mesh: dying)
+  monkeypatch.setattr(jsurf, "_call_evaluator", lambda mesh, n: dying)
   with pytest.raises(Killed):
-    js.loss_surface(obj, p, dirs, x=(-1, 1, 5), y=(-1, 1, 3), quiet=True, chunk_size=4, devices=jax.devices()[:1], out_dir=out)
+    js.loss_surface(obj, p, dirs, x=(-1, 1, 5), y=(-1, 1, 3), quiet=True, chunk_size=4, chunks_per_call=1, devices=jax.devices()[:1], out_dir=out)
   with np.load(os.path.join(out, "results.npz")) as f:
     partial = dict(f)
-  assert partial["done"].sum() == 8  # two chunks of 4 survived the kill
+  assert partial["done"].sum() == 8  # two calls of 4 points survived the kill
   monkeypatch.undo()
 
-  resumed = js.loss_surface(obj, p, dirs, x=(-1, 1, 5), y=(-1, 1, 3), quiet=True, chunk_size=4, devices=jax.devices()[:1], out_dir=out)
+  resumed = js.loss_surface(obj, p, dirs, x=(-1, 1, 5), y=(-1, 1, 3), quiet=True, chunk_size=4, chunks_per_call=1, devices=jax.devices()[:1], out_dir=out)
   assert resumed.meta["points_evaluated"] == 7  # only the unfinished points
   np.testing.assert_allclose(resumed.loss, full.loss, rtol=1e-6)
   again = js.loss_surface(obj, p, dirs, x=(-1, 1, 5), y=(-1, 1, 3), quiet=True, chunk_size=3, out_dir=out)

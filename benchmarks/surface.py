@@ -1,0 +1,129 @@
+"""Surface benchmark: jaxscape's chunked grid vs a per-point loop, and vs matmul peak.
+
+A 51×51 filter-normalised grid for a 64-256-256-10 ReLU MLP over all 1797
+scikit-learn digits. Printed, all measured in this run:
+
+* jaxscape points/second (compilation excluded, reported separately);
+* a per-point loop (one jitted full-data loss per grid point: the original
+  loss-landscape tool's algorithm) points/second, and the ratio;
+* achieved forward GFLOP/s (2·N·(64·256 + 256·256 + 256·10) per point) and
+  this machine's float32 matmul GFLOP/s (a 2048³ matmul), and the ratio;
+* peak RSS of a 21×21 and a 101×101 grid, each in a fresh process.
+
+Run: ``make bench`` (or ``python benchmarks/surface.py [--num 51]``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from sklearn.datasets import load_digits
+
+import jaxscape as js
+
+WIDTHS = (64, 256, 256, 10)
+
+
+def mlp(params, x):
+  for i, layer in enumerate(params):
+    x = x @ layer["kernel"] + layer["bias"]
+    if i < len(params) - 1:
+      x = jax.nn.relu(x)
+  return x
+
+
+def setup():
+  d = load_digits()
+  x, y = (d.data / 16.0).astype(np.float32), d.target.astype(np.int32)
+  key = jax.random.key(0)
+  params = []
+  for i, (a, b) in enumerate(zip(WIDTHS[:-1], WIDTHS[1:])):
+    k = jax.random.fold_in(key, i)
+    params.append({"kernel": jax.random.normal(k, (a, b)) * np.sqrt(2.0 / a), "bias": jnp.zeros(b)})
+  obj = js.Objective.from_apply(mlp, params, data=(x, y), batch_size=512, name="digits")
+  dirs = js.random_directions(jax.random.key(1), params, n=2, norm="filter", ignore="biasbn")
+  return obj, params, dirs
+
+
+def flops_per_point(n: int) -> float:
+  return 2.0 * n * sum(a * b for a, b in zip(WIDTHS[:-1], WIDTHS[1:]))
+
+
+def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  f = jax.jit(lambda a: a @ a)
+  f(a).block_until_ready()
+  t = time.perf_counter()
+  for _ in range(reps):
+    f(a).block_until_ready()
+  return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def time_jaxscape(obj, params, dirs, num: int) -> tuple[float, float]:
+  grid = dict(x=(-1, 1, num), y=(-1, 1, num), quiet=True)
+  t = time.perf_counter()
+  js.loss_surface(obj, params, dirs, x=(-1, 1, 3), y=(-1, 1, 3), quiet=True)  # compile (same chunk shape)
+  compile_s = time.perf_counter() - t
+  surf = js.loss_surface(obj, params, dirs, **grid)
+  return surf.meta["points_per_second"], compile_s
+
+
+def time_per_point(obj, params, dirs, num_points: int) -> float:
+  d0, d1 = dirs[0], dirs[1]
+  loss = jax.jit(lambda a, b: obj.value(js.tree.add(params, js.tree.add(js.tree.scale(a, d0), js.tree.scale(b, d1)))))
+  loss(0.0, 0.0).block_until_ready()
+  coords = np.linspace(-1, 1, num_points)
+  t = time.perf_counter()
+  for a in coords:
+    loss(a, -a).block_until_ready()
+  return num_points / (time.perf_counter() - t)
+
+
+def rss_child(num: int) -> None:
+  obj, params, dirs = setup()
+  js.loss_surface(obj, params, dirs, x=(-1, 1, num), y=(-1, 1, num), quiet=True)
+  print(json.dumps({"num": num, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--num", type=int, default=51, help="grid points per axis")
+  parser.add_argument("--loop-points", type=int, default=200, help="points timed in the per-point loop")
+  parser.add_argument("--rss-child", type=int, default=None, help=argparse.SUPPRESS)
+  parser.add_argument("--no-rss", action="store_true", help="skip the memory measurement")
+  args = parser.parse_args()
+  if args.rss_child:
+    return rss_child(args.rss_child)
+
+  obj, params, dirs = setup()
+  n = obj.num_examples
+  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}  jax {jax.__version__}")
+  print(f"model 64-256-256-10 ReLU ({js.tree.size(params)} params), {n} digits, grid {args.num}x{args.num}")
+  peak = matmul_gflops()
+  pps, compile_s = time_jaxscape(obj, params, dirs, args.num)
+  loop_pps = time_per_point(obj, params, dirs, args.loop_points)
+  achieved = pps * flops_per_point(n) / 1e9
+  print(f"jaxscape:        {pps:10.1f} points/s   (compile {compile_s:.1f} s)")
+  print(f"per-point loop:  {loop_pps:10.1f} points/s")
+  print(f"speed-up:        {pps / loop_pps:10.2f} x")
+  print(f"achieved:        {achieved:10.1f} GFLOP/s (forward FLOPs)")
+  print(f"matmul peak:     {peak:10.1f} GFLOP/s (float32 2048^3)")
+  print(f"fraction of peak:{achieved / peak:10.2f}")
+  if not args.no_rss:
+    rss = {}
+    for num in (21, 101):
+      out = subprocess.run([sys.executable, __file__, "--rss-child", str(num)], capture_output=True, text=True, check=True)
+      rss[num] = json.loads(out.stdout.strip().splitlines()[-1])["max_rss_mb"]
+    print(f"peak RSS:        21x21 {rss[21]:.0f} MB, 101x101 {rss[101]:.0f} MB, ratio {rss[101] / rss[21]:.2f}")
+
+
+if __name__ == "__main__":
+  main()

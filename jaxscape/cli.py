@@ -1,0 +1,277 @@
+"""The ``jaxscape`` command line, and the runner behind ``make experiment``.
+
+Commands (``jaxscape <command> --help`` for all flags)::
+
+  jaxscape surface --demo --x=-1:1:51 --y=-1:1:51 --out runs/demo
+  jaxscape surface --checkpoint runs/train --x=-1:1:51 --y=-1:1:51 --norm filter --ignore biasbn
+  jaxscape surface --checkpoint A --checkpoint2 B --x=-0.5:1.5:41      # 1-D from A to B
+  jaxscape plot runs/demo --log                                          # re-plot, no recomputation
+
+The surface flags mirror the original loss-landscape tool (``--x``, ``--y``,
+``--xnorm``/``--norm``, ``--xignore``/``--ignore``, ``--model_file2`` ->
+``--checkpoint2``, ``--model_file3`` -> ``--checkpoint3``), with its defaults
+fixed: filter normalisation and ``biasbn`` are on unless you say otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Callable, Sequence
+
+__all__ = ["main", "run_experiment", "demo_network", "COMMANDS"]
+
+COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {}
+"""Subcommand registrars: ``name -> fn(subparsers)``; each adds its parser and sets ``func``."""
+
+
+def command(name: str):
+  def register(fn):
+    COMMANDS[name] = fn
+    return fn
+
+  return register
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+
+def demo_network(seed: int = 0, *, widths: Sequence[int] = (32, 32), epochs: int = 40, learning_rate: float = 3e-3,
+                 batch_size: int = 64) -> tuple[Any, Any, Any]:
+  """A small ReLU MLP trained with Adam on scikit-learn's digits (seconds on a CPU).
+
+  Returns:
+    ``(model, dataset, history)``: the trained ``nnx`` module, the
+    :class:`~jaxscape.data.Dataset` and the training history.
+  """
+  import jax
+
+  from . import data, models, train
+
+  ds = data.load("digits", flatten=True)
+  model = models.build("mlp", seed, in_features=int(ds.x_train.shape[1]), widths=list(widths), out_features=ds.num_classes)
+  params, state, history = train.train(jax.random.key(seed), model, ds, optimizer="adam", learning_rate=learning_rate,
+                                       batch_size=batch_size, epochs=epochs)
+  return train.update_model(model, params, state), ds, history
+
+
+def _objective(model: Any, ds: Any, split: str, batch_size: int):
+  from .objective import Objective
+
+  pair = ds.train if split == "train" else ds.test
+  return Objective.from_nnx(model, data=pair, batch_size=batch_size, name=f"{ds.name}-{split}")
+
+
+def _load_checkpoint(path: str, data_dir: str | None):
+  from . import checkpoint, data
+
+  model, spec = checkpoint.load_model(path)
+  dspec = dict(spec.get("dataset", {}))
+  name = dspec.pop("name", None)
+  if name is None:
+    raise ValueError(f"checkpoint {path!r} records no dataset name in spec.json")
+  if data_dir is not None:
+    dspec["data_dir"] = data_dir
+  return model, data.load(name, **dspec)
+
+
+# ----------------------------------------------------------------------------- surface
+
+
+@command("surface")
+def _surface_parser(sub) -> None:
+  p = sub.add_parser("surface", help="evaluate a 1-D or 2-D loss surface", description=_surface.__doc__)
+  src = p.add_mutually_exclusive_group(required=True)
+  src.add_argument("--checkpoint", help="checkpoint directory written by `jaxscape train`")
+  src.add_argument("--demo", action="store_true", help="train a small MLP on digits first (seconds)")
+  p.add_argument("--demo-epochs", type=int, default=40, help="training epochs of --demo")
+  p.add_argument("--checkpoint2", help="second checkpoint: x direction = checkpoint2 - checkpoint (never normalised)")
+  p.add_argument("--checkpoint3", help="third checkpoint: the plane through the three (needs --checkpoint2)")
+  p.add_argument("--x", default="-1:1:51", help="start:stop:num of the x axis (default -1:1:51)")
+  p.add_argument("--y", default=None, help="start:stop:num of the y axis (omit for a 1-D curve)")
+  p.add_argument("--norm", "--xnorm", dest="norm", default="filter", choices=["filter", "layer", "model", "none"])
+  p.add_argument("--ignore", "--xignore", dest="ignore", default="biasbn", choices=["biasbn", "none"])
+  p.add_argument("--orthogonalize", action="store_true", help="make y orthogonal to x")
+  p.add_argument("--seed", type=int, default=0, help="seed of the random directions (and of --demo)")
+  p.add_argument("--split", default="train", choices=["train", "test"], help="data split the loss is averaged over")
+  p.add_argument("--batch-size", type=int, default=512)
+  p.add_argument("--chunk-size", type=int, default=None, help="grid points evaluated at once (bounds memory)")
+  p.add_argument("--data-dir", default=None, help="directory of on-disk datasets (MNIST, CIFAR)")
+  p.add_argument("--out", default=None, help="output directory (default runs/surface-<seed>)")
+  p.add_argument("--vtk", action="store_true", help="also write surface.vtk for ParaView")
+  p.add_argument("--log", action="store_true", help="log-scale figures")
+  p.add_argument("--quiet", action="store_true", help="no progress bar")
+  p.set_defaults(func=_surface)
+
+
+def _surface(args: argparse.Namespace) -> int:
+  """Evaluates a loss surface, writes results.npz, meta.json and figures; resumes an interrupted run."""
+  import jax
+
+  from . import directions, plot, surface
+
+  out = args.out or f"runs/surface-{args.seed}"
+  ignore = None if args.ignore == "none" else args.ignore
+  if args.checkpoint3 and not args.checkpoint2:
+    raise SystemExit("error: --checkpoint3 needs --checkpoint2 (the plane through three checkpoints)")
+  if args.demo:
+    model, ds, _ = demo_network(args.seed, epochs=args.demo_epochs)
+    source = {"demo": True, "seed": args.seed}
+  else:
+    model, ds = _load_checkpoint(args.checkpoint, args.data_dir)
+    source = {"checkpoint": os.path.abspath(args.checkpoint)}
+  obj, params = _objective(model, ds, args.split, args.batch_size)
+  if args.checkpoint2:
+    others = [_objective(_load_checkpoint(c, args.data_dir)[0], ds, args.split, args.batch_size)[1]
+              for c in (args.checkpoint2, args.checkpoint3) if c]
+    source["checkpoint2"] = os.path.abspath(args.checkpoint2)
+    if args.checkpoint3:
+      source["checkpoint3"] = os.path.abspath(args.checkpoint3)
+      dirs = directions.plane_directions(params, *others, orthogonalize=args.orthogonalize)
+    else:
+      dirs = directions.interpolation_direction(params, others[0])
+  else:
+    n = 1 if args.y is None else 2
+    dirs = directions.random_directions(jax.random.key(args.seed), params, n, norm=args.norm, ignore=ignore,
+                                        orthogonalize=args.orthogonalize)
+  y = args.y if dirs.n == 2 else None
+  if dirs.n == 2 and y is None:
+    raise SystemExit("error: a plane needs --y start:stop:num")
+  surf = surface.loss_surface(obj, params, dirs, x=args.x, y=y, chunk_size=args.chunk_size, out_dir=out,
+                              quiet=args.quiet, config={"source": source})
+  paths = plot.save_figures(surf, out, log=args.log)
+  if args.vtk and surf.ndim == 2:
+    paths.append(_vtk(surf, out, log=args.log))
+  print(f"surface {surf.loss.shape} in {out}: loss {float(_nanmin(surf.loss)):.4g} .. {float(_nanmax(surf.loss)):.4g}, "
+        f"{surf.num_nonfinite} non-finite, {surf.meta['points_per_second'] or 0:.1f} points/s")
+  for path in paths:
+    print(f"  {path}")
+  return 0
+
+
+def _vtk(surf: Any, out: str, **kwargs: Any) -> str:
+  from . import io as jio
+
+  if surf.ndim != 2:
+    raise ValueError(f"VTK export needs a 2-D surface; this one is {surf.ndim}-D")
+  fields = {"loss": surf.loss, **surf.metrics}
+  return jio.export_vtk(os.path.join(out, "surface.vtk"), surf.x, surf.y, fields, **kwargs)
+
+
+def _nanmin(a):
+  import numpy as np
+
+  return np.nanmin(a) if np.isfinite(a).any() else float("nan")
+
+
+def _nanmax(a):
+  import numpy as np
+
+  return np.nanmax(a) if np.isfinite(a).any() else float("nan")
+
+
+# ----------------------------------------------------------------------------- plot
+
+
+@command("plot")
+def _plot_parser(sub) -> None:
+  p = sub.add_parser("plot", help="re-plot a saved surface without recomputing it")
+  p.add_argument("run_dir", help="directory with results.npz and meta.json")
+  p.add_argument("--vmin", type=float, default=None)
+  p.add_argument("--vmax", type=float, default=None)
+  p.add_argument("--vlevel", type=float, default=None, help="contour level spacing")
+  p.add_argument("--zmax", type=float, default=None, help="clip the 3-D surface at this loss")
+  p.add_argument("--log", action="store_true")
+  p.add_argument("--vtk", action="store_true", help="also write surface.vtk for ParaView")
+  p.add_argument("--out", default=None, help="where to write the figures (default: run_dir)")
+  p.set_defaults(func=_plot)
+
+
+def _plot(args: argparse.Namespace) -> int:
+  from . import plot, surface
+
+  surf = surface.load_surface(args.run_dir)
+  out = args.out or args.run_dir
+  paths = plot.save_figures(surf, out, vmin=args.vmin, vmax=args.vmax, vlevel=args.vlevel, log=args.log, zmax=args.zmax)
+  if args.vtk:
+    paths.append(_vtk(surf, out, zmax=args.zmax, log=args.log))
+  for path in paths:
+    print(path)
+  return 0
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="jaxscape", description="Loss-landscape analysis in JAX.")
+  sub = parser.add_subparsers(dest="command", required=True)
+  for register in COMMANDS.values():
+    register(sub)
+  return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Entry point of the ``jaxscape`` command."""
+  args = build_parser().parse_args(argv)
+  try:
+    return int(args.func(args) or 0)
+  except (ValueError, FileNotFoundError) as e:
+    print(f"jaxscape {args.command}: error: {e}", file=sys.stderr)
+    return 2
+
+
+def run_experiment(module: Any, argv: Sequence[str] | None = None) -> int:
+  """Runs ``experiments/<name>.py``: ``CONFIGS[preset]`` -> ``main(config, out_dir)`` -> report.
+
+  Flags: ``--preset smoke|cpu|full`` (default ``cpu``), ``--seed`` (default 0;
+  changes every random choice of the run), ``--data-dir`` (datasets on disk,
+  for ``full``), ``--out`` (default ``runs/<name>-<preset>``, or the module's
+  ``RUN_DIR``). Writes ``config.json`` first and ``report.md`` from the
+  :class:`~jaxscape.report.Report` that ``main`` returns, then refreshes
+  ``runs/index.md``.
+  """
+  from . import io as jio
+
+  spec = getattr(module, "__spec__", None)
+  name = (spec.name if spec is not None else module.__name__).rsplit(".", 1)[-1]
+  parser = argparse.ArgumentParser(prog=f"experiments.{name}", description=(module.__doc__ or "").strip().splitlines()[0])
+  parser.add_argument("--preset", default="cpu", choices=sorted(module.CONFIGS))
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--data-dir", default=None)
+  parser.add_argument("--out", default=None)
+  args = parser.parse_args(argv)
+  config = {**module.CONFIGS[args.preset], "preset": args.preset, "seed": args.seed, "data_dir": args.data_dir}
+  out = args.out or getattr(module, "RUN_DIR", None) or os.path.join("runs", f"{name}-{args.preset}")
+  os.makedirs(out, exist_ok=True)
+  jio.write_json(os.path.join(out, "config.json"), config)
+  report = module.main(config, out)
+  with open(os.path.join(out, "report.md"), "w") as f:
+    f.write(report.render())
+  parent = os.path.dirname(os.path.abspath(out))
+  if os.path.basename(parent) == "runs":
+    write_index(parent)
+  print(f"{name} [{args.preset}, seed {args.seed}]: {report.verdict} -> {os.path.join(out, 'report.md')}")
+  for check, passed, evidence in report.checks:
+    print(f"  {'PASS' if passed else 'FAIL'}  {check}: {evidence}")
+  return 0
+
+
+def write_index(runs_dir: str) -> str:
+  """Writes ``runs_dir/index.md`` linking every run's ``report.md`` with its verdict."""
+  rows = []
+  for entry in sorted(os.listdir(runs_dir)):
+    report = os.path.join(runs_dir, entry, "report.md")
+    if os.path.isfile(report):
+      with open(report) as f:
+        first = f.readline().strip().lstrip("# ")
+      rows.append(f"- [{entry}]({entry}/report.md): {first}")
+  path = os.path.join(runs_dir, "index.md")
+  with open(path, "w") as f:
+    f.write("# jaxscape runs\n\n" + "\n".join(rows) + "\n")
+  return path
+
+
+if __name__ == "__main__":
+  sys.exit(main())
