@@ -14,5 +14,7 @@ from .io import save as save
 from .surface import Surface as Surface
 from .surface import loss_surface as loss_surface
 from .surface import load_surface as load_surface
+from . import spectral as spectral
+from . import hessian as hessian
 
 __version__ = "0.1.0"

@@ -336,16 +336,15 @@ class EighResult:
     return self.num_matvecs
 
 
-def _select(theta: jax.Array, which: str, k: int) -> jax.Array:
-  if which == "largest":
-    order = jnp.argsort(-theta)
-  elif which == "smallest":
-    order = jnp.argsort(theta)
-  elif which == "magnitude":
-    order = jnp.argsort(-jnp.abs(theta))
-  else:
-    raise ValueError(f"which must be one of {WHICH}; got {which!r}")
-  return order[:k]
+def _select(theta: jax.Array, which: str | jax.Array, k: int) -> jax.Array:
+  """Indices of the k wanted Ritz values. ``which`` may also be a traced index
+  into :data:`WHICH` (so one compiled program serves all three rules)."""
+  if isinstance(which, str):
+    if which not in WHICH:
+      raise ValueError(f"which must be one of {WHICH}; got {which!r}")
+    which = WHICH.index(which)
+  score = jnp.select([which == 0, which == 1], [-theta, theta], -jnp.abs(theta))
+  return jnp.argsort(score)[:k]
 
 
 def eigh(
@@ -391,7 +390,7 @@ def eigh(
     >>> round(float(r.values[0]), 4), bool(r.converged[0])
     (-3.0, True)
   """
-  if which not in WHICH:
+  if isinstance(which, str) and which not in WHICH:
     raise ValueError(f"which must be one of {WHICH}; got {which!r}")
   mv, unravel, n, op_dtype, cd = _flat_operator(matvec, like, dtype)
   if not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
@@ -412,7 +411,8 @@ def eigh(
   scale = jnp.max(jnp.abs(theta))
   conv = resid <= tol * scale
   vecs = _stack_unravel(unravel, y.astype(op_dtype))
-  return EighResult(vals, vecs, resid, bounds, conv, jnp.asarray(m + k), lz.breakdowns, which)
+  return EighResult(vals, vecs, resid, bounds, conv, jnp.asarray(m + k), lz.breakdowns,
+                    which if isinstance(which, str) else "")
 
 
 # ---------------------------------------------------------- power iteration

@@ -1,0 +1,431 @@
+"""Curvature of an Objective: Hessian / Gauss-Newton operators and spectra.
+
+The operators act on parameter pytrees and are exact full-data quantities: the
+Hessian of ``obj.value`` (the mean loss over all N examples, a ``lax.scan``
+over the device-resident batches with 1/N weighting, eval mode), or the
+generalised Gauss-Newton matrix ``G = (1/N) sum_i w_i J_i^T H_i J_i`` (J the
+Jacobian of the model outputs, H the Hessian of the per-example loss in the
+outputs). Both are traceable: they can be used inside ``jit``, ``lax.scan``
+and ``vmap``.
+
+Optionally an operator is restricted to a subset of the parameter leaves (one
+layer, say): it then acts on the dict ``{leaf_name: array}`` of the selected
+leaves (names from :func:`jaxscape.tree.leaf_names`), i.e. it is the diagonal
+block of the full matrix for those leaves.
+
+The user-facing calls (:func:`eigenvalues`, :func:`trace`, :func:`density`,
+:func:`power_iteration`) build the operator and run the matrix-free
+algorithms of :mod:`jaxscape.spectral` under one ``jit``;
+:func:`point_curvature` and :func:`projected_hessian` are small pure
+functions meant to be ``vmap``-ed over grid points.
+
+Example:
+  >>> import jax, jax.numpy as jnp, numpy as np
+  >>> import jaxscape as js
+  >>> x = np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32)
+  >>> t = x @ np.array([1.0, -2.0, 0.5], np.float32)
+  >>> obj = js.Objective.from_apply(lambda p, x: x @ p["w"], data=(x, t), loss="mse", batch_size=8)
+  >>> params = {"w": jnp.zeros(3)}
+  >>> res = js.hessian.eigenvalues(obj, params, k=1, key=jax.random.key(0))
+  >>> top = np.linalg.eigvalsh(2 * x.T @ x / 20)[-1]
+  >>> bool(np.isclose(res.values[0], top, rtol=1e-4)), bool(res.converged[0])
+  (True, True)
+
+References:
+  Pearlmutter (1994) for exact Hessian-vector products; Schraudolph (2002)
+  and Martens (2014) for the Gauss-Newton matrix; Ghorbani, Krishnan & Xiao
+  (2019) and Yao et al. (2020, PyHessian) for Hessian spectra of networks;
+  Li et al. (2018) for the ``|lambda_min / lambda_max|`` convexity ratio.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+from matfree import stochtrace
+
+from . import spectral
+from . import tree as tree_lib
+from .objective import Objective
+
+PyTree = Any
+Leaves = str | Sequence[str] | Callable[[str], bool] | None
+
+KINDS = ("hessian", "ggn")
+"""Curvature matrices: ``hessian`` (exact) or ``ggn`` (generalised Gauss-Newton)."""
+
+__all__ = [
+    "KINDS",
+    "operator",
+    "hvp",
+    "select",
+    "eigenvalues",
+    "power_iteration",
+    "trace",
+    "density",
+    "projected_hessian",
+    "point_curvature",
+]
+
+
+# ---------------------------------------------------------------- leaves
+def _matches(leaves: Leaves) -> Callable[[str], bool]:
+  if callable(leaves):
+    return leaves
+  prefixes = (leaves,) if isinstance(leaves, str) else tuple(leaves)
+  if not prefixes or not all(isinstance(p, str) for p in prefixes):
+    raise ValueError(f"leaves must be a name prefix, a sequence of prefixes or a predicate; got {leaves!r}")
+  return lambda name: any(name == p or name.startswith(p.rstrip("/") + "/") for p in prefixes)
+
+
+def select(params: PyTree, leaves: Leaves) -> dict[str, jax.Array]:
+  """The selected leaves as a dict ``{leaf_name: array}``, in flattening order.
+
+  Args:
+    params: parameter pytree.
+    leaves: a leaf-name prefix such as ``"dense1"`` (all leaves under it) or
+      ``"dense1/kernel"``, a sequence of prefixes, or a predicate on names.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> p = {"a": {"w": jnp.ones(2), "b": jnp.ones(1)}, "c": {"w": jnp.ones(3)}}
+    >>> sorted(select(p, "a"))
+    ['a/b', 'a/w']
+  """
+  match = _matches(leaves)
+  names = tree_lib.leaf_names(params)
+  out = {n: x for n, x in zip(names, jax.tree.leaves(params)) if match(n)}
+  if not out:
+    raise ValueError(f"leaves={leaves!r} selects no parameter leaf; leaf names are {names}")
+  return out
+
+
+def _merge(params: PyTree, sub: dict[str, jax.Array]) -> PyTree:
+  names = tree_lib.leaf_names(params)
+  leaves, treedef = jax.tree.flatten(params)
+  return jax.tree.unflatten(treedef, [sub.get(n, x) for n, x in zip(names, leaves)])
+
+
+# ------------------------------------------------------------- operators
+def operator(obj: Objective, params: PyTree, *, kind: str = "hessian",
+             leaves: Leaves = None) -> tuple[Callable[[PyTree], PyTree], PyTree]:
+  """The curvature matrix at ``params`` as ``(matvec, like)``.
+
+  ``matvec(v)`` is the exact full-data product; ``like`` is the vector space
+  it acts on: ``params`` itself, or :func:`select` ``(params, leaves)`` for a
+  leaf-restricted block. Pass both straight to :mod:`jaxscape.spectral`.
+
+  * ``kind="hessian"``: forward-over-reverse ``jax.jvp(jax.grad(obj.value))``,
+    one forward and one backward pass over all batches per product (in the
+    forward-mode extended arithmetic), ~2-4 gradient costs.
+  * ``kind="ggn"``: ``(1/N) sum_batches J^T H_out J v`` with
+    ``J = d obj.apply(params, obj.state, x) / d params`` (linearised once per
+    batch and transposed, so one forward pass) and
+    ``H_out = d^2/d out^2 sum_i w_i obj.per_example(out, y)_i``; padded examples
+    have ``w_i = 0``. Positive semi-definite for convex losses.
+
+  Args:
+    obj: the objective.
+    params: the point.
+    kind: one of :data:`KINDS`.
+    leaves: optional leaf selection (see :func:`select`).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, numpy as np, jaxscape as js
+    >>> x = np.eye(3, dtype=np.float32); t = np.zeros(3, np.float32)
+    >>> obj = js.Objective.from_apply(lambda p, x: x @ p, data=(x, t), loss="mse")
+    >>> mv, like = operator(obj, jnp.ones(3))
+    >>> mv(jnp.array([1.0, 0.0, 0.0]))   # H = (2/N) X^T X = (2/3) I
+    Array([0.6666667, 0.       , 0.       ], dtype=float32)
+  """
+  if kind not in KINDS:
+    raise ValueError(f"kind must be one of {KINDS}; got {kind!r}")
+  if leaves is None:
+    like = params
+    full = lambda s: s
+  else:
+    like = select(params, leaves)
+    full = lambda s: _merge(params, s)
+
+  if kind == "hessian":
+    grad = jax.grad(lambda s: obj.value(full(s)))
+
+    def matvec(v):
+      return jax.jvp(grad, (like,), (v,))[1]
+
+    return matvec, like
+
+  n = obj.num_examples
+
+  def ggn_matvec(v):
+    def body(acc, batch):
+      x, y, w = batch
+      out_fn = lambda s: obj.apply(full(s), obj.state, x)
+      out, lin = jax.linearize(out_fn, like)
+      jv = lin(v)
+
+      def total(o):
+        return jnp.sum(w.astype(o.dtype) * obj.per_example(o, y))
+
+      hjv = jax.jvp(jax.grad(total), (out,), (jv,))[1]
+      (g,) = jax.linear_transpose(lin, like)(hjv)
+      return tree_lib.add(acc, g), None
+
+    acc, _ = jax.lax.scan(body, tree_lib.zeros_like(like), (obj.x, obj.y, obj.w))
+    return jax.tree.map(lambda a: a / n, acc)
+
+  return ggn_matvec, like
+
+
+def hvp(obj: Objective, params: PyTree, v: PyTree, *, kind: str = "hessian", leaves: Leaves = None) -> PyTree:
+  """One exact full-data curvature-vector product ``H v`` (or ``G v``).
+
+  ``v`` must be shaped like ``params`` (or like :func:`select` ``(params,
+  leaves)`` when ``leaves`` is given). Pure and traceable.
+  """
+  return operator(obj, params, kind=kind, leaves=leaves)[0](v)
+
+
+def _static_leaves(leaves: Leaves) -> Leaves:
+  if leaves is None or isinstance(leaves, str) or callable(leaves):
+    return leaves
+  return tuple(leaves)
+
+
+# --------------------------------------------------------- user-facing calls
+@functools.partial(jax.jit, static_argnames=("k", "num_steps", "kind", "leaves", "dtype"))
+def _eigenvalues(obj, params, key, v0, tol, which, *, k, num_steps, kind, leaves, dtype):
+  # `which` is a traced index into spectral.WHICH: one compiled program for all rules
+  mv, like = operator(obj, params, kind=kind, leaves=leaves)
+  return spectral.eigh(key, mv, like, k, which=which, num_steps=num_steps, tol=tol, v0=v0, dtype=dtype)
+
+
+def eigenvalues(
+    obj: Objective,
+    params: PyTree,
+    k: int = 5,
+    which: str = "largest",
+    *,
+    key: jax.Array,
+    num_steps: int | None = None,
+    tol: float = 1e-3,
+    v0: PyTree | None = None,
+    kind: str = "hessian",
+    leaves: Leaves = None,
+    dtype: Any = None,
+) -> spectral.EighResult:
+  """Top-k / bottom-k eigenpairs of the full-data Hessian (or GGN) by Lanczos.
+
+  One Lanczos run of ``num_steps`` HVPs with full reorthogonalisation and
+  breakdown restarts (:func:`jaxscape.spectral.eigh`), plus k HVPs for the true
+  residuals ``||H y - theta y||``. ``converged`` is
+  ``residual <= tol * max|theta|``; raise ``num_steps`` when pairs are not
+  converged.
+
+  Args:
+    obj: the objective.
+    params: the point.
+    k: number of eigenpairs.
+    which: ``largest`` / ``smallest`` (algebraic) or ``magnitude``.
+    key: PRNG key (start vector).
+    num_steps: Lanczos steps (default ``max(2k + 20, 40)``, at most n).
+    tol: relative residual tolerance for ``converged``.
+    v0: optional start vector shaped like the operator's vectors.
+    kind: ``hessian`` or ``ggn``.
+    leaves: optional leaf selection (per-layer block).
+    dtype: Lanczos recurrence dtype; ``jnp.float64`` runs the recurrence and
+      reorthogonalisation in float64 while the HVP stays in the parameters'
+      dtype (needs x64 enabled).
+
+  Returns:
+    :class:`jaxscape.spectral.EighResult` with ``values``, ``vectors`` (a pytree
+    with a leading axis k), ``residuals``, ``bounds``, ``converged`` and
+    ``num_hvps``.
+
+  Example:
+    >>> res = js.hessian.eigenvalues(obj, params, k=5, which="largest", key=key)  # doctest: +SKIP
+    >>> res.values, res.residuals, res.converged, res.num_hvps  # doctest: +SKIP
+  """
+  if which not in spectral.WHICH:
+    raise ValueError(f"which must be one of {spectral.WHICH}; got {which!r}")
+  res = _eigenvalues(obj, params, key, v0, tol, spectral.WHICH.index(which), k=k, num_steps=num_steps, kind=kind,
+                     leaves=_static_leaves(leaves), dtype=dtype)
+  return dataclasses.replace(res, which=which)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "max_iters", "kind", "leaves"))
+def _power(obj, params, key, v0, deflate, tol, *, k, max_iters, kind, leaves):
+  mv, like = operator(obj, params, kind=kind, leaves=leaves)
+  return spectral.power_iteration(key, mv, like, k=k, v0=v0, deflate=deflate, max_iters=max_iters, tol=tol)
+
+
+def power_iteration(
+    obj: Objective,
+    params: PyTree,
+    *,
+    key: jax.Array,
+    k: int = 1,
+    v0: PyTree | None = None,
+    deflate: PyTree | None = None,
+    max_iters: int = 100,
+    tol: float = 1e-3,
+    kind: str = "hessian",
+    leaves: Leaves = None,
+) -> spectral.PowerResult:
+  """Largest-|lambda| eigenpairs by deflated power iteration (warm-startable).
+
+  Stops each pair when ``||H v - lambda v|| <= tol |lambda|``. Pass the
+  previous grid point's eigenvector as ``v0`` to track ``lambda_max`` across a
+  landscape. See :func:`jaxscape.spectral.power_iteration`.
+  """
+  return _power(obj, params, key, v0, deflate, tol, k=k, max_iters=max_iters, kind=kind,
+                leaves=_static_leaves(leaves))
+
+
+@functools.partial(jax.jit, static_argnames=("min_probes", "max_probes", "block_size", "method", "sketch_size",
+                                             "batch_size", "kind", "leaves"))
+def _trace(obj, params, key, rtol, *, min_probes, max_probes, block_size, method, sketch_size, batch_size, kind,
+           leaves):
+  mv, like = operator(obj, params, kind=kind, leaves=leaves)
+  return spectral.trace(key, mv, like, rtol=rtol, min_probes=min_probes, max_probes=max_probes,
+                        block_size=block_size, method=method, sketch_size=sketch_size, batch_size=batch_size)
+
+
+def trace(
+    obj: Objective,
+    params: PyTree,
+    *,
+    key: jax.Array,
+    rtol: float = 0.01,
+    min_probes: int = 10,
+    max_probes: int = 1000,
+    block_size: int = 10,
+    method: str = "hutchinson",
+    sketch_size: int = 10,
+    batch_size: int | None = None,
+    kind: str = "hessian",
+    leaves: Leaves = None,
+) -> spectral.TraceResult:
+  """Hessian (or GGN) trace with a standard error, per-leaf traces and diagonal.
+
+  Rademacher Hutchinson (default) or Hutch++, stopping when
+  ``stderr < rtol |estimate|`` after at least ``min_probes`` and at most
+  ``max_probes`` probes (:func:`jaxscape.spectral.trace`). ``per_leaf`` holds
+  the trace of each leaf's diagonal block (per-layer traces) and ``diagonal``
+  the diagonal estimate, both from the same probes and shaped like ``params``.
+
+  Example:
+    >>> tr = js.hessian.trace(obj, params, key=key, rtol=0.01)  # doctest: +SKIP
+    >>> tr.estimate, tr.stderr, tr.num_hvps, tr.per_leaf, tr.diagonal  # doctest: +SKIP
+  """
+  return _trace(obj, params, key, rtol, min_probes=min_probes, max_probes=max_probes, block_size=block_size,
+                method=method, sketch_size=sketch_size, batch_size=batch_size, kind=kind,
+                leaves=_static_leaves(leaves))
+
+
+@functools.partial(jax.jit, static_argnames=("num_probes", "num_steps", "reortho", "num_grid", "kind", "leaves",
+                                             "dtype", "has_sigma"))
+def _density(obj, params, key, sigma, *, num_probes, num_steps, reortho, num_grid, kind, leaves, dtype, has_sigma):
+  mv, like = operator(obj, params, kind=kind, leaves=leaves)
+  d = spectral.slq(key, mv, like, num_probes=num_probes, num_steps=num_steps, reortho=reortho, num_grid=num_grid,
+                   dtype=dtype)
+  return d.smooth(sigma, num_grid=num_grid) if has_sigma else d
+
+
+def density(
+    obj: Objective,
+    params: PyTree,
+    *,
+    key: jax.Array,
+    num_probes: int = 4,
+    num_steps: int = 90,
+    reortho: bool = False,
+    sigma: float | None = None,
+    num_grid: int = 1000,
+    kind: str = "hessian",
+    leaves: Leaves = None,
+    dtype: Any = None,
+) -> spectral.Density:
+  """Spectral density of the Hessian (or GGN) by stochastic Lanczos quadrature.
+
+  ``num_probes`` Lanczos runs of ``num_steps`` HVPs
+  (:func:`jaxscape.spectral.slq`). By default the memory-light recurrence (no
+  stored basis, no reorthogonalisation); ``reortho=True`` reorthogonalises
+  against a stored basis. Gaussian kernel of standard deviation ``sigma``
+  (default 1 % of the Ritz range). Keeps ``nodes``/``weights`` so
+  ``dens.smooth(sigma, grid)`` re-smooths and ``dens.negative_mass(eps)``
+  estimates the fraction of eigenvalues below ``-eps`` without new HVPs.
+
+  Example:
+    >>> dens = js.hessian.density(obj, params, key=key, num_probes=4, num_steps=90)  # doctest: +SKIP
+    >>> dens.grid, dens.density, dens.nodes, dens.weights, dens.negative_mass(1e-3)  # doctest: +SKIP
+  """
+  if sigma is not None and sigma <= 0:
+    raise ValueError(f"sigma must be > 0; got {sigma}")
+  return _density(obj, params, key, 1.0 if sigma is None else sigma, num_probes=num_probes, num_steps=num_steps,
+                  reortho=reortho, num_grid=num_grid, kind=kind, leaves=_static_leaves(leaves), dtype=dtype,
+                  has_sigma=sigma is not None)
+
+
+# ------------------------------------------------------ curvature at a point
+def projected_hessian(obj: Objective, params: PyTree, d1: PyTree, d2: PyTree) -> jax.Array:
+  """The exact 2x2 Hessian of the loss on the plane spanned by ``d1, d2``.
+
+  ``[[d1^T H d1, d1^T H d2], [d2^T H d1, d2^T H d2]]`` at ``params``, by
+  nested forward-mode ``jvp`` of ``obj.value`` (no reverse pass, no HVP over
+  the whole parameter vector): the second derivatives of
+  ``f(a, b) = L(params + a d1 + b d2)`` at ``a = b = 0``. Pure; ``vmap`` it over
+  grid points (``params + a d1 + b d2``) for curvature maps of a surface.
+
+  Example:
+    >>> import jax.numpy as jnp, numpy as np, jaxscape as js
+    >>> x = np.eye(2, dtype=np.float32); t = np.zeros(2, np.float32)
+    >>> obj = js.Objective.from_apply(lambda p, x: x @ p, data=(x, t), loss="mse")
+    >>> projected_hessian(obj, jnp.ones(2), jnp.array([1.0, 0.0]), jnp.array([1.0, 1.0]))
+    Array([[1., 1.],
+           [1., 2.]], dtype=float32)
+  """
+  def second(u, w):
+    dir_u = lambda p: jax.jvp(obj.value, (p,), (u,))[1]
+    return jax.jvp(dir_u, (params,), (w,))[1]
+
+  h11, h12, h22 = second(d1, d1), second(d1, d2), second(d2, d2)
+  return jnp.stack([jnp.stack([h11, h12]), jnp.stack([h12, h22])])
+
+
+def point_curvature(obj: Objective, params: PyTree, key: jax.Array, *, num_steps: int = 10,
+                    num_probes: int = 10, kind: str = "hessian") -> dict[str, jax.Array]:
+  """Curvature summary at one point, for maps over a loss surface.
+
+  One Lanczos run of ``num_steps`` HVPs (full reorthogonalisation) gives the
+  extreme Ritz values ``lambda_max`` and ``lambda_min``: with a few steps they
+  are inner bounds (``lambda_max`` from below, ``lambda_min`` from above) that
+  converge fastest for well-separated extremes. ``convexity_ratio`` is
+  ``|lambda_min / lambda_max|`` (Li et al. 2018, Fig. 6). The trace is a
+  fixed-size Rademacher Hutchinson estimate with ``num_probes`` HVPs
+  (matfree's ``estimator_monte_carlo_mean_and_sem``; probes are vectorised,
+  so memory grows with ``num_probes``).
+
+  Pure and ``vmap``-able over ``params`` (and ``key``); the number of steps and
+  probes is static.
+
+  Returns:
+    ``{"lambda_max", "lambda_min", "convexity_ratio", "trace", "trace_stderr"}``,
+    scalars.
+  """
+  mv, like = operator(obj, params, kind=kind)
+  k_lz, k_tr = jax.random.split(key)
+  lz = spectral.lanczos(k_lz, mv, like, num_steps)
+  theta = jnp.linalg.eigvalsh(lz.tridiagonal())
+  lmax, lmin = theta[-1], theta[0]
+  flat_like, _ = ravel_pytree(like)
+  estimate = stochtrace.estimator_monte_carlo_mean_and_sem(
+      stochtrace.monte_carlo_trace(), stochtrace.sampler_signs(like, num=num_probes))
+  tr, se = estimate(mv, k_tr)
+  ratio = jnp.abs(lmin) / jnp.maximum(jnp.abs(lmax), jnp.finfo(flat_like.dtype).tiny)
+  return {"lambda_max": lmax, "lambda_min": lmin, "convexity_ratio": ratio, "trace": tr, "trace_stderr": se}

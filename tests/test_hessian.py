@@ -1,0 +1,237 @@
+"""hessian: exact HVP / GGN operators on an Objective and the user-facing spectra."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import jaxscape as js
+from jaxscape import hessian
+
+
+def _mlp(p, x):
+  h = jnp.tanh(x @ p["l1"]["w"] + p["l1"]["b"])
+  return h @ p["l2"]["w"] + p["l2"]["b"]
+
+
+def _problem(n=13, batch_size=5, seed=0):
+  """3-4-3 tanh MLP, cross-entropy, 13 examples in ragged batches of 5 (26+... = 31 params)."""
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(n, 3))
+  y = rng.integers(0, 3, n)
+  p = {"l1": {"w": rng.normal(size=(3, 4)), "b": 0.1 * rng.normal(size=4)},
+       "l2": {"w": rng.normal(size=(4, 3)), "b": 0.1 * rng.normal(size=3)}}
+  p = jax.tree.map(jnp.asarray, p)
+  obj = js.Objective.from_apply(_mlp, p, data=(x, y), batch_size=batch_size)
+  return obj, p, x, y
+
+
+@jax.jit
+def _hessian_flat(obj, p):
+  flat, unravel = ravel_pytree(p)
+  return jax.hessian(lambda f: obj.value(unravel(f)))(flat)
+
+
+def _dense_hessian(obj, p):
+  flat, unravel = ravel_pytree(p)
+  return np.asarray(_hessian_flat(obj, p)), flat, unravel
+
+
+@pytest.fixture(scope="module")
+def problem():
+  """One float64 problem shared by the tests, so jitted programs are reused."""
+  with jax.enable_x64(True):
+    return _problem()
+
+
+def _dense_operator(matvec, like):
+  flat, unravel = ravel_pytree(like)
+  return np.asarray(jax.jit(jax.vmap(lambda e: ravel_pytree(matvec(unravel(e)))[0]))(jnp.eye(flat.size)))
+
+
+def test_hvp_ggn_and_leaf_block_equal_dense_references(x64, problem):
+  obj, p, x, y = problem
+  h, flat, unravel = _dense_hessian(obj, p)
+  # HVP: forward-over-reverse through the scanned objective (ragged batches) equals jax.hessian
+  v = jax.random.normal(jax.random.key(0), flat.shape, jnp.float64)
+  hv = ravel_pytree(jax.jit(hessian.hvp)(obj, p, unravel(v)))[0]
+  np.testing.assert_allclose(hv, h @ np.asarray(v), rtol=1e-10, atol=1e-12)
+  # the operator is symmetric to rounding
+  np.testing.assert_allclose(_dense_operator(*hessian.operator(obj, p)), h, atol=1e-12)
+
+  # GGN = (1/N) sum_i J_i^T H_i J_i with dense Jacobians and per-example output Hessians
+  jac = jax.jacfwd(lambda f: _mlp(unravel(f), jnp.asarray(x)))(flat)  # [N, C, P]
+  out = _mlp(p, jnp.asarray(x))
+  h_out = jax.vmap(jax.hessian(lambda o, t: optax.softmax_cross_entropy_with_integer_labels(o, t)))(out, y)
+  ggn = np.einsum("ncp,ncd,ndq->pq", jac, h_out, jac) / x.shape[0]
+  g = _dense_operator(*hessian.operator(obj, p, kind="ggn"))
+  np.testing.assert_allclose(g, ggn, rtol=1e-10, atol=1e-12)
+  assert np.linalg.eigvalsh(g).min() > -1e-12  # PSD for a convex loss
+  assert np.abs(g - h).max() > 1e-3  # and not the Hessian of this nonlinear model
+
+  # leaf restriction: the operator on {"l2/b", "l2/w"} is the corresponding diagonal block
+  mv, like = hessian.operator(obj, p, leaves="l2")
+  assert list(like) == ["l2/b", "l2/w"]
+  names = js.tree.leaf_names(p)
+  sizes = [int(np.size(a)) for a in jax.tree.leaves(p)]
+  start = np.cumsum([0] + sizes)
+  idx = np.concatenate([np.arange(start[i], start[i + 1]) for i, n in enumerate(names) if n.startswith("l2/")])
+  np.testing.assert_allclose(_dense_operator(mv, like), h[np.ix_(idx, idx)], rtol=1e-10, atol=1e-12)
+  mvg, likeg = hessian.operator(obj, p, kind="ggn", leaves=["l1/w"])
+  idx = np.arange(start[names.index("l1/w")], start[names.index("l1/w") + 1])
+  np.testing.assert_allclose(_dense_operator(mvg, likeg), ggn[np.ix_(idx, idx)], rtol=1e-10, atol=1e-12)
+  with pytest.raises(ValueError, match="selects no parameter leaf"):
+    hessian.operator(obj, p, leaves="l3")
+  with pytest.raises(ValueError, match="kind"):
+    hessian.operator(obj, p, kind="fisher")
+
+
+def test_operator_is_traceable_in_vmap_and_scan(x64, problem):
+  obj, p, _, _ = problem
+  h, flat, unravel = _dense_hessian(obj, p)
+  vs = jax.random.normal(jax.random.key(1), (3, flat.size), jnp.float64)
+  batched = jax.jit(jax.vmap(lambda v: ravel_pytree(hessian.hvp(obj, p, unravel(v)))[0]))(vs)
+  np.testing.assert_allclose(batched, np.asarray(vs) @ h, rtol=1e-10, atol=1e-12)
+
+  def step(v, _):  # two power steps inside lax.scan
+    w = ravel_pytree(hessian.hvp(obj, p, unravel(v), kind="ggn"))[0]
+    return w / jnp.linalg.norm(w), None
+
+  scanned, _ = jax.lax.scan(step, vs[0], None, length=2)
+  g = _dense_operator(*hessian.operator(obj, p, kind="ggn"))
+  ref = g @ (g @ np.asarray(vs[0]) / np.linalg.norm(g @ np.asarray(vs[0])))
+  np.testing.assert_allclose(scanned, ref / np.linalg.norm(ref), rtol=1e-10, atol=1e-12)
+
+
+def test_eigenvalues_match_eigh_on_mlp(x64, problem):
+  obj, p, _, _ = problem
+  h, _, _ = _dense_hessian(obj, p)
+  lam = np.linalg.eigvalsh(h)
+  n = lam.size
+  key = jax.random.key(0)
+  top = hessian.eigenvalues(obj, p, k=3, which="largest", key=key, num_steps=n, tol=1e-8)
+  bottom = hessian.eigenvalues(obj, p, k=3, which="smallest", key=key, num_steps=n, tol=1e-8)
+  mag = hessian.eigenvalues(obj, p, k=2, which="magnitude", key=key, num_steps=n, tol=1e-8)
+  # full Krylov space (num_steps = n) in float64: exact to 1e-9 relative to ||H||
+  scale = np.abs(lam).max()
+  np.testing.assert_allclose(top.values, lam[::-1][:3], atol=1e-9 * scale)
+  np.testing.assert_allclose(bottom.values, lam[:3], atol=1e-9 * scale)
+  np.testing.assert_allclose(mag.values, lam[np.argsort(-np.abs(lam))][:2], atol=1e-9 * scale)
+  assert lam[0] < 0  # the MLP Hessian is indefinite, so smallest and magnitude differ from largest
+  assert bool(jnp.all(top.converged)) and bool(jnp.all(bottom.converged))
+  assert int(top.num_hvps) == n + 3
+  # the eigenvectors are pytrees with a leading k axis, satisfying H v = lambda v
+  v0 = jax.tree.map(lambda a: a[0], top.vectors)
+  hv = hessian.hvp(obj, p, v0)
+  js.tree.assert_allclose(hv, js.tree.scale(top.values[0], v0), atol=1e-8 * scale)
+  # per-layer block: top eigenvalue of the l1 block
+  blk = hessian.eigenvalues(obj, p, k=1, key=key, leaves="l1", num_steps=16, tol=1e-8)
+  names = js.tree.leaf_names(p)
+  start = np.cumsum([0] + [int(np.size(a)) for a in jax.tree.leaves(p)])
+  idx = np.concatenate([np.arange(start[i], start[i + 1]) for i, nm in enumerate(names) if nm.startswith("l1/")])
+  np.testing.assert_allclose(blk.values[0], np.linalg.eigvalsh(h[np.ix_(idx, idx)])[-1], rtol=1e-9)
+  # power iteration finds the largest-magnitude eigenvalue, warm start from Lanczos' vector
+  pw = hessian.power_iteration(obj, p, key=key, v0=jax.tree.map(lambda a: a[0], mag.vectors), tol=1e-6)
+  np.testing.assert_allclose(pw.values[0], mag.values[0], rtol=1e-9)
+  assert int(pw.num_hvps) <= 2
+
+
+def test_closed_form_linear_and_logistic_regression(x64):
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(11, 4))
+  # linear regression, mse on a scalar output: H = (2/N) X^T X, and GGN = H
+  obj = js.Objective.from_apply(lambda w, x: x @ w, data=(x, rng.normal(size=11)), loss="mse", batch_size=4)
+  w = jnp.asarray(rng.normal(size=4))
+  ref = 2.0 / 11 * x.T @ x
+  for kind in hessian.KINDS:
+    np.testing.assert_allclose(_dense_operator(*hessian.operator(obj, w, kind=kind)), ref, rtol=1e-12, atol=1e-14)
+  # logistic regression, binary cross-entropy on one logit: H = (1/N) X^T diag(p(1-p)) X
+  t = rng.integers(0, 2, 11).astype(np.float64)
+  obj = js.Objective.from_apply(lambda w, x: x @ w, data=(x, t), loss="binary_cross_entropy", batch_size=4)
+  prob = 1 / (1 + np.exp(-(x @ np.asarray(w))))
+  ref = x.T @ (x * (prob * (1 - prob))[:, None]) / 11
+  for kind in hessian.KINDS:
+    np.testing.assert_allclose(_dense_operator(*hessian.operator(obj, w, kind=kind)), ref, rtol=1e-12, atol=1e-14)
+  # and the Lanczos path on top of it
+  res = hessian.eigenvalues(obj, w, k=2, key=jax.random.key(0), num_steps=4, tol=1e-10)
+  np.testing.assert_allclose(res.values, np.linalg.eigvalsh(ref)[::-1][:2], rtol=1e-10)
+
+
+def test_trace_and_density_on_mlp(x64, problem):
+  obj, p, _, _ = problem
+  h, _, _ = _dense_hessian(obj, p)
+  # the indefinite MLP Hessian has a small trace next to its spread: 10 % needs ~300 probes
+  tr = hessian.trace(obj, p, key=jax.random.key(0), rtol=0.1, max_probes=2000)
+  assert bool(tr.converged) and abs(float(tr.estimate) - np.trace(h)) < 3 * float(tr.stderr)
+  assert int(tr.num_hvps) == int(tr.num_probes)
+  names = js.tree.leaf_names(p)
+  start = np.cumsum([0] + [int(np.size(a)) for a in jax.tree.leaves(p)])
+  per_leaf = dict(zip(names, jax.tree.leaves(tr.per_leaf)))
+  per_leaf_se = dict(zip(names, jax.tree.leaves(tr.per_leaf_stderr)))
+  for i, nm in enumerate(names):
+    exact = np.trace(h[start[i]:start[i + 1], start[i]:start[i + 1]])
+    assert abs(float(per_leaf[nm]) - exact) < 3.5 * float(per_leaf_se[nm]) + 1e-12, nm
+  assert jax.tree.structure(tr.diagonal) == jax.tree.structure(p)
+
+  lam = np.linalg.eigvalsh(h)
+  dens = hessian.density(obj, p, key=jax.random.key(1), num_probes=20, num_steps=31, sigma=0.05 * np.ptp(lam))
+  grid = np.asarray(dens.grid)
+  np.testing.assert_allclose(np.trapezoid(dens.density, grid), 1.0, atol=1e-4)
+  sigma = float(dens.sigma)
+  z = (grid[None] - lam[:, None]) / sigma
+  ref = np.exp(-0.5 * z**2).mean(0) / (sigma * np.sqrt(2 * np.pi))
+  # num_steps = n: each probe's quadrature is exact on the spectrum; only the
+  # probe weights are random (20 probes over 31 eigenvectors): L1 bound 0.25
+  l1 = np.trapezoid(np.abs(np.asarray(dens.density) - ref), grid)
+  assert l1 < 0.25, l1
+  # index estimate with an explicit eps, against the exact fraction
+  eps = 1e-3 * np.abs(lam).max()
+  assert abs(float(dens.negative_mass(eps)) - np.mean(lam < -eps)) < 0.15
+
+
+def test_projected_hessian_matches_finite_differences_and_vmaps(x64, problem):
+  obj, p, _, _ = problem
+  d1 = js.tree.normal_like(jax.random.key(2), p)
+  d2 = js.tree.normal_like(jax.random.key(3), p)
+  h2 = hessian.projected_hessian(obj, p, d1, d2)
+  value = jax.jit(lambda a, b: obj.value(js.tree.axpy(b, d2, js.tree.axpy(a, d1, p))))
+  f = lambda a, b: float(value(a, b))
+  e = 1e-4
+  fd11 = (f(e, 0) - 2 * f(0, 0) + f(-e, 0)) / e**2
+  fd22 = (f(0, e) - 2 * f(0, 0) + f(0, -e)) / e**2
+  fd12 = (f(e, e) - f(e, -e) - f(-e, e) + f(-e, -e)) / (4 * e**2)
+  # central differences, h = 1e-4 in float64: truncation ~h^2 f'''' and rounding ~1e-16/h^2, 1e-5 relative
+  np.testing.assert_allclose(h2, [[fd11, fd12], [fd12, fd22]], rtol=1e-5, atol=1e-7)
+  h, flat, _ = _dense_hessian(obj, p)
+  u1, u2 = ravel_pytree(d1)[0], ravel_pytree(d2)[0]
+  np.testing.assert_allclose(h2[0, 1], u1 @ h @ u2, rtol=1e-10)
+  # vmapped over a batch of points on the plane, equal to point-by-point
+  coords = jnp.array([[0.0, 0.0], [0.3, -0.2], [-0.5, 0.4]])
+  points = jax.vmap(lambda c: js.tree.axpy(c[1], d2, js.tree.axpy(c[0], d1, p)))(coords)
+  batched = jax.jit(jax.vmap(lambda q: hessian.projected_hessian(obj, q, d1, d2)))(points)
+  for i in range(3):
+    np.testing.assert_allclose(batched[i], hessian.projected_hessian(obj, jax.tree.map(lambda a: a[i], points),
+                                                                     d1, d2), rtol=1e-10)
+
+
+def test_point_curvature_vmaps_over_points(x64, problem):
+  obj, p, _, _ = problem
+  d1 = js.tree.normal_like(jax.random.key(4), p)
+  points = jax.vmap(lambda a: js.tree.axpy(a, d1, p))(jnp.array([0.0, 0.2, -0.3]))
+  key = jax.random.key(5)
+  curv = jax.jit(jax.vmap(lambda q: hessian.point_curvature(obj, q, key, num_steps=31, num_probes=200)))(points)
+  assert set(curv) == {"lambda_max", "lambda_min", "convexity_ratio", "trace", "trace_stderr"}
+  for i in range(3):
+    pi = jax.tree.map(lambda a: a[i], points)
+    lam = np.linalg.eigvalsh(_dense_hessian(obj, pi)[0])
+    # num_steps = n: the extreme Ritz values are exact (1e-9 relative to ||H||)
+    np.testing.assert_allclose(curv["lambda_max"][i], lam[-1], atol=1e-9 * np.abs(lam).max())
+    np.testing.assert_allclose(curv["lambda_min"][i], lam[0], atol=1e-9 * np.abs(lam).max())
+    np.testing.assert_allclose(curv["convexity_ratio"][i], abs(lam[0] / lam[-1]), rtol=1e-8)
+    assert abs(float(curv["trace"][i]) - lam.sum()) < 3.5 * float(curv["trace_stderr"][i])
+  # few steps: inner bounds on the extremes
+  few = jax.jit(jax.vmap(lambda q: hessian.point_curvature(obj, q, key, num_steps=4, num_probes=4)))(points)
+  lam0 = np.linalg.eigvalsh(_dense_hessian(obj, p)[0])
+  assert lam0[0] - 1e-12 <= float(few["lambda_min"][0]) <= float(few["lambda_max"][0]) <= lam0[-1] + 1e-12
