@@ -16,5 +16,6 @@ from .surface import loss_surface as loss_surface
 from .surface import load_surface as load_surface
 from . import spectral as spectral
 from . import hessian as hessian
+from . import sharpness as sharpness
 
 __version__ = "0.1.0"
