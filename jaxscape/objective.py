@@ -281,9 +281,11 @@ class Objective:
     def body(carry, batch):
       return jax.tree.map(jnp.add, carry, self.batch_sums(params, batch)), None
 
-    init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                        jax.eval_shape(lambda: self.batch_sums(params, (self.x[0], self.y[0], self.w[0]))))
-    sums, _ = jax.lax.scan(body, init, (self.x, self.y, self.w))
+    # The first batch initialises the carry, so the carry has the same
+    # sharding/varying-ness as the sums (needed inside shard_map).
+    batches = (self.x, self.y, self.w)
+    first = self.batch_sums(params, jax.tree.map(lambda b: b[0], batches))
+    sums, _ = jax.lax.scan(body, first, jax.tree.map(lambda b: b[1:], batches))
     return sums
 
   def value(self, params: PyTree) -> jax.Array:

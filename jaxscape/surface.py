@@ -214,40 +214,103 @@ def _default_budget() -> float:
     return 1e9
 
 
+def _loss_chunk(coords, index, key, params, vectors, objective):
+  """Mean loss and metrics at a chunk of points: ``vmap`` over points inside the scan over batches."""
+  del index, key
+
+  def chunk_sums(batch):
+    def point(c):
+      return objective.batch_sums(tree.add(params, tree.combine(c, vectors)), batch)
+
+    return jax.vmap(point)(coords)
+
+  def body(carry, batch):
+    return jax.tree.map(jnp.add, carry, chunk_sums(batch)), None
+
+  # The first batch initialises the carry (it is then already sharded like
+  # the grid), the scan adds the others.
+  batches = (objective.x, objective.y, objective.w)
+  first = chunk_sums(jax.tree.map(lambda b: b[0], batches))
+  sums, _ = jax.lax.scan(body, first, jax.tree.map(lambda b: b[1:], batches))
+  return jax.tree.map(lambda v: v / objective.num_examples, sums)
+
+
+CURVATURES = ("plane", "full")
+"""Curvature maps: ``plane`` = the exact 2x2 Hessian projected on the plot
+plane (nested ``jvp``; ``h_xx, h_xy, h_yy`` and its eigenvalues
+``plane_lambda_min/max``); ``full`` = the full Hessian's ``lambda_max``,
+``lambda_min``, ``convexity_ratio`` = |λmin/λmax| (Li et al. 2018) from a
+short Lanczos run, and a Hutchinson ``trace`` (± ``trace_stderr``)."""
+
+
 @functools.lru_cache(maxsize=32)
-def _call_evaluator(mesh: jax.sharding.Mesh, chunks_per_call: int):
-  """Jitted ``(coords [P, n], params, vectors, objective) -> sums [P]`` sharded over ``mesh``.
+def _chunk_fn(curvature: tuple[str, ...], lanczos_steps: int, trace_probes: int):
+  """The per-chunk function: the loss, plus the requested curvature maps (cached: stable identity for jit)."""
+  if not curvature:
+    return _loss_chunk
+  from . import hessian
+
+  def fn(coords, index, key, params, vectors, objective):
+    out = _loss_chunk(coords, index, key, params, vectors, objective)
+
+    def at(c):
+      return tree.add(params, tree.combine(c, vectors))
+
+    if "plane" in curvature:
+      d1, d2 = (jax.tree.map(lambda v, i=i: v[i], vectors) for i in range(2))
+      h = jax.vmap(lambda c: hessian.projected_hessian(objective, at(c), d1, d2))(coords)
+      ev = jnp.linalg.eigvalsh(h)
+      out.update(h_xx=h[:, 0, 0], h_xy=h[:, 0, 1], h_yy=h[:, 1, 1], plane_lambda_min=ev[:, 0], plane_lambda_max=ev[:, 1])
+    if "full" in curvature:
+      def point(c, i):
+        return hessian.point_curvature(objective, at(c), jax.random.fold_in(key, i), num_steps=lanczos_steps,
+                                       num_probes=trace_probes)
+
+      out.update(jax.vmap(point)(coords, index))
+    return out
+
+  return fn
+
+
+@functools.lru_cache(maxsize=32)
+def _call_evaluator(mesh: jax.sharding.Mesh, chunks_per_call: int, chunk_fn=_loss_chunk):
+  """Jitted ``(coords [P, n], index [P], key, params, vectors, objective) -> {name: [P]}`` sharded over ``mesh``.
 
   Each device splits its ``P / num_devices`` points into ``chunks_per_call``
-  chunks and evaluates them one after another (``lax.map``); within a chunk,
-  points are vmapped inside the scan over data batches. Cached per mesh;
-  ``jit`` caches per shapes, so all calls of a run share one compilation.
+  chunks and evaluates them one after another (``lax.map``) with
+  ``chunk_fn``. Cached per mesh; ``jit`` caches per shapes, so all calls of
+  a run share one compilation.
   """
 
-  def one_chunk(coords, params, vectors, objective):
-    def chunk_sums(batch):
-      def point(c):
-        return objective.batch_sums(tree.add(params, tree.combine(c, vectors)), batch)
-
-      return jax.vmap(point)(coords)
-
-    def body(carry, batch):
-      return jax.tree.map(jnp.add, carry, chunk_sums(batch)), None
-
-    # The first batch initialises the carry (it is then already sharded like
-    # the grid), the scan adds the others.
-    batches = (objective.x, objective.y, objective.w)
-    first = chunk_sums(jax.tree.map(lambda b: b[0], batches))
-    sums, _ = jax.lax.scan(body, first, jax.tree.map(lambda b: b[1:], batches))
-    return sums
-
-  def local(coords, params, vectors, objective):
+  def local(coords, index, key, params, vectors, objective):
     chunks = coords.reshape(chunks_per_call, -1, coords.shape[-1])
-    sums = jax.lax.map(lambda c: one_chunk(c, params, vectors, objective), chunks)
-    return jax.tree.map(lambda s: s.reshape(-1), sums)
+    indices = index.reshape(chunks_per_call, -1)
+    out = jax.lax.map(lambda ci: chunk_fn(ci[0], ci[1], key, params, vectors, objective), (chunks, indices))
+    return jax.tree.map(lambda s: s.reshape(-1), out)
 
-  sharded = jax.shard_map(local, mesh=mesh, in_specs=(P("grid"), P(), P(), P()), out_specs=P("grid"))
-  return jax.jit(sharded)
+  specs = (P("grid"), P("grid"), P(), P(), P(), P())
+  # No collectives inside: every device works on its own points. Without the
+  # varying-axes check, any library code (scans with zero-initialised carries,
+  # e.g. Lanczos) runs unchanged inside.
+  return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=P("grid"), check_vma=False))
+
+
+def _curvature_spec(curvature: str | Sequence[str] | None, n: int, key: jax.Array | None) -> tuple[str, ...]:
+  if curvature is None:
+    return ()
+  maps = (curvature,) if isinstance(curvature, str) else tuple(curvature)
+  bad = [m for m in maps if m not in CURVATURES]
+  if bad:
+    raise ValueError(f"unknown curvature map(s) {bad}: expected some of {CURVATURES}")
+  if "plane" in maps and n != 2:
+    raise ValueError(f"curvature='plane' needs a 2-D surface (two directions); got {n}")
+  if "full" in maps and key is None:
+    raise ValueError("curvature='full' needs key=jax.random.key(...) for its Lanczos and trace probes")
+  return tuple(sorted(set(maps)))
+
+
+def _key_list(key: jax.Array) -> list[int]:
+  return [int(v) for v in np.asarray(jax.random.key_data(key)).ravel()]
 
 
 def _mesh(devices: Sequence[jax.Device] | None) -> jax.sharding.Mesh:
@@ -271,6 +334,10 @@ def loss_surface(
     out_dir: str | None = None,
     quiet: bool = False,
     config: dict[str, Any] | None = None,
+    curvature: str | Sequence[str] | None = None,
+    key: jax.Array | None = None,
+    lanczos_steps: int = 10,
+    trace_probes: int = 10,
 ) -> Surface:
   """Evaluates the full-data loss (and metrics) over a grid of directions.
 
@@ -293,6 +360,14 @@ def loss_surface(
     quiet: no progress bar.
     config: extra JSON-able entries recorded in (and checked against) the
       saved config, e.g. the checkpoint a CLI run came from.
+    curvature: ``"plane"``, ``"full"`` or both (see :data:`CURVATURES`):
+      curvature maps computed at every grid point in the same pass and
+      stored in the same result (``surf.metrics``). ``plane`` costs about
+      three extra forward-over-forward passes per point; ``full`` costs
+      ``lanczos_steps + trace_probes`` Hessian-vector products per point.
+    key: ``jax.random.key`` for ``full`` curvature (point ``i`` uses
+      ``fold_in(key, i)``, so maps do not depend on chunking or devices).
+    lanczos_steps, trace_probes: sizes of the ``full`` curvature estimates.
 
   Returns:
     A :class:`Surface` with arrays indexed ``[iy, ix]``.
@@ -318,8 +393,12 @@ def loss_surface(
   chunks_per_call = int(min(chunks_per_call, math.ceil(num_points / chunk_size)))
   call_size = chunk_size * chunks_per_call
 
+  curv = _curvature_spec(curvature, d.n, key)
   dtype = jnp.result_type(*jax.tree.leaves(params))
-  names = ("loss",) + objective.metric_names
+  chunk_fn = _chunk_fn(curv, int(lanczos_steps), int(trace_probes))
+  key = jax.random.key(0) if key is None else key
+  shapes = jax.eval_shape(chunk_fn, jnp.zeros((1, d.n), dtype), jnp.zeros(1, jnp.int32), key, params, d.vectors, objective)
+  names = ("loss",) + tuple(k for k in shapes if k != "loss")
   run_config = {
       "kind": "surface",
       "axes": [[float(a[0]), float(a[-1]), int(a.size)] for a in axes],
@@ -329,6 +408,8 @@ def loss_surface(
       "num_params": tree.size(params),
       "params_fingerprint": _io.fingerprint(params),
       "directions_fingerprint": _io.fingerprint(d.vectors),
+      **({"curvature": {"maps": list(curv), "key": _key_list(key), "lanczos_steps": int(lanczos_steps),
+                        "trace_probes": int(trace_probes)}} if curv else {}),
       **(config or {}),
   }
   values = {k: np.full(num_points, np.nan) for k in names}
@@ -343,8 +424,8 @@ def loss_surface(
   todo = np.flatnonzero(~done)
 
   replicated = NamedSharding(mesh, P())
-  args = jax.device_put((params, d.vectors, objective), replicated)
-  evaluate = _call_evaluator(mesh, chunks_per_call)
+  args = jax.device_put((key, params, d.vectors, objective), replicated)
+  evaluate = _call_evaluator(mesh, chunks_per_call, chunk_fn)
   env = _io.environment()
   env["device_count"] = ndev
 
@@ -368,10 +449,13 @@ def loss_surface(
   for idx in tqdm(calls, disable=quiet, desc="surface", unit="call"):
     c = np.zeros((call_size, coords.shape[1]), coords.dtype)
     c[: idx.size] = coords[idx]
-    c = jax.device_put(jnp.asarray(c, dtype), NamedSharding(mesh, P("grid")))
-    sums = jax.device_get(evaluate(c, *args))
+    i = np.zeros(call_size, np.int32)
+    i[: idx.size] = idx
+    grid_sharding = NamedSharding(mesh, P("grid"))
+    out = jax.device_get(evaluate(jax.device_put(jnp.asarray(c, dtype), grid_sharding),
+                                  jax.device_put(jnp.asarray(i), grid_sharding), *args))
     for k in names:
-      v = np.asarray(sums[k][: idx.size], np.float64) / objective.num_examples
+      v = np.asarray(out[k][: idx.size], np.float64)
       values[k][idx] = np.where(np.isfinite(v), v, np.nan)
     done[idx] = True
     save(result(time.perf_counter() - start, int(done.sum()) - (num_points - todo.size)))

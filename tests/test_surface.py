@@ -91,7 +91,7 @@ def test_resume_after_a_killed_run_loses_no_finished_chunk(problem, tmp_path, mo
   out = str(tmp_path / "run")
   full = js.loss_surface(obj, p, dirs, x=(-1, 1, 5), y=(-1, 1, 3), quiet=True, chunk_size=4, devices=jax.devices()[:1])
 
-  real = jsurf._call_evaluator(jsurf._mesh(jax.devices()[:1]), 1)
+  real = jsurf._call_evaluator(jsurf._mesh(jax.devices()[:1]), 1, jsurf._loss_chunk)
   calls = []
 
   class Killed(Exception):
@@ -103,7 +103,7 @@ def test_resume_after_a_killed_run_loses_no_finished_chunk(problem, tmp_path, mo
       raise Killed("simulated kill")
     return real(*args)
 
-  monkeypatch.setattr(jsurf, "_call_evaluator", lambda mesh, n: dying)
+  monkeypatch.setattr(jsurf, "_call_evaluator", lambda mesh, n, fn: dying)
   with pytest.raises(Killed):
     js.loss_surface(obj, p, dirs, x=(-1, 1, 5), y=(-1, 1, 3), quiet=True, chunk_size=4, chunks_per_call=1, devices=jax.devices()[:1], out_dir=out)
   with np.load(os.path.join(out, "results.npz")) as f:
@@ -183,3 +183,41 @@ def test_plots_and_vtk(problem, tmp_path):
     js.io.export_vtk(str(tmp_path / "t.vtk"), surf.x, surf.y, {"loss": surf.loss.T})
   with pytest.raises(FileNotFoundError, match="results.npz"):
     js.load_surface(str(tmp_path / "nothing"))
+
+
+def test_curvature_maps_match_dense_hessians(x64):
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(30, 3))
+  y = rng.integers(0, 2, 30)
+  p = {"l1": {"kernel": jnp.asarray(rng.normal(size=(3, 4))), "bias": jnp.asarray(rng.normal(size=4) * 0.1)},
+       "l2": {"kernel": jnp.asarray(rng.normal(size=(4, 2))), "bias": jnp.zeros(2)}}
+  obj = js.Objective.from_apply(_mlp, p, data=(x, y), batch_size=8)
+  dirs = js.random_directions(jax.random.key(1), p, n=2, ignore=None)
+  n = js.tree.size(p)  # 22 parameters: Lanczos with n steps is exact
+  surf = js.loss_surface(obj, p, dirs, x=(-0.5, 0.5, 3), y=(0, 0.5, 2), curvature=("plane", "full"), key=jax.random.key(2),
+                         lanczos_steps=n, trace_probes=16, quiet=True, chunk_size=2)
+  flat, unravel = js.tree.ravel(p)
+  hess = jax.jit(jax.hessian(lambda v: obj.value(unravel(v))))
+  u, w = js.tree.ravel(dirs[0])[0], js.tree.ravel(dirs[1])[0]
+  for iy, b in enumerate(surf.y):
+    for ix, a in enumerate(surf.x):
+      h = np.asarray(hess(flat + a * u + b * w))
+      ev = np.linalg.eigvalsh(h)
+      # float64 throughout: 1e-8 relative for the exact maps
+      np.testing.assert_allclose(surf.metrics["h_xx"][iy, ix], u @ h @ u, rtol=1e-8)
+      np.testing.assert_allclose(surf.metrics["h_xy"][iy, ix], u @ h @ w, rtol=1e-8, atol=1e-12)
+      np.testing.assert_allclose(surf.metrics["h_yy"][iy, ix], w @ h @ w, rtol=1e-8)
+      np.testing.assert_allclose(surf.metrics["lambda_max"][iy, ix], ev[-1], rtol=1e-6)
+      np.testing.assert_allclose(surf.metrics["lambda_min"][iy, ix], ev[0], rtol=1e-6, atol=1e-9)
+      np.testing.assert_allclose(surf.metrics["convexity_ratio"][iy, ix], abs(ev[0] / ev[-1]), rtol=1e-5, atol=1e-9)
+      se = surf.metrics["trace_stderr"][iy, ix]
+      assert abs(surf.metrics["trace"][iy, ix] - np.trace(h)) <= 4 * se + 1e-9
+      plane = np.array([[u @ h @ u, u @ h @ w], [u @ h @ w, w @ h @ w]])
+      np.testing.assert_allclose(surf.metrics["plane_lambda_min"][iy, ix], np.linalg.eigvalsh(plane)[0], rtol=1e-7, atol=1e-10)
+  assert surf.meta["config"]["curvature"]["maps"] == ["full", "plane"]
+  with pytest.raises(ValueError, match="needs key"):
+    js.loss_surface(obj, p, dirs, x=(-1, 1, 3), y=(-1, 1, 3), curvature="full")
+  with pytest.raises(ValueError, match="2-D surface"):
+    js.loss_surface(obj, p, [dirs[0]], x=(-1, 1, 3), curvature="plane")
+  with pytest.raises(ValueError, match="unknown curvature"):
+    js.loss_surface(obj, p, dirs, x=(-1, 1, 3), y=(-1, 1, 3), curvature="diag")
