@@ -17,5 +17,6 @@ from .surface import load_surface as load_surface
 from . import spectral as spectral
 from . import hessian as hessian
 from . import sharpness as sharpness
+from . import critical as critical
 
 __version__ = "0.1.0"

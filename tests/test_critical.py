@@ -1,0 +1,216 @@
+"""critical: critical-point search, dense curvature, saddle-free Newton.
+
+All numerical checks run in float64 (``x64`` fixture) against closed forms or
+numpy references; each states its tolerance.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxscape as js
+from jaxscape import critical
+
+
+def _scalar_objective(fn):
+  """An Objective whose value is ``fn(params)`` (one dummy example)."""
+  apply = lambda p, x: fn(p) + 0.0 * x[:, 0]
+  return js.Objective.from_apply(apply, data=(np.zeros((1, 1)), np.zeros(1)), loss=lambda out, t: out)
+
+
+# Objectives are built once per module so jitted functions are reused.
+@functools.cache
+def _saddle_obj():  # f(x, y) = x^2 - y^2: saddle at 0, eigenvalues (2, -2)
+  return _scalar_objective(lambda p: p[0] ** 2 - p[1] ** 2)
+
+
+@functools.cache
+def _linear_net_obj():  # 1-1-1 linear net on (x, y) = (1, 1): f = (1 - w2 w1)^2
+  apply = lambda p, x: p["w2"] * p["w1"] * x[:, 0]
+  return js.Objective.from_apply(apply, data=(np.ones((1, 1)), np.ones(1)), loss="mse")
+
+
+_A_EIGS = np.array([-3.0, -0.5, 1.0, 4.0])
+
+
+def _quadratic():
+  rng = np.random.default_rng(3)
+  q, _ = np.linalg.qr(rng.normal(size=(4, 4)))
+  a = q @ np.diag(_A_EIGS) @ q.T
+  b = rng.normal(size=4)
+  return a, b, q
+
+
+@functools.cache
+def _quadratic_obj():
+  a, b, _ = _quadratic()
+  return _scalar_objective(lambda p: 0.5 * p @ jnp.asarray(a, p.dtype) @ p + jnp.asarray(b, p.dtype) @ p)
+
+
+def _mlp_apply(p, x):
+  return jnp.tanh(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
+
+
+@functools.cache
+def _mlp_obj():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(8, 2))
+  y = rng.integers(0, 2, 8)
+  return js.Objective.from_apply(_mlp_apply, data=(x, y), batch_size=None)
+
+
+def _mlp_params(seed=1):
+  rng = np.random.default_rng(seed)
+  shapes = {"w1": (2, 3), "b1": (3,), "w2": (3, 2), "b2": (2,)}
+  return {k: jnp.asarray(rng.normal(size=s), jnp.float32) for k, s in shapes.items()}
+
+
+@pytest.mark.parametrize("method", critical.METHODS)
+def test_find_critical_point_converges_to_saddle_of_quadratic(x64, method):
+  cp = critical.find_critical_point(_saddle_obj(), jnp.array([0.3, -0.2]), method=method, tol=1e-10)
+  assert cp.converged and cp.status == "converged"
+  assert cp.grad_norm < 1e-10
+  # the saddle is the origin: |x| <= ||g|| / min|lambda| = 0.5e-10
+  np.testing.assert_allclose(cp.params, [0.0, 0.0], atol=0.5e-10)
+  np.testing.assert_allclose(cp.eigenvalues, [-2.0, 2.0], rtol=1e-12)
+  assert cp.index == 0.5
+  assert cp.params.dtype == jnp.float64
+
+
+def test_find_critical_point_linear_net_saddle_and_minimum(x64):
+  obj = _linear_net_obj()
+  cp = critical.find_critical_point(obj, {"w1": jnp.array(0.1), "w2": jnp.array(-0.05)}, tol=1e-10)
+  assert cp.converged
+  # the origin is the only critical point off the minimum manifold w1 w2 = 1;
+  # its Hessian [[0, -2], [-2, 0]] has eigenvalues -2, 2.
+  # |w| <= ||g|| / min|lambda| = 0.5e-10 near the origin
+  np.testing.assert_allclose([cp.params["w1"], cp.params["w2"]], [0.0, 0.0], atol=0.5e-10)
+  np.testing.assert_allclose(cp.eigenvalues, [-2.0, 2.0], rtol=1e-10)
+  assert cp.index == 0.5
+  np.testing.assert_allclose(cp.loss, 1.0, rtol=1e-12)
+
+  cp = critical.find_critical_point(obj, {"w1": jnp.array(1.3), "w2": jnp.array(0.6)}, tol=1e-10, eps=1e-8)
+  assert cp.converged and cp.index == 0.0
+  np.testing.assert_allclose(cp.params["w1"] * cp.params["w2"], 1.0, rtol=1e-10)
+  assert cp.loss < 1e-20
+  # minimum manifold: one flat direction (0) and curvature 2 (w1^2 + w2^2)
+  w1, w2 = float(cp.params["w1"]), float(cp.params["w2"])
+  np.testing.assert_allclose(cp.eigenvalues, [0.0, 2 * (w1**2 + w2**2)], atol=1e-9)
+
+
+def test_gradient_flat_point_is_not_reported_as_critical(x64):
+  # f = x^3/3 + x: g = x^2 + 1 never vanishes; ||g||^2 is minimal at x = 0
+  # (where H = 2x = 0), a gradient-flat point in the sense of Frye et al. 2021.
+  obj = _scalar_objective(lambda p: p[0] ** 3 / 3 + p[0])
+  cp = critical.find_critical_point(obj, jnp.array([0.7]), max_steps=200)
+  assert not cp.converged
+  assert cp.status == "gradient_flat"
+  np.testing.assert_allclose(cp.grad_norm, 1.0, rtol=1e-6)
+  np.testing.assert_allclose(cp.params, [0.0], atol=1e-3)
+
+
+def test_dense_hessian_matches_finite_differences(x64):
+  obj = _mlp_obj()
+  p = _mlp_params()
+  h = critical.dense_hessian(obj, p)
+  assert h.shape == (17, 17) and h.dtype == jnp.float64
+  flat = jax.flatten_util.ravel_pytree(jax.tree.map(lambda a: a.astype(jnp.float64), p))[0]
+  _, unravel = jax.flatten_util.ravel_pytree(jax.tree.map(lambda a: a.astype(jnp.float64), p))
+  grad = jax.jit(lambda v: jax.flatten_util.ravel_pytree(jax.grad(obj.value)(unravel(v)))[0])
+  step = 1e-5
+  basis = np.eye(17) * step
+  fd = np.stack([(grad(flat + e) - grad(flat - e)) / (2 * step) for e in basis], axis=1)
+  # central differences: O(step^2) = 1e-10 truncation plus 1e-11 round-off
+  np.testing.assert_allclose(h, fd, atol=1e-8)
+  np.testing.assert_allclose(h, h.T, atol=0)
+  lam, vecs = critical.hessian_eigh(obj, p)
+  np.testing.assert_allclose(lam, np.linalg.eigvalsh(np.asarray(h)), atol=1e-12)
+  np.testing.assert_allclose(vecs @ np.diag(lam) @ vecs.T, h, atol=1e-12)
+
+
+def test_index_counts_eigenvalues_below_minus_eps():
+  lam = jnp.array([-2.0, -1e-9, 0.0, 0.5, 3.0])
+  assert float(critical.index(lam, eps=1e-6)) == pytest.approx(0.2)
+  assert float(critical.index(lam, eps=0.0)) == pytest.approx(0.4)
+  # default eps = n * machine eps * max|lambda| (about 1e-6 here in float32)
+  assert float(critical.index(lam)) == pytest.approx(0.2)
+  batched = critical.index(jnp.array([[-1.0, 1.0], [-1.0, -1.0]]), eps=0.1)
+  np.testing.assert_array_equal(batched, [0.5, 1.0])
+  with pytest.raises(ValueError, match="non-empty last axis"):
+    critical.index(jnp.zeros((0,)))
+
+
+def test_saddle_free_newton_step_on_quadratic_is_minus_abs_h_inverse_g(x64):
+  a, b, q = _quadratic()
+  obj = _quadratic_obj()
+  x = jnp.asarray(np.random.default_rng(5).normal(size=4))
+  g = a @ np.asarray(x) + b
+  for damping in (0.0, 0.3):
+    expected = -q @ np.diag(1 / (np.abs(_A_EIGS) + damping)) @ q.T @ g
+    np.testing.assert_allclose(critical.saddle_free_newton_step(obj, x, damping), expected, rtol=1e-12, atol=1e-14)
+  np.testing.assert_allclose(critical.newton_step(obj, x, 0.2), -np.linalg.solve(a + 0.2 * np.eye(4), g), rtol=1e-12)
+  np.testing.assert_allclose(critical.gradient_descent_step(obj, x, 0.1), -0.1 * g, rtol=1e-14)
+  # Krylov SFN with k = n = 4 spans the whole space: equals the dense step
+  np.testing.assert_allclose(critical.saddle_free_newton_step_krylov(obj, x, 0.0, 4),
+                             -q @ np.diag(1 / np.abs(_A_EIGS)) @ q.T @ g, rtol=1e-10)
+
+
+def test_krylov_sfn_equals_dense_sfn_when_k_is_n(x64):
+  obj = _mlp_obj()
+  p = _mlp_params(seed=2)
+  dense = critical.saddle_free_newton_step(obj, p, 0.1)
+  krylov = critical.saddle_free_newton_step_krylov(obj, p, 0.1, 17)
+  # 17 Lanczos steps with full reorthogonalisation: agreement to 1e-8 relative
+  js.tree.assert_allclose(krylov, dense, rtol=1e-8, atol=1e-10)
+  assert js.tree.leaf_names(krylov) == js.tree.leaf_names(p)
+  # a smaller subspace gives a different, still downhill step
+  small = critical.saddle_free_newton_step_krylov(obj, p, 0.1, 3)
+  minus_g = critical.gradient_descent_step(obj, p, 1.0)
+  assert float(js.tree.dot(small, minus_g)) > 0
+  assert not js.tree.allclose(small, dense, rtol=1e-3)
+
+
+def test_sfn_escapes_saddle_faster_than_gd_and_newton_is_attracted(x64):
+  obj = _saddle_obj()
+  p0 = jnp.array([0.1, 1e-3])
+  gd = critical.escape_saddle(obj, p0, "gd", 60, lr=0.1, threshold=0.1)
+  sfn = critical.escape_saddle(obj, p0, "sfn", 60, threshold=0.1)
+  krylov = critical.escape_saddle(obj, p0, "sfn_krylov", 60, krylov_dim=2, threshold=0.1)
+  newton = critical.escape_saddle(obj, p0, "newton", 60, threshold=0.1)
+  # closed forms: GD multiplies y by 1.2 per step, SFN by 2; the loss drops by
+  # 0.1 once y^2 - x^2 >= 0.1 - 0.01 + 1e-6: step 32 for GD, step 9 for SFN
+  assert gd.escape_step == 32
+  assert sfn.escape_step == 9 and krylov.escape_step == 9
+  assert sfn.escape_step < gd.escape_step
+  np.testing.assert_allclose(krylov.losses[:12], sfn.losses[:12], rtol=1e-10)
+  # Newton jumps onto the saddle in one step and stays there
+  assert newton.escape_step == -1
+  np.testing.assert_allclose(newton.params, [0.0, 0.0], atol=1e-15)
+  assert newton.grad_norms[-1] < 1e-15
+  assert gd.losses.shape == (61,) and gd.grad_norms.shape == (61,)
+
+
+def test_escape_from_planted_saddle_of_linear_net(x64):
+  obj = _linear_net_obj()
+  p0 = {"w1": jnp.array(1e-3), "w2": jnp.array(2e-3)}
+  gd = critical.escape_saddle(obj, p0, "gd", 100, lr=0.05, threshold=0.5)
+  sfn = critical.escape_saddle(obj, p0, "sfn", 100, damping=0.1, threshold=0.5)
+  assert 0 < sfn.escape_step < gd.escape_step
+  assert sfn.losses[-1] < 1e-6  # SFN ends at the minimum w1 w2 = 1
+
+
+def test_errors_name_what_was_expected():
+  obj = _saddle_obj()
+  with pytest.raises(ValueError, match="unknown method 'bfgs'"):
+    critical.find_critical_point(obj, jnp.array([0.1, 0.1]), method="bfgs")
+  with pytest.raises(ValueError, match=r"krylov_dim must be an int in \[1, 2\]"):
+    critical.saddle_free_newton_step_krylov(obj, jnp.array([0.1, 0.1]), 0.0, 3)
+  with pytest.raises(ValueError, match="needs krylov_dim"):
+    critical.escape_saddle(obj, jnp.array([0.1, 0.1]), "sfn_krylov", 5)
+  with pytest.raises(ValueError, match="unknown method 'adam'"):
+    critical.escape_saddle(obj, jnp.array([0.1, 0.1]), "adam", 5)
+  with pytest.raises(ValueError, match="no array leaves"):
+    critical.dense_hessian(obj, {})
