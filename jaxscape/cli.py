@@ -63,6 +63,26 @@ def _objective(model: Any, ds: Any, split: str, batch_size: int):
   return Objective.from_nnx(model, data=pair, batch_size=batch_size, name=f"{ds.name}-{split}")
 
 
+def _add_source_flags(p: argparse.ArgumentParser) -> None:
+  src = p.add_mutually_exclusive_group(required=True)
+  src.add_argument("--checkpoint", help="checkpoint directory written by `jaxscape train`")
+  src.add_argument("--demo", action="store_true", help="train a small MLP on digits first (seconds)")
+  p.add_argument("--demo-epochs", type=int, default=40, help="training epochs of --demo")
+  p.add_argument("--data-dir", default=None, help="directory of on-disk datasets (MNIST, CIFAR)")
+  p.add_argument("--split", default="train", choices=["train", "test"], help="data split the loss is averaged over")
+  p.add_argument("--batch-size", type=int, default=512)
+  p.add_argument("--seed", type=int, default=0, help="seed of every random choice (directions, probes, --demo)")
+
+
+def _source(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
+  """``(model, dataset, record)`` from ``--demo`` or ``--checkpoint``."""
+  if args.demo:
+    model, ds, _ = demo_network(args.seed, epochs=args.demo_epochs)
+    return model, ds, {"demo": True, "seed": args.seed}
+  model, ds = _load_checkpoint(args.checkpoint, args.data_dir)
+  return model, ds, {"checkpoint": os.path.abspath(args.checkpoint)}
+
+
 def _load_checkpoint(path: str, data_dir: str | None):
   from . import checkpoint, data
 
@@ -82,10 +102,7 @@ def _load_checkpoint(path: str, data_dir: str | None):
 @command("surface")
 def _surface_parser(sub) -> None:
   p = sub.add_parser("surface", help="evaluate a 1-D or 2-D loss surface", description=_surface.__doc__)
-  src = p.add_mutually_exclusive_group(required=True)
-  src.add_argument("--checkpoint", help="checkpoint directory written by `jaxscape train`")
-  src.add_argument("--demo", action="store_true", help="train a small MLP on digits first (seconds)")
-  p.add_argument("--demo-epochs", type=int, default=40, help="training epochs of --demo")
+  _add_source_flags(p)
   p.add_argument("--checkpoint2", help="second checkpoint: x direction = checkpoint2 - checkpoint (never normalised)")
   p.add_argument("--checkpoint3", help="third checkpoint: the plane through the three (needs --checkpoint2)")
   p.add_argument("--x", default="-1:1:51", help="start:stop:num of the x axis (default -1:1:51)")
@@ -93,12 +110,12 @@ def _surface_parser(sub) -> None:
   p.add_argument("--norm", "--xnorm", dest="norm", default="filter", choices=["filter", "layer", "model", "none"])
   p.add_argument("--ignore", "--xignore", dest="ignore", default="biasbn", choices=["biasbn", "none"])
   p.add_argument("--orthogonalize", action="store_true", help="make y orthogonal to x")
-  p.add_argument("--seed", type=int, default=0, help="seed of the random directions (and of --demo)")
-  p.add_argument("--split", default="train", choices=["train", "test"], help="data split the loss is averaged over")
-  p.add_argument("--batch-size", type=int, default=512)
   p.add_argument("--chunk-size", type=int, default=None, help="grid points evaluated at once (bounds memory)")
-  p.add_argument("--data-dir", default=None, help="directory of on-disk datasets (MNIST, CIFAR)")
   p.add_argument("--out", default=None, help="output directory (default runs/surface-<seed>)")
+  p.add_argument("--curvature", default="none", choices=["none", "plane", "full", "both"],
+                 help="curvature maps at every grid point: the 2x2 Hessian on the plot plane, and/or the full "
+                      "Hessian's lambda_max, lambda_min, |lambda_min/lambda_max| and trace (heat maps)")
+  p.add_argument("--lanczos-steps", type=int, default=10, help="Lanczos steps per point for --curvature full")
   p.add_argument("--vtk", action="store_true", help="also write surface.vtk for ParaView")
   p.add_argument("--log", action="store_true", help="log-scale figures")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -115,12 +132,7 @@ def _surface(args: argparse.Namespace) -> int:
   ignore = None if args.ignore == "none" else args.ignore
   if args.checkpoint3 and not args.checkpoint2:
     raise SystemExit("error: --checkpoint3 needs --checkpoint2 (the plane through three checkpoints)")
-  if args.demo:
-    model, ds, _ = demo_network(args.seed, epochs=args.demo_epochs)
-    source = {"demo": True, "seed": args.seed}
-  else:
-    model, ds = _load_checkpoint(args.checkpoint, args.data_dir)
-    source = {"checkpoint": os.path.abspath(args.checkpoint)}
+  model, ds, source = _source(args)
   obj, params = _objective(model, ds, args.split, args.batch_size)
   if args.checkpoint2:
     others = [_objective(_load_checkpoint(c, args.data_dir)[0], ds, args.split, args.batch_size)[1]
@@ -138,8 +150,10 @@ def _surface(args: argparse.Namespace) -> int:
   y = args.y if dirs.n == 2 else None
   if dirs.n == 2 and y is None:
     raise SystemExit("error: a plane needs --y start:stop:num")
+  curvature = None if args.curvature == "none" else ("plane", "full") if args.curvature == "both" else args.curvature
   surf = surface.loss_surface(obj, params, dirs, x=args.x, y=y, chunk_size=args.chunk_size, out_dir=out,
-                              quiet=args.quiet, config={"source": source})
+                              quiet=args.quiet, config={"source": source}, curvature=curvature,
+                              key=jax.random.fold_in(jax.random.key(args.seed), 2), lanczos_steps=args.lanczos_steps)
   paths = plot.save_figures(surf, out, log=args.log)
   if args.vtk and surf.ndim == 2:
     paths.append(_vtk(surf, out, log=args.log))
@@ -169,6 +183,88 @@ def _nanmax(a):
   import numpy as np
 
   return np.nanmax(a) if np.isfinite(a).any() else float("nan")
+
+
+# ----------------------------------------------------------------------------- hessian
+
+
+@command("hessian")
+def _hessian_parser(sub) -> None:
+  p = sub.add_parser("hessian", help="Hessian eigenvalues, trace and spectral density at a point",
+                     description=_hessian.__doc__)
+  _add_source_flags(p)
+  p.add_argument("--top-k", type=int, default=5, help="largest eigenpairs (0: none)")
+  p.add_argument("--bottom-k", type=int, default=0, help="smallest (most negative) eigenpairs (0: none)")
+  p.add_argument("--lanczos-steps", type=int, default=None, help="Lanczos steps (default max(2k + 20, 40))")
+  p.add_argument("--tol", type=float, default=1e-3, help="relative residual for 'converged'")
+  p.add_argument("--trace", action="store_true", help="Hutchinson trace with a standard error")
+  p.add_argument("--trace-rtol", type=float, default=0.01, help="stop when stderr < rtol * |trace|")
+  p.add_argument("--density", action="store_true", help="spectral density by stochastic Lanczos quadrature")
+  p.add_argument("--density-probes", type=int, default=4)
+  p.add_argument("--density-steps", type=int, default=90)
+  p.add_argument("--eps", type=float, default=1e-3, help="negative mass is the density below -eps")
+  p.add_argument("--kind", default="hessian", choices=["hessian", "ggn"])
+  p.add_argument("--out", default=None, help="output directory (default runs/hessian-<seed>)")
+  p.set_defaults(func=_hessian)
+
+
+def _hessian(args: argparse.Namespace) -> int:
+  """Computes certified curvature at a trained point: top/bottom eigenpairs with residuals, trace ± SE, density."""
+  import time
+
+  import jax
+  import numpy as np
+
+  from . import hessian, plot
+  from . import io as jio
+
+  out = args.out or f"runs/hessian-{args.seed}"
+  model, ds, source = _source(args)
+  obj, params = _objective(model, ds, args.split, args.batch_size)
+  key = jax.random.key(args.seed)
+  arrays: dict[str, Any] = {}
+  stats: dict[str, Any] = {}
+  lines = []
+  for which, k in (("largest", args.top_k), ("smallest", args.bottom_k)):
+    if k > 0:
+      t = time.perf_counter()
+      res = hessian.eigenvalues(obj, params, k=k, which=which, key=jax.random.fold_in(key, len(arrays)),
+                                num_steps=args.lanczos_steps, tol=args.tol, kind=args.kind)
+      for field in ("values", "residuals", "converged"):
+        arrays[f"{which}_{field}"] = np.asarray(getattr(res, field))
+      stats[f"{which}_num_hvps"] = int(res.num_hvps)
+      stats[f"{which}_seconds"] = time.perf_counter() - t
+      lines.append(f"{which} {k}: " + ", ".join(f"{v:.5g} (res {r:.1e}{'' if c else ', NOT converged'})" for v, r, c in
+                                                  zip(res.values, res.residuals, res.converged)))
+  if args.trace:
+    tr = hessian.trace(obj, params, key=jax.random.fold_in(key, 10), rtol=args.trace_rtol, kind=args.kind)
+    arrays.update(trace=np.asarray(tr.estimate), trace_stderr=np.asarray(tr.stderr))
+    stats.update(trace_num_hvps=int(tr.num_hvps), trace_converged=bool(tr.converged))
+    lines.append(f"trace {float(tr.estimate):.5g} ± {float(tr.stderr):.2g} ({int(tr.num_hvps)} HVPs)")
+  if args.density:
+    dens = hessian.density(obj, params, key=jax.random.fold_in(key, 11), num_probes=args.density_probes,
+                           num_steps=args.density_steps, kind=args.kind)
+    arrays.update(density_grid=np.asarray(dens.grid), density=np.asarray(dens.density),
+                  density_nodes=np.asarray(dens.nodes), density_weights=np.asarray(dens.weights))
+    neg = float(dens.negative_mass(args.eps))
+    stats.update(density_sigma=float(dens.sigma), negative_mass=neg, eps=args.eps)
+    os.makedirs(out, exist_ok=True)
+    for log in (False, True):
+      fig, _ = plot.density(dens, log=log)
+      fig.savefig(os.path.join(out, f"density{'_log' if log else ''}.png"), dpi=120, bbox_inches="tight")
+      plot.close(fig)
+    lines.append(f"density: mass below -{args.eps:g} = {neg:.4g} (σ = {float(dens.sigma):.3g})")
+  if not arrays:
+    raise ValueError("nothing to compute: give --top-k/--bottom-k > 0, --trace or --density")
+  loss, metrics = jax.jit(obj.loss)(params)
+  config = {"kind": "hessian", "source": source, "objective": obj.describe(), "seed": args.seed, "matrix": args.kind,
+            "top_k": args.top_k, "bottom_k": args.bottom_k, "lanczos_steps": args.lanczos_steps, "tol": args.tol}
+  jio.save_result(out, arrays, {"config": config, "environment": jio.environment(), "loss": float(loss),
+                                **{k: float(v) for k, v in metrics.items()}, **stats})
+  print(f"loss {float(loss):.5g} at the point; results in {out}")
+  for line in lines:
+    print(f"  {line}")
+  return 0
 
 
 # ----------------------------------------------------------------------------- plot

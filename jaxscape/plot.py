@@ -23,7 +23,7 @@ matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["contour", "contourf", "heatmap", "surface3d", "curve", "trajectory", "save_figures", "close"]
+__all__ = ["contour", "contourf", "heatmap", "surface3d", "curve", "trajectory", "density", "save_figures", "close"]
 
 
 def _field(surf: Any, field: str) -> np.ndarray:
@@ -188,3 +188,21 @@ def save_figures(surf: Any, out_dir: str, *, prefix: str = "", vmin=None, vmax=N
     close(fig)
     paths.append(path)
   return paths
+
+
+def density(dens: Any, *, ax=None, log: bool = False, title: str | None = None):
+  """A Hessian spectral density (SLQ): linear or log-scale density axis.
+
+  Takes a :class:`jaxscape.spectral.Density` (or anything with ``grid``,
+  ``density`` and ``sigma``).
+  """
+  fig, ax = _axes(ax)
+  grid, dens_values = np.asarray(dens.grid), np.asarray(dens.density)
+  if log:
+    ax.semilogy(grid, np.maximum(dens_values, 1e-12))
+  else:
+    ax.plot(grid, dens_values)
+  ax.axvline(0.0, color="k", lw=0.5)
+  ax.set_xlabel("eigenvalue"), ax.set_ylabel("density")
+  ax.set_title(title or f"Hessian spectral density (Gaussian σ = {float(np.asarray(dens.sigma)):.3g})")
+  return fig, ax

@@ -55,3 +55,29 @@ def test_experiment_smoke(name, tmp_path):
     assert json.load(f)["seed"] == 1
   assert os.path.isfile(os.path.join(out, "results.npz")) and os.path.isfile(os.path.join(out, "meta.json"))
   assert any(f.endswith(".png") for f in os.listdir(out))
+
+
+def test_hessian_command(tmp_path, capsys):
+  out = str(tmp_path / "h")
+  argv = ["hessian", "--demo", "--demo-epochs", "2", "--top-k", "2", "--bottom-k", "1", "--lanczos-steps", "40",
+          "--trace", "--trace-rtol", "0.2", "--density", "--density-steps", "20", "--density-probes", "2", "--out", out]
+  assert cli.main(argv) == 0
+  with np.load(os.path.join(out, "results.npz")) as f:
+    top, bottom = f["largest_values"], f["smallest_values"]
+    assert top.shape == (2,) and bottom.shape == (1,) and top[0] >= top[1] >= bottom[0]
+    assert f["largest_residuals"].shape == (2,)
+    assert abs(np.trapezoid(f["density"], f["density_grid"]) - 1.0) < 1e-2
+    assert f["trace_stderr"] > 0
+  for name in ("density.png", "density_log.png", "meta.json"):
+    assert os.path.isfile(os.path.join(out, name))
+  assert "largest 2:" in capsys.readouterr().out
+  assert cli.main(["hessian", "--demo", "--demo-epochs", "1", "--top-k", "0", "--out", out]) == 2
+
+
+def test_surface_with_curvature_maps(tmp_path):
+  out = str(tmp_path / "c")
+  assert cli.main(["surface", "--demo", "--demo-epochs", "2", "--x=-1:1:3", "--y=-1:1:3", "--curvature", "plane",
+                   "--out", out, "--quiet"]) == 0
+  with np.load(os.path.join(out, "results.npz")) as f:
+    assert f["h_xx"].shape == (3, 3) and np.isfinite(f["plane_lambda_min"]).all()
+  assert os.path.isfile(os.path.join(out, "heatmap_plane_lambda_min.png"))
