@@ -18,5 +18,8 @@ from . import spectral as spectral
 from . import hessian as hessian
 from . import sharpness as sharpness
 from . import critical as critical
+from . import data as data
+from . import models as models
+from . import train as train
 
 __version__ = "0.1.0"

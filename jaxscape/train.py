@@ -1,0 +1,623 @@
+"""Training on the pure ``(params, state, apply)`` form: optax loops, vmapped seeds.
+
+The model is split once into pure functions (:func:`split_train`):
+``train_apply(params, state, x) -> (outputs, new_state)`` runs it in train
+mode (BatchNorm uses batch statistics and returns updated running averages;
+Dropout is active) and ``apply(params, state, x) -> outputs`` runs it in eval
+mode. ``params`` and ``state`` are plain nested dicts of arrays, so they can
+be jitted, vmapped, stacked and checkpointed.
+
+Epochs. Each epoch draws a permutation of the training set from
+``fold_in(key, epoch)`` and runs ``floor(N / batch_size)`` steps as one
+``lax.scan``; **the ragged remainder of each epoch is dropped** (a different
+remainder each epoch, since the order is reshuffled). ``batch_size=None`` is
+full-batch gradient descent (one step per epoch, no shuffling). After every
+epoch the train and test loss and accuracy are evaluated on the *full* splits
+in eval mode (exact means, :class:`jaxscape.Objective`).
+
+Resuming. The data order depends only on ``(key, epoch)`` and the step
+count, so a run restored from a checkpoint continues exactly as the
+uninterrupted run would have (see :mod:`jaxscape.checkpoint`).
+
+Example:
+  >>> import jax
+  >>> import jaxscape as js
+  >>> from jaxscape import data, models, train
+  >>> ds = data.load("synthetic", train_size=64, test_size=32, dim=4)
+  >>> net = models.build("mlp", 0, in_features=4, widths=[8], out_features=3)
+  >>> cfg = train.TrainConfig(optimizer="adam", learning_rate=1e-2, batch_size=16, epochs=3)
+  >>> params, state, hist = train.train(jax.random.key(0), net, ds, cfg)
+  >>> hist.train_loss.shape
+  (3,)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from .data import Dataset
+from .objective import LOSSES, Objective, per_example_loss
+
+PyTree = Any
+
+__all__ = [
+    "TrainConfig",
+    "History",
+    "split_train",
+    "update_model",
+    "make_optimizer",
+    "train",
+    "train_many",
+    "train_from_spec",
+    "SWEEPABLE",
+]
+
+SWEEPABLE = ("learning_rate", "weight_decay", "momentum")
+"""Hyperparameters that :func:`train_many` can vary across runs in one vmap."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Optimisation settings (all JSON values, recorded in checkpoints).
+
+  Attributes:
+    optimizer: ``sgd`` (optionally with momentum / Nesterov), ``adam``, or
+      ``adamw`` (decoupled weight decay).
+    learning_rate: base learning rate.
+    momentum: SGD momentum (0: plain SGD); for Adam it is ``b1`` when > 0.
+    nesterov: Nesterov momentum for SGD.
+    weight_decay: L2 coefficient. For ``sgd``/``adam`` it is added to the
+      gradient (``g + wd * w``, PyTorch's coupled decay, as in Li et al.); for
+      ``adamw`` it is decoupled. Applied to every parameter.
+    batch_size: examples per step; ``None`` (or >= N) is full batch.
+    epochs: number of epochs (ignored when ``steps`` is set).
+    steps: total number of optimiser steps (overrides ``epochs``).
+    schedule: ``constant``, ``step`` (multiply by ``decay_factor`` at each
+      epoch in ``decay_epochs``) or ``cosine`` (to 0 over all steps).
+    decay_epochs: epochs at which the ``step`` schedule decays.
+    decay_factor: factor of each ``step`` decay.
+    warmup_steps: linear warm-up from 0 before the schedule.
+    loss: a name in :data:`jaxscape.objective.LOSSES`.
+    eval_batch_size: batch size of the full-data evaluations.
+  """
+
+  optimizer: str = "sgd"
+  learning_rate: float = 0.1
+  momentum: float = 0.0
+  nesterov: bool = False
+  weight_decay: float = 0.0
+  batch_size: int | None = 128
+  epochs: int = 10
+  steps: int | None = None
+  schedule: str = "constant"
+  decay_epochs: tuple[int, ...] = ()
+  decay_factor: float = 0.1
+  warmup_steps: int = 0
+  loss: str = "cross_entropy"
+  eval_batch_size: int = 1024
+
+  def __post_init__(self):
+    if self.optimizer not in ("sgd", "adam", "adamw"):
+      raise ValueError(f"optimizer must be 'sgd', 'adam' or 'adamw'; got {self.optimizer!r}")
+    if self.schedule not in ("constant", "step", "cosine"):
+      raise ValueError(f"schedule must be 'constant', 'step' or 'cosine'; got {self.schedule!r}")
+    if self.batch_size is not None and int(self.batch_size) < 1:
+      raise ValueError(f"batch_size must be a positive integer or None (full batch); got {self.batch_size!r}")
+    if self.steps is None and int(self.epochs) < 1:
+      raise ValueError(f"epochs must be >= 1 (or give steps); got {self.epochs!r}")
+    if self.steps is not None and int(self.steps) < 1:
+      raise ValueError(f"steps must be >= 1; got {self.steps!r}")
+    if self.loss not in LOSSES:
+      raise ValueError(f"unknown loss {self.loss!r}: expected one of {sorted(LOSSES)}")
+    object.__setattr__(self, "decay_epochs", tuple(int(e) for e in self.decay_epochs))
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+    """Builds a config from a dict, rejecting unknown keys by name."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+      raise ValueError(f"unknown training settings {unknown}; expected some of {sorted(names)}")
+    return cls(**d)
+
+  def to_dict(self) -> dict[str, Any]:
+    d = dataclasses.asdict(self)
+    d["decay_epochs"] = list(self.decay_epochs)
+    return d
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class History:
+  """Per-epoch training record (NumPy arrays; plot ``epoch`` against any field).
+
+  With :func:`train_many` every field except ``epoch`` and ``step`` gets
+  leading run axes (``[seeds, epochs]``, or ``[configs, seeds, epochs]``).
+
+  Attributes:
+    epoch: epochs completed at each evaluation (fractional if ``steps`` ends mid-epoch).
+    step: optimiser steps completed at each evaluation.
+    train_loss, train_accuracy: full training split, eval mode.
+    test_loss, test_accuracy: full test split, eval mode (NaN without a test split).
+    batch_loss: mean mini-batch (train-mode) loss over the steps of each epoch.
+    trajectory: parameter snapshots stacked on a leading axis (``None``
+      unless ``snapshot_every`` was given); the initial parameters first.
+    trajectory_step: the step of each snapshot.
+  """
+
+  epoch: np.ndarray
+  step: np.ndarray
+  train_loss: np.ndarray
+  train_accuracy: np.ndarray
+  test_loss: np.ndarray
+  test_accuracy: np.ndarray
+  batch_loss: np.ndarray
+  trajectory: PyTree = None
+  trajectory_step: np.ndarray | None = None
+
+  METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "batch_loss")
+
+  def as_dict(self) -> dict[str, np.ndarray]:
+    """The per-epoch arrays as a dict (no trajectory)."""
+    return {k: getattr(self, k) for k in ("epoch", "step", *self.METRICS)}
+
+  def __len__(self) -> int:
+    return int(self.epoch.shape[0])
+
+
+# ----------------------------------------------------------------------------- the pure model
+
+
+def split_train(model: Any) -> tuple[Callable, Callable, PyTree, PyTree]:
+  """Splits an ``nnx.Module`` into train- and eval-mode pure functions.
+
+  Returns:
+    ``(train_apply, apply, params, state)`` with
+    ``train_apply(params, state, x) -> (outputs, new_state)`` (BatchNorm on
+    batch statistics, running averages updated in ``new_state``; Dropout
+    on), ``apply(params, state, x) -> outputs`` (eval mode), and ``params`` /
+    ``state`` plain nested dicts of the ``nnx.Param`` variables and of all
+    other variables (BatchNorm statistics, RNG counters). The module is not
+    modified.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxscape import models
+    >>> net = models.build("mlp", 0, in_features=3, widths=[4], out_features=2, batch_norm=True)
+    >>> train_apply, apply, params, state = split_train(net)
+    >>> out, new_state = train_apply(params, state, jnp.ones((5, 3)))
+    >>> sorted(new_state["norms"][0])
+    ['mean', 'var']
+  """
+  from flax import nnx
+
+  tr_view = nnx.view(model, deterministic=False, use_running_average=False, raise_if_not_found=False)
+  ev_view = nnx.view(model, deterministic=True, use_running_average=True, raise_if_not_found=False)
+  g_tr, p_st, s_st = nnx.split(tr_view, nnx.Param, ...)
+  g_ev, _, _ = nnx.split(ev_view, nnx.Param, ...)
+  params, state = nnx.to_pure_dict(p_st), nnx.to_pure_dict(s_st)
+  train_apply, apply = _pure_fns(g_tr, g_ev, jax.tree.structure(p_st), jax.tree.structure(s_st))
+  return train_apply, apply, params, state
+
+
+@functools.lru_cache(maxsize=128)
+def _pure_fns(g_tr, g_ev, p_def, s_def) -> tuple[Callable, Callable]:
+  """Pure functions of one module structure, cached so equal structures share them (and their jit caches)."""
+  from flax import nnx
+
+  def _states(p, s):
+    return jax.tree.unflatten(p_def, jax.tree.leaves(p)), jax.tree.unflatten(s_def, jax.tree.leaves(s))
+
+  def train_apply(p: PyTree, s: PyTree, x: jax.Array) -> tuple[jax.Array, PyTree]:
+    m = nnx.merge(g_tr, *_states(p, s))
+    out = m(x)
+    _, _, new_s = nnx.split(m, nnx.Param, ...)
+    return out, jax.tree.unflatten(jax.tree.structure(s), jax.tree.leaves(new_s))
+
+  def apply(p: PyTree, s: PyTree, x: jax.Array) -> jax.Array:
+    return nnx.merge(g_ev, *_states(p, s))(x)
+
+  return train_apply, apply
+
+
+def update_model(model: Any, params: PyTree, state: PyTree | None = None) -> Any:
+  """Writes trained ``params`` (and ``state``) back into an ``nnx.Module`` in place; returns it."""
+  from flax import nnx
+
+  _, p_st, s_st = nnx.split(model, nnx.Param, ...)
+  nnx.replace_by_pure_dict(p_st, params)
+  nnx.update(model, p_st)
+  if state is not None:
+    nnx.replace_by_pure_dict(s_st, state)
+    nnx.update(model, s_st)
+  return model
+
+
+def _as_pure(model: Any) -> tuple[Callable, Callable, PyTree, PyTree]:
+  if isinstance(model, tuple):
+    if len(model) == 4:
+      return model
+    if len(model) == 3:
+      apply, params, state = model
+      return (lambda p, s, x: (apply(p, s, x), s)), apply, params, state
+    raise ValueError(f"a pure model is (apply, params, state) or (train_apply, apply, params, state); got a tuple of {len(model)}")
+  return split_train(model)
+
+
+# ----------------------------------------------------------------------------- optimiser
+
+
+def _steps_per_epoch(n: int, batch_size: int | None) -> tuple[int, int]:
+  b = n if batch_size is None else int(min(batch_size, n))
+  return b, n // b
+
+
+def make_optimizer(config: TrainConfig, steps_per_epoch: int, total_steps: int,
+                   hyper: Mapping[str, Any] | None = None) -> optax.GradientTransformation:
+  """The optax transformation for a config.
+
+  Args:
+    config: the settings.
+    steps_per_epoch: optimiser steps per epoch (for epoch-based schedules).
+    total_steps: steps of the whole run (for the cosine schedule).
+    hyper: overrides of :data:`SWEEPABLE` values; may be traced arrays (this
+      is how :func:`train_many` vmaps over learning rates).
+  """
+  h = {k: getattr(config, k) for k in SWEEPABLE}
+  h.update(hyper or {})
+  lr, wd, mom = h["learning_rate"], h["weight_decay"], h["momentum"]
+  if config.schedule == "constant":
+    sched = lambda step: lr * jnp.ones((), jnp.result_type(float))
+  elif config.schedule == "step":
+    bounds = jnp.asarray([e * steps_per_epoch for e in config.decay_epochs], jnp.int32)
+    sched = lambda step: lr * config.decay_factor ** jnp.sum(step >= bounds)
+  else:
+    decay_steps = max(total_steps - config.warmup_steps, 1)
+    sched = lambda step: lr * 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(step, decay_steps) / decay_steps))
+  if config.warmup_steps:
+    base, w = sched, config.warmup_steps
+    sched = lambda step: jnp.where(step < w, lr * (step + 1) / w, base(jnp.maximum(step - w, 0)))
+  use_momentum = bool(config.momentum) or "momentum" in (hyper or {})
+  decay = bool(config.weight_decay) or "weight_decay" in (hyper or {})
+  if config.optimizer == "sgd":
+    tx = optax.sgd(sched, momentum=mom if use_momentum else None, nesterov=config.nesterov)
+    return optax.chain(optax.add_decayed_weights(wd), tx) if decay else tx
+  b1 = mom if use_momentum else 0.9
+  if config.optimizer == "adam":
+    tx = optax.adam(sched, b1=b1)
+    return optax.chain(optax.add_decayed_weights(wd), tx) if decay else tx
+  return optax.adamw(sched, b1=b1, weight_decay=wd)
+
+
+# ----------------------------------------------------------------------------- the engine
+
+
+@dataclasses.dataclass(frozen=True)
+class _Engine:
+  """Jittable pieces of one training setup (functions are closed over, arrays passed in)."""
+
+  train_apply: Callable
+  apply: Callable
+  config: TrainConfig
+  batch_size: int
+  steps_per_epoch: int
+  total_steps: int
+  num_train: int
+  sweep_keys: tuple[str, ...]
+
+  def tx(self, hyper):
+    return make_optimizer(self.config, self.steps_per_epoch, self.total_steps, hyper)
+
+  def init(self, params, state, hyper):
+    return {"params": params, "state": state, "opt_state": self.tx(hyper).init(params),
+            "step": jnp.zeros((), jnp.int32)}
+
+  def segment(self, carry, hyper, key, x, y, epoch, offset, length: int):
+    """``length`` steps of epoch ``epoch`` starting at batch ``offset`` (one scan)."""
+    per_example = per_example_loss(self.config.loss)
+    tx = self.tx(hyper)
+    b, spe = self.batch_size, self.steps_per_epoch
+    if b == self.num_train:
+      order = jnp.arange(self.num_train)
+    else:
+      order = jax.random.permutation(jax.random.fold_in(key, epoch), self.num_train)
+    batches = jax.lax.dynamic_slice_in_dim(order[: spe * b].reshape(spe, b), offset, length, axis=0)
+
+    def loss_fn(p, s, xb, yb):
+      out, new_s = self.train_apply(p, s, xb)
+      return jnp.mean(per_example(out, yb)), new_s
+
+    def step(c, idx):
+      xb, yb = x[idx], y[idx]
+      (loss, new_s), g = jax.value_and_grad(loss_fn, has_aux=True)(c["params"], c["state"], xb, yb)
+      updates, opt_state = tx.update(g, c["opt_state"], c["params"])
+      params = optax.apply_updates(c["params"], updates)
+      return {"params": params, "state": new_s, "opt_state": opt_state, "step": c["step"] + 1}, loss
+
+    return jax.lax.scan(step, carry, batches)
+
+  def evaluate(self, params, state, obj_train, obj_test):
+    out = {}
+    for split, obj in (("train", obj_train), ("test", obj_test)):
+      if obj is None:
+        out[f"{split}_loss"] = out[f"{split}_accuracy"] = jnp.full((), jnp.nan)
+        continue
+      loss, metrics = obj.loss((params, state))
+      out[f"{split}_loss"] = loss
+      out[f"{split}_accuracy"] = metrics.get("accuracy", jnp.full((), jnp.nan, loss.dtype))
+    return out
+
+
+def _objective(engine: "_Engine", data, name):
+  """Eval-mode Objective over ``(params, state)`` pairs; its apply is the engine's cached function."""
+  if data is None:
+    return None
+  obj = Objective.from_apply(lambda ps, x: engine.apply(ps[0], ps[1], x), data=data, loss=engine.config.loss,
+                             batch_size=engine.config.eval_batch_size, name=name)
+  return dataclasses.replace(obj, apply=_pair_apply(engine.apply))
+
+
+@functools.lru_cache(maxsize=128)
+def _pair_apply(apply: Callable) -> Callable:
+  return lambda ps, _, x: apply(ps[0], ps[1], x)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(engine: "_Engine", depth: int) -> tuple[Callable, Callable]:
+  """Jitted (and ``depth`` times vmapped) segment and evaluation of an engine, cached across calls."""
+  seg, ev = engine.segment, engine.evaluate
+  for _ in range(depth):
+    seg = jax.vmap(seg, in_axes=(0, 0, 0, None, None, None, None, None))
+    ev = jax.vmap(ev, in_axes=(0, 0, None, None))
+  return jax.jit(seg, static_argnums=(7,)), jax.jit(ev)
+
+
+def _split_data(data: Dataset | tuple) -> tuple[tuple, tuple | None, str]:
+  if isinstance(data, Dataset):
+    return data.train, data.test, data.name
+  if isinstance(data, (tuple, list)) and len(data) == 2:
+    return tuple(data), None, "data"
+  raise ValueError(f"data must be a Dataset or an (x, y) pair of training arrays; got {type(data).__name__}")
+
+
+def _plan(start: int, spe: int, every: Sequence[int | None], stop: int) -> list[tuple[int, int]]:
+  """Segments ``(first_step, length)`` from ``start`` to ``stop``, cut at epoch ends and at multiples of ``every``."""
+  out, s = [], start
+  while s < stop:
+    nxt = min(stop, (s // spe + 1) * spe)
+    for k in every:
+      if k:
+        nxt = min(nxt, (s // k + 1) * k)
+    out.append((s, nxt - s))
+    s = nxt
+  return out
+
+
+def _run(engine: _Engine, carry, hyper, key, data_train, data_test, name: str, *, vmapped: tuple[int, ...],
+         snapshot_every: int | None, checkpoint_dir, checkpoint_every, stop_after_steps, spec, resume) -> tuple:
+  """The Python driver shared by :func:`train` and :func:`train_many`.
+
+  ``vmapped`` lists the leading run axes (``()`` for one run): the jitted
+  segment and evaluation are wrapped in one ``vmap`` per axis. Python loops
+  only over segments (epochs, cut at snapshot/checkpoint steps), never over runs.
+  """
+  x, y = jnp.asarray(data_train[0]), jnp.asarray(data_train[1])
+  obj_tr = _objective(engine, data_train, name)
+  obj_te = _objective(engine, data_test, name + "_test")
+  seg, ev = _compiled(engine, len(vmapped))
+
+  spe, total = engine.steps_per_epoch, engine.total_steps
+  rows: dict[str, list] = {k: [] for k in ("epoch", "step", *History.METRICS)}
+  traj: list[PyTree] = []
+  traj_steps: list[int] = []
+  start = 0
+  if checkpoint_dir is not None:
+    from . import checkpoint as _ckpt
+  if resume and checkpoint_dir is not None:
+    restored = _ckpt.restore_training(checkpoint_dir, carry)
+    if restored is not None:
+      carry, saved_key, old_rows = restored
+      if not np.array_equal(jax.random.key_data(saved_key), jax.random.key_data(key)):
+        raise ValueError(f"cannot resume from {checkpoint_dir!r}: it was trained with a different data key")
+      start = int(np.asarray(carry["step"]).reshape(-1)[0])
+      for k in rows:
+        rows[k] = list(old_rows.get(k, []))
+      if snapshot_every:
+        old = _ckpt.load_trajectory(checkpoint_dir, carry["params"], max_step=start)
+        if old is not None:
+          traj_steps = [int(s) for s in old[0]]
+          traj = [jax.tree.map(lambda a, i=i: a[i], old[1]) for i in range(len(traj_steps))]
+
+  def snapshot(step):
+    traj.append(jax.tree.map(np.asarray, carry["params"]))
+    traj_steps.append(step)
+    if checkpoint_dir is not None:
+      _ckpt.save_snapshot(checkpoint_dir, step, carry["params"])
+
+  if snapshot_every and start == 0:
+    snapshot(0)
+
+  stop = total if stop_after_steps is None else min(total, start + int(stop_after_steps))
+  pending: list[jax.Array] = []
+  for first, length in _plan(start, spe, (snapshot_every, checkpoint_every), stop):
+    carry, losses = seg(carry, hyper, key, x, y, first // spe, first % spe, length)
+    pending.append(losses)
+    now = first + length
+    if now % spe == 0 or now == total:
+      m = ev(carry["params"], carry["state"], obj_tr, obj_te)
+      rows["epoch"].append(now / spe)
+      rows["step"].append(now)
+      for k in History.METRICS[:4]:
+        rows[k].append(np.asarray(m[k]))
+      rows["batch_loss"].append(np.asarray(jnp.concatenate(pending, axis=-1).mean(axis=-1)))
+      pending = []
+    if snapshot_every and now % snapshot_every == 0:
+      snapshot(now)
+    if checkpoint_dir is not None and ((checkpoint_every and now % checkpoint_every == 0) or now == stop):
+      _ckpt.save_training(checkpoint_dir, carry, key, rows, spec=spec)
+
+  lead = tuple(np.shape(np.asarray(carry["step"])))
+  hist = {}
+  for k, v in rows.items():
+    if k in ("epoch", "step"):
+      hist[k] = np.asarray(v, np.int64 if k == "step" else np.float64)
+    else:
+      hist[k] = np.stack([np.asarray(r) for r in v], axis=-1) if v else np.zeros((*lead, 0))
+  if snapshot_every:
+    hist["trajectory"] = jax.tree.map(lambda *a: np.stack(a, axis=len(lead)), *traj) if traj else None
+    hist["trajectory_step"] = np.asarray(traj_steps, np.int64)
+  return carry, History(**hist)
+
+
+def _engine(train_apply, apply, config: TrainConfig, num_train: int, sweep_keys=()) -> _Engine:
+  b, spe = _steps_per_epoch(num_train, config.batch_size)
+  if spe < 1:
+    raise ValueError(f"batch_size {config.batch_size} leaves no full batch in {num_train} examples")
+  total = int(config.steps) if config.steps is not None else int(config.epochs) * spe
+  return _Engine(train_apply, apply, config, b, spe, total, num_train, tuple(sweep_keys))
+
+
+def _config(config: TrainConfig | Mapping | None, overrides: Mapping) -> TrainConfig:
+  if config is None:
+    config = TrainConfig()
+  elif isinstance(config, Mapping):
+    config = TrainConfig.from_dict(config)
+  return dataclasses.replace(config, **overrides) if overrides else config
+
+
+def train(key: jax.Array, model: Any, data: Dataset | tuple, config: TrainConfig | Mapping | None = None, *,
+          snapshot_every: int | None = None, checkpoint_dir: str | os.PathLike | None = None,
+          checkpoint_every: int | None = None, resume: bool = False, stop_after_steps: int | None = None,
+          spec: Mapping | None = None, **overrides: Any) -> tuple[PyTree, PyTree, History]:
+  """Trains one model with optax; returns ``(params, state, history)``.
+
+  Args:
+    key: ``jax.random.key`` (or int seed) of the data order (the model's
+      initialisation is whatever ``model`` holds).
+    model: an ``nnx.Module`` (split with :func:`split_train`), or a pure
+      ``(apply, params, state)`` / ``(train_apply, apply, params, state)``.
+    data: a :class:`~jaxscape.data.Dataset` or an ``(x, y)`` training pair.
+    config: a :class:`TrainConfig` or dict; keyword ``overrides`` replace its fields.
+    snapshot_every: keep the parameters every this many steps (and at step
+      0) in ``history.trajectory`` (for PCA directions); also saved to
+      ``checkpoint_dir`` when given.
+    checkpoint_dir: directory for orbax checkpoints (see :mod:`jaxscape.checkpoint`);
+      a checkpoint is written every ``checkpoint_every`` steps and at the end.
+    resume: continue from the latest checkpoint in ``checkpoint_dir`` if there is one.
+    stop_after_steps: stop after this many steps of this call (after
+      checkpointing), as if interrupted; ``resume=True`` continues it.
+    spec: model/dataset description written to ``spec.json`` with checkpoints.
+
+  Returns:
+    ``(params, state, history)``: plain-dict parameters and state, and a :class:`History`.
+
+  Example:
+    >>> import jax
+    >>> from jaxscape import data, models, train
+    >>> ds = data.load("digits", num_train=200, num_test=100)
+    >>> net = models.build("mlp", 0, in_features=64, widths=[16], out_features=10)
+    >>> p, s, h = train.train(jax.random.key(1), net, ds, optimizer="sgd", learning_rate=0.5,
+    ...                       momentum=0.9, batch_size=50, epochs=5)
+    >>> bool(h.train_loss[-1] < h.train_loss[0])
+    True
+  """
+  config = _config(config, overrides)
+  key = jax.random.key(key) if isinstance(key, (int, np.integer)) else key
+  train_apply, apply, params, state = _as_pure(model)
+  data_train, data_test, name = _split_data(data)
+  engine = _engine(train_apply, apply, config, int(np.shape(data_train[0])[0]))
+  carry = engine.init(params, state, {})
+  carry, hist = _run(engine, carry, {}, key, data_train, data_test, name, vmapped=(), snapshot_every=snapshot_every,
+                     checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+                     stop_after_steps=stop_after_steps, spec=spec, resume=resume)
+  return carry["params"], carry["state"], hist
+
+
+def train_many(keys: jax.Array, init: Callable[[jax.Array], Any], data: Dataset | tuple,
+               config: TrainConfig | Mapping | None = None, *, sweep: Mapping[str, Sequence[float]] | None = None,
+               snapshot_every: int | None = None, **overrides: Any) -> tuple[PyTree, PyTree, History]:
+  """Trains many seeds (and hyperparameter values) at once with ``vmap``.
+
+  Run ``i`` splits ``keys[i]`` into ``(init_key, data_key)``, builds its
+  model with ``init(init_key)`` and trains it with ``data_key`` exactly as
+  ``train(data_key, init(init_key), data, config)`` would, but all runs go
+  through one jitted, vmapped scan (no Python loop over seeds).
+
+  Args:
+    keys: ``[S]`` stacked keys (e.g. ``jax.random.split(key, 20)``).
+    init: ``key -> nnx.Module`` (e.g. ``lambda k: models.build("mlp", k, ...)``);
+      it is traced under vmap, so it must not branch on the key's value.
+    data: the dataset, shared by all runs.
+    config: training settings (as in :func:`train`).
+    sweep: ``{name: values}`` for names in :data:`SWEEPABLE`; all lists
+      have one length C and give C configurations, each trained for every seed.
+    snapshot_every: as in :func:`train` (snapshots get the run axes after the time axis... see History).
+
+  Returns:
+    ``(params, state, history)`` with leading axes ``[S]``, or ``[C, S]`` with a sweep.
+
+  Example:
+    >>> import jax
+    >>> from jaxscape import data, models, train
+    >>> ds = data.load("synthetic", train_size=64, test_size=32, dim=4)
+    >>> init = lambda k: models.build("mlp", k, in_features=4, widths=[8], out_features=3)
+    >>> p, s, h = train.train_many(jax.random.split(jax.random.key(0), 4), init, ds,
+    ...                            batch_size=16, epochs=2, sweep={"learning_rate": [0.1, 0.3]})
+    >>> h.train_loss.shape
+    (2, 4, 2)
+  """
+  from flax import nnx
+
+  config = _config(config, overrides)
+  keys = jnp.asarray(keys) if not isinstance(keys, jax.Array) else keys
+  if keys.ndim != 1 or not jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key):
+    if keys.ndim == 2 and keys.dtype == jnp.uint32:
+      keys = jax.random.wrap_key_data(keys)
+    else:
+      raise ValueError(f"keys must be a 1-D array of jax.random keys (jax.random.split(key, n)); got {keys.shape} {keys.dtype}")
+  sweep = dict(sweep or {})
+  bad = sorted(set(sweep) - set(SWEEPABLE))
+  if bad:
+    raise ValueError(f"cannot sweep {bad}: only {list(SWEEPABLE)} vary inside one vmap")
+  lengths = {k: len(v) for k, v in sweep.items()}
+  if len(set(lengths.values())) > 1:
+    raise ValueError(f"all sweep lists must have one length; got {lengths}")
+
+  split = jax.vmap(jax.random.split)(keys)
+  init_keys, data_keys = split[:, 0], split[:, 1]
+  template = init(init_keys[0])
+  train_apply, apply, _, _ = split_train(template)
+
+  def pure_init(k):
+    _, _, p, s = split_train(init(k))
+    return p, s
+
+  params, state = jax.vmap(pure_init)(init_keys)
+  data_train, data_test, name = _split_data(data)
+  engine = _engine(train_apply, apply, config, int(np.shape(data_train[0])[0]), tuple(sweep))
+  hyper = {k: jnp.asarray(v, jnp.result_type(float)) for k, v in sweep.items()}
+  if sweep:
+    c, s_ = len(next(iter(sweep.values()))), keys.shape[0]
+    params = jax.tree.map(lambda a: jnp.broadcast_to(a, (c, *a.shape)), params)
+    state = jax.tree.map(lambda a: jnp.broadcast_to(a, (c, *a.shape)), state)
+    data_keys = jnp.broadcast_to(data_keys, (c, s_))
+    hyper = {k: jnp.broadcast_to(v[:, None], (c, s_)) for k, v in hyper.items()}
+    carry = jax.vmap(jax.vmap(engine.init))(params, state, hyper)
+    axes = (0, 0)
+  else:
+    carry = jax.vmap(engine.init, in_axes=(0, 0, None))(params, state, {})
+    hyper = {}
+    axes = (0,)
+  carry, hist = _run(engine, carry, hyper, data_keys, data_train, data_test, name, vmapped=axes,
+                     snapshot_every=snapshot_every, checkpoint_dir=None, checkpoint_every=None,
+                     stop_after_steps=None, spec=None, resume=False)
+  return carry["params"], carry["state"], hist
