@@ -21,5 +21,6 @@ from . import critical as critical
 from . import data as data
 from . import models as models
 from . import train as train
+from . import testfns as testfns
 
 __version__ = "0.1.0"

@@ -1,0 +1,143 @@
+"""testfns: analytic landscapes, their known critical points, classification and search."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxscape import testfns
+
+_KNOWN = [(name, i) for name, land in testfns.LANDSCAPES.items() for i in range(len(land.points))]
+
+
+@pytest.mark.parametrize("name", sorted(testfns.LANDSCAPES))
+def test_every_known_point_is_critical_with_the_stated_kind_and_value(x64, name):
+  land = testfns.get(name)
+  grad = jax.jit(jax.grad(land.fn))
+  lo, hi = np.array(land.domain).T
+  for p in land.points:
+    x = jnp.asarray(p.x, jnp.float64)
+    # tabulated to 13+ digits: float64 gradients below 1e-9 (f up to ~200)
+    assert float(jnp.linalg.norm(grad(x))) < 1e-9, (name, p)
+    assert testfns.classify_critical_point(land.fn, x, tol=1e-6, grad_tol=1e-9) == p.kind, (name, p)
+    np.testing.assert_allclose(float(land.fn(x)), p.value, rtol=1e-12, atol=1e-12, err_msg=f"{name} {p}")
+    assert np.all((lo <= x) & (x <= hi))
+  assert any(p.kind == "minimum" for p in land.points)
+
+
+# Values as quoted in the literature (Himmelblau 1972 via Jamil & Yang 2013;
+# Dixon & Szego 1978; Styblinski & Tang 1990; Molga & Smutnicki 2005), with
+# one unit of the last quoted digit as tolerance (sources truncate or round).
+_LITERATURE = [
+    # name, x, x tolerance, value, value tolerance, kind
+    ("himmelblau", (3.0, 2.0), 0.0, 0.0, 0.0, "minimum"),
+    ("himmelblau", (-2.805118, 3.131312), 1e-6, 0.0, 1e-20, "minimum"),
+    ("himmelblau", (-3.779310, -3.283186), 1e-6, 0.0, 1e-20, "minimum"),
+    ("himmelblau", (3.584428, -1.848126), 1e-6, 0.0, 1e-20, "minimum"),
+    ("himmelblau", (-0.270845, -0.923039), 1e-6, 181.617, 1e-3, "maximum"),
+    ("himmelblau", (0.086677, 2.884254), 1e-6, None, None, "saddle"),
+    ("himmelblau", (3.385154, 0.073852), 1e-6, None, None, "saddle"),
+    ("himmelblau", (-3.073026, -0.081353), 1e-6, None, None, "saddle"),
+    ("himmelblau", (-0.127961, -1.953715), 1e-6, None, None, "saddle"),
+    ("six_hump_camel", (0.0898, -0.7126), 1e-4, -1.0316, 1e-4, "minimum"),
+    ("six_hump_camel", (-0.0898, 0.7126), 1e-4, -1.0316, 1e-4, "minimum"),
+    ("styblinski_tang", (-2.903534, -2.903534), 1e-6, -39.16617 * 2, 1e-5, "minimum"),
+    ("rosenbrock", (1.0, 1.0), 0.0, 0.0, 0.0, "minimum"),
+    ("rastrigin", (0.0, 0.0), 0.0, 0.0, 0.0, "minimum"),
+    ("ackley", (0.0, 0.0), 0.0, 0.0, 0.0, "minimum"),
+    ("sphere", (0.0, 0.0), 0.0, 0.0, 0.0, "minimum"),
+]
+
+
+@pytest.mark.parametrize("name, x, xtol, value, vtol, kind", _LITERATURE)
+def test_tabulated_points_agree_with_the_literature(name, x, xtol, value, vtol, kind):
+  land = testfns.get(name)
+  match = [p for p in land.points if np.all(np.abs(np.subtract(p.x, x)) <= xtol)]
+  assert len(match) == 1, (name, x)
+  assert match[0].kind == kind
+  if value is not None:
+    assert abs(match[0].value - value) <= vtol, (match[0].value, value)
+
+
+@pytest.mark.parametrize("name, num_starts", [("himmelblau", 96), ("six_hump_camel", 256),
+                                              ("styblinski_tang", 128), ("rosenbrock", 16)])
+def test_find_critical_points_recovers_the_complete_known_set(x64, name, num_starts):
+  land = testfns.get(name)
+  assert land.complete
+  found = testfns.find_critical_points(land.fn, jax.random.key(0), land.domain, num_starts)
+  # every known point found once, with its kind, and nothing else
+  assert len(found) == len(land.points), [p.x for p in found]
+  for p in land.points:
+    near = [q for q in found if np.linalg.norm(np.subtract(q.x, p.x)) < 1e-7]
+    assert len(near) == 1, (name, p)
+    assert near[0].kind == p.kind
+    assert near[0].grad_norm < 1e-8
+    np.testing.assert_allclose(near[0].value, p.value, rtol=1e-10, atol=1e-10)
+  assert [q.value for q in found] == sorted(q.value for q in found)
+
+
+def test_find_critical_points_on_rastrigin_cell(x64):
+  # [-0.7, 0.7]^2 holds the global minimum, 4 saddles and 4 maxima (t = 0 or
+  # +/-0.50255 per coordinate).
+  found = testfns.find_critical_points(testfns.rastrigin, jax.random.key(1), ((-0.7, 0.7), (-0.7, 0.7)), 64)
+  kinds = sorted(p.kind for p in found)
+  assert kinds == ["maximum"] * 4 + ["minimum"] + ["saddle"] * 4
+  best = found[0]
+  assert best.kind == "minimum" and np.allclose(best.x, 0.0, atol=1e-9)
+
+
+def test_find_critical_points_float32_finds_known_minima():
+  land = testfns.get("himmelblau")
+  found = testfns.find_critical_points(land.fn, jax.random.key(2), land.domain, 96)
+  minima = [q for q in found if q.kind == "minimum"]
+  for p in land.minima:
+    # float32 with the default grad_tol = 1e-3: coordinates to ~1e-5
+    assert any(np.linalg.norm(np.subtract(q.x, p.x)) < 1e-4 for q in minima), p
+
+
+def test_functions_evaluate_grids_pointwise():
+  grid = jnp.asarray(np.random.default_rng(0).uniform(-2, 2, size=(3, 4, 2)), jnp.float32)
+  for land in testfns.LANDSCAPES.values():
+    out = land.fn(grid)
+    assert out.shape == (3, 4)
+    ref = np.array([[float(land.fn(grid[i, j])) for j in range(4)] for i in range(3)])
+    np.testing.assert_allclose(out, ref, rtol=1e-6)
+  # n-D versions
+  x = jnp.full(5, -2.903534027771178)
+  np.testing.assert_allclose(testfns.styblinski_tang(x), 5 * -39.16616570377141, rtol=1e-6)
+  np.testing.assert_allclose(testfns.rosenbrock(jnp.ones(4)), 0.0)
+  np.testing.assert_allclose(testfns.rastrigin(jnp.zeros(7)), 0.0, atol=1e-5)
+  np.testing.assert_allclose(testfns.ackley(jnp.zeros(3)), 0.0, atol=1e-6)
+
+
+def test_ackley_has_finite_derivatives_at_its_cone_point():
+  g = jax.grad(testfns.ackley)(jnp.zeros(2))
+  h = jax.hessian(testfns.ackley)(jnp.zeros(2))
+  assert np.all(np.isfinite(g)) and np.all(np.isfinite(h))
+  np.testing.assert_array_equal(g, [0.0, 0.0])
+  # cosine term only: d^2/dx^2 of -exp(mean cos 2 pi x) at 0 = e * 0.5 * (2 pi)^2
+  np.testing.assert_allclose(np.diag(h), [np.e * 0.5 * (2 * np.pi) ** 2] * 2, rtol=1e-5)
+
+
+def test_classify_degenerate_and_non_critical(x64):
+  assert testfns.classify_critical_point(lambda v: v[0] ** 4 + v[1] ** 2, jnp.zeros(2)) == "degenerate"
+  assert testfns.classify_critical_point(lambda v: -v[0] ** 2 - v[1] ** 2, jnp.zeros(2)) == "maximum"
+  # a saddle with an extra flat direction is still a saddle
+  assert testfns.classify_critical_point(lambda v: v[0] ** 2 - v[1] ** 2 + v[2] ** 4, jnp.zeros(3)) == "saddle"
+  with pytest.raises(ValueError, match="not a critical point"):
+    testfns.classify_critical_point(testfns.himmelblau, jnp.array([0.0, 0.0]), grad_tol=1e-6)
+  with pytest.raises(ValueError, match="1-D array"):
+    testfns.classify_critical_point(testfns.sphere, jnp.zeros((2, 2)))
+
+
+def test_errors_and_objective_adapter(x64):
+  with pytest.raises(ValueError, match="last axis of size 2"):
+    testfns.himmelblau(jnp.zeros(3))
+  with pytest.raises(ValueError, match="unknown landscape 'beale'"):
+    testfns.get("beale")
+  with pytest.raises(ValueError, match="low < high"):
+    testfns.find_critical_points(testfns.sphere, jax.random.key(0), ((1.0, -1.0), (0.0, 1.0)), 4)
+  obj = testfns.as_objective(testfns.six_hump_camel)
+  x = jnp.array([0.3, -0.4])
+  np.testing.assert_allclose(obj.value(x), testfns.six_hump_camel(x), rtol=1e-15)
+  np.testing.assert_allclose(jax.grad(obj.value)(x), jax.grad(testfns.six_hump_camel)(x), rtol=1e-14)
