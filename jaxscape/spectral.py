@@ -186,11 +186,21 @@ def _breakdown_tol(op_dtype: Any) -> float:
   return 100.0 * float(jnp.finfo(op_dtype).eps)
 
 
+def _restart_vector(pool: jax.Array, j: jax.Array) -> jax.Array:
+  """A fresh random direction for a restart at step j: the Gaussian vector
+  ``pool`` (drawn once, outside the loop) cyclically shifted by j + 1. Shifts of
+  a Gaussian vector are almost surely linearly independent (its circulant
+  matrix is nonsingular), and drawing once keeps the PRNG out of the loop body,
+  which is much cheaper to compile."""
+  return jnp.roll(pool, j + 1)
+
+
 def _lanczos_full(key, mv, v0, num_steps, bd_tol):
   """Full-reorthogonalisation Lanczos on flat vectors (basis stored)."""
   n, cd = v0.shape[0], v0.dtype
   q0 = _normalise(v0)
   basis = jnp.zeros((num_steps + 1, n), cd).at[0].set(q0)
+  pool = jax.random.normal(key, (n,), cd)
 
   def orth(basis, w):
     # Two classical Gram-Schmidt passes ("twice is enough"); rows not yet
@@ -208,7 +218,7 @@ def _lanczos_full(key, mv, v0, num_steps, bd_tol):
     b = jnp.linalg.norm(w)
     scale = jnp.maximum(scale, jnp.abs(a) + b)
     broke = b <= bd_tol * scale
-    fresh = orth(basis, jax.random.normal(jax.random.fold_in(key, j), (n,), cd))
+    fresh = orth(basis, _restart_vector(pool, j))
     fresh = _normalise(orth(basis, _normalise(fresh)))
     q_next = jnp.where(broke, fresh, w / jnp.where(broke, 1, b))
     basis = basis.at[j + 1].set(q_next)
@@ -232,6 +242,7 @@ def _lanczos_light(key, mv, v0, num_steps, bd_tol):
   """
   n, cd = v0.shape[0], v0.dtype
   q0 = _normalise(v0)
+  pool = jax.random.normal(key, (n,), cd)
 
   def step(carry, j):
     q_prev, q, b_prev, scale, nbd = carry
@@ -241,7 +252,7 @@ def _lanczos_light(key, mv, v0, num_steps, bd_tol):
     b = jnp.linalg.norm(w)
     scale = jnp.maximum(scale, jnp.abs(a) + b)
     broke = b <= bd_tol * scale
-    fresh = _normalise(jax.random.normal(jax.random.fold_in(key, j), (n,), cd))
+    fresh = _normalise(_restart_vector(pool, j))
     q_next = jnp.where(broke, fresh, w / jnp.where(broke, 1, b))
     b = jnp.where(broke, 0, b)
     nbd = nbd + jnp.where(broke & (j < num_steps - 1), 1, 0)

@@ -9,6 +9,12 @@ from matfree import decomp
 from jaxscape import spectral
 
 
+def _jit(fn, *args, **kwargs):
+  """Runs a spectral function as one compiled program (much faster to compile
+  than op-by-op dispatch of its loops)."""
+  return jax.jit(lambda: fn(*args, **kwargs))()
+
+
 def _matrix(eigenvalues, seed=0):
   """Symmetric matrix with a prescribed spectrum and a random eigenbasis."""
   lam = np.asarray(eigenvalues, np.float64)
@@ -28,7 +34,7 @@ def test_eigh_matches_numpy_on_prescribed_spectrum(x64, which):
   a, _ = _matrix(lam)
   a = jnp.asarray(a)
   mv = lambda v: a @ v
-  res = spectral.eigh(jax.random.key(0), mv, jnp.zeros(60), k=3, which=which, num_steps=40, tol=1e-8)
+  res = _jit(spectral.eigh, jax.random.key(0), mv, jnp.zeros(60), k=3, which=which, num_steps=40, tol=1e-8)
   ref = np.sort(lam)
   expected = {"largest": ref[::-1][:3], "smallest": ref[:3], "magnitude": ref[np.argsort(-np.abs(ref))][:3]}[which]
   # float64, 40 steps on separated extremes: Ritz values converge far below 1e-8
@@ -47,7 +53,7 @@ def test_eigh_matches_numpy_on_prescribed_spectrum(x64, which):
 def test_lanczos_ritz_values_inside_spectrum_and_identities(x64):
   lam = _spectrum60()
   a, _ = _matrix(lam, seed=1)
-  lz = spectral.lanczos(jax.random.key(1), lambda v: a @ v, jnp.zeros(60), 25)
+  lz = _jit(spectral.lanczos, jax.random.key(1), lambda v: a @ v, jnp.zeros(60), 25)
   theta = np.linalg.eigvalsh(np.asarray(lz.tridiagonal()))
   # Cauchy interlacing: every Ritz value in [lambda_min, lambda_max] (1e-10 slack for rounding)
   assert theta.min() >= lam.min() - 1e-10 and theta.max() <= lam.max() + 1e-10
@@ -61,14 +67,14 @@ def test_breakdown_restarts_and_keeps_ritz_values_correct(x64):
   lam = np.repeat(np.arange(1.0, 6.0), 4)
   a, _ = _matrix(lam, seed=2)
   mv = lambda v: a @ v
-  lz = spectral.lanczos(jax.random.key(0), mv, jnp.zeros(20), 12)
+  lz = _jit(spectral.lanczos, jax.random.key(0), mv, jnp.zeros(20), 12)
   theta = np.linalg.eigvalsh(np.asarray(lz.tridiagonal()))
   assert int(lz.breakdowns) == 2  # after step 5 and step 10
   assert theta.min() >= 1.0 - 1e-9 and theta.max() <= 5.0 + 1e-9
   np.testing.assert_allclose(np.asarray(lz.basis) @ np.asarray(lz.basis).T, np.eye(12), atol=1e-10)
   # 15 steps = three full Krylov blocks: each finds {1,...,5} again (multiplicity 4)
-  top = spectral.eigh(jax.random.key(0), mv, jnp.zeros(20), k=3, which="largest", num_steps=15, tol=1e-8)
-  bottom = spectral.eigh(jax.random.key(0), mv, jnp.zeros(20), k=3, which="smallest", num_steps=15, tol=1e-8)
+  top = _jit(spectral.eigh, jax.random.key(0), mv, jnp.zeros(20), k=3, which="largest", num_steps=15, tol=1e-8)
+  bottom = _jit(spectral.eigh, jax.random.key(0), mv, jnp.zeros(20), k=3, which="smallest", num_steps=15, tol=1e-8)
   np.testing.assert_allclose(top.values, np.sort(lam)[::-1][:3], atol=1e-9)
   np.testing.assert_allclose(bottom.values, np.sort(lam)[:3], atol=1e-9)
   assert bool(jnp.all(top.converged)) and bool(jnp.all(bottom.converged))
@@ -80,7 +86,7 @@ def test_lanczos_agrees_with_matfree_tridiag_sym(x64):
   a, _ = _matrix(lam, seed=3)
   a = jnp.asarray(a)
   v0 = jax.random.normal(jax.random.key(7), (50,), jnp.float64)
-  ours = spectral.lanczos(jax.random.key(0), lambda v: a @ v, v0, 20, v0=v0)
+  ours = _jit(spectral.lanczos, jax.random.key(0), lambda v: a @ v, v0, 20, v0=v0)
   ref = decomp.tridiag_sym(20, reortho="full")(lambda v: a @ v, v0)
   t_ref = np.asarray(ref.J_small)
   # same start vector and full reorthogonalisation: same T (off-diagonal signs may differ) to 1e-9
@@ -92,7 +98,7 @@ def test_lanczos_agrees_with_matfree_tridiag_sym(x64):
 def test_mixed_precision_float32_matvec_float64_recurrence(x64):
   lam = _spectrum60()
   a32 = jnp.asarray(_matrix(lam, seed=4)[0], jnp.float32)
-  res = spectral.eigh(jax.random.key(0), lambda v: a32 @ v, jnp.zeros(60, jnp.float32), k=2, num_steps=40,
+  res = _jit(spectral.eigh, jax.random.key(0), lambda v: a32 @ v, jnp.zeros(60, jnp.float32), k=2, num_steps=40,
                       dtype=jnp.float64)
   assert res.values.dtype == jnp.float64 and res.vectors.dtype == jnp.float32
   # float32 matvec: eigenvalues to float32 accuracy of the matrix entries (1e-5 relative)
@@ -103,11 +109,11 @@ def test_mixed_precision_float32_matvec_float64_recurrence(x64):
 def test_float64_recurrence_without_x64_is_an_error():
   with jax.enable_x64(False):
     with pytest.raises(ValueError, match="x64"):
-      spectral.eigh(jax.random.key(0), lambda v: v, jnp.zeros(5), dtype=jnp.float64)
+      _jit(spectral.eigh, jax.random.key(0), lambda v: v, jnp.zeros(5), dtype=jnp.float64)
   with pytest.raises(ValueError, match="which"):
-    spectral.eigh(jax.random.key(0), lambda v: v, jnp.zeros(5), which="LA")
+    _jit(spectral.eigh, jax.random.key(0), lambda v: v, jnp.zeros(5), which="LA")
   with pytest.raises(ValueError, match="k must be"):
-    spectral.eigh(jax.random.key(0), lambda v: v, jnp.zeros(5), k=6)
+    _jit(spectral.eigh, jax.random.key(0), lambda v: v, jnp.zeros(5), k=6)
 
 
 def test_eigh_on_pytree_vectors_under_jit_and_vmap(x64):
@@ -132,22 +138,22 @@ def test_power_iteration_deflation_residual_rule_and_warm_start(x64):
   lam = np.concatenate([[10.0, -8.0, 5.0], np.linspace(-2, 2, 37)])
   a, q = _matrix(lam, seed=6)
   mv = lambda v: a @ v
-  res = spectral.power_iteration(jax.random.key(0), mv, jnp.zeros(40), k=2, tol=1e-7, max_iters=1000)
+  res = _jit(spectral.power_iteration, jax.random.key(0), mv, jnp.zeros(40), k=2, tol=1e-7, max_iters=1000)
   # residual <= tol |lambda| gives |lambda error| <= residual^2 / gap ~ 1e-12
   np.testing.assert_allclose(res.values, [10.0, -8.0], rtol=1e-9)
   assert bool(jnp.all(res.converged))
   np.testing.assert_array_less(res.residuals, 1e-7 * np.abs(np.asarray(res.values)))
   np.testing.assert_allclose(abs(float(res.vectors[0] @ q[:, 0])), 1.0, atol=1e-9)
   # warm start from the eigenvector: stops after one matvec
-  warm = spectral.power_iteration(jax.random.key(1), mv, jnp.zeros(40), v0=jnp.asarray(q[:, 0]), tol=1e-7)
+  warm = _jit(spectral.power_iteration, jax.random.key(1), mv, jnp.zeros(40), v0=jnp.asarray(q[:, 0]), tol=1e-7)
   assert int(warm.num_matvecs[0]) == 1
   np.testing.assert_allclose(warm.values[0], 10.0, rtol=1e-12)
   # deflating the known top vector gives the next one by magnitude
-  nxt = spectral.power_iteration(jax.random.key(1), mv, jnp.zeros(40), deflate=jnp.asarray(q[:, :1].T), tol=1e-7,
+  nxt = _jit(spectral.power_iteration, jax.random.key(1), mv, jnp.zeros(40), deflate=jnp.asarray(q[:, :1].T), tol=1e-7,
                                  max_iters=1000)
   np.testing.assert_allclose(nxt.values[0], -8.0, rtol=1e-9)
   # the cap is respected and reported
-  capped = spectral.power_iteration(jax.random.key(2), mv, jnp.zeros(40), tol=1e-14, max_iters=3)
+  capped = _jit(spectral.power_iteration, jax.random.key(2), mv, jnp.zeros(40), tol=1e-14, max_iters=3)
   assert int(capped.num_matvecs[0]) == 3 and not bool(capped.converged[0])
 
 
@@ -162,7 +168,7 @@ def test_hutchinson_trace_within_3_se_with_per_leaf_and_diagonal(x64):
   like = {k: jnp.zeros(s) for k, s in sizes.items()}
   flat = lambda t: jnp.concatenate([t["a"], t["b"].ravel()])
   mv = lambda t: {"a": (a @ flat(t))[:30], "b": (a @ flat(t))[30:].reshape(7, 10)}
-  tr = spectral.trace(jax.random.key(0), mv, like, rtol=0.01, min_probes=20, max_probes=2000)
+  tr = _jit(spectral.trace, jax.random.key(0), mv, like, rtol=0.01, min_probes=20, max_probes=2000)
   exact = np.trace(a)
   assert bool(tr.converged) and float(tr.stderr) < 0.01 * abs(float(tr.estimate))
   assert abs(float(tr.estimate) - exact) < 3 * float(tr.stderr)
@@ -174,7 +180,7 @@ def test_hutchinson_trace_within_3_se_with_per_leaf_and_diagonal(x64):
   # the per-leaf traces add up to the estimate
   np.testing.assert_allclose(float(tr.per_leaf["a"] + tr.per_leaf["b"]), float(tr.estimate), rtol=1e-10)
   # max_probes caps an unreachable target
-  capped = spectral.trace(jax.random.key(0), mv, like, rtol=1e-9, min_probes=10, max_probes=30)
+  capped = _jit(spectral.trace, jax.random.key(0), mv, like, rtol=1e-9, min_probes=10, max_probes=30)
   assert int(capped.num_probes) == 30 and not bool(capped.converged)
 
 
@@ -183,7 +189,7 @@ def test_hutchpp_exact_on_low_rank_and_better_on_decaying_spectrum(x64):
   u = np.linalg.qr(rng.normal(size=(80, 5)))[0]
   low = (u * np.array([5.0, 4.0, 3.0, -2.0, 1.0])) @ u.T
   mv = lambda v: low @ v
-  tp = spectral.trace(jax.random.key(0), mv, jnp.zeros(80), method="hutch++", sketch_size=8, min_probes=10)
+  tp = _jit(spectral.trace, jax.random.key(0), mv, jnp.zeros(80), method="hutch++", sketch_size=8, min_probes=10)
   # rank 5 < sketch 8: the low-rank part is the whole matrix, trace and diagonal exact
   np.testing.assert_allclose(tp.estimate, np.trace(low), atol=1e-10)
   np.testing.assert_allclose(tp.diagonal, np.diag(low), atol=1e-10)
@@ -202,7 +208,7 @@ def test_hutchpp_exact_on_low_rank_and_better_on_decaying_spectrum(x64):
     err_pp.append(abs(float(pp.estimate) - float(jnp.trace(a))))
   assert np.median(err_pp) < 0.01 * np.median(err_h)
   with pytest.raises(ValueError, match="method"):
-    spectral.trace(jax.random.key(0), mv, jnp.zeros(100), method="xtrace")
+    _jit(spectral.trace, jax.random.key(0), mv, jnp.zeros(100), method="xtrace")
 
 
 def _exact_density(lam, sigma, grid):
@@ -215,7 +221,7 @@ def test_slq_density_integrates_to_one_and_matches_exact(x64, reortho):
   rng = np.random.default_rng(11)
   lam = np.concatenate([rng.normal(0.0, 0.3, 150), rng.normal(3.0, 0.2, 40), [-1.5] * 10])
   a = jnp.asarray(_matrix(lam, seed=12)[0])
-  dens = spectral.slq(jax.random.key(0), lambda v: a @ v, jnp.zeros(200), num_probes=10, num_steps=40,
+  dens = _jit(spectral.slq, jax.random.key(0), lambda v: a @ v, jnp.zeros(200), num_probes=10, num_steps=40,
                       reortho=reortho, sigma=0.15)
   assert dens.nodes.shape == (10, 40) and int(dens.num_matvecs) == 400 and dens.reortho == reortho
   np.testing.assert_allclose(dens.weights.sum(axis=1), 1.0, rtol=1e-10)  # each probe's weights sum to 1
@@ -245,7 +251,7 @@ def test_slq_density_integrates_to_one_and_matches_exact(x64, reortho):
 def test_slq_default_sigma_and_breakdown_without_reortho(x64):
   lam = np.repeat([1.0, 2.0, 4.0], 10)
   a = jnp.asarray(_matrix(lam, seed=13)[0])
-  dens = spectral.slq(jax.random.key(0), lambda v: a @ v, jnp.zeros(30), num_probes=6, num_steps=10)
+  dens = _jit(spectral.slq, jax.random.key(0), lambda v: a @ v, jnp.zeros(30), num_probes=6, num_steps=10)
   # 3 distinct eigenvalues: the first block is exact and the rest carries no weight
   np.testing.assert_allclose(float(dens.sigma), 0.01 * 3.0, rtol=1e-6)
   assert np.all(np.isfinite(np.asarray(dens.density)))
