@@ -10,7 +10,7 @@ SEED   ?= 0
 DATA_DIR ?=
 JOBS   ?= 2
 
-.PHONY: install test experiment bench clean
+.PHONY: install test experiment experiments bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,8 +26,16 @@ test: install
 experiment: install
 	$(PY) -m experiments.$(NAME) --preset $(PRESET) --seed $(SEED) $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
 
+experiments: install
+	@set -e; for f in experiments/[a-z]*.py; do \
+	  n=$$(basename $$f .py); \
+	  $(PY) -m experiments.$$n --preset $(PRESET) --seed $(SEED) $(if $(DATA_DIR),--data-dir $(DATA_DIR),); \
+	done
+	@echo "index: runs/index.md"
+
 bench: install
 	$(PY) benchmarks/surface.py
+	$(PY) benchmarks/hessian.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
