@@ -24,3 +24,14 @@ from . import train as train
 from . import testfns as testfns
 
 __version__ = "0.1.0"
+
+_LAZY = ("plot", "cli", "report", "stats", "checkpoint", "paths")
+
+
+def __getattr__(name: str):
+  """Imports the heavier or optional submodules (matplotlib, orbax) on first use."""
+  if name in _LAZY:
+    import importlib
+
+    return importlib.import_module(f"{__name__}.{name}")
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
