@@ -22,6 +22,7 @@ from . import data as data
 from . import models as models
 from . import train as train
 from . import testfns as testfns
+from . import paths as paths
 
 __version__ = "0.1.0"
 

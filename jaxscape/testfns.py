@@ -330,13 +330,18 @@ def classify_critical_point(f: Fn, x: jax.typing.ArrayLike, tol: float = 1e-6, *
   x = jnp.asarray(x)
   if x.ndim != 1:
     raise ValueError(f"x must be one point, a 1-D array; got shape {x.shape}")
+  g, h = _grad_hessian(f, x)
   if grad_tol is not None:
-    gn = float(jnp.linalg.norm(jax.grad(f)(x)))
+    gn = float(np.linalg.norm(g))
     if not gn <= grad_tol:
       raise ValueError(f"x is not a critical point: ||grad f(x)|| = {gn:.3e} exceeds grad_tol = {grad_tol:.3e}")
-  h = jax.hessian(f)(x)
   lam = np.linalg.eigvalsh(0.5 * (np.asarray(h) + np.asarray(h).T))
   return _kind_from_eigenvalues(lam, tol)
+
+
+@functools.partial(jax.jit, static_argnames=("f",))
+def _grad_hessian(f: Fn, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  return jax.grad(f)(x), jax.hessian(f)(x)
 
 
 @functools.partial(jax.jit, static_argnames=("f", "max_steps"))

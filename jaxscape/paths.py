@@ -1,0 +1,587 @@
+"""Paths between solutions: straight lines, barriers, permutations, curves.
+
+* :func:`interpolate` evaluates the loss and metrics along the line
+  ``theta(alpha) = (1 - alpha) theta_a + alpha theta_b``: Goodfellow et al.
+  (2015) from initialisation to solution (monotone for feed-forward nets) and
+  between two solutions (a barrier); Keskar et al. (2017) from a small-batch to
+  a large-batch solution with ``alpha`` in ``[-1, 2]``. All ``alpha`` are
+  evaluated at once under ``vmap`` (optionally in chunks).
+* :func:`barrier` and :func:`is_monotone` summarise such a path.
+* :func:`permute_hidden_units` reorders hidden units, a symmetry of the
+  network: the loss is unchanged while the parameters move, so the permuted
+  copy is a second, equivalent minimum (the "equal minima" of Choromanska et
+  al. 2015; Entezari et al. 2022).
+* Bezier and polygonal-chain curves with trainable bends (Garipov et al.
+  2018): :func:`bezier_point`, :func:`polychain_point`, :func:`train_curve`
+  (minimises the loss averaged over ``t ~ U(0, 1)`` with Adam) and
+  :func:`curve_losses`.
+
+References:
+  Goodfellow, Vinyals, Saxe. Qualitatively characterizing neural network
+  optimization problems. ICLR 2015.
+  Keskar, Mudigere, Nocedal, Smelyanskiy, Tang. On large-batch training for
+  deep learning: generalization gap and sharp minima. ICLR 2017.
+  Garipov, Izmailov, Podoprikhin, Vetrov, Wilson. Loss surfaces, mode
+  connectivity, and fast ensembling of DNNs. NeurIPS 2018.
+  Draxler, Veschgini, Salmhofer, Hamprecht. Essentially no barriers in neural
+  network energy landscape. ICML 2018.
+  Entezari, Sedghi, Saukh, Neyshabur. The role of permutation invariance in
+  linear mode connectivity of neural networks. ICLR 2022.
+
+Example:
+  >>> import jax.numpy as jnp, jaxscape as js
+  >>> from jaxscape import paths
+  >>> apply = lambda p, x: x @ p
+  >>> obj = js.Objective.from_apply(apply, data=(jnp.eye(2), jnp.zeros(2)), loss="mse")
+  >>> line = paths.interpolate(obj, jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0]), jnp.linspace(0, 1, 3))
+  >>> line.losses.tolist()   # mean of squared coordinates along the segment
+  [0.5, 0.25, 0.5]
+  >>> float(paths.barrier(line.losses, line.coords).height)
+  0.0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from . import tree
+from .objective import Objective
+
+PyTree = Any
+
+__all__ = [
+    "CURVE_KINDS",
+    "PathLosses",
+    "Barrier",
+    "Curve",
+    "CurveFit",
+    "lerp",
+    "interpolate",
+    "barrier",
+    "is_monotone",
+    "permute_hidden_units",
+    "dense_layer_paths",
+    "bezier_point",
+    "polychain_point",
+    "init_curve",
+    "train_curve",
+    "curve_losses",
+]
+
+CURVE_KINDS = ("bezier", "polychain")
+"""Curve parametrisations of Garipov et al. (2018)."""
+
+
+def _register(cls, data, meta=()):
+  jax.tree_util.register_dataclass(cls, data_fields=list(data), meta_fields=list(meta))
+  return cls
+
+
+@dataclasses.dataclass(frozen=True)
+class PathLosses:
+  """Loss and metrics along a path.
+
+  Attributes:
+    coords: ``[m]`` path coordinates (``alpha`` of a line, ``t`` of a curve).
+    losses: ``[m]`` full-data losses.
+    metrics: ``{name: [m]}`` full-data metrics (e.g. accuracy).
+  """
+
+  coords: jax.Array
+  losses: jax.Array
+  metrics: dict[str, jax.Array]
+
+
+_register(PathLosses, ("coords", "losses", "metrics"))
+
+
+def _check_same_structure(a: PyTree, b: PyTree, what: str) -> None:
+  sa, sb = jax.tree.structure(a), jax.tree.structure(b)
+  if sa != sb:
+    raise ValueError(f"{what} must have one pytree structure; got {sa} and {sb}")
+  for name, x, y in zip(tree.leaf_names(a), jax.tree.leaves(a), jax.tree.leaves(b)):
+    if jnp.shape(x) != jnp.shape(y):
+      raise ValueError(f"{what} differ in the shape of leaf {name!r}: {jnp.shape(x)} vs {jnp.shape(y)}")
+
+
+def _coords(values: jax.typing.ArrayLike, name: str) -> jax.Array:
+  arr = jnp.asarray(values)
+  if arr.ndim != 1 or arr.shape[0] == 0:
+    raise ValueError(f"{name} must be a non-empty 1-D array; got shape {arr.shape}")
+  if not jnp.issubdtype(arr.dtype, jnp.floating):
+    arr = arr.astype(jnp.float32)
+  return arr
+
+
+def lerp(params_a: PyTree, params_b: PyTree, alpha: jax.typing.ArrayLike) -> PyTree:
+  """``(1 - alpha) params_a + alpha params_b`` leaf by leaf, in ``params_a``'s dtypes."""
+  return jax.tree.map(lambda a, b: (a + alpha * (b - a)).astype(a.dtype), params_a, params_b)
+
+
+def _map(fn, xs, chunk_size):
+  if chunk_size is None:
+    return jax.vmap(fn)(xs)
+  return jax.lax.map(fn, xs, batch_size=chunk_size)
+
+
+@functools.partial(jax.jit, static_argnames=("chunk_size",))
+def _interpolate(obj, a, b, alphas, chunk_size):
+  return _map(lambda alpha: obj.loss(lerp(a, b, alpha)), alphas, chunk_size)
+
+
+def _check_chunk(chunk_size):
+  if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+    raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}")
+
+
+def interpolate(
+    obj: Objective,
+    params_a: PyTree,
+    params_b: PyTree,
+    alphas: jax.typing.ArrayLike,
+    *,
+    chunk_size: int | None = None,
+) -> PathLosses:
+  """Full-data loss and metrics along ``theta(alpha) = (1 - alpha) theta_a + alpha theta_b``.
+
+  ``alpha`` may leave ``[0, 1]`` (Keskar et al. 2017 plot ``[-1, 2]``). All
+  points are evaluated under one ``vmap`` (memory: ``len(alphas)`` models'
+  activations per batch); ``chunk_size`` bounds that by mapping over chunks.
+
+  Args:
+    obj: the objective.
+    params_a: ``theta(0)``, e.g. the initialisation.
+    params_b: ``theta(1)``, e.g. the trained solution.
+    alphas: ``[m]`` interpolation coefficients.
+    chunk_size: evaluate this many ``alpha`` at once (``None``: all).
+
+  Returns:
+    :class:`PathLosses` with ``coords = alphas``.
+
+  Example:
+    >>> import jax.numpy as jnp, jaxscape as js
+    >>> obj = js.Objective.from_apply(lambda p, x: x @ p, data=(jnp.eye(2), jnp.zeros(2)), loss="mse")
+    >>> interpolate(obj, jnp.zeros(2), jnp.ones(2), jnp.array([-1.0, 2.0])).losses.tolist()
+    [1.0, 4.0]
+  """
+  _check_same_structure(params_a, params_b, "params_a and params_b")
+  _check_chunk(chunk_size)
+  alphas = _coords(alphas, "alphas")
+  losses, metrics = _interpolate(obj, params_a, params_b, alphas, chunk_size)
+  return PathLosses(alphas, losses, metrics)
+
+
+@dataclasses.dataclass(frozen=True)
+class Barrier:
+  """Barrier of a path between two endpoints (``coord`` 0 and 1).
+
+  Attributes:
+    height: ``max_{0<=a<=1} L(a) - max(L(0), L(1))`` (Garipov et al. 2018,
+      Draxler et al. 2018; 0 when no point is above the higher end).
+    alpha: where that maximum is.
+    linear_height: ``max_{0<=a<=1} [L(a) - ((1 - a) L(0) + a L(1))]``, the
+      excess over the chord (Frankle et al. 2020; Entezari et al. 2022).
+    linear_alpha: where that maximum is.
+    loss_a: ``L(0)``.
+    loss_b: ``L(1)``.
+  """
+
+  height: jax.Array
+  alpha: jax.Array
+  linear_height: jax.Array
+  linear_alpha: jax.Array
+  loss_a: jax.Array
+  loss_b: jax.Array
+
+
+_register(Barrier, ("height", "alpha", "linear_height", "linear_alpha", "loss_a", "loss_b"))
+
+
+def _is_concrete(x) -> bool:
+  return not isinstance(x, jax.core.Tracer)
+
+
+def barrier(losses: jax.typing.ArrayLike, alphas: jax.typing.ArrayLike) -> Barrier:
+  """Barrier height of a loss profile between its endpoints ``alpha = 0`` and ``1``.
+
+  Only samples with ``0 <= alpha <= 1`` count; ``L(0)`` and ``L(1)`` are read
+  off the profile (linearly interpolated if 0 or 1 falls between samples).
+  Pure ``jnp``: works under ``jit`` and ``vmap`` (e.g. over seed pairs).
+
+  Args:
+    losses: ``[m]`` losses along the path.
+    alphas: ``[m]`` ascending coordinates covering ``[0, 1]``.
+
+  Returns:
+    A :class:`Barrier`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> b = barrier(jnp.array([1.0, 3.0, 2.0]), jnp.array([0.0, 0.5, 1.0]))
+    >>> float(b.height), float(b.alpha), float(b.linear_height)
+    (1.0, 0.5, 1.5)
+  """
+  losses = jnp.asarray(losses)
+  alphas = _coords(alphas, "alphas")
+  if losses.shape != alphas.shape:
+    raise ValueError(f"losses and alphas must have the same shape [m]; got {losses.shape} and {alphas.shape}")
+  if _is_concrete(alphas):
+    a = np.asarray(alphas)
+    if np.any(np.diff(a) <= 0) or a[0] > 0 or a[-1] < 1:
+      raise ValueError(f"alphas must be strictly ascending and cover [0, 1]; got range [{a[0]}, {a[-1]}]"
+                       + (" (not ascending)" if np.any(np.diff(a) <= 0) else ""))
+  return _barrier(losses, alphas)
+
+
+@jax.jit
+def _barrier(losses: jax.Array, alphas: jax.Array) -> Barrier:
+  l0 = jnp.interp(0.0, alphas, losses)
+  l1 = jnp.interp(1.0, alphas, losses)
+  inside = (alphas >= 0) & (alphas <= 1)
+  masked = jnp.where(inside, losses, -jnp.inf)
+  i = jnp.argmax(masked)
+  chord = jnp.where(inside, losses - ((1 - alphas) * l0 + alphas * l1), -jnp.inf)
+  j = jnp.argmax(chord)
+  return Barrier(height=masked[i] - jnp.maximum(l0, l1), alpha=alphas[i], linear_height=chord[j],
+                 linear_alpha=alphas[j], loss_a=l0, loss_b=l1)
+
+
+def is_monotone(losses: jax.typing.ArrayLike, tol: float = 0.0, direction: str = "decreasing") -> jax.Array:
+  """Whether a loss profile is monotone along the path, up to ``tol``.
+
+  Goodfellow et al. (2015): the loss from initialisation (``alpha = 0``) to an
+  SGD solution (``alpha = 1``) typically decreases monotonically.
+
+  Args:
+    losses: ``[m]`` losses in path order.
+    tol: largest allowed step against the direction (absolute), e.g. for
+      float32 noise.
+    direction: ``"decreasing"`` (every ``L[i+1] <= L[i] + tol``),
+      ``"increasing"`` or ``"either"``.
+
+  Returns:
+    A boolean scalar array.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> bool(is_monotone(jnp.array([3.0, 2.0, 2.0001, 1.0]), tol=1e-3))
+    True
+  """
+  losses = jnp.asarray(losses)
+  if losses.ndim != 1:
+    raise ValueError(f"losses must be a 1-D array; got shape {losses.shape}")
+  d = jnp.diff(losses)
+  down, up = jnp.all(d <= tol), jnp.all(d >= -tol)
+  if direction == "decreasing":
+    return down
+  if direction == "increasing":
+    return up
+  if direction == "either":
+    return down | up
+  raise ValueError(f"direction must be 'decreasing', 'increasing' or 'either'; got {direction!r}")
+
+
+# -------------------------------------------------------------- permutations
+def dense_layer_paths(layer: str, next_layer: str, *, kernel: str = "kernel",
+                      bias: str | None = "bias") -> tuple[tuple[str, ...], tuple[str, ...]]:
+  """Leaf paths of a Dense layer's output units and of the next layer's inputs.
+
+  For Flax-layout parameter dicts ``{layer: {"kernel": (in, out), "bias":
+  (out,)}, ...}``: returns ``((f"{layer}/kernel", f"{layer}/bias"),
+  (f"{next_layer}/kernel",))``, the arguments of :func:`permute_hidden_units`.
+
+  Example:
+    >>> dense_layer_paths("layers_0", "layers_1")
+    (('layers_0/kernel', 'layers_0/bias'), ('layers_1/kernel',))
+  """
+  outs = (f"{layer}/{kernel}",) + ((f"{layer}/{bias}",) if bias is not None else ())
+  return outs, (f"{next_layer}/{kernel}",)
+
+
+def permute_hidden_units(params: PyTree, perm: jax.typing.ArrayLike, out_paths: Sequence[str],
+                         in_paths: Sequence[str]) -> PyTree:
+  """Permutes one layer's hidden units; the network's function is unchanged.
+
+  Unit ``perm[j]`` of the original becomes unit ``j``: every leaf named in
+  ``out_paths`` is re-indexed along its *last* axis (a Dense kernel
+  ``(in, out)``, its bias ``(out,)``, a Conv kernel HWIO, LayerNorm/BatchNorm
+  scale and bias), and every leaf in ``in_paths`` along its second-to-last
+  axis (the next Dense kernel's ``in`` axis, or a Conv kernel's ``I``).
+  Paths are the ``/``-joined leaf names of :func:`jaxscape.tree.leaf_names`,
+  so any naming scheme works. BatchNorm running statistics live in the model
+  state, not in ``params``: permute them the same way (as ``out_paths`` of the
+  state) when the model has them.
+
+  Args:
+    params: parameter pytree.
+    perm: ``[h]`` permutation of ``range(h)``, ``h`` the number of units.
+    out_paths: leaves whose last axis indexes the units.
+    in_paths: leaves whose second-to-last axis indexes the units.
+
+  Returns:
+    The permuted parameters (same structure, shapes and dtypes).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> p = {"l0": {"kernel": jnp.array([[1.0, 2.0]]), "bias": jnp.array([0.1, 0.2])},
+    ...      "l1": {"kernel": jnp.array([[3.0], [4.0]]), "bias": jnp.array([0.0])}}
+    >>> q = permute_hidden_units(p, jnp.array([1, 0]), *dense_layer_paths("l0", "l1"))
+    >>> q["l0"]["kernel"].tolist(), q["l1"]["kernel"].tolist()
+    ([[2.0, 1.0]], [[4.0], [3.0]])
+  """
+  perm = jnp.asarray(perm)
+  if perm.ndim != 1 or not jnp.issubdtype(perm.dtype, jnp.integer):
+    raise ValueError(f"perm must be a 1-D integer array; got shape {perm.shape} dtype {perm.dtype}")
+  h = perm.shape[0]
+  if _is_concrete(perm) and not np.array_equal(np.sort(np.asarray(perm)), np.arange(h)):
+    raise ValueError(f"perm must be a permutation of range({h}); got {np.asarray(perm).tolist()}")
+  if isinstance(out_paths, str) or isinstance(in_paths, str):
+    raise ValueError("out_paths and in_paths must be sequences of leaf paths, not single strings")
+  if not out_paths:
+    raise ValueError("out_paths is empty: name at least the layer's kernel")
+  names = tree.leaf_names(params)
+  leaves, treedef = jax.tree.flatten(params)
+  where = {name: i for i, name in enumerate(names)}
+  for path, axis in [(p, -1) for p in out_paths] + [(p, -2) for p in in_paths]:
+    if path not in where:
+      raise ValueError(f"no leaf named {path!r} in params; leaves are {names}")
+    i = where[path]
+    leaf = leaves[i]
+    if leaf.ndim < -axis or leaf.shape[axis] != h:
+      raise ValueError(f"leaf {path!r} with shape {leaf.shape} has no axis {axis} of size {h} (the number of "
+                       f"units in perm)")
+    leaves[i] = jnp.take(leaf, perm, axis=axis)
+  return jax.tree.unflatten(treedef, leaves)
+
+
+# --------------------------------------------------------------------- curves
+def _control_points(ends: tuple[PyTree, PyTree], bends: PyTree | None) -> PyTree:
+  a, b = ends
+  if bends is None:
+    return tree.stack([a, b])
+  return jax.tree.map(lambda u, m, v: jnp.concatenate([u[None], m.astype(u.dtype), v[None]]), a, bends, b)
+
+
+def _num_points(points: PyTree) -> int:
+  return jax.tree.leaves(points)[0].shape[0]
+
+
+def _bezier_weights(t: jax.Array, n: int) -> jax.Array:
+  k = np.arange(n)
+  binom = np.array([math.comb(n - 1, int(i)) for i in k], dtype=np.float64)
+  t = jnp.asarray(t)
+  return jnp.asarray(binom, t.dtype) * t ** jnp.asarray(k, t.dtype) * (1 - t) ** jnp.asarray(n - 1 - k, t.dtype)
+
+
+def _polychain_weights(t: jax.Array, n: int) -> jax.Array:
+  t = jnp.asarray(t)
+  return jnp.maximum(0, 1 - jnp.abs(t * (n - 1) - jnp.arange(n, dtype=t.dtype)))
+
+
+def bezier_point(t: jax.typing.ArrayLike, ends: tuple[PyTree, PyTree], bends: PyTree | None) -> PyTree:
+  """Point ``phi(t)`` of the Bezier curve with control points ``a, bends..., b``.
+
+  ``phi(t) = sum_k C(n-1, k) t^k (1-t)^(n-1-k) theta_k`` over the ``n`` control
+  points (Garipov et al. 2018, Eq. 3 for one bend). ``phi(0) = a``,
+  ``phi(1) = b``; with no bends it is the straight line.
+
+  Args:
+    t: scalar in ``[0, 1]``.
+    ends: ``(a, b)``, the fixed endpoints (parameter pytrees).
+    bends: the bends stacked on a new leading axis (:func:`jaxscape.tree.stack`),
+      or ``None``.
+
+  Returns:
+    A parameter pytree like ``a``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> bezier_point(0.5, (jnp.array([-1.0, 0.0]), jnp.array([1.0, 0.0])), jnp.array([[0.0, 2.0]])).tolist()
+    [0.0, 1.0]
+  """
+  points = _control_points(ends, bends)
+  t = jnp.asarray(t, jax.tree.leaves(points)[0].dtype)
+  return tree.combine(_bezier_weights(t, _num_points(points)), points)
+
+
+def polychain_point(t: jax.typing.ArrayLike, ends: tuple[PyTree, PyTree], bends: PyTree | None) -> PyTree:
+  """Point ``phi(t)`` of the polygonal chain ``a -> bends... -> b`` (equal ``t`` per segment).
+
+  Weights ``max(0, 1 - |t (n-1) - k|)`` over the ``n`` points (Garipov et al.'s
+  ``PolyChain``). Arguments as in :func:`bezier_point`.
+  """
+  points = _control_points(ends, bends)
+  t = jnp.asarray(t, jax.tree.leaves(points)[0].dtype)
+  return tree.combine(_polychain_weights(t, _num_points(points)), points)
+
+
+@dataclasses.dataclass(frozen=True)
+class Curve:
+  """A curve between two fixed endpoints with trainable bends.
+
+  Attributes:
+    start: ``phi(0)``.
+    end: ``phi(1)``.
+    bends: the bends stacked on a leading axis of size ``num_bends``.
+    kind: ``"bezier"`` or ``"polychain"``.
+  """
+
+  start: PyTree
+  end: PyTree
+  bends: PyTree
+  kind: str = "bezier"
+
+  def __post_init__(self):
+    if self.kind not in CURVE_KINDS:
+      raise ValueError(f"unknown curve kind {self.kind!r}: expected one of {CURVE_KINDS}")
+
+  @property
+  def num_bends(self) -> int:
+    return _num_points(self.bends)
+
+  def __call__(self, t: jax.typing.ArrayLike) -> PyTree:
+    """The point ``phi(t)``."""
+    point = bezier_point if self.kind == "bezier" else polychain_point
+    return point(t, (self.start, self.end), self.bends)
+
+
+_register(Curve, ("start", "end", "bends"), ("kind",))
+
+
+@dataclasses.dataclass(frozen=True)
+class CurveFit:
+  """Result of :func:`train_curve`.
+
+  Attributes:
+    curve: the trained :class:`Curve`.
+    train_losses: ``[steps]`` the sampled training objective at each step.
+  """
+
+  curve: Curve
+  train_losses: jax.Array
+
+
+_register(CurveFit, ("curve", "train_losses"))
+
+
+def init_curve(params_a: PyTree, params_b: PyTree, num_bends: int = 1, kind: str = "bezier", *,
+               key: jax.Array | None = None, noise: float = 0.0) -> Curve:
+  """A curve whose bends sit on the segment ``a -> b`` at ``t_k = k / (num_bends + 1)``.
+
+  For both kinds this is the straight line (Garipov et al.'s initialisation).
+  With ``noise > 0`` (and a ``key``), Gaussian noise of that standard
+  deviation is added to the bends, to break a symmetry that would keep them
+  on the line.
+  """
+  if kind not in CURVE_KINDS:
+    raise ValueError(f"unknown curve kind {kind!r}: expected one of {CURVE_KINDS}")
+  if not isinstance(num_bends, int) or num_bends < 1:
+    raise ValueError(f"num_bends must be a positive int; got {num_bends!r}")
+  _check_same_structure(params_a, params_b, "params_a and params_b")
+  bends = tree.stack([lerp(params_a, params_b, k / (num_bends + 1)) for k in range(1, num_bends + 1)])
+  if noise:
+    if key is None:
+      raise ValueError("noise > 0 needs a key")
+    bends = tree.axpy(noise, tree.normal_like(key, bends), bends)
+  return Curve(params_a, params_b, bends, kind)
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "num_samples"))
+def _train(obj, curve, key, lr, steps, num_samples):
+  opt = optax.adam(lr)
+
+  def sampled_loss(bends, k):
+    kt, kb = jax.random.split(k)
+    ts = jax.random.uniform(kt, (num_samples,), jax.tree.leaves(bends)[0].dtype)
+    i = jax.random.randint(kb, (), 0, obj.num_batches)
+    batch = (obj.x[i], obj.y[i], obj.w[i])
+    c = dataclasses.replace(curve, bends=bends)
+    return jnp.mean(jax.vmap(lambda t: obj.loss(c(t), batch)[0])(ts))
+
+  def step(carry, k):
+    bends, state = carry
+    value, g = jax.value_and_grad(sampled_loss)(bends, k)
+    updates, state = opt.update(g, state, bends)
+    return (optax.apply_updates(bends, updates), state), value
+
+  (bends, _), losses = jax.lax.scan(step, (curve.bends, opt.init(curve.bends)), jax.random.split(key, steps))
+  return dataclasses.replace(curve, bends=bends), losses
+
+
+def train_curve(
+    obj: Objective,
+    params_a: PyTree,
+    params_b: PyTree,
+    key: jax.Array,
+    num_bends: int = 1,
+    steps: int = 1000,
+    lr: float = 1e-2,
+    *,
+    kind: str = "bezier",
+    num_samples: int = 4,
+    init_noise: float = 0.0,
+) -> CurveFit:
+  """Trains a low-loss curve between two fixed solutions (Garipov et al. 2018).
+
+  Minimises ``E_{t ~ U(0,1)} L(phi(t))`` over the bends with Adam: each step
+  draws ``num_samples`` values of ``t`` and one of the objective's batches
+  (``obj.loss(params, batch)``; with a single batch this is the full-data
+  loss) and follows the averaged gradient. The endpoints stay fixed.
+
+  Args:
+    obj: the objective.
+    params_a: ``phi(0)``.
+    params_b: ``phi(1)``.
+    key: ``jax.random`` key (bend noise, ``t`` samples, batch choice).
+    num_bends: number of bends (Garipov et al. use 1 for Bezier, 3 for chains).
+    steps: Adam steps (static).
+    lr: Adam learning rate.
+    kind: ``"bezier"`` or ``"polychain"``.
+    num_samples: values of ``t`` per step (static).
+    init_noise: standard deviation of the noise added to the initial bends
+      (:func:`init_curve`).
+
+  Returns:
+    A :class:`CurveFit`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxscape as js
+    >>> # a curved valley: minima (-1, 0) and (1, 0); the line crosses a ridge
+    >>> f = lambda p: (p[1] - 1 + p[0] ** 2) ** 2 + 0.1 * (p[0] ** 2 - 1) ** 2
+    >>> obj = js.Objective.from_apply(lambda p, x: f(p) + 0 * x[:, 0], data=(jnp.zeros((1, 1)), jnp.zeros(1)),
+    ...                               loss=lambda out, t: out)
+    >>> fit = train_curve(obj, jnp.array([-1.0, 0.0]), jnp.array([1.0, 0.0]), jax.random.key(0), steps=300, lr=0.05)
+    >>> ts = jnp.linspace(0, 1, 21)
+    >>> bool(curve_losses(obj, fit.curve, ts).losses.max() < 0.2)   # the straight line peaks at 1.1
+    True
+  """
+  if not isinstance(steps, int) or steps < 1:
+    raise ValueError(f"steps must be a positive int; got {steps!r}")
+  if not isinstance(num_samples, int) or num_samples < 1:
+    raise ValueError(f"num_samples must be a positive int; got {num_samples!r}")
+  k_init, k_train = jax.random.split(key)
+  curve = init_curve(params_a, params_b, num_bends, kind, key=k_init, noise=init_noise)
+  curve, losses = _train(obj, curve, k_train, lr, steps, num_samples)
+  return CurveFit(curve, losses)
+
+
+@functools.partial(jax.jit, static_argnames=("chunk_size",))
+def _curve_losses(obj, curve, ts, chunk_size):
+  return _map(lambda t: obj.loss(curve(t)), ts, chunk_size)
+
+
+def curve_losses(obj: Objective, curve: Curve, ts: jax.typing.ArrayLike, *,
+                 chunk_size: int | None = None) -> PathLosses:
+  """Full-data loss and metrics at ``phi(t)`` for each ``t`` (vmapped, like :func:`interpolate`)."""
+  _check_chunk(chunk_size)
+  ts = _coords(ts, "ts")
+  losses, metrics = _curve_losses(obj, curve, ts, chunk_size)
+  return PathLosses(ts, losses, metrics)

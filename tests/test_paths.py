@@ -1,0 +1,234 @@
+"""paths: linear interpolation, barriers, permutation symmetry, Bezier curves."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxscape as js
+from jaxscape import paths
+
+
+def _mlp_apply(p, x):
+  h = jnp.tanh(x @ p["layers_0"]["kernel"] + p["layers_0"]["bias"])
+  h = jax.nn.relu(h @ p["layers_1"]["kernel"] + p["layers_1"]["bias"])
+  return h @ p["layers_2"]["kernel"] + p["layers_2"]["bias"]
+
+
+def _mlp_params(seed, widths=(3, 5, 4, 3)):
+  rng = np.random.default_rng(seed)
+  return {f"layers_{i}": {"kernel": jnp.asarray(rng.normal(size=(a, b)), jnp.float32),
+                          "bias": jnp.asarray(rng.normal(size=b) * 0.1, jnp.float32)}
+          for i, (a, b) in enumerate(zip(widths[:-1], widths[1:]))}
+
+
+@functools.cache
+def _mlp_obj():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(20, 3)).astype(np.float32)
+  y = rng.integers(0, 3, 20)
+  return js.Objective.from_apply(_mlp_apply, data=(x, y), batch_size=8)
+
+
+@functools.cache
+def _regression():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(12, 3))
+  t = rng.normal(size=12)
+  return x, t
+
+
+@functools.cache
+def _regression_obj():
+  x, t = _regression()
+  return js.Objective.from_apply(lambda p, x: x @ p, data=(x, t), loss="mse", batch_size=5)
+
+
+_value = jax.jit(lambda obj, p: obj.loss(p))
+
+
+def test_interpolate_endpoints_equal_endpoint_losses():
+  obj = _mlp_obj()
+  a, b = _mlp_params(1), _mlp_params(2)
+  line = paths.interpolate(obj, a, b, jnp.array([0.0, 0.25, 1.0]))
+  # float32 full-data means over 20 examples: 1e-6 relative
+  np.testing.assert_allclose(line.losses[0], _value(obj, a)[0], rtol=1e-6)
+  np.testing.assert_allclose(line.losses[2], _value(obj, b)[0], rtol=1e-6)
+  np.testing.assert_allclose(line.metrics["accuracy"][2], _value(obj, b)[1]["accuracy"], rtol=1e-6)
+  np.testing.assert_allclose(line.losses[1], _value(obj, paths.lerp(a, b, 0.25))[0], rtol=1e-6)
+  # chunked evaluation gives the same numbers
+  chunked = paths.interpolate(obj, a, b, jnp.array([0.0, 0.25, 1.0]), chunk_size=2)
+  np.testing.assert_allclose(chunked.losses, line.losses, rtol=1e-6)
+
+
+def test_interpolation_on_a_quadratic_matches_the_closed_form(x64):
+  # L(w) = mean (x.w - t)^2 is quadratic: along w(alpha) = a + alpha d,
+  # L = q alpha^2 + l alpha + c with q = mean (x.d)^2, l = 2 mean (x.a - t)(x.d).
+  x, t = _regression()
+  obj = _regression_obj()
+  a = jnp.array([0.5, -1.0, 2.0])
+  b = jnp.array([-1.5, 0.3, 0.7])
+  alphas = jnp.linspace(-1.0, 2.0, 31)
+  line = paths.interpolate(obj, a, b, alphas)
+  d = np.asarray(b - a)
+  r, xd = x @ np.asarray(a) - t, x @ d
+  closed = np.mean(xd**2) * np.asarray(alphas) ** 2 + 2 * np.mean(r * xd) * np.asarray(alphas) + np.mean(r**2)
+  # float64: round-off only
+  np.testing.assert_allclose(line.losses, closed, rtol=1e-12)
+  assert line.coords.shape == (31,) and line.losses.dtype == jnp.float64
+
+
+def test_barrier_of_a_known_profile(x64):
+  # L(a) = 1 + 4 a (1 - a) + 0.5 a: L(0) = 1, L(1) = 1.5. Above the higher end,
+  # the maximum is at a* = 0.5 + 0.5/8 = 0.5625 with L(a*) - 1.5 = 0.765625;
+  # above the chord (1 + 0.5 a) the excess 4 a (1 - a) peaks at 0.5 with 1.
+  alphas = jnp.linspace(-0.5, 1.5, 321)  # step 1/160: 0, 0.5, 0.5625 and 1 are samples
+  losses = 1 + 4 * alphas * (1 - alphas) + 0.5 * alphas
+  losses = jnp.where(alphas < 0, losses + 10.0, losses)  # outside [0, 1]: ignored
+  b = paths.barrier(losses, alphas)
+  # float64 grid and values: round-off only
+  np.testing.assert_allclose(b.height, 0.765625, rtol=1e-12)
+  np.testing.assert_allclose(b.alpha, 0.5625, rtol=1e-12)
+  np.testing.assert_allclose(b.linear_height, 1.0, rtol=1e-12)
+  np.testing.assert_allclose(b.linear_alpha, 0.5, rtol=1e-12)
+  np.testing.assert_allclose([b.loss_a, b.loss_b], [1.0, 1.5], rtol=1e-12)
+  # a convex profile has no barrier; vmapped over two profiles
+  a2 = jnp.linspace(0.0, 1.0, 11)
+  batch = jax.vmap(paths.barrier, in_axes=(0, None))(jnp.stack([(a2 - 0.3) ** 2, 1 + 4 * a2 * (1 - a2)]), a2)
+  np.testing.assert_allclose(batch.height, [0.0, 1.0], atol=1e-12)
+  with pytest.raises(ValueError, match=r"cover \[0, 1\]"):
+    paths.barrier(jnp.ones(3), jnp.array([0.1, 0.5, 1.0]))
+  with pytest.raises(ValueError, match="same shape"):
+    paths.barrier(jnp.ones(3), jnp.array([0.0, 1.0]))
+
+
+def test_is_monotone():
+  assert bool(paths.is_monotone(jnp.array([3.0, 2.0, 2.0, 1.0])))
+  assert not bool(paths.is_monotone(jnp.array([3.0, 2.0, 2.1, 1.0])))
+  assert bool(paths.is_monotone(jnp.array([3.0, 2.0, 2.1, 1.0]), tol=0.2))
+  assert not bool(paths.is_monotone(jnp.array([1.0, 2.0])))
+  assert bool(paths.is_monotone(jnp.array([1.0, 2.0]), direction="increasing"))
+  assert bool(paths.is_monotone(jnp.array([1.0, 2.0]), direction="either"))
+  with pytest.raises(ValueError, match="direction must be"):
+    paths.is_monotone(jnp.array([1.0, 2.0]), direction="up")
+
+
+def test_permuting_hidden_units_keeps_the_loss_and_moves_the_params():
+  obj = _mlp_obj()
+  p = _mlp_params(3)
+  perm0 = jnp.array([2, 0, 4, 1, 3])
+  perm1 = jnp.array([3, 2, 1, 0])
+  q = paths.permute_hidden_units(p, perm0, *paths.dense_layer_paths("layers_0", "layers_1"))
+  q = paths.permute_hidden_units(q, perm1, *paths.dense_layer_paths("layers_1", "layers_2"))
+  # float32 sums in another order: 1e-6 relative
+  np.testing.assert_allclose(_value(obj, q)[0], _value(obj, p)[0], rtol=1e-6)
+  outputs_p = _mlp_apply(p, obj.x[0])
+  np.testing.assert_allclose(_mlp_apply(q, obj.x[0]), outputs_p, rtol=1e-5, atol=1e-6)
+  assert float(js.tree.norm(js.tree.sub(q, p))) > 1.0
+  np.testing.assert_array_equal(q["layers_0"]["kernel"], np.asarray(p["layers_0"]["kernel"])[:, np.asarray(perm0)])
+  np.testing.assert_array_equal(q["layers_1"]["kernel"],
+                                np.asarray(p["layers_1"]["kernel"])[np.asarray(perm0)][:, np.asarray(perm1)])
+  js.tree.assert_allclose(q["layers_2"]["bias"], p["layers_2"]["bias"], rtol=0)
+  # the line between the two equivalent copies leaves the level set
+  line = paths.interpolate(obj, p, q, jnp.linspace(0.0, 1.0, 11))
+  np.testing.assert_allclose(line.losses[-1], line.losses[0], rtol=1e-6)
+  assert float(jnp.max(jnp.abs(line.losses - line.losses[0]))) > 1e-2
+
+
+def test_permutation_works_on_nnx_mlp_params_and_checks_input():
+  from flax import nnx
+
+  net = js.models.MLP(3, [4], 2, activation="tanh", rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(0)
+  obj, p = js.Objective.from_nnx(net, data=(rng.normal(size=(6, 3)).astype(np.float32), rng.integers(0, 2, 6)))
+  # flax.nnx names: layers/0/{kernel,bias} -> head/{kernel,bias}
+  assert sorted(js.tree.leaf_names(p)) == ["head/bias", "head/kernel", "layers/0/bias", "layers/0/kernel"]
+  outs, ins = paths.dense_layer_paths("layers/0", "head")
+  first, second = outs[0], ins[0]
+  q = paths.permute_hidden_units(p, jnp.array([3, 1, 0, 2]), outs, ins)
+  np.testing.assert_allclose(_value(obj, q)[0], _value(obj, p)[0], rtol=1e-6)
+  assert not js.tree.allclose(q, p)
+  with pytest.raises(ValueError, match="permutation of range"):
+    paths.permute_hidden_units(p, jnp.array([0, 0, 1, 2]), [first], [second])
+  with pytest.raises(ValueError, match="no leaf named 'nope/kernel'"):
+    paths.permute_hidden_units(p, jnp.array([0, 1, 2, 3]), ["nope/kernel"], [second])
+  with pytest.raises(ValueError, match="has no axis -2 of size 4"):
+    paths.permute_hidden_units(p, jnp.array([0, 1, 2, 3]), [first], ["head/bias"])
+
+
+def test_bezier_and_polychain_points():
+  a, b = {"w": jnp.array([0.0, 0.0])}, {"w": jnp.array([4.0, 0.0])}
+  bends = js.tree.stack([{"w": jnp.array([1.0, 2.0])}, {"w": jnp.array([3.0, 2.0])}])
+  # cubic Bezier at t = 0.5: (P0 + 3 P1 + 3 P2 + P3) / 8
+  np.testing.assert_allclose(paths.bezier_point(0.5, (a, b), bends)["w"], [2.0, 1.5], rtol=1e-6)
+  for t in (0.0, 1.0):
+    np.testing.assert_allclose(paths.bezier_point(t, (a, b), bends)["w"], (a, b)[int(t)]["w"], atol=1e-7)
+  # polygonal chain: t = 1/3 is the first bend, t = 1/2 halfway between the bends
+  np.testing.assert_allclose(paths.polychain_point(1 / 3, (a, b), bends)["w"], [1.0, 2.0], rtol=1e-6)
+  np.testing.assert_allclose(paths.polychain_point(0.5, (a, b), bends)["w"], [2.0, 2.0], rtol=1e-6)
+  np.testing.assert_allclose(paths.polychain_point(1 / 6, (a, b), bends)["w"], [0.5, 1.0], rtol=1e-6)
+  # no bends: the straight line
+  np.testing.assert_allclose(paths.bezier_point(0.25, (a, b), None)["w"], [1.0, 0.0])
+  # a straight-line initialisation is the line for both kinds
+  for kind in paths.CURVE_KINDS:
+    c = paths.init_curve(a, b, 3, kind)
+    np.testing.assert_allclose(c(0.3)["w"], [1.2, 0.0], rtol=1e-6)
+  with pytest.raises(ValueError, match="unknown curve kind"):
+    paths.init_curve(a, b, 1, "spline")
+
+
+def _valley(p):
+  # minima (-1, 0) and (1, 0) joined by the valley v = 1 - u^2; the straight
+  # line v = 0 crosses a ridge: L(u, 0) = 1.1 (1 - u^2)^2, 1.1 at u = 0. The
+  # Bezier curve with bend (0, 2) is the valley, where L = 0.1 (1 - u^2)^2.
+  return (p["v"] - 1 + p["u"] ** 2) ** 2 + 0.1 * (p["u"] ** 2 - 1) ** 2
+
+
+@functools.cache
+def _valley_obj():
+  return js.Objective.from_apply(lambda p, x: _valley(p) + 0.0 * x[:, 0], data=(np.zeros((1, 1)), np.zeros(1)),
+                                 loss=lambda out, t: out)
+
+
+def test_trained_curve_avoids_the_barrier_of_the_straight_line():
+  obj = _valley_obj()
+  a = {"u": jnp.array(-1.0), "v": jnp.array(0.0)}
+  b = {"u": jnp.array(1.0), "v": jnp.array(0.0)}
+  ts = jnp.linspace(0.0, 1.0, 41)
+  line = paths.interpolate(obj, a, b, ts)
+  fit = paths.train_curve(obj, a, b, jax.random.key(0), num_bends=1, steps=400, lr=0.05, num_samples=8)
+  curve = paths.curve_losses(obj, fit.curve, ts)
+  np.testing.assert_allclose(line.losses.max(), 1.1, rtol=1e-6)
+  # E_t L is minimised by the bend (0, 2) exactly: max loss 0.1 on the curve
+  assert float(curve.losses.max()) < 0.12
+  assert float(curve.losses.max()) < 0.2 * float(line.losses.max())
+  # Adam with sampled t keeps jittering around it
+  np.testing.assert_allclose([fit.curve.bends["u"][0], fit.curve.bends["v"][0]], [0.0, 2.0], atol=0.1)
+  np.testing.assert_allclose([curve.losses[0], curve.losses[-1]], [0.0, 0.0], atol=1e-7)  # ends fixed
+  assert fit.train_losses.shape == (400,)
+  assert float(fit.train_losses[-50:].mean()) < float(fit.train_losses[:10].mean())
+  b_line = paths.barrier(line.losses, ts)
+  b_curve = paths.barrier(curve.losses, ts)
+  assert float(b_curve.height) < 0.2 * float(b_line.height)
+
+
+def test_polychain_curve_also_trains():
+  obj = _valley_obj()
+  a = {"u": jnp.array(-1.0), "v": jnp.array(0.0)}
+  b = {"u": jnp.array(1.0), "v": jnp.array(0.0)}
+  fit = paths.train_curve(obj, a, b, jax.random.key(1), num_bends=3, steps=300, lr=0.05, kind="polychain")
+  ts = jnp.linspace(0.0, 1.0, 41)
+  # a 4-segment chain cannot follow the parabola exactly; it must still stay far below the ridge
+  assert float(paths.curve_losses(obj, fit.curve, ts).losses.max()) < 0.5
+
+
+def test_interpolate_rejects_mismatched_endpoints():
+  obj = _regression_obj()
+  with pytest.raises(ValueError, match="shape of leaf"):
+    paths.interpolate(obj, jnp.zeros(3), jnp.zeros(4), jnp.array([0.0, 1.0]))
+  with pytest.raises(ValueError, match="non-empty 1-D"):
+    paths.interpolate(obj, jnp.zeros(3), jnp.zeros(3), jnp.zeros((2, 2)))
+  with pytest.raises(ValueError, match="chunk_size"):
+    paths.interpolate(obj, jnp.zeros(3), jnp.zeros(3), jnp.array([0.0, 1.0]), chunk_size=0)
