@@ -384,7 +384,9 @@ def eigh(
     matvec: symmetric ``v -> A v``.
     like: example vector fixing the structure and dtype.
     k: number of pairs (static).
-    which: ``largest`` (algebraic), ``smallest`` (algebraic) or ``magnitude``.
+    which: ``largest`` (algebraic), ``smallest`` (algebraic) or ``magnitude``;
+      or its index in :data:`WHICH` as a (possibly traced) integer, so that one
+      compiled program serves all three rules (``res.which`` is then "").
     num_steps: Krylov dimension; default ``min(n, max(2k + 20, 40))``. Larger
       values converge more pairs; clustered spectra need more.
     tol: relative residual tolerance of the ``converged`` flag.
