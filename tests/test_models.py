@@ -112,3 +112,168 @@ def test_flops_per_example_dense():
   apply, params, state = js.split_nnx(net)
   # XLA counts 2 FLOPs per multiply-add: 2 * (64*32 + 32*10)
   assert models.flops_per_example(apply, params, state, jnp.zeros(64)) == 2 * (64 * 32 + 32 * 10)
+
+
+def _resnet_count(depth, width=1, in_channels=3, classes=10, projection=True, shortcuts=True):
+  """Analytic parameter count of the CIFAR ResNet (conv kernels, BN scale+bias, classifier)."""
+  n = (depth - 2) // 6
+  c = [16 * width, 32 * width, 64 * width]
+  total = 9 * in_channels * c[0] + 2 * c[0]
+  cin = c[0]
+  for cout in c:
+    for i in range(n):
+      total += 9 * cin * cout + 9 * cout * cout + 4 * cout
+      if shortcuts and projection and cin != cout:
+        total += cin * cout + 2 * cout
+      cin = cout
+  return total + c[2] * classes + classes
+
+
+@pytest.mark.parametrize("depth", [8, 14, 20, 56, 110])
+def test_resnet_parameter_counts(depth):
+  variants = [(True, "projection"), (False, "projection")] + ([(True, "pad")] if depth == 20 else [])
+  nets = {(sc, st): nnx.eval_shape(lambda sc=sc, st=st: models.build("resnet", 0, depth=depth, shortcuts=sc, shortcut_type=st))
+          for sc, st in variants}
+  for (sc, st), net in nets.items():
+    assert models.count_params(net) == _resnet_count(depth, projection=st == "projection", shortcuts=sc)
+  if depth == 20:
+    # He et al.'s ResNet-20 (option A shortcuts) has the well-known 0.27M parameters: exactly 269,722;
+    # with 1x1 projection shortcuts (Li et al.'s code) 272,474.
+    assert models.count_params(nets[True, "pad"]) == 269_722
+    assert models.count_params(nets[True, "projection"]) == 272_474
+
+
+def test_resnet_noshort_keeps_main_path_parameters():
+  full = js.split_nnx(models.build("resnet", 0, depth=8, in_channels=1))[1]
+  nosc = js.split_nnx(models.build("resnet", 0, depth=8, in_channels=1, shortcuts=False))[1]
+  names_full, names_no = set(js.tree.leaf_names(full)), set(js.tree.leaf_names(nosc))
+  removed = names_full - names_no
+  assert names_no <= names_full and removed and all("proj" in n for n in removed)
+  assert models.count_params(full) - models.count_params(nosc) == (16 * 32 + 64) + (32 * 64 + 128)
+  flat_full = dict(zip(js.tree.leaf_names(full), jax.tree.leaves(full)))
+  for name, leaf in zip(js.tree.leaf_names(nosc), jax.tree.leaves(nosc)):
+    np.testing.assert_array_equal(leaf, flat_full[name], err_msg=name)  # same key -> same initial values
+
+
+def test_resnet_shapes_on_any_image_size():
+  for size, ch in ((8, 1), (28, 1), (32, 3)):
+    a, p, s = js.split_nnx(nnx.eval_shape(lambda ch=ch: models.build("resnet", 0, depth=8, in_channels=ch, num_classes=7, width=2)))
+    out = jax.eval_shape(a, p, s, jax.ShapeDtypeStruct((3, size, size, ch), jnp.float32))
+    assert out.shape == (3, 7)
+  net = models.build("resnet", 1, depth=8, in_channels=1, shortcuts=False)
+  apply, params, state = js.split_nnx(net)
+  y = apply(params, state, jnp.ones((2, 8, 8, 1)))
+  assert y.shape == (2, 10) and bool(jnp.all(jnp.isfinite(y)))
+  assert params["stem"]["kernel"].shape == (3, 3, 1, 16)  # HWIO
+  with pytest.raises(ValueError, match="6n \\+ 2"):
+    models.build("resnet", 0, depth=21)
+
+
+def test_resnet_shortcut_changes_function_not_parameters():
+  a, p, s = js.split_nnx(models.build("resnet", 0, depth=8, in_channels=1, shortcut_type="pad"))
+  b, q, t = js.split_nnx(models.build("resnet", 0, depth=8, in_channels=1, shortcut_type="pad", shortcuts=False))
+  js.tree.assert_allclose(p, q, rtol=0)
+  x = jax.random.uniform(jax.random.key(0), (4, 8, 8, 1))
+  assert not np.allclose(a(p, s, x), b(q, t, x))
+
+
+def test_keskar_models():
+  f1 = models.build("keskar_f1", 0, in_features=64, width=32, depth=3, num_classes=10)
+  assert models.count_params(f1) == _dense_count([64, 32, 32, 32, 10]) + 3 * 64
+  assert f1(jnp.ones((2, 8, 8, 1))).shape == (2, 10)
+  c1 = models.build("keskar_c1", 0, image_size=8, in_channels=1, channels=[8, 12], dense=[16, 8], dropout=0.5)
+  # conv 5x5 with bias, BN after each conv and hidden dense; 8x8 -> 4x4 -> 2x2 after two SAME 3x3/2 pools
+  expected = (25 * 1 * 8 + 8) + 16 + (25 * 8 * 12 + 12) + 24 + (2 * 2 * 12 * 16 + 16) + 32 + (16 * 8 + 8) + 16 + (8 * 10 + 10)
+  assert models.count_params(c1) == expected
+  train_apply, apply, params, state = js.train.split_train(c1)
+  train_apply, apply = jax.jit(train_apply), jax.jit(apply)
+  x = jnp.ones((3, 8, 8, 1))
+  out1, s1 = train_apply(params, state, x)
+  out2, _ = train_apply(params, s1, x)
+  assert not np.allclose(out1, out2)  # dropout active in train mode, its RNG state advances
+  np.testing.assert_array_equal(apply(params, state, x), apply(params, state, x))  # eval mode: deterministic
+  assert apply(params, state, x).shape == (3, 10)
+
+
+def test_flops_per_example_conv():
+  a, p, s = js.split_nnx(models.build("resnet", 0, depth=8, in_channels=1))
+  f = models.flops_per_example(a, p, s, jnp.zeros((8, 8, 1)))
+  f2 = models.flops_per_example(a, p, s, jnp.zeros((16, 16, 1)))
+  # Analytic multiply-adds (x2) of the convs and the classifier if every padded product counted:
+  full = 2 * (9 * 16 * 64 + 2 * 9 * 16 * 16 * 64 + (9 * 16 * 32 + 9 * 32 * 32 + 16 * 32) * 16
+              + (9 * 32 * 64 + 9 * 64 * 64 + 32 * 64) * 4 + 64 * 10)
+  assert full == 1_527_040
+  # XLA skips the products with the zero padding (a large share on 2x2 maps) and adds BN/relu work.
+  assert 0.6 * full < f < 1.05 * full
+  assert 3.5 < f2 / f < 5.0  # 4x the pixels, relatively less padding
+
+
+# ----------------------------------------------------------------------------- spin glass
+from jaxscape.models import spin_glass as sg  # noqa: E402
+
+
+def test_spin_glass_energy_and_gradient_match_einsum(x64):
+  n = 6
+  X = sg.disorder(jax.random.key(0), n, p=3, dtype=jnp.float64)
+  w = sg.random_point(jax.random.key(1), n, dtype=jnp.float64)
+  Xn, wn = np.asarray(X), np.asarray(w)
+  np.testing.assert_allclose(np.dot(wn, wn), n, rtol=1e-14)
+  ref = np.einsum("ijk,i,j,k->", Xn, wn, wn, wn) / n  # N^{-(p-1)/2} = 1/N for p = 3
+  np.testing.assert_allclose(sg.energy(w, X), ref, rtol=1e-12)
+  np.testing.assert_allclose(sg.energy_per_spin(w, X), ref / n, rtol=1e-12)
+  g_ref = (np.einsum("ajk,j,k->a", Xn, wn, wn) + np.einsum("iak,i,k->a", Xn, wn, wn) + np.einsum("ija,i,j->a", Xn, wn, wn)) / n
+  np.testing.assert_allclose(jax.grad(sg.energy)(w, X), g_ref, rtol=1e-12)
+  rg = sg.riemannian_grad(w, X)
+  np.testing.assert_allclose(np.dot(rg, wn), 0.0, atol=1e-12)
+  np.testing.assert_allclose(rg, g_ref - np.dot(g_ref, wn) / n * wn, rtol=1e-12, atol=1e-13)
+  X4 = sg.disorder(jax.random.key(2), 5, p=4, dtype=jnp.float64)
+  w4 = sg.random_point(jax.random.key(3), 5, dtype=jnp.float64)
+  ref4 = np.einsum("ijkl,i,j,k,l->", np.asarray(X4), *[np.asarray(w4)] * 4) * 5 ** -1.5
+  np.testing.assert_allclose(sg.energy(w4, X4), ref4, rtol=1e-12)
+  # Euler: w . grad H = p H for a homogeneous degree-p energy
+  np.testing.assert_allclose(np.dot(np.asarray(jax.grad(sg.energy)(w4, X4)), np.asarray(w4)), 4 * ref4, rtol=1e-12)
+
+
+def test_spin_glass_riemannian_hessian_vs_constrained_dense_and_finite_differences(x64):
+  n = 7
+  X = sg.disorder(jax.random.key(5), n, p=3, dtype=jnp.float64)
+  w = sg.random_point(jax.random.key(6), n, dtype=jnp.float64)  # a generic (non-critical) point
+  B = sg.tangent_basis(w)
+  np.testing.assert_allclose(B.T @ B, np.eye(n - 1), atol=1e-13)
+  np.testing.assert_allclose(B.T @ w, 0.0, atol=1e-13)
+  hess = sg.riemannian_hessian(w, X)
+  # Dense constrained reference: the Euclidean Hessian of H restricted to the sphere through the
+  # (second-order) retraction, in tangent coordinates z: z -> H(R(w + B z)).
+  dense = jax.hessian(lambda z: sg.energy(sg.retract(w + B @ z), X))(jnp.zeros(n - 1))
+  np.testing.assert_allclose(hess, dense, rtol=1e-10, atol=1e-10)
+  # ... and the projection term matters: without it the result is wrong at this non-critical point.
+  naive = B.T @ jax.hessian(sg.energy)(w, X) @ B
+  assert not np.allclose(naive, dense, atol=1e-3)
+  # Central second differences along random tangent directions (step 1e-3: error ~1e-6 relative).
+  V = jax.random.normal(jax.random.key(10), (3, n - 1), jnp.float64) @ B.T
+  t = 1e-3
+  f = jax.vmap(lambda v, t: sg.energy(sg.retract(w + t * v), X), in_axes=(0, None))
+  fd = (f(V, t) - 2 * f(V, 0.0) + f(V, -t)) / t**2
+  np.testing.assert_allclose(fd, np.einsum("vi,ij,vj->v", V @ B, hess, V @ B), rtol=1e-5)
+
+
+def test_spin_glass_descent_reaches_minima_and_vmaps(x64):
+  n = 16
+  out = sg.minimise(jax.random.key(0), n, num_disorder=2, num_starts=3, lr=0.1, tol=1e-8, max_steps=5000,
+                    dtype=jnp.float64)
+  assert out.energy.shape == (2, 3) and bool(out.converged.all())
+  assert bool((out.grad_norm < 1e-8).all())
+  assert float(out.energy.max()) < -1.0 and float(out.energy.min()) > -sg.E0[3] - 0.1
+  np.testing.assert_allclose(jnp.sum(out.w**2, -1), n, rtol=1e-12)
+  kx, kw = jax.random.split(jax.random.key(0))
+  Xs = jax.vmap(lambda k: sg.disorder(k, n, dtype=jnp.float64))(jax.random.split(kx, 2))
+  idx = jax.jit(jax.vmap(jax.vmap(sg.index, in_axes=(0, None))))(out.w, Xs)
+  np.testing.assert_array_equal(idx, 0)  # every end point is a local minimum
+  # The vmapped run equals a single descent of the same (disorder, start).
+  X1 = sg.disorder(jax.random.split(kx, 2)[1], n, dtype=jnp.float64)
+  w1 = sg.random_point(jax.random.split(kw, 6).reshape(2, 3)[1, 2], n, dtype=jnp.float64)
+  single = jax.jit(lambda w, X: sg.descend(w, X, lr=0.1, tol=1e-8, max_steps=5000))(w1, X1)
+  np.testing.assert_allclose(single.energy, out.energy[1, 2], rtol=1e-10)
+  assert int(single.steps) == int(out.steps[1, 2])
+  # A saddle has positive index: -w is a critical point too (odd p: H(-w) = -H(w)), with the Hessian negated.
+  assert int(jax.jit(sg.index)(-out.w[1, 2], X1)) == n - 1

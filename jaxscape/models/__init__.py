@@ -1,5 +1,8 @@
 """Model zoo (flax.nnx) and a registry that rebuilds a model from its name and kwargs.
 
+``spin_glass`` is not a network but the H-spin spherical spin glass
+(pure functions), the model Choromanska et al. (2015) map deep nets onto.
+
 Every model is an ``nnx.Module`` taking batched inputs ``[B, ...]`` (images
 NHWC); Dense kernels are ``(in, out)`` and Conv kernels HWIO. Split any of
 them into a pure ``(apply, params, state)`` with :func:`jaxscape.split_nnx`.
@@ -29,13 +32,20 @@ from ._core import count_params as count_params
 from ._core import flops_per_example as flops_per_example
 from .linear import DeepLinear as DeepLinear
 from .linear import end_to_end as end_to_end
+from .keskar import KeskarC1 as KeskarC1
+from .keskar import KeskarF1 as KeskarF1
 from .mlp import MLP as MLP
 from .mlp import ResidualMLP as ResidualMLP
+from .resnet import ResNet as ResNet
+from . import spin_glass as spin_glass
 
 REGISTRY: dict[str, Callable[..., nnx.Module]] = {
     "mlp": MLP,
     "linear": DeepLinear,
     "residual_mlp": ResidualMLP,
+    "resnet": ResNet,
+    "keskar_f1": KeskarF1,
+    "keskar_c1": KeskarC1,
 }
 """Model constructors by name; each takes its keyword arguments and ``rngs``."""
 
@@ -85,5 +95,5 @@ def build(name: str, key_or_seed: Any, **kwargs: Any) -> nnx.Module:
 
 __all__ = [
     "build", "REGISTRY", "count_params", "flops_per_example", "ACTIVATIONS", "activation",
-    "MLP", "ResidualMLP", "DeepLinear", "end_to_end",
+    "MLP", "ResidualMLP", "DeepLinear", "end_to_end", "ResNet", "KeskarF1", "KeskarC1", "spin_glass",
 ]
