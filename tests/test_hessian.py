@@ -198,12 +198,13 @@ def test_trace_and_density_on_mlp(x64, problem):
   z = (grid[None] - lam[:, None]) / sigma
   ref = np.exp(-0.5 * z**2).mean(0) / (sigma * np.sqrt(2 * np.pi))
   # num_steps = n: each probe's quadrature is exact on the spectrum; only the
-  # probe weights are random (20 probes over 31 eigenvectors): L1 bound 0.25
+  # probe weights are random (20 probes over 31 eigenvectors, ~0.07 here): L1 bound 0.15
   l1 = np.trapezoid(np.abs(np.asarray(dens.density) - ref), grid)
-  assert l1 < 0.25, l1
+  assert l1 < 0.15, l1
   # index estimate with an explicit eps, against the exact fraction
   eps = 1e-3 * np.abs(lam).max()
-  assert abs(float(dens.negative_mass(eps)) - np.mean(lam < -eps)) < 0.15
+  # (13 of 31 eigenvalues below -eps; the weights' sampling error is ~0.02)
+  assert abs(float(dens.negative_mass(eps)) - np.mean(lam < -eps)) < 0.08
 
 
 def test_projected_hessian_matches_finite_differences_and_vmaps(x64, problem):

@@ -235,9 +235,9 @@ def test_slq_density_integrates_to_one_and_matches_exact(x64, reortho):
   np.testing.assert_allclose(np.trapezoid(dens.density, grid), 1.0, atol=1e-4)
   ref = _exact_density(lam, 0.15, grid)
   l1 = np.trapezoid(np.abs(np.asarray(dens.density) - ref), grid)
-  # 10 probes on n = 200: quadrature noise ~ 1/sqrt(10 * 200) per bin; L1 bound 0.15
-  # (a density shifted by one sigma is at L1 ~ 0.5)
-  assert l1 < 0.15, l1
+  # 10 probes on n = 200: random probe weights give L1 ~ 0.06 here; bound 0.12
+  # (the exact density shifted by one sigma is at L1 ~ 0.42)
+  assert l1 < 0.12, l1
   # re-smoothing reuses the quadrature: same as a fresh kernel density of the nodes
   wide = dens.smooth(0.4)
   wgrid = np.asarray(wide.grid)
