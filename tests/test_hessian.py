@@ -172,6 +172,12 @@ def test_closed_form_linear_and_logistic_regression(x64):
   # and the Lanczos path on top of it
   res = hessian.eigenvalues(obj, w, k=2, key=jax.random.key(0), num_steps=4, tol=1e-10)
   np.testing.assert_allclose(res.values, np.linalg.eigvalsh(ref)[::-1][:2], rtol=1e-10)
+  # mixed precision: float32 model and HVPs, float64 Lanczos recurrence
+  obj32 = js.Objective.from_apply(lambda w, x: x @ w, data=(x.astype(np.float32), t.astype(np.float32)),
+                                  loss="binary_cross_entropy", batch_size=4)
+  res = hessian.eigenvalues(obj32, w.astype(jnp.float32), k=2, key=jax.random.key(0), num_steps=4, dtype=jnp.float64)
+  assert res.values.dtype == jnp.float64 and res.vectors.dtype == jnp.float32
+  np.testing.assert_allclose(res.values, np.linalg.eigvalsh(ref)[::-1][:2], rtol=1e-5)  # float32 HVP accuracy
 
 
 def test_trace_and_density_on_mlp(x64, problem):
