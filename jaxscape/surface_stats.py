@@ -1,0 +1,169 @@
+"""Summaries of computed loss surfaces: height, non-convexity, curvature ratios.
+
+A :class:`~jaxscape.Surface` holds a loss map and, when asked for, curvature
+maps (``plane_lambda_min/max`` of the 2x2 Hessian projected on the plot plane,
+``lambda_min/max`` and ``convexity_ratio`` = |λmin/λmax| of the full Hessian).
+This module turns one surface into a flat dict of scalars (Li et al. 2018's
+"how chaotic is this landscape" numbers), aggregates those dicts over seeds,
+and builds the eval-mode :class:`~jaxscape.Objective` of a trained pure model
+so that surfaces of several seeds share one compilation.
+
+Everything here runs on the host on already computed maps (NumPy), except
+:func:`pure_objective`, which only builds an Objective.
+
+Example:
+  >>> import numpy as np
+  >>> from jaxscape.surface import Surface
+  >>> x = np.linspace(-1, 1, 5)
+  >>> loss = np.add.outer(x**2, x**2) + 0.1
+  >>> maps = {"plane_lambda_min": np.full((5, 5), 2.0), "plane_lambda_max": np.full((5, 5), 2.0)}
+  >>> s = surface_stats(Surface((x, x), loss, maps, 0, {}))
+  >>> s["nonconvex_fraction"], round(s["max_loss"], 3), round(s["log10_max_loss"], 3)
+  (0.0, 2.1, 0.322)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import numpy as np
+
+from . import stats as _stats
+from .objective import Objective
+
+PyTree = Any
+
+__all__ = ["surface_stats", "seed_summary", "is_increasing", "pure_objective"]
+
+
+def _finite(z: np.ndarray) -> np.ndarray:
+  z = np.asarray(z, np.float64)
+  return z[np.isfinite(z)]
+
+
+def surface_stats(surf: Any, *, rel: float = 0.01, ratio_threshold: float = 0.1,
+                  interior: bool = True) -> dict[str, float]:
+  """Scalar summaries of one surface (1-D or 2-D).
+
+  Always: ``num_points``, ``num_nonfinite`` (NaN/inf grid points), ``min_loss``,
+  ``max_loss`` and ``log10_max_loss`` over the finite points, ``origin_loss``
+  (NaN when 0 is not a grid point). With plane curvature maps:
+  ``nonconvex_fraction`` (share of interior points with
+  ``plane_lambda_min < -rel * |plane_lambda_max|``, see
+  :func:`jaxscape.stats.nonconvex_fraction`) and ``plane_min_over_max``, the
+  most negative ``plane_lambda_min / |plane_lambda_max|``. With full-Hessian
+  maps (``convexity_ratio``): ``ratio_median``, ``ratio_max``,
+  ``ratio_frac_above`` (share of points with ratio > ``ratio_threshold``),
+  ``ratio_origin`` and ``full_lambda_min`` (the most negative Ritz value).
+
+  Args:
+    surf: a :class:`~jaxscape.Surface` (anything with ``loss``, ``metrics``, ``axes``).
+    rel: relative threshold of significant negative plane curvature.
+    ratio_threshold: threshold of the |λmin/λmax| share.
+    interior: leave the outer ring out of the non-convex fraction (2-D grids).
+
+  Returns:
+    A flat ``{name: float}`` dict (NaN where a value is undefined).
+  """
+  loss = np.asarray(surf.loss, np.float64)
+  finite = _finite(loss)
+  maxl = float(finite.max()) if finite.size else float("nan")
+  out = {
+      "num_points": float(loss.size),
+      "num_nonfinite": float(loss.size - finite.size),
+      "min_loss": float(finite.min()) if finite.size else float("nan"),
+      "max_loss": maxl,
+      "log10_max_loss": float(np.log10(maxl)) if finite.size and maxl > 0 else float("nan"),
+      "origin_loss": float("nan"),
+  }
+  axes = getattr(surf, "axes", ())
+  hits = [np.flatnonzero(np.isclose(np.asarray(a), 0.0, atol=1e-12)) for a in reversed(tuple(axes))]
+  if axes and all(h.size for h in hits):
+    out["origin_loss"] = float(loss[tuple(int(h[0]) for h in hits)])
+  metrics = getattr(surf, "metrics", {}) or {}
+  if "plane_lambda_min" in metrics and "plane_lambda_max" in metrics:
+    lo = np.asarray(metrics["plane_lambda_min"], np.float64)
+    hi = np.asarray(metrics["plane_lambda_max"], np.float64)
+    out["nonconvex_fraction"] = _stats.nonconvex_fraction(lo, hi, rel=rel, interior=interior)
+    with np.errstate(divide="ignore", invalid="ignore"):
+      r = _finite(lo / np.abs(hi))
+    out["plane_min_over_max"] = float(r.min()) if r.size else float("nan")
+  if "convexity_ratio" in metrics:
+    ratio = np.asarray(metrics["convexity_ratio"], np.float64)
+    fr = _finite(ratio)
+    out["ratio_median"] = float(np.median(fr)) if fr.size else float("nan")
+    out["ratio_max"] = float(fr.max()) if fr.size else float("nan")
+    out["ratio_frac_above"] = float(np.mean(fr > ratio_threshold)) if fr.size else float("nan")
+    if axes and all(h.size for h in hits):
+      out["ratio_origin"] = float(ratio[tuple(int(h[0]) for h in hits)])
+    if "lambda_min" in metrics:
+      lmin = _finite(metrics["lambda_min"])
+      out["full_lambda_min"] = float(lmin.min()) if lmin.size else float("nan")
+  return out
+
+
+def seed_summary(rows: Sequence[Mapping[str, float]]) -> dict[str, dict[str, float]]:
+  """Per-key :func:`jaxscape.stats.summary` (mean, std, median, min, max, count) over seeds.
+
+  Keys missing from some rows are summarised over the rows that have them;
+  NaNs are left out of each summary (``count`` says how many values were used).
+
+  Example:
+    >>> seed_summary([{"a": 1.0}, {"a": 3.0, "b": 2.0}])["a"]["mean"]
+    2.0
+  """
+  keys: list[str] = []
+  for r in rows:
+    keys += [k for k in r if k not in keys]
+  return {k: _stats.summary([float(r[k]) for r in rows if k in r]) for k in keys}
+
+
+def is_increasing(values: Sequence[float], *, strict: bool = True) -> bool:
+  """Whether a sequence increases (strictly by default); False if any value is NaN.
+
+  Example:
+    >>> is_increasing([0.1, 0.3, 0.5]), is_increasing([0.1, 0.1]), is_increasing([0.1, 0.1], strict=False)
+    (True, False, True)
+  """
+  v = np.asarray(values, np.float64)
+  if v.size == 0 or not np.all(np.isfinite(v)):
+    return False
+  d = np.diff(v)
+  return bool(np.all(d > 0) if strict else np.all(d >= 0))
+
+
+def pure_objective(apply: Callable[[PyTree, PyTree, Any], Any], state: PyTree, data: tuple[Any, Any], *,
+                   loss: str = "cross_entropy", batch_size: int | None = 512, name: str = "data",
+                   params: PyTree | None = None) -> Objective:
+  """Eval-mode Objective of a pure ``apply(params, state, x)``, with ``state`` as data.
+
+  Unlike ``Objective.from_apply(lambda p, x: apply(p, state, x), ...)``, the
+  Objective's static function is ``apply`` itself and ``state`` (e.g. frozen
+  BatchNorm statistics) is a data leaf, so objectives of several trained seeds
+  of one architecture (``apply`` from :func:`jaxscape.train.split_train`, which
+  is cached per structure) compare equal as static arguments and share every
+  compiled surface and curvature call.
+
+  Args:
+    apply: eval-mode ``apply(params, state, x) -> outputs``.
+    state: the model's non-trainable state (``{}`` if none); held fixed
+      (BatchNorm policy ``frozen``).
+    data: ``(x, y)``.
+    loss, batch_size, name: as in :meth:`jaxscape.Objective.from_apply`.
+    params: optional example parameters, to check the outputs fit the loss.
+
+  Returns:
+    The :class:`~jaxscape.Objective`.
+  """
+  obj = Objective.from_apply(lambda p, x: apply(p, state, x), None, data=data, loss=loss, batch_size=batch_size,
+                             name=name)
+  obj = dataclasses.replace(obj, apply=apply, state=state, info=obj.info + (("bn_policy", "frozen"),))
+  if params is not None:
+    try:
+      jax.eval_shape(lambda p: obj.loss(p, (obj.x[0], obj.y[0], obj.w[0])), params)
+    except Exception as e:  # re-raised with the shapes a user needs to see
+      raise ValueError(f"the model's outputs do not fit the loss {loss!r} on inputs {tuple(obj.x.shape[2:])} and "
+                       f"targets {tuple(obj.y.shape[2:])}: {type(e).__name__}: {e}") from e
+  return obj

@@ -1,0 +1,77 @@
+"""Surface summaries against hand computations, and the shared-compilation Objective."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxscape as js
+from jaxscape import models, train
+from jaxscape import surface_stats as sstats
+from jaxscape.surface import Surface
+
+
+def _surface(loss, **maps):
+  n = loss.shape[0]
+  x = np.linspace(-1, 1, n)
+  return Surface((x, x), np.asarray(loss, np.float64), {k: np.asarray(v) for k, v in maps.items()}, 0, {})
+
+
+def test_surface_stats_by_hand():
+  loss = np.arange(1.0, 26.0).reshape(5, 5)
+  loss[0, 0] = np.nan
+  lo = np.full((5, 5), -3.0)           # outer ring: ignored by the interior fraction
+  lo[1:4, 1:4] = [[-0.5, 0.2, 0.0], [-0.02, 1.0, 1.0], [1.0, 1.0, -0.009]]
+  hi = np.full((5, 5), 1.0)            # threshold -0.01
+  hi[1, 1] = -100.0                    # |lambda_max| is used: -0.5 < -1 is false
+  s = sstats.surface_stats(_surface(loss, plane_lambda_min=lo, plane_lambda_max=hi))
+  assert s["num_points"] == 25 and s["num_nonfinite"] == 1
+  assert s["min_loss"] == 2.0 and s["max_loss"] == 25.0
+  np.testing.assert_allclose(s["log10_max_loss"], np.log10(25.0), rtol=1e-12)
+  assert s["origin_loss"] == 13.0
+  # interior 3x3: -0.02 < -0.01 counts; -0.5 vs -1, 0.0 and -0.009 do not -> 1/9
+  np.testing.assert_allclose(s["nonconvex_fraction"], 1 / 9, rtol=1e-12)
+  np.testing.assert_allclose(s["plane_min_over_max"], -3.0, rtol=1e-12)
+  assert "ratio_median" not in s
+
+
+def test_surface_stats_ratio_maps():
+  ratio = np.array([[0.0, 0.05, 0.2], [0.3, 0.01, 0.5], [np.nan, 0.02, 0.1]])
+  lmin = np.array([[1.0, -0.1, -2.0], [0.0, 0.5, 1.0], [1.0, 1.0, -0.3]])
+  s = sstats.surface_stats(_surface(np.ones((3, 3)), convexity_ratio=ratio, lambda_min=lmin))
+  np.testing.assert_allclose(s["ratio_median"], np.median([0.0, 0.05, 0.2, 0.3, 0.01, 0.5, 0.02, 0.1]), rtol=1e-12)
+  assert s["ratio_max"] == 0.5 and s["ratio_origin"] == 0.01 and s["full_lambda_min"] == -2.0
+  np.testing.assert_allclose(s["ratio_frac_above"], 3 / 8, rtol=1e-12)   # 0.2, 0.3, 0.5 (0.1 is not above)
+
+
+def test_seed_summary_and_increasing():
+  rows = [{"a": 1.0, "b": np.nan}, {"a": 2.0, "b": 4.0}, {"a": 6.0}]
+  s = sstats.seed_summary(rows)
+  assert s["a"]["mean"] == 3.0 and s["a"]["count"] == 3 and s["a"]["min"] == 1.0
+  assert s["b"]["count"] == 1 and s["b"]["mean"] == 4.0
+  assert sstats.is_increasing([0.1, 0.2, 0.5])
+  assert not sstats.is_increasing([0.1, 0.5, 0.2])
+  assert not sstats.is_increasing([0.1, np.nan])
+  assert not sstats.is_increasing([0.2, 0.2]) and sstats.is_increasing([0.2, 0.2], strict=False)
+
+
+def test_pure_objective_matches_from_nnx_and_shares_the_static_apply():
+  ds = js.data.load("digits", num_train=64, num_test=32)
+  nets = [models.build("resnet", k, depth=8, num_classes=10, in_channels=1) for k in (0, 1)]
+  objs, params = [], []
+  for net in nets:
+    _, apply, p, st = train.split_train(net)
+    # perturb the BatchNorm statistics so that the state matters
+    st = jax.tree.map(lambda a: a + 0.1 if jnp.issubdtype(a.dtype, jnp.floating) else a, st)
+    train.update_model(net, p, st)
+    objs.append(sstats.pure_objective(apply, st, ds.train, batch_size=24, params=p))
+    params.append(p)
+    ref, ref_p = js.Objective.from_nnx(net, data=ds.train, batch_size=24)
+    np.testing.assert_allclose(objs[-1].value(p), ref.value(ref_p), rtol=1e-5)
+  # same architecture: the static parts are equal, so compiled calls are shared
+  s0 = jax.tree.structure(objs[0])
+  assert s0 == jax.tree.structure(objs[1])
+  assert dict(objs[0].describe())["bn_policy"] == "frozen"
+  with pytest.raises(ValueError, match="do not fit the loss"):
+    sstats.pure_objective(apply, st, (ds.x_train, ds.y_train[:, None].astype(np.float32) * np.ones((1, 3))),
+                          loss="mse", params=params[1])
