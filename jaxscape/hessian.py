@@ -408,8 +408,9 @@ def point_curvature(obj: Objective, params: PyTree, key: jax.Array, *, num_steps
   converge fastest for well-separated extremes. ``convexity_ratio`` is
   ``|lambda_min / lambda_max|`` (Li et al. 2018, Fig. 6). The trace is a
   fixed-size Rademacher Hutchinson estimate with ``num_probes`` HVPs
-  (matfree's ``estimator_monte_carlo_mean_and_sem``; probes are vectorised,
-  so memory grows with ``num_probes``).
+  (matfree's ``estimator_monte_carlo_mean_and_sem``, whose standard error
+  uses the population standard deviation over ``sqrt(num_probes)``; probes are
+  vectorised, so memory grows with ``num_probes``).
 
   Pure and ``vmap``-able over ``params`` (and ``key``); the number of steps and
   probes is static.

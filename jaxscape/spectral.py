@@ -285,7 +285,10 @@ def lanczos(
   Breakdown: when the new residual norm ``beta_j`` falls below
   ``100 eps(matvec dtype) * ||T||`` the Krylov space is invariant; ``beta_j``
   is set to 0 (T becomes block diagonal) and the recurrence continues from a
-  fresh random vector orthogonalised against the basis. Ritz values therefore
+  fresh random vector orthogonalised against the basis (a cyclic shift of one
+  Gaussian vector drawn before the loop; see ``_restart_vector``; the
+  light recurrence cannot orthogonalise it, which is harmless for quadrature
+  since the new block carries no weight of the start vector). Ritz values therefore
   stay inside ``[lambda_min, lambda_max]`` even when ``num_steps`` exceeds the
   number of distinct eigenvalues.
 
