@@ -319,7 +319,9 @@ class _Engine:
 
   def init(self, params, state, hyper):
     return {"params": params, "state": state, "opt_state": self.tx(hyper).init(params),
-            "step": jnp.zeros((), jnp.int32)}
+            "step": jnp.zeros((), jnp.int32),
+            # per-step mini-batch losses of the current epoch (part of the carry, so checkpoints keep them)
+            "epoch_losses": jnp.zeros((self.steps_per_epoch,), jnp.result_type(float))}
 
   def segment(self, carry, hyper, key, x, y, epoch, offset, length: int):
     """``length`` steps of epoch ``epoch`` starting at batch ``offset`` (one scan)."""
@@ -341,9 +343,12 @@ class _Engine:
       (loss, new_s), g = jax.value_and_grad(loss_fn, has_aux=True)(c["params"], c["state"], xb, yb)
       updates, opt_state = tx.update(g, c["opt_state"], c["params"])
       params = optax.apply_updates(c["params"], updates)
-      return {"params": params, "state": new_s, "opt_state": opt_state, "step": c["step"] + 1}, loss
+      return dict(c, params=params, state=new_s, opt_state=opt_state, step=c["step"] + 1), loss
 
-    return jax.lax.scan(step, carry, batches)
+    carry, losses = jax.lax.scan(step, carry, batches)
+    buf = carry["epoch_losses"]
+    carry["epoch_losses"] = jax.lax.dynamic_update_slice_in_dim(buf, losses.astype(buf.dtype), offset, axis=0)
+    return carry
 
   def evaluate(self, params, state, obj_train, obj_test):
     out = {}
@@ -447,10 +452,8 @@ def _run(engine: _Engine, carry, hyper, key, data_train, data_test, name: str, *
     snapshot(0)
 
   stop = total if stop_after_steps is None else min(total, start + int(stop_after_steps))
-  pending: list[jax.Array] = []
   for first, length in _plan(start, spe, (snapshot_every, checkpoint_every), stop):
-    carry, losses = seg(carry, hyper, key, x, y, first // spe, first % spe, length)
-    pending.append(losses)
+    carry = seg(carry, hyper, key, x, y, first // spe, first % spe, length)
     now = first + length
     if now % spe == 0 or now == total:
       m = ev(carry["params"], carry["state"], obj_tr, obj_te)
@@ -458,8 +461,8 @@ def _run(engine: _Engine, carry, hyper, key, data_train, data_test, name: str, *
       rows["step"].append(now)
       for k in History.METRICS[:4]:
         rows[k].append(np.asarray(m[k]))
-      rows["batch_loss"].append(np.asarray(jnp.concatenate(pending, axis=-1).mean(axis=-1)))
-      pending = []
+      done = now - (now - 1) // spe * spe  # steps of this epoch (fewer when `steps` ends mid-epoch)
+      rows["batch_loss"].append(np.asarray(carry["epoch_losses"][..., :done].mean(axis=-1)))
     if snapshot_every and now % snapshot_every == 0:
       snapshot(now)
     if checkpoint_dir is not None and ((checkpoint_every and now % checkpoint_every == 0) or now == stop):
@@ -621,3 +624,102 @@ def train_many(keys: jax.Array, init: Callable[[jax.Array], Any], data: Dataset 
                      snapshot_every=snapshot_every, checkpoint_dir=None, checkpoint_every=None,
                      stop_after_steps=None, spec=None, resume=False)
   return carry["params"], carry["state"], hist
+
+
+# ----------------------------------------------------------------------------- from a spec
+
+_RUN_KEYS = ("seed", "snapshot_every", "checkpoint_every")
+
+
+def _entry(spec: Mapping, part: str) -> tuple[str, dict]:
+  e = spec.get(part)
+  if isinstance(e, str):
+    return e, {}
+  if not isinstance(e, Mapping) or "name" not in e:
+    raise ValueError(f"spec[{part!r}] must be {{'name': ..., 'kwargs': {{...}}}}; got {e!r}")
+  kwargs = dict(e.get("kwargs", {}))
+  kwargs.update({k: v for k, v in e.items() if k not in ("name", "kwargs")})
+  return str(e["name"]), kwargs
+
+
+def _fill_model_kwargs(name: str, kwargs: dict, ds: Dataset) -> dict:
+  """Fills input/output sizes a model needs from the dataset when the spec leaves them out."""
+  import inspect
+
+  from . import models
+
+  ctor = models.REGISTRY.get(name)
+  if ctor is None:
+    raise ValueError(f"unknown model {name!r}: expected one of {sorted(models.REGISTRY)}")
+  accepted = inspect.signature(ctor.__init__).parameters
+  shape = ds.input_shape
+  outputs = ds.num_classes or (1 if ds.y_train.ndim == 1 else int(ds.y_train.shape[1]))
+  fill = {"in_features": int(np.prod(shape)), "out_features": outputs, "num_classes": outputs}
+  if len(shape) == 3:
+    fill.update(in_channels=int(shape[-1]), image_size=[int(shape[0]), int(shape[1])])
+  out = dict(kwargs)
+  for k, v in fill.items():
+    if k in accepted and k not in out:
+      out[k] = v
+  return out
+
+
+def train_from_spec(spec: Mapping, out_dir: str | os.PathLike, *, resume: bool = True) -> tuple[Any, History]:
+  """Builds the model and dataset a spec names, trains, and checkpoints into ``out_dir``.
+
+  The spec is ``{"model": {"name", "kwargs"}, "dataset": {"name", "kwargs"},
+  "train": {...}}``. ``train`` holds :class:`TrainConfig` fields plus
+  ``seed`` (int, default 0: ``jax.random.split(key(seed))`` gives the init and
+  data keys), ``snapshot_every`` and ``checkpoint_every`` (steps). Model
+  sizes left out are filled from the dataset (``in_features``,
+  ``out_features``/``num_classes``, ``in_channels``, ``image_size``). The
+  completed spec is written to ``out_dir/spec.json`` with the checkpoints, so
+  :func:`jaxscape.checkpoint.load_model` can rebuild the model from the
+  directory alone. An interrupted run in ``out_dir`` is resumed.
+
+  Returns:
+    ``(model, history)``: the trained ``nnx.Module`` and its :class:`History`.
+
+  Raises:
+    ValueError: on a malformed spec, or when ``out_dir`` holds a different run.
+
+  Example:
+    >>> import tempfile
+    >>> from jaxscape import train
+    >>> spec = {"model": {"name": "mlp", "kwargs": {"widths": [16]}},
+    ...         "dataset": {"name": "digits", "kwargs": {"num_train": 200}},
+    ...         "train": {"optimizer": "adam", "learning_rate": 0.01, "batch_size": 50, "epochs": 2, "seed": 0}}
+    >>> model, hist = train.train_from_spec(spec, tempfile.mkdtemp())
+    >>> len(hist)
+    2
+  """
+  from . import checkpoint as _ckpt
+  from . import data as _data
+  from . import models
+
+  if not isinstance(spec, Mapping) or not {"model", "dataset"} <= set(spec):
+    raise ValueError(f"spec must be a dict with 'model', 'dataset' and optionally 'train'; got {spec!r}")
+  ds_name, ds_kwargs = _entry(spec, "dataset")
+  m_name, m_kwargs = _entry(spec, "model")
+  run = dict(spec.get("train", {}) or {})
+  seed = int(run.pop("seed", 0))
+  snapshot_every = run.pop("snapshot_every", None)
+  checkpoint_every = run.pop("checkpoint_every", None)
+  config = TrainConfig.from_dict(run)
+  ds = _data.load(ds_name, **ds_kwargs)
+  m_kwargs = _fill_model_kwargs(m_name, m_kwargs, ds)
+  full = {"model": {"name": m_name, "kwargs": m_kwargs}, "dataset": {"name": ds_name, "kwargs": ds_kwargs},
+          "train": {**config.to_dict(), "seed": seed, "snapshot_every": snapshot_every,
+                    "checkpoint_every": checkpoint_every}}
+  full = json.loads(json.dumps(full))  # the JSON form, as recorded
+  out = os.path.abspath(os.fspath(out_dir))
+  if resume and os.path.isfile(os.path.join(out, _ckpt.SPEC_FILE)):
+    old = _ckpt.read_spec(out)
+    if old != full:
+      raise ValueError(f"{out!r} holds a run with a different spec; use another out_dir or resume=False.\n"
+                       f"existing: {old}\nnew: {full}")
+  k_init, k_data = jax.random.split(jax.random.key(seed))
+  model = models.build(m_name, k_init, **m_kwargs)
+  params, state, hist = train(k_data, model, ds, config, snapshot_every=snapshot_every, checkpoint_dir=out,
+                              checkpoint_every=checkpoint_every, resume=resume, spec=full)
+  return update_model(model, params, state), hist
