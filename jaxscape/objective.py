@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Mapping
 
 import jax
@@ -349,8 +350,16 @@ def split_nnx(model: Any) -> tuple[Apply, PyTree, PyTree]:
   params = nnx.to_pure_dict(param_state)
   if len(jax.tree.leaves(params)) != treedef.num_leaves:
     raise ValueError("could not convert the module's parameters to a plain dict")
+  return _nnx_apply(graphdef, treedef), params, state
+
+
+@functools.lru_cache(maxsize=256)
+def _nnx_apply(graphdef: Any, treedef: Any) -> Apply:
+  """One ``apply`` per model structure, so that objectives of models that differ
+  only in their weights (seeds, checkpoints) share jit compilations."""
+  from flax import nnx
 
   def apply(p: PyTree, s: PyTree, x: jax.Array) -> jax.Array:
     return nnx.merge(graphdef, jax.tree.unflatten(treedef, jax.tree.leaves(p)), s)(x)
 
-  return apply, params, state
+  return apply

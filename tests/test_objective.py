@@ -108,3 +108,15 @@ def test_with_data_and_errors():
     obj.with_data((np.zeros((3, 7), np.float32), y[:3]))
   with pytest.raises(ValueError, match="batch_size"):
     js.Objective.from_apply(_linear_apply, p, data=(x, y), batch_size=0)
+
+
+def test_nnx_objectives_of_one_structure_share_compilations():
+  x, y = _data()
+  a, pa = js.Objective.from_nnx(_BNNet(nnx.Rngs(0)), data=(x, y), batch_size=4)
+  b, pb = js.Objective.from_nnx(_BNNet(nnx.Rngs(1)), data=(x, y), batch_size=4)
+  assert a.apply is b.apply  # same static function: one jit cache entry
+  value = jax.jit(lambda o, p: o.value(p))
+  value(a, pa)
+  before = value._cache_size()
+  np.testing.assert_allclose(value(b, pb), b.value(pb), rtol=1e-6)
+  assert value._cache_size() == before
