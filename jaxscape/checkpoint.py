@@ -3,7 +3,7 @@
 A run directory written by :func:`jaxscape.train.train` (with
 ``checkpoint_dir``) or :func:`jaxscape.train.train_from_spec` holds::
 
-  spec.json                  {"model": {"name", "kwargs"}, "dataset": {"name", ...}, "train": {...}}
+  spec.json                  {"model": {"name", "kwargs"}, "dataset": {"name", **load_kwargs}, "train": {...}}
   history.npz                per-epoch history rows written so far
   checkpoints/<step>/        orbax items: params, state, opt_state, meta (step, data key)
   trajectory/<step>/         parameter snapshots (every ``snapshot_every`` steps)
@@ -47,6 +47,7 @@ __all__ = [
     "write_spec",
     "read_spec",
     "load_model",
+    "load_dataset",
 ]
 
 _ITEMS = ("params", "state", "opt_state", "meta")
@@ -310,3 +311,23 @@ def load_model(run_dir: str | os.PathLike, step: int | None = None) -> tuple[Any
     r = mngr.restore(step, args=ocp.args.Composite(**items))
   update_model(model, _decode(r["params"], params), _decode(r["state"], state) if _has_leaves(state) else None)
   return model, spec
+
+
+def load_dataset(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> Any:
+  """Reloads the dataset a run was trained on: ``data.load(**spec["dataset"])``.
+
+  Args:
+    run_dir: the run directory (its ``spec.json``).
+    data_dir: overrides the recorded ``data_dir`` of on-disk datasets
+      (e.g. when the run is analysed on another machine).
+  """
+  from . import data
+
+  d = dict(read_spec(run_dir).get("dataset") or {})
+  name = d.pop("name", None)
+  if name is None:
+    raise ValueError(f"{SPEC_FILE} in {_abs(run_dir)!r} records no dataset name")
+  d.update(d.pop("kwargs", {}) or {})
+  if data_dir is not None:
+    d["data_dir"] = data_dir
+  return data.load(name, **d)

@@ -6,6 +6,7 @@ Commands (``jaxscape <command> --help`` for all flags)::
   jaxscape surface --checkpoint runs/train --x=-1:1:51 --y=-1:1:51 --norm filter --ignore biasbn
   jaxscape surface --checkpoint A --checkpoint2 B --x=-0.5:1.5:41      # 1-D from A to B
   jaxscape plot runs/demo --log                                          # re-plot, no recomputation
+  jaxscape train --model resnet --depth 20 --dataset digits --epochs 30 --out runs/r20   # -> a --checkpoint
 
 The surface flags mirror the original loss-landscape tool (``--x``, ``--y``,
 ``--xnorm``/``--norm``, ``--xignore``/``--ignore``, ``--model_file2`` ->
@@ -264,6 +265,120 @@ def _hessian(args: argparse.Namespace) -> int:
   print(f"loss {float(loss):.5g} at the point; results in {out}")
   for line in lines:
     print(f"  {line}")
+  return 0
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def _kv(text: str) -> tuple[str, Any]:
+  """``key=value`` with a JSON value (``depth=20``, ``widths=[32,32]``, ``activation=tanh``)."""
+  import json
+
+  if "=" not in text:
+    raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+  key, value = text.split("=", 1)
+  try:
+    return key, json.loads(value)
+  except json.JSONDecodeError:
+    return key, value
+
+
+def _int_list(text: str) -> list[int]:
+  return [int(v) for v in text.split(",") if v.strip()]
+
+
+@command("train")
+def _train_parser(sub) -> None:
+  p = sub.add_parser("train", help="train a model on a dataset and checkpoint it (a --checkpoint for other commands)",
+                     description=_train.__doc__)
+  m = p.add_argument_group("model")
+  m.add_argument("--model", default="mlp", help="mlp | linear | residual_mlp | resnet | keskar_f1 | keskar_c1")
+  m.add_argument("--depth", type=int, default=None, help="resnet depth (6n+2), residual_mlp blocks, keskar_f1 layers")
+  m.add_argument("--width", type=int, default=None, help="resnet width factor; residual_mlp / keskar_f1 width")
+  m.add_argument("--widths", type=_int_list, default=None, help="mlp / linear hidden widths, e.g. 32,32")
+  m.add_argument("--activation", default=None, help="relu | tanh | sigmoid | linear (mlp, residual_mlp)")
+  m.add_argument("--batch-norm", action="store_true", default=None, help="BatchNorm in the mlp")
+  m.add_argument("--no-shortcuts", action="store_true", help="resnet without shortcuts (-noshort)")
+  m.add_argument("--no-skips", action="store_true", help="residual_mlp without skips")
+  m.add_argument("--model-arg", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                 help="any other constructor argument (JSON value), repeatable")
+  d = p.add_argument_group("data")
+  d.add_argument("--dataset", default="digits", help="digits | mnist1d | synthetic | mnist5k | mnist | fashion_mnist | cifar10 | cifar100")
+  d.add_argument("--data-dir", default=None, help="directory of on-disk datasets (MNIST IDX, CIFAR pickles)")
+  d.add_argument("--num-train", type=int, default=None, help="random training subset")
+  d.add_argument("--num-test", type=int, default=None, help="random test subset")
+  d.add_argument("--downsample", type=int, default=None, help="resize images to NxN (area averaging)")
+  d.add_argument("--normalize", action="store_true", default=None, help="per-channel standardisation")
+  d.add_argument("--flatten", action="store_true", default=None, help="flatten examples to vectors")
+  d.add_argument("--data-arg", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                 help="any other data.load argument (JSON value), repeatable")
+  t = p.add_argument_group("training")
+  t.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"])
+  t.add_argument("--lr", "--learning-rate", dest="learning_rate", type=float, default=0.1)
+  t.add_argument("--momentum", type=float, default=0.0)
+  t.add_argument("--nesterov", action="store_true")
+  t.add_argument("--weight-decay", type=float, default=0.0)
+  t.add_argument("--batch-size", type=int, default=128, help="0: full batch")
+  t.add_argument("--epochs", type=int, default=10)
+  t.add_argument("--steps", type=int, default=None, help="total steps (overrides --epochs)")
+  t.add_argument("--schedule", default="constant", choices=["constant", "step", "cosine"])
+  t.add_argument("--decay-epochs", type=_int_list, default=[], help="step schedule: epochs, e.g. 150,225,275")
+  t.add_argument("--decay-factor", type=float, default=0.1)
+  t.add_argument("--warmup-steps", type=int, default=0)
+  t.add_argument("--loss", default="cross_entropy", choices=["cross_entropy", "binary_cross_entropy", "mse"])
+  t.add_argument("--seed", type=int, default=0, help="initialisation and data-order seed")
+  t.add_argument("--snapshot-every", type=int, default=None, help="save parameter snapshots every N steps")
+  t.add_argument("--checkpoint-every", type=int, default=None, help="checkpoint every N steps (always at the end)")
+  t.add_argument("--spec", default=None, help="JSON file with a full {'model','dataset','train'} spec (flags are ignored)")
+  t.add_argument("--out", default=None, help="run directory (default runs/train-<model>-<dataset>-<seed>)")
+  t.add_argument("--no-resume", action="store_true", help="refuse to continue a run found in --out")
+  p.set_defaults(func=_train)
+
+
+def _train_spec(args: argparse.Namespace) -> dict[str, Any]:
+  """The ``train_from_spec`` spec the flags describe (only flags that were given)."""
+  model: dict[str, Any] = {"depth": args.depth, "width": args.width, "widths": args.widths,
+                           "activation": args.activation, "batch_norm": args.batch_norm}
+  if args.no_shortcuts:
+    model["shortcuts"] = False
+  if args.no_skips:
+    model["skips"] = False
+  model = {k: v for k, v in model.items() if v is not None}
+  model.update(dict(args.model_arg))
+  dataset: dict[str, Any] = {"name": args.dataset, "data_dir": args.data_dir, "num_train": args.num_train,
+                             "num_test": args.num_test, "downsample": args.downsample, "normalize": args.normalize,
+                             "flatten": args.flatten}
+  dataset = {k: v for k, v in dataset.items() if v is not None}
+  dataset.update(dict(args.data_arg))
+  train = {"optimizer": args.optimizer, "learning_rate": args.learning_rate, "momentum": args.momentum,
+           "nesterov": args.nesterov, "weight_decay": args.weight_decay,
+           "batch_size": None if args.batch_size == 0 else args.batch_size, "epochs": args.epochs, "steps": args.steps,
+           "schedule": args.schedule, "decay_epochs": args.decay_epochs, "decay_factor": args.decay_factor,
+           "warmup_steps": args.warmup_steps, "loss": args.loss, "seed": args.seed,
+           "snapshot_every": args.snapshot_every, "checkpoint_every": args.checkpoint_every}
+  return {"model": {"name": args.model, "kwargs": model}, "dataset": dataset, "train": train}
+
+
+def _train(args: argparse.Namespace) -> int:
+  """Trains a model and writes a run directory (spec.json, orbax checkpoints, history.npz) that
+  `jaxscape surface/hessian --checkpoint DIR` read; an interrupted run in --out is resumed."""
+  import json
+
+  from . import models, train
+
+  if args.spec:
+    with open(args.spec) as f:
+      spec = json.load(f)
+  else:
+    spec = _train_spec(args)
+  name = spec["model"]["name"] if isinstance(spec.get("model"), dict) else spec.get("model")
+  out = args.out or f"runs/train-{name}-{spec['dataset'] if isinstance(spec['dataset'], str) else spec['dataset'].get('name')}-{args.seed}"
+  model, hist = train.train_from_spec(spec, out, resume=not args.no_resume)
+  print(f"{name}: {models.count_params(model)} parameters, {len(hist)} epochs -> {os.path.abspath(out)}")
+  if len(hist):
+    print(f"  train loss {hist.train_loss[-1]:.4g}  acc {hist.train_accuracy[-1]:.4f}  |  "
+          f"test loss {hist.test_loss[-1]:.4g}  acc {hist.test_accuracy[-1]:.4f}")
   return 0
 
 

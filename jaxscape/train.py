@@ -667,8 +667,11 @@ def _fill_model_kwargs(name: str, kwargs: dict, ds: Dataset) -> dict:
 def train_from_spec(spec: Mapping, out_dir: str | os.PathLike, *, resume: bool = True) -> tuple[Any, History]:
   """Builds the model and dataset a spec names, trains, and checkpoints into ``out_dir``.
 
-  The spec is ``{"model": {"name", "kwargs"}, "dataset": {"name", "kwargs"},
-  "train": {...}}``. ``train`` holds :class:`TrainConfig` fields plus
+  The spec is ``{"model": {"name", "kwargs"}, "dataset": {"name", ...},
+  "train": {...}}``: the model's constructor arguments under ``kwargs``,
+  the dataset's :func:`jaxscape.data.load` arguments next to its name
+  (a ``kwargs`` dict is accepted too; ``spec.json`` records them flat,
+  so ``data.load(**spec["dataset"])`` reloads the data). ``train`` holds :class:`TrainConfig` fields plus
   ``seed`` (int, default 0: ``jax.random.split(key(seed))`` gives the init and
   data keys), ``snapshot_every`` and ``checkpoint_every`` (steps). Model
   sizes left out are filled from the dataset (``in_features``,
@@ -687,7 +690,7 @@ def train_from_spec(spec: Mapping, out_dir: str | os.PathLike, *, resume: bool =
     >>> import tempfile
     >>> from jaxscape import train
     >>> spec = {"model": {"name": "mlp", "kwargs": {"widths": [16]}},
-    ...         "dataset": {"name": "digits", "kwargs": {"num_train": 200}},
+    ...         "dataset": {"name": "digits", "num_train": 200},
     ...         "train": {"optimizer": "adam", "learning_rate": 0.01, "batch_size": 50, "epochs": 2, "seed": 0}}
     >>> model, hist = train.train_from_spec(spec, tempfile.mkdtemp())
     >>> len(hist)
@@ -708,7 +711,9 @@ def train_from_spec(spec: Mapping, out_dir: str | os.PathLike, *, resume: bool =
   config = TrainConfig.from_dict(run)
   ds = _data.load(ds_name, **ds_kwargs)
   m_kwargs = _fill_model_kwargs(m_name, m_kwargs, ds)
-  full = {"model": {"name": m_name, "kwargs": m_kwargs}, "dataset": {"name": ds_name, "kwargs": ds_kwargs},
+  if ds_kwargs.get("data_dir") is not None:
+    ds_kwargs["data_dir"] = os.path.abspath(os.fspath(ds_kwargs["data_dir"]))
+  full = {"model": {"name": m_name, "kwargs": m_kwargs}, "dataset": {"name": ds_name, **ds_kwargs},
           "train": {**config.to_dict(), "seed": seed, "snapshot_every": snapshot_every,
                     "checkpoint_every": checkpoint_every}}
   full = json.loads(json.dumps(full))  # the JSON form, as recorded

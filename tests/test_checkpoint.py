@@ -104,7 +104,9 @@ def test_train_from_spec_and_load_model(tmp_path):
   with open(tmp_path / "run" / "spec.json") as f:
     saved = json.load(f)
   assert saved["model"] == {"name": "resnet", "kwargs": {"depth": 8, "shortcuts": False, "num_classes": 10, "in_channels": 1}}
-  assert saved["train"]["seed"] == 3 and saved["dataset"]["name"] == "digits"
+  assert saved["train"]["seed"] == 3 and saved["dataset"] == {"name": "digits", "num_train": 64, "num_test": 32}
+  ds_back = checkpoint.load_dataset(tmp_path / "run")
+  np.testing.assert_array_equal(ds_back.x_test, data.load("digits", num_train=64, num_test=32).x_test)
   rebuilt, spec2 = checkpoint.load_model(tmp_path / "run")
   assert spec2 == saved
   a, p, s = js.split_nnx(model)

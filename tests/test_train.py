@@ -150,3 +150,21 @@ def test_schedules():
 def dataclasses_replace(cfg, **kw):
   import dataclasses
   return dataclasses.replace(cfg, **kw)
+
+
+def test_cli_train_writes_a_checkpoint_other_commands_read(tmp_path, capsys):
+  from jaxscape import checkpoint, cli
+
+  out = tmp_path / "run"
+  rc = cli.main(["train", "--model", "mlp", "--widths", "16", "--batch-norm", "--dataset", "digits", "--num-train", "96",
+                 "--num-test", "32", "--epochs", "2", "--batch-size", "32", "--optimizer", "adam", "--lr", "0.01",
+                 "--seed", "1", "--out", str(out)])
+  assert rc == 0
+  assert "2 epochs" in capsys.readouterr().out
+  model, spec = checkpoint.load_model(out)
+  assert spec["model"] == {"name": "mlp", "kwargs": {"widths": [16], "batch_norm": True, "in_features": 64, "out_features": 10}}
+  assert spec["train"]["optimizer"] == "adam" and spec["train"]["seed"] == 1
+  ds = checkpoint.load_dataset(out)
+  assert ds.num_train == 96
+  rc = cli.main(["train", "--model", "resnet", "--depth", "9", "--dataset", "digits", "--out", str(tmp_path / "bad")])
+  assert rc == 2 and "6n + 2" in capsys.readouterr().err
