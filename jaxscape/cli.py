@@ -85,16 +85,10 @@ def _source(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
 
 
 def _load_checkpoint(path: str, data_dir: str | None):
-  from . import checkpoint, data
+  from . import checkpoint
 
-  model, spec = checkpoint.load_model(path)
-  dspec = dict(spec.get("dataset", {}))
-  name = dspec.pop("name", None)
-  if name is None:
-    raise ValueError(f"checkpoint {path!r} records no dataset name in spec.json")
-  if data_dir is not None:
-    dspec["data_dir"] = data_dir
-  return model, data.load(name, **dspec)
+  model, _ = checkpoint.load_model(path)
+  return model, checkpoint.load_dataset(path, data_dir=data_dir)
 
 
 # ----------------------------------------------------------------------------- surface
@@ -106,6 +100,9 @@ def _surface_parser(sub) -> None:
   _add_source_flags(p)
   p.add_argument("--checkpoint2", help="second checkpoint: x direction = checkpoint2 - checkpoint (never normalised)")
   p.add_argument("--checkpoint3", help="third checkpoint: the plane through the three (needs --checkpoint2)")
+  p.add_argument("--bn-policy", default="interpolate", choices=["interpolate", "frozen"],
+                 help="between checkpoints: interpolate BatchNorm statistics with the weights (default, Li et al.'s "
+                      "'states') or keep the first checkpoint's")
   p.add_argument("--x", default="-1:1:51", help="start:stop:num of the x axis (default -1:1:51)")
   p.add_argument("--y", default=None, help="start:stop:num of the y axis (omit for a 1-D curve)")
   p.add_argument("--norm", "--xnorm", dest="norm", default="filter", choices=["filter", "layer", "model", "none"])
@@ -136,14 +133,16 @@ def _surface(args: argparse.Namespace) -> int:
   model, ds, source = _source(args)
   obj, params = _objective(model, ds, args.split, args.batch_size)
   if args.checkpoint2:
-    others = [_objective(_load_checkpoint(c, args.data_dir)[0], ds, args.split, args.batch_size)[1]
+    others = [_objective(_load_checkpoint(c, args.data_dir)[0], ds, args.split, args.batch_size)
               for c in (args.checkpoint2, args.checkpoint3) if c]
+    states = [obj.state] + [o.state for o, _ in others] if args.bn_policy == "interpolate" else None
     source["checkpoint2"] = os.path.abspath(args.checkpoint2)
     if args.checkpoint3:
       source["checkpoint3"] = os.path.abspath(args.checkpoint3)
-      dirs = directions.plane_directions(params, *others, orthogonalize=args.orthogonalize)
+      dirs = directions.plane_directions(params, *(p for _, p in others), orthogonalize=args.orthogonalize,
+                                         states=states)
     else:
-      dirs = directions.interpolation_direction(params, others[0])
+      dirs = directions.interpolation_direction(params, others[0][1], *(states or ()))
   else:
     n = 1 if args.y is None else 2
     dirs = directions.random_directions(jax.random.key(args.seed), params, n, norm=args.norm, ignore=ignore,

@@ -56,6 +56,7 @@ __all__ = [
     "pca_directions",
     "PCADirections",
     "as_directions",
+    "move_state",
 ]
 
 
@@ -66,10 +67,16 @@ class Directions:
   Attributes:
     vectors: pytree like the parameters, each leaf with a leading axis ``n``.
     info: JSON-serialisable record (kind, key, normalisation, ignore policy).
+    state_vectors: ``None``, or directions in the model's non-trainable state
+      (BatchNorm statistics) shaped like the state with a leading axis ``n``:
+      the state then moves with the parameters (BatchNorm policy
+      ``interpolate``, Li et al.'s ``states``); non-floating leaves (RNG
+      counters) never move.
   """
 
   vectors: PyTree
   info: dict[str, Any] = dataclasses.field(default_factory=dict)
+  state_vectors: PyTree = None
 
   @property
   def n(self) -> int:
@@ -193,27 +200,69 @@ def _key_record(key: jax.Array) -> list[int]:
   return [int(v) for v in np.asarray(data).ravel()]
 
 
-def interpolation_direction(params_a: PyTree, params_b: PyTree) -> Directions:
+def _state_difference(state_b: PyTree, state_a: PyTree) -> PyTree:
+  """``sb − sa`` on floating leaves; a scalar 0 stands for leaves that never move."""
+  def diff(b, a):
+    if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating):
+      return jnp.asarray(b) - jnp.asarray(a)
+    return jnp.zeros((), jnp.float32)
+
+  return jax.tree.map(diff, state_b, state_a)
+
+
+def _bn_policy(states: Sequence[PyTree | None]) -> tuple[str, PyTree | None]:
+  if all(s is None for s in states):
+    return "frozen", None
+  if any(s is None for s in states):
+    raise ValueError("give the state of every endpoint (or of none): the BatchNorm statistics are interpolated together")
+  return "interpolate", [_state_difference(s, states[0]) for s in states[1:]]
+
+
+def move_state(state: PyTree, coefficients: jax.Array, state_vectors: PyTree) -> PyTree:
+  """``state + Σ_j c_j s_j`` on floating leaves; other leaves (RNG counters, keys) unchanged."""
+  def move(s, v):
+    if not jnp.issubdtype(jnp.asarray(s).dtype, jnp.floating):
+      return s
+    return (s + jnp.tensordot(coefficients.astype(v.dtype), v, axes=1)).astype(s.dtype)
+
+  return jax.tree.map(move, state, state_vectors)
+
+
+def interpolation_direction(params_a: PyTree, params_b: PyTree, state_a: PyTree | None = None,
+                            state_b: PyTree | None = None) -> Directions:
   """The direction ``θb − θa``: coordinate 0 is ``θa``, coordinate 1 is ``θb``.
 
   Evaluate it from ``params_a`` (e.g. ``x=(-0.5, 1.5, 401)`` as in Li et al.)
-  for the 1-D plot from one solution to another. Never normalised.
+  for the 1-D plot from one solution to another. Never normalised. For
+  networks with BatchNorm, give both models' states: the statistics are then
+  interpolated too (policy ``interpolate``), so that coordinate 1 is exactly
+  model b; with the statistics frozen at a's, it is not.
   """
-  return Directions(tree.stack([tree.sub(params_b, params_a)]), {"kind": "interpolation"})
+  policy, svecs = _bn_policy([state_a, state_b])
+  return Directions(tree.stack([tree.sub(params_b, params_a)]), {"kind": "interpolation", "bn_policy": policy},
+                    None if svecs is None else tree.stack(svecs))
 
 
-def plane_directions(params_a: PyTree, params_b: PyTree, params_c: PyTree, *, orthogonalize: bool = False) -> Directions:
+def plane_directions(params_a: PyTree, params_b: PyTree, params_c: PyTree, *, orthogonalize: bool = False,
+                     states: Sequence[PyTree] | None = None) -> Directions:
   """The plane through three parameter sets, with origin ``θa``.
 
   Without orthogonalisation the directions are ``(θb − θa, θc − θa)``, so
   ``θb`` sits at (1, 0) and ``θc`` at (0, 1). With it (Garipov et al. 2018)
   the second direction is made orthogonal to the first (Gram-Schmidt, no
-  rescaling), and ``θc`` sits at ``(⟨u,v⟩/⟨u,u⟩, 1)``.
+  rescaling), and ``θc`` sits at ``(⟨u,v⟩/⟨u,u⟩, 1)``. ``states`` (the
+  three models' states) interpolates BatchNorm statistics over the plane
+  in the same coordinates.
   """
   u, v = tree.sub(params_b, params_a), tree.sub(params_c, params_a)
+  policy, svecs = _bn_policy(list(states) if states is not None else [None] * 3)
   if orthogonalize:
-    v = tree.axpy(-tree.dot(v, u) / tree.dot(u, u), u, v)
-  return Directions(tree.stack([u, v]), {"kind": "plane", "orthogonalize": orthogonalize})
+    coef = -tree.dot(v, u) / tree.dot(u, u)
+    v = tree.axpy(coef, u, v)
+    if svecs is not None:
+      svecs[1] = jax.tree.map(lambda b, a: b + coef.astype(b.dtype) * a, svecs[1], svecs[0])
+  return Directions(tree.stack([u, v]), {"kind": "plane", "orthogonalize": orthogonalize, "bn_policy": policy},
+                    None if svecs is None else tree.stack(svecs))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -47,7 +47,7 @@ from jax.sharding import PartitionSpec as P
 
 from . import io as _io
 from . import tree
-from .directions import Directions, as_directions
+from .directions import Directions, as_directions, move_state
 from .objective import Objective
 
 PyTree = Any
@@ -214,13 +214,20 @@ def _default_budget() -> float:
     return 1e9
 
 
+def _point_state(objective: Objective, c: jax.Array, state_vectors: PyTree) -> PyTree:
+  """The model state at grid point ``c``: fixed, or moved with the parameters (BatchNorm ``interpolate``)."""
+  return objective.state if state_vectors is None else move_state(objective.state, c, state_vectors)
+
+
 def _loss_chunk(coords, index, key, params, vectors, objective):
   """Mean loss and metrics at a chunk of points: ``vmap`` over points inside the scan over batches."""
   del index, key
+  vectors, state_vectors = vectors
 
   def chunk_sums(batch):
     def point(c):
-      return objective.batch_sums(tree.add(params, tree.combine(c, vectors)), batch)
+      return objective.batch_sums(tree.add(params, tree.combine(c, vectors)), batch,
+                                  state=_point_state(objective, c, state_vectors))
 
     return jax.vmap(point)(coords)
 
@@ -253,17 +260,22 @@ def _chunk_fn(curvature: tuple[str, ...], lanczos_steps: int, trace_probes: int)
   def fn(coords, index, key, params, vectors, objective):
     out = _loss_chunk(coords, index, key, params, vectors, objective)
 
+    param_vectors, state_vectors = vectors
+
     def at(c):
-      return tree.add(params, tree.combine(c, vectors))
+      return tree.add(params, tree.combine(c, param_vectors))
+
+    def obj_at(c):
+      return dataclasses.replace(objective, state=_point_state(objective, c, state_vectors))
 
     if "plane" in curvature:
-      d1, d2 = (jax.tree.map(lambda v, i=i: v[i], vectors) for i in range(2))
-      h = jax.vmap(lambda c: hessian.projected_hessian(objective, at(c), d1, d2))(coords)
+      d1, d2 = (jax.tree.map(lambda v, i=i: v[i], param_vectors) for i in range(2))
+      h = jax.vmap(lambda c: hessian.projected_hessian(obj_at(c), at(c), d1, d2))(coords)
       ev = jnp.linalg.eigvalsh(h)
       out.update(h_xx=h[:, 0, 0], h_xy=h[:, 0, 1], h_yy=h[:, 1, 1], plane_lambda_min=ev[:, 0], plane_lambda_max=ev[:, 1])
     if "full" in curvature:
       def point(c, i):
-        return hessian.point_curvature(objective, at(c), jax.random.fold_in(key, i), num_steps=lanczos_steps,
+        return hessian.point_curvature(obj_at(c), at(c), jax.random.fold_in(key, i), num_steps=lanczos_steps,
                                        num_probes=trace_probes)
 
       out.update(jax.vmap(point)(coords, index))
@@ -397,7 +409,11 @@ def loss_surface(
   dtype = jnp.result_type(*jax.tree.leaves(params))
   chunk_fn = _chunk_fn(curv, int(lanczos_steps), int(trace_probes))
   key = jax.random.key(0) if key is None else key
-  shapes = jax.eval_shape(chunk_fn, jnp.zeros((1, d.n), dtype), jnp.zeros(1, jnp.int32), key, params, d.vectors, objective)
+  if d.state_vectors is not None and jax.tree.structure(d.state_vectors) != jax.tree.structure(objective.state):
+    raise ValueError("the directions' state_vectors do not have the structure of the objective's state: "
+                     f"{jax.tree.structure(d.state_vectors)} vs {jax.tree.structure(objective.state)}")
+  vectors = (d.vectors, d.state_vectors)
+  shapes = jax.eval_shape(chunk_fn, jnp.zeros((1, d.n), dtype), jnp.zeros(1, jnp.int32), key, params, vectors, objective)
   names = ("loss",) + tuple(k for k in shapes if k != "loss")
   run_config = {
       "kind": "surface",
@@ -407,7 +423,8 @@ def loss_surface(
       "dtype": str(np.dtype(dtype)),
       "num_params": tree.size(params),
       "params_fingerprint": _io.fingerprint(params),
-      "directions_fingerprint": _io.fingerprint(d.vectors),
+      "directions_fingerprint": _io.fingerprint((d.vectors, d.state_vectors)),
+      "bn_policy": d.info.get("bn_policy", objective.describe().get("bn_policy", "none")),
       **({"curvature": {"maps": list(curv), "key": _key_list(key), "lanczos_steps": int(lanczos_steps),
                         "trace_probes": int(trace_probes)}} if curv else {}),
       **(config or {}),
@@ -424,7 +441,7 @@ def loss_surface(
   todo = np.flatnonzero(~done)
 
   replicated = NamedSharding(mesh, P())
-  args = jax.device_put((key, params, d.vectors, objective), replicated)
+  args = jax.device_put((key, params, vectors, objective), replicated)
   evaluate = _call_evaluator(mesh, chunks_per_call, chunk_fn)
   env = _io.environment()
   env["device_count"] = ndev

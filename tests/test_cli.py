@@ -81,3 +81,36 @@ def test_surface_with_curvature_maps(tmp_path):
   with np.load(os.path.join(out, "results.npz")) as f:
     assert f["h_xx"].shape == (3, 3) and np.isfinite(f["plane_lambda_min"]).all()
   assert os.path.isfile(os.path.join(out, "heatmap_plane_lambda_min.png"))
+
+
+def test_train_then_surface_and_hessian_from_checkpoints(tmp_path, capsys):
+  import jax
+
+  from jaxscape import checkpoint
+  from jaxscape.objective import Objective
+
+  runs = []
+  for seed in (1, 2):
+    out = str(tmp_path / f"train{seed}")
+    assert cli.main(["train", "--model", "mlp", "--widths", "8", "--batch-norm", "--dataset", "digits", "--num-train", "64",
+                     "--num-test", "32", "--epochs", "2", "--batch-size", "32", "--optimizer", "adam", "--lr", "0.01",
+                     "--seed", str(seed), "--out", out]) == 0
+    runs.append(out)
+  surf_dir = str(tmp_path / "surf")
+  assert cli.main(["surface", "--checkpoint", runs[0], "--x=-1:1:3", "--y=-1:1:3", "--out", surf_dir, "--quiet"]) == 0
+  line_dir = str(tmp_path / "line")
+  assert cli.main(["surface", "--checkpoint", runs[0], "--checkpoint2", runs[1], "--x=0:1:2", "--out", line_dir, "--quiet"]) == 0
+  losses = []
+  for run in runs:
+    model, _ = checkpoint.load_model(run)
+    obj, params = Objective.from_nnx(model, data=checkpoint.load_dataset(run).train)
+    losses.append(float(jax.jit(obj.value)(params)))
+  with np.load(os.path.join(surf_dir, "results.npz")) as f:
+    np.testing.assert_allclose(f["loss"][1, 1], losses[0], rtol=1e-5)  # the origin is checkpoint A
+  with np.load(os.path.join(line_dir, "results.npz")) as f:
+    np.testing.assert_allclose(f["loss"], losses, rtol=1e-5)  # A at 0, B at 1 (BN statistics interpolated)
+  with open(os.path.join(line_dir, "meta.json")) as f:
+    meta = json.load(f)
+  assert meta["config"]["directions"]["kind"] == "interpolation" and meta["config"]["source"]["checkpoint2"].endswith("train2")
+  assert cli.main(["hessian", "--checkpoint", runs[0], "--top-k", "1", "--out", str(tmp_path / "h")]) == 0
+  assert "largest 1:" in capsys.readouterr().out

@@ -145,3 +145,41 @@ def test_structure_mismatch_is_a_clear_error():
   bad = jax.tree.map(lambda p: jnp.ones((2,) + p.shape[:-1] + (p.shape[-1] + 1,)), params)
   with pytest.raises(ValueError, match="has shape"):
     jd.as_directions(jd.Directions(bad), params)
+
+
+def test_interpolating_batchnorm_statistics_reaches_the_second_model():
+  from flax import nnx
+
+  class Net(nnx.Module):
+    def __init__(self, rngs):
+      self.dense = nnx.Linear(5, 6, rngs=rngs)
+      self.bn = nnx.BatchNorm(6, rngs=rngs)
+      self.out = nnx.Linear(6, 3, rngs=rngs)
+
+    def __call__(self, x):
+      return self.out(nnx.relu(self.bn(self.dense(x))))
+
+  rng = np.random.default_rng(4)
+  x = rng.normal(size=(40, 5)).astype(np.float32)
+  y = rng.integers(0, 3, 40)
+  models = []
+  for seed in (0, 1):
+    m = Net(nnx.Rngs(seed))
+    m.bn.mean[...] = jnp.asarray(rng.normal(size=6), jnp.float32)
+    m.bn.var[...] = jnp.asarray(rng.uniform(0.5, 2.0, size=6), jnp.float32)
+    models.append(m)
+  (oa, pa), (ob, pb) = (js.Objective.from_nnx(m, data=(x, y)) for m in models)
+  line = js.loss_surface(oa, pa, js.interpolation_direction(pa, pb, oa.state, ob.state), x=(0, 1, 3), quiet=True)
+  np.testing.assert_allclose(line.loss[[0, 2]], [oa.value(pa), ob.value(pb)], rtol=1e-5)
+  assert line.meta["config"]["bn_policy"] == "interpolate"
+  # the midpoint has the mean weights and the mean statistics
+  mid = js.tree.scale(0.5, js.tree.add(pa, pb))
+  mid_state = jax.tree.map(lambda a, b: (a + b) / 2 if jnp.issubdtype(a.dtype, jnp.floating) else a, oa.state, ob.state)
+  import dataclasses
+
+  np.testing.assert_allclose(line.loss[1], dataclasses.replace(oa, state=mid_state).value(mid), rtol=1e-5)
+  frozen = js.loss_surface(oa, pa, js.interpolation_direction(pa, pb), x=(0, 1, 3), quiet=True)
+  assert frozen.meta["config"]["bn_policy"] == "frozen"
+  assert not np.isclose(frozen.loss[2], float(ob.value(pb)), rtol=1e-3)  # a's statistics with b's weights
+  with pytest.raises(ValueError, match="state of every endpoint"):
+    js.interpolation_direction(pa, pb, oa.state, None)
