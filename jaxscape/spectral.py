@@ -85,6 +85,7 @@ __all__ = [
     "power_iteration",
     "trace",
     "slq",
+    "default_grid",
 ]
 
 
