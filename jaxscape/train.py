@@ -149,8 +149,9 @@ class History:
     train_loss, train_accuracy: full training split, eval mode.
     test_loss, test_accuracy: full test split, eval mode (NaN without a test split).
     batch_loss: mean mini-batch (train-mode) loss over the steps of each epoch.
-    trajectory: parameter snapshots stacked on a leading axis (``None``
-      unless ``snapshot_every`` was given); the initial parameters first.
+    trajectory: parameter snapshots stacked on a new axis after the run
+      axes (``None`` unless ``snapshot_every`` was given); the initial
+      parameters first.
     trajectory_step: the step of each snapshot.
   """
 
@@ -563,7 +564,9 @@ def train_many(keys: jax.Array, init: Callable[[jax.Array], Any], data: Dataset 
     config: training settings (as in :func:`train`).
     sweep: ``{name: values}`` for names in :data:`SWEEPABLE`; all lists
       have one length C and give C configurations, each trained for every seed.
-    snapshot_every: as in :func:`train` (snapshots get the run axes after the time axis... see History).
+    snapshot_every: as in :func:`train`; ``history.trajectory`` leaves are
+      ``[S, T, ...]`` (``[C, S, T, ...]`` with a sweep). No checkpoints here:
+      train_many keeps everything in memory.
 
   Returns:
     ``(params, state, history)`` with leading axes ``[S]``, or ``[C, S]`` with a sweep.
