@@ -62,7 +62,7 @@ CONFIGS = {
         "runs": 5, "learning_rate": 1e-3, "eval_batch_size": 2000,
         "nets": [
             {"name": "F1", "label": "F1: MNIST, 784-5x[512+BN+ReLU]-10",
-             "data": {"name": "mnist", "flatten": True},
+             "data": {"name": "mnist", "subdir": "mnist", "flatten": True},
              "model": {"name": "keskar_f1", "in_features": 784, "width": 512, "depth": 5, "num_classes": 10},
              "sb": {"batch_size": 256, "epochs": 100}, "lb": {"batch_size": 6000, "epochs": 100}},
             {"name": "C1", "label": "C1: CIFAR-10, shallow conv + BN (AlexNet-like)",
@@ -81,12 +81,14 @@ REGIMES = ("sb", "lb")
 
 def _dataset(spec: dict, data_dir: str | None) -> data.Dataset:
   spec = dict(spec)
-  name = spec.pop("name")
+  name, sub = spec.pop("name"), spec.pop("subdir", None)
   if name in _ON_DISK:
     if not data_dir or not os.path.isdir(data_dir):
       raise FileNotFoundError(
-          f"dataset {name!r} is read from local files: pass --data-dir DIR (make ... DATA_DIR=DIR) pointing to a "
-          f"directory that holds it (MNIST IDX files, or cifar-10-batches-py/); got data_dir={data_dir!r}")
+          f"dataset {name!r} is read from local files: pass --data-dir DIR (make ... DATA_DIR=DIR), a directory "
+          f"holding the MNIST IDX files (in DIR or DIR/mnist/) and cifar-10-batches-py/; got data_dir={data_dir!r}")
+    if sub and os.path.isdir(os.path.join(data_dir, sub)):
+      data_dir = os.path.join(data_dir, sub)
     return data.load(name, data_dir=data_dir, **spec)
   return data.load(name, **spec)
 
@@ -302,6 +304,7 @@ def _report_net(rep: Report, r: dict, cfg: dict) -> dict:
 
 def main(config: dict, out_dir: str) -> Report:
   t_start = time.perf_counter()
+  os.makedirs(out_dir, exist_ok=True)
   seed = int(config["seed"])
   root = jax.random.key(seed)
   for net in config["nets"]:
@@ -393,10 +396,6 @@ def main(config: dict, out_dir: str) -> Report:
                    "φ ratios are ratios of the seed means, as in the paper's tables.")
   rep.notes.append("BatchNorm statistics are frozen (eval mode) in every measurement; along the parametric line "
                    "the SB run's statistics are used (only matters for the BN networks of the full preset).")
-  rep.figure(_figure(res, config, out_dir), "1-D parametric plot f(α x_LB + (1−α) x_SB) (Keskar Fig. 3): "
-             "train (solid) and test (dashed) cross-entropy (log scale) and accuracy")
-  rep.figure(_sharpness_figure(res, config, out_dir), "Per-run sharpness φ (A = I) and λ_max, SB (blue) vs LB "
-             "(red), with the training-loss and test-accuracy curves")
   wall = time.perf_counter() - t_start
   rep.setup.append(f"Total wall time {wall:.1f} s on {jax.device_count()} {jax.devices()[0].device_kind} device(s).")
   meta = {"config": config, "environment": io.environment(), "wall_seconds": wall,
@@ -406,7 +405,11 @@ def main(config: dict, out_dir: str) -> Report:
           "datasets": {r["net"]["name"]: {"name": r["ds"].name, "num_train": int(r["ds"].x_train.shape[0]),
                                           "num_test": int(r["ds"].x_test.shape[0])} for r in res},
           "verdict": rep.verdict}
-  io.save_result(out_dir, arrays, meta)
+  io.save_result(out_dir, arrays, meta)  # before plotting: the numbers survive a plotting failure
+  rep.figure(_figure(res, config, out_dir), "1-D parametric plot f(α x_LB + (1−α) x_SB) (Keskar Fig. 3): "
+             "train (solid) and test (dashed) cross-entropy (log scale) and accuracy")
+  rep.figure(_sharpness_figure(res, config, out_dir), "Per-run sharpness φ (A = I) and λ_max, SB (blue) vs LB "
+             "(red), with the training-loss and test-accuracy curves")
   return rep
 
 
