@@ -344,7 +344,7 @@ def _grad_hessian(f: Fn, x: jax.Array) -> tuple[jax.Array, jax.Array]:
   return jax.grad(f)(x), jax.hessian(f)(x)
 
 
-@functools.partial(jax.jit, static_argnames=("f", "max_steps"))
+@functools.partial(jax.jit, static_argnames=("f",))
 def _solve_many(f, starts, tol, max_steps):
   out = jax.vmap(lambda s: solve_gradient_system(f, s, max_steps=max_steps, tol=tol))(starts)
   return out["x"], out["value"], out["grad_norm"], out["eigenvalues"]
