@@ -600,7 +600,8 @@ def train_many(keys: jax.Array, init: Callable[[jax.Array], Any], data: Dataset 
 
   split = jax.vmap(jax.random.split)(keys)
   init_keys, data_keys = split[:, 0], split[:, 1]
-  template = init(init_keys[0])
+  # The structure from an abstract model (no arrays computed), then all initial values in one vmap.
+  template = nnx.eval_shape(lambda: init(init_keys[0]))
   train_apply, apply, _, _ = split_train(template)
 
   def pure_init(k):
