@@ -26,7 +26,6 @@ import struct
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 __all__ = [

@@ -19,7 +19,6 @@ import math
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from ._core import activation as _activation
