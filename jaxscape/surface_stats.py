@@ -35,12 +35,55 @@ from .objective import Objective
 
 PyTree = Any
 
-__all__ = ["surface_stats", "seed_summary", "is_increasing", "pure_objective"]
+__all__ = ["surface_stats", "finite_difference_plane_hessian", "seed_summary", "is_increasing", "pure_objective"]
 
 
 def _finite(z: np.ndarray) -> np.ndarray:
   z = np.asarray(z, np.float64)
   return z[np.isfinite(z)]
+
+
+def finite_difference_plane_hessian(loss: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Eigenvalues of the 2x2 Hessian of a 2-D loss map by central differences on the grid.
+
+  ``h_xx = (f[i, j+1] - 2 f[i, j] + f[i, j-1]) / dx^2``, ``h_yy`` likewise,
+  ``h_xy = (f[i+1, j+1] - f[i+1, j-1] - f[i-1, j+1] + f[i-1, j-1]) / (4 dx dy)``.
+  Unlike the exact projected Hessian (``curvature="plane"``), this measures
+  curvature at the scale of the grid spacing: for ReLU networks it includes the
+  kinks that the pointwise Hessian does not see, and it smooths out
+  finer-scale wiggles (papers.md's calibration used this estimate).
+
+  Args:
+    loss: ``[ny, nx]`` loss map (uniform grid).
+    x, y: grid coordinates (lengths ``nx``, ``ny``).
+
+  Returns:
+    ``(lambda_min, lambda_max)`` maps shaped ``[ny, nx]``, NaN on the outer ring
+    (where central differences are undefined) and where the loss is not finite.
+
+  Example:
+    >>> x = np.linspace(-1, 1, 5)
+    >>> f = 3 * x[None, :] ** 2 + x[:, None] ** 2       # Hessian diag(6, 2)
+    >>> lo, hi = finite_difference_plane_hessian(f, x, x)
+    >>> float(np.round(lo[2, 2], 6)), float(np.round(hi[2, 2], 6)), bool(np.isnan(lo[0, 0]))
+    (2.0, 6.0, True)
+  """
+  f = np.asarray(loss, np.float64)
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  if f.ndim != 2 or f.shape != (y.size, x.size) or min(f.shape) < 3:
+    raise ValueError(f"need a [ny, nx] loss map with nx, ny >= 3 matching x and y; got {f.shape}, x {x.size}, y {y.size}")
+  dx, dy = np.diff(x), np.diff(y)
+  if not (np.allclose(dx, dx[0]) and np.allclose(dy, dy[0])):
+    raise ValueError("finite differences need a uniform grid")
+  dx, dy = float(dx[0]), float(dy[0])
+  c = f[1:-1, 1:-1]
+  hxx = (f[1:-1, 2:] - 2 * c + f[1:-1, :-2]) / dx**2
+  hyy = (f[2:, 1:-1] - 2 * c + f[:-2, 1:-1]) / dy**2
+  hxy = (f[2:, 2:] - f[2:, :-2] - f[:-2, 2:] + f[:-2, :-2]) / (4 * dx * dy)
+  mid, rad = 0.5 * (hxx + hyy), np.sqrt(0.25 * (hxx - hyy) ** 2 + hxy**2)
+  lo, hi = np.full(f.shape, np.nan), np.full(f.shape, np.nan)
+  lo[1:-1, 1:-1], hi[1:-1, 1:-1] = mid - rad, mid + rad
+  return lo, hi
 
 
 def surface_stats(surf: Any, *, rel: float = 0.01, ratio_threshold: float = 0.1,
@@ -83,6 +126,9 @@ def surface_stats(surf: Any, *, rel: float = 0.01, ratio_threshold: float = 0.1,
   if axes and all(h.size for h in hits):
     out["origin_loss"] = float(loss[tuple(int(h[0]) for h in hits)])
   metrics = getattr(surf, "metrics", {}) or {}
+  if len(axes) == 2 and min(loss.shape) >= 3:
+    fd_lo, fd_hi = finite_difference_plane_hessian(loss, axes[0], axes[1])
+    out["fd_nonconvex_fraction"] = _stats.nonconvex_fraction(fd_lo, fd_hi, rel=rel, interior=False)
   if "plane_lambda_min" in metrics and "plane_lambda_max" in metrics:
     lo = np.asarray(metrics["plane_lambda_min"], np.float64)
     hi = np.asarray(metrics["plane_lambda_max"], np.float64)

@@ -75,3 +75,19 @@ def test_pure_objective_matches_from_nnx_and_shares_the_static_apply():
   with pytest.raises(ValueError, match="do not fit the loss"):
     sstats.pure_objective(apply, st, (ds.x_train, ds.y_train[:, None].astype(np.float32) * np.ones((1, 3))),
                           loss="mse", params=params[1])
+
+
+def test_finite_difference_plane_hessian_is_exact_on_quadratics():
+  x, y = np.linspace(-1, 1, 7), np.linspace(-0.5, 0.5, 5)
+  h = np.array([[2.0, -1.5], [-1.5, -0.5]])          # indefinite, with a cross term
+  xx, yy = np.meshgrid(x, y)
+  f = 0.5 * (h[0, 0] * xx**2 + 2 * h[0, 1] * xx * yy + h[1, 1] * yy**2) + 0.3 * xx - yy
+  lo, hi = sstats.finite_difference_plane_hessian(f, x, y)
+  ev = np.linalg.eigvalsh(h)
+  np.testing.assert_allclose(lo[1:-1, 1:-1], ev[0], rtol=1e-10)
+  np.testing.assert_allclose(hi[1:-1, 1:-1], ev[1], rtol=1e-10)
+  assert np.isnan(lo[0]).all() and np.isnan(hi[:, -1]).all()
+  # every interior point is non-convex; the ring is left out
+  assert sstats.surface_stats(Surface((x, y), f, {}, 0, {}))["fd_nonconvex_fraction"] == 1.0
+  with pytest.raises(ValueError, match="uniform grid"):
+    sstats.finite_difference_plane_hessian(f, np.r_[x[:-1], 2.0], y)
