@@ -456,7 +456,11 @@ def run_experiment(module: Any, argv: Sequence[str] | None = None) -> int:
   out = args.out or getattr(module, "RUN_DIR", None) or os.path.join("runs", f"{name}-{args.preset}")
   os.makedirs(out, exist_ok=True)
   jio.write_json(os.path.join(out, "config.json"), config)
-  report = module.main(config, out)
+  try:
+    report = module.main(config, out)
+  except (FileNotFoundError, ValueError) as e:
+    print(f"{name} [{args.preset}]: error: {e}", file=sys.stderr)
+    return 2
   with open(os.path.join(out, "report.md"), "w") as f:
     f.write(report.render())
   parent = os.path.dirname(os.path.abspath(out))

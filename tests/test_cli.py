@@ -114,3 +114,12 @@ def test_train_then_surface_and_hessian_from_checkpoints(tmp_path, capsys):
   assert meta["config"]["directions"]["kind"] == "interpolation" and meta["config"]["source"]["checkpoint2"].endswith("train2")
   assert cli.main(["hessian", "--checkpoint", runs[0], "--top-k", "1", "--out", str(tmp_path / "h")]) == 0
   assert "largest 1:" in capsys.readouterr().out
+
+
+def test_full_preset_without_data_dir_is_a_one_line_error(capsys):
+  module = importlib.import_module("experiments.interpolation")
+  if "full" not in module.CONFIGS:
+    pytest.fail("interpolation has no full preset")
+  assert cli.run_experiment(module, ["--preset", "full", "--out", "/tmp/jaxscape-no-data"]) == 2
+  err = capsys.readouterr().err
+  assert "error:" in err and "Traceback" not in err
