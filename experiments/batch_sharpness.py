@@ -17,9 +17,10 @@ read from ``--data-dir``; ``smoke`` is a seconds-long miniature.
 
 Cost: the ``cpu`` preset is dominated by the LB regime (5 seeds x 5000
 full-batch steps ~ 47 TFLOP, plus the full-data evaluation ``train_many``
-runs after every epoch, i.e. every LB step): about 15-20 min on an idle
-2-core machine, 50 min on a shared one -- beyond the 5-minute target, kept
-because these are the calibrated settings.
+runs after every epoch, i.e. every LB step): ~860 CPU-seconds in all
+(measured), so roughly 8-10 min on an idle 2-core machine and 19-50 min on
+a shared one -- beyond the 5-minute target, kept because these are the
+calibrated settings.
 
 Run: ``python -m experiments.batch_sharpness --preset smoke|cpu|full --seed 0 [--data-dir DIR]``.
 """
