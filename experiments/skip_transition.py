@@ -59,7 +59,7 @@ CONFIGS = {
                  "eval_batch_size": 1257},
         "extra": [{"label": "ResNet", "data": {"name": "digits"},
                    "model": "resnet", "kwargs": {"num_classes": 10, "in_channels": 1}, "variants": _RESNET_VARIANTS,
-                   "depths": [8], "seeds": 1, "train": {**_ADAM, "epochs": 20}, "grid": 11, "span": 1.0,
+                   "depths": [8], "seeds": 1, "train": {**_ADAM, "epochs": 8}, "grid": 7, "span": 1.0,
                    "ratio_grid": 0, "ratio_seeds": 0, "lanczos_steps": 10, "trace_probes": 2,
                    "eval_batch_size": 1257}],
         "checks": {**_CHECKS, "deep_from": 16},
