@@ -4,7 +4,7 @@
 VENV   ?= .venv
 PYTHON ?= python3
 PY      = $(VENV)/bin/python
-NAME   ?= surface_demo
+NAME   ?= skip_transition
 PRESET ?= cpu
 SEED   ?= 0
 DATA_DIR ?=
