@@ -158,21 +158,27 @@ def keskar(
   if maxiter < 1 or sign_steps < 1 or num_starts < 1 or num_corners < 0:
     raise ValueError(f"need maxiter >= 1, sign_steps >= 1, num_starts >= 1, num_corners >= 0; "
                      f"got {maxiter}, {sign_steps}, {num_starts}, {num_corners}")
-  f = obj.value if isinstance(obj, Objective) else obj
-  if not callable(f):
+  if isinstance(obj, Objective):
+    target = obj
+  elif callable(obj):
+    target = _Function(obj)
+  else:
     raise ValueError(f"obj must be an Objective or a callable f(params); got {type(obj).__name__}")
 
-  x, unravel = ravel_pytree(params)
+  x, _ = ravel_pytree(params)
   n, dtype = x.shape[0], x.dtype
   k_sub, k_start, k_corner = jax.random.split(key, 3)
   a = None if subspace_dim is None else random_subspace(k_sub, n, int(subspace_dim), dtype)
   b = box_bounds(x, eps, a)
 
-  def g(y, x, a):
-    return f(unravel(x + (y if a is None else a @ y)))
+  # module-level jitted functions take the objective as an argument: one
+  # compilation serves every call with the same shapes (seeds, boxes, eps)
+  def value(y, x, a):
+    return _value(target, params, x, y, a)
 
-  value = jax.jit(g)
-  value_and_grad = jax.jit(jax.value_and_grad(g))
+  def value_and_grad(y, x, a):
+    return _value_and_grad(target, params, x, y, a)
+
   f0 = float(value(jnp.zeros_like(b), x, a))
   phis, evals, best = {}, {}, f0
 
@@ -192,14 +198,15 @@ def keskar(
     best = max(best, max(seen))
 
   if "sign" in maximizers:
-    v_best = float(_sign_ascent(value_and_grad, value, x, a, b, k_start, int(sign_steps), int(num_starts)))
+    y0 = jax.random.uniform(k_start, (int(num_starts), *b.shape), b.dtype, -1.0, 1.0) * b
+    v_best = float(_sign_ascent(target, params, y0, x, a, b, _sign_schedule(int(sign_steps), b.dtype)))
     phis["sign"], evals["sign"] = _phi(v_best, f0), num_starts * (sign_steps + 1)
     best = max(best, v_best)
 
   corners = ()
   if num_corners:
     signs = jax.random.rademacher(k_corner, (num_corners, b.shape[0]), dtype)
-    vals = jax.lax.map(lambda s: value(b * s, x, a), signs)
+    vals = _corner_values(target, params, x, a, b, signs)
     corners = tuple(_phi(float(v), f0) for v in np.asarray(vals))
   phi = max(phis.values())
   # tolerance: the same loss computed by different compiled programs differs by
@@ -227,24 +234,48 @@ def _sign_schedule(steps: int, dtype: Any) -> jax.Array:
   return jnp.asarray(np.concatenate([np.full(hold, 2.0), decay]), dtype)
 
 
-def _sign_ascent(value_and_grad, value, x, a, b, key, steps, num_starts):
-  """Projected sign-gradient ascent on the box [-b, b] from ``num_starts``
-  uniformly random points (run together under ``vmap``); the best value seen."""
-  y0 = jax.random.uniform(key, (num_starts, *b.shape), b.dtype, -1.0, 1.0) * b
-  rates = _sign_schedule(steps, b.dtype)
+@dataclasses.dataclass(frozen=True)
+class _Function:
+  """A plain ``f(params)`` as a pytree with ``f`` static, so it passes through ``jit`` like an Objective."""
 
-  @jax.jit
-  def run(y0, x, a, b):
-    def one(y0):
-      def step(carry, eta):
-        y, best = carry
-        v, gr = value_and_grad(y, x, a)
-        y = jnp.clip(y + eta * b * jnp.sign(gr), -b, b)
-        return (y, jnp.maximum(best, v)), None
+  f: Callable[[PyTree], jax.Array]
 
-      (y, best), _ = jax.lax.scan(step, (y0, jnp.asarray(-jnp.inf, b.dtype)), rates)
-      return jnp.maximum(best, value(y, x, a))
+  def value(self, params: PyTree) -> jax.Array:
+    return self.f(params)
 
-    return jnp.max(jax.vmap(one)(y0))
 
-  return run(y0, x, a, b)
+jax.tree_util.register_dataclass(_Function, data_fields=[], meta_fields=["f"])
+
+
+def _loss_at(target: Any, like: PyTree, x: jax.Array, y: jax.Array, a: jax.Array | None) -> jax.Array:
+  """``f(x + A y)`` (``A = I`` when ``a`` is None), with ``like`` giving the pytree structure of x."""
+  _, unravel = ravel_pytree(like)
+  return target.value(unravel(x + (y if a is None else a @ y)))
+
+
+_value = jax.jit(_loss_at)
+_value_and_grad = jax.jit(jax.value_and_grad(_loss_at, argnums=3))
+
+
+@jax.jit
+def _corner_values(target, like, x, a, b, signs):
+  return jax.lax.map(lambda s: _loss_at(target, like, x, b * s, a), signs)
+
+
+@jax.jit
+def _sign_ascent(target, like, y0, x, a, b, rates):
+  """Projected sign-gradient ascent on the box [-b, b] from the random points
+  ``y0`` (run together under ``vmap``); the best value seen."""
+  value_and_grad = jax.value_and_grad(_loss_at, argnums=3)
+
+  def one(y0):
+    def step(carry, eta):
+      y, best = carry
+      v, gr = value_and_grad(target, like, x, y, a)
+      y = jnp.clip(y + eta * b * jnp.sign(gr), -b, b)
+      return (y, jnp.maximum(best, v)), None
+
+    (y, best), _ = jax.lax.scan(step, (y0, jnp.asarray(-jnp.inf, b.dtype)), rates)
+    return jnp.maximum(best, _loss_at(target, like, x, y, a))
+
+  return jnp.max(jax.vmap(one)(y0))
