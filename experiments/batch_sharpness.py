@@ -62,7 +62,7 @@ CONFIGS = {
         "nets": [{"name": "mnist1d-mlp", "label": "MNIST-1D MLP 40-256-256-10",
                   "data": {"name": "mnist1d"},
                   "model": {"name": "mlp", "in_features": 40, "widths": [256, 256], "out_features": 10},
-                  "sb": {"batch_size": 32, "epochs": 100}, "lb": {"batch_size": None, "steps": 5000}}],
+                  "sb": {"batch_size": 32, "epochs": 100}, "lb": {"batch_size": None, "steps": 5000, "eval_every": 50}}],
         **_MEASURE, **_CHECKS,
     },
     "full": {
@@ -108,7 +108,7 @@ def _train_regime(keys, init, ds, cfg: dict, regime: dict) -> dict:
   total = int(regime["steps"]) if regime.get("steps") else int(regime["epochs"]) * steps_per_epoch
   tc = train.TrainConfig(optimizer="adam", learning_rate=cfg["learning_rate"], batch_size=batch,
                          epochs=int(regime.get("epochs") or 1), steps=regime.get("steps"),
-                         eval_batch_size=cfg["eval_batch_size"])
+                         eval_batch_size=cfg["eval_batch_size"], eval_every=int(regime.get("eval_every", 1)))
   t0 = time.perf_counter()
   params, state, hist = train.train_many(keys, init, ds, tc, snapshot_every=total)
   jax.block_until_ready(params)

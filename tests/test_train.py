@@ -168,3 +168,15 @@ def test_cli_train_writes_a_checkpoint_other_commands_read(tmp_path, capsys):
   assert ds.num_train == 96
   rc = cli.main(["train", "--model", "resnet", "--depth", "9", "--dataset", "digits", "--out", str(tmp_path / "bad")])
   assert rc == 2 and "6n + 2" in capsys.readouterr().err
+
+
+def test_eval_every_thins_the_history_without_changing_training(digits_small):
+  common = dict(optimizer="adam", learning_rate=0.01, batch_size=None, steps=5)
+  p_all, _, h_all = train.train(jax.random.key(0), _mlp(0), digits_small, **common)
+  p_few, _, h_few = train.train(jax.random.key(0), _mlp(0), digits_small, eval_every=2, **common)
+  np.testing.assert_array_equal(h_all.step, [1, 2, 3, 4, 5])  # full batch: one step per epoch
+  np.testing.assert_array_equal(h_few.step, [2, 4, 5])  # every 2 epochs, and the end
+  np.testing.assert_allclose(h_few.train_loss, h_all.train_loss[[1, 3, 4]], rtol=1e-6)
+  js.tree.assert_allclose(p_few, p_all)
+  with pytest.raises(ValueError, match="eval_every"):
+    train.TrainConfig(eval_every=0)
