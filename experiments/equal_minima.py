@@ -29,7 +29,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxscape import cli, data, io, minima, models, stats, train  # noqa: E402
+from jaxscape import cli, plot, data, io, minima, models, stats, train  # noqa: E402
 from jaxscape.models import spin_glass as sg  # noqa: E402
 from jaxscape.report import Report, fmt, table  # noqa: E402
 
@@ -154,9 +154,7 @@ def _figures(out_dir: str, config: dict, net: dict, sgr: dict, fit: tuple[float,
   ax.set_ylabel("energy per spin")
   ax.set_title("finite-size extrapolation")
   ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, "overview.png"), dpi=90)
-  plt.close(fig)
+  plot.save(fig, os.path.join(out_dir, "overview.png"), dpi=90)
 
   fig, ax = plt.subplots(figsize=(6, 4))
   for c, n, m in zip(sc, ns, sgr["sg_min_eig"]):
@@ -165,9 +163,7 @@ def _figures(out_dir: str, config: dict, net: dict, sgr: dict, fit: tuple[float,
   ax.set_xlabel("smallest tangent-space Hessian eigenvalue at the end point (float64)")
   ax.set_ylabel("runs")
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, "min_eigenvalue.png"), dpi=90)
-  plt.close(fig)
+  plot.save(fig, os.path.join(out_dir, "min_eigenvalue.png"), dpi=90)
   return [("overview.png", "Top: final test losses per width (left, log scale) and spin-glass energies per N with "
                            "-E0 and -E∞ (right). Bottom: std of test loss and Pearson ρ(train, test) vs width "
                            "(left); mean energy vs N^(-2/3) with the extrapolation (right)."),

@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jaxscape as js  # noqa: E402
-from jaxscape import cli, data, models, paths, stats, train  # noqa: E402
+from jaxscape import cli, plot, data, models, paths, stats, train  # noqa: E402
 from jaxscape import io as jio  # noqa: E402
 from jaxscape.report import Report, fmt, table  # noqa: E402
 
@@ -141,9 +141,7 @@ def main(config: dict, out_dir: str) -> Report:
     axes[1].legend(fontsize=6, ncol=2)
   fig.suptitle(f"Straight lines on {ds.name}: MLP {n_in}-{'-'.join(map(str, widths))}-{ds.num_classes}, SGD, "
                f"{config['epochs']} epochs, {s} seeds, {config['points']} points per line")
-  fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, "interpolation.png"), dpi=90)
-  plt.close(fig)
+  plot.save(fig, os.path.join(out_dir, "interpolation.png"), dpi=90)
 
   rep = Report("interpolation", seed=seed, preset=config["preset"],
                claim="The training loss falls monotonically along the straight line from initialisation to an SGD "

@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jaxscape as js  # noqa: E402
-from jaxscape import cli, critical, data, models, stats, train  # noqa: E402
+from jaxscape import cli, plot, critical, data, models, stats, train  # noqa: E402
 from jaxscape import io as jio  # noqa: E402
 from jaxscape.report import Report, fmt, table  # noqa: E402
 
@@ -197,9 +197,7 @@ def main(config: dict, out_dir: str) -> Report:
               title=f"Hessian at the origin, linear {d}-{'-'.join(map(str, config['widths']))}-{k} "
                     f"(index {rows_origin[0][7]:.3f})")
   axes[-1].title.set_fontsize(9)
-  fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, "linear_network.png"), dpi=90)
-  plt.close(fig)
+  plot.save(fig, os.path.join(out_dir, "linear_network.png"), dpi=90)
 
   # ---------------------------------------------------------------- report
   rep = Report("linear_network", seed=seed, preset=config["preset"],

@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jaxscape as js  # noqa: E402
-from jaxscape import cli, critical, data, features, models, regularize, stats, train  # noqa: E402
+from jaxscape import cli, plot, critical, data, features, models, regularize, stats, train  # noqa: E402
 from jaxscape import io as jio  # noqa: E402
 from jaxscape.report import Report, fmt, table  # noqa: E402
 
@@ -72,9 +72,7 @@ def _escape_figure(escapes: list[dict], path: str) -> None:
     ax.set(xlabel="step", ylabel="loss - loss at start", title=f"saddle: loss {e['loss']:.3g}, index {e['index']:.3f}")
     ax.set_yscale("symlog", linthresh=1e-4)
     ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
+  plot.save(fig, path, dpi=90)
 
 
 def main(config: dict, out_dir: str) -> Report:
@@ -178,9 +176,7 @@ def main(config: dict, out_dir: str) -> Report:
   ax.set(xlabel="loss at the critical point (train CE + L2)", ylabel="index (fraction of negative eigenvalues)",
          title=f"{n_ok} critical points ({n_d} distinct), Spearman rho = {rho:.3f}")
   ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, "loss_vs_index.png"), dpi=100)
-  plt.close(fig)
+  plot.save(fig, os.path.join(out_dir, "loss_vs_index.png"), dpi=100)
   if n_ok:
     by_loss = np.flatnonzero(ok)[np.argsort(l_ok)]
     picks = {"low": by_loss[0], "medium": by_loss[len(by_loss) // 2], "high": by_loss[-1]}
@@ -191,9 +187,7 @@ def main(config: dict, out_dir: str) -> Report:
       ax.axvline(0, color="k", lw=0.8)
       ax.set(title=f"{name} loss {loss[i]:.3g}: index {index[i]:.3f}",
              xlabel="sign(lambda) log10(1 + |lambda| / 1e-4)", ylabel="count")
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "eigenvalue_histograms.png"), dpi=90)
-    plt.close(fig)
+    plot.save(fig, os.path.join(out_dir, "eigenvalue_histograms.png"), dpi=90)
   if escapes:
     _escape_figure(escapes, os.path.join(out_dir, "saddle_escape.png"))
 

@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jaxscape as js  # noqa: E402
-from jaxscape import cli, data, models, train  # noqa: E402
+from jaxscape import cli, plot, data, models, train  # noqa: E402
 from jaxscape import surface as jsurface  # noqa: E402
 from jaxscape import surface_stats as sstats  # noqa: E402
 from jaxscape.report import Report, fmt, table  # noqa: E402
@@ -226,9 +226,7 @@ def _landscape_figure(res: dict, depths: list[int], label: str, rel: float, path
       ax3.tick_params(labelsize=6)
   fig.suptitle(f"{label}: filter-normalised training-loss surfaces (seed 0 of each model); contours at 30 "
                f"log-spaced levels {lo:.2g}..{hi:.2g}; red dots: plane lambda_min < -{rel}|lambda_max|", fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=70)
-  plt.close(fig)
+  plot.save(fig, path, dpi=70)
 
 
 def _ratio_figure(res: dict, depths: list[int], label: str, path: str) -> None:
@@ -263,9 +261,7 @@ def _trend_figure(res: dict, depths: list[int], label: str, path: str) -> None:
       ax.set_xticks(depths)
   axes[0].legend()
   fig.suptitle(f"{label}: seed means (lines) and seeds (dots)", fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
+  plot.save(fig, path, dpi=90)
 
 
 # ----------------------------------------------------------------------------- main

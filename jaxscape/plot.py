@@ -23,7 +23,7 @@ matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["contour", "contourf", "heatmap", "surface3d", "curve", "trajectory", "density", "save_figures", "close"]
+__all__ = ["contour", "contourf", "heatmap", "surface3d", "curve", "trajectory", "density", "save_figures", "save", "close"]
 
 
 def _field(surf: Any, field: str) -> np.ndarray:
@@ -156,6 +156,15 @@ def trajectory(surf: Any, coords: np.ndarray, *, ax=None, explained: np.ndarray 
 def close(fig) -> None:
   """Closes a figure (free its memory in long loops)."""
   plt.close(fig)
+
+
+def save(fig, path: str, *, dpi: int = 90, tight: bool = True) -> str:
+  """Lays out (``tight_layout``), writes and closes a figure; returns ``path``."""
+  if tight:
+    fig.tight_layout()
+  fig.savefig(path, dpi=dpi)
+  plt.close(fig)
+  return path
 
 
 def save_figures(surf: Any, out_dir: str, *, prefix: str = "", vmin=None, vmax=None, vlevel=None, log: bool = False,
