@@ -24,7 +24,7 @@ test: install
 	$(PY) -m pytest -q -n $(JOBS) tests
 
 experiment: install
-	$(PY) -m experiments.$(NAME) --preset $(PRESET) --seed $(SEED) $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
+	$(PY) -m experiments $(NAME) --preset $(PRESET) --seed $(SEED) $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
 
 experiments: install
 	@set -e; for f in experiments/[a-z]*.py; do \
@@ -36,6 +36,8 @@ experiments: install
 bench: install
 	$(PY) benchmarks/surface.py
 	$(PY) benchmarks/hessian.py
+	$(PY) benchmarks/affine.py
+	$(PY) benchmarks/scaling.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -3,6 +3,8 @@
 from . import tree as tree
 from .objective import Objective as Objective
 from .objective import split_nnx as split_nnx
+from .objective import FirstLayer as FirstLayer
+from .objective import nnx_first_layer as nnx_first_layer
 from . import directions as directions
 from .directions import Directions as Directions
 from .directions import random_directions as random_directions
@@ -14,6 +16,8 @@ from .io import save as save
 from .surface import Surface as Surface
 from .surface import loss_surface as loss_surface
 from .surface import load_surface as load_surface
+from .surface import merge_surfaces as merge_surfaces
+from . import distributed as distributed
 from . import spectral as spectral
 from . import hessian as hessian
 from . import sharpness as sharpness

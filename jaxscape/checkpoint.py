@@ -12,6 +12,18 @@ A run directory written by :func:`jaxscape.train.train` (with
 restores its weights and BatchNorm statistics. Orbax needs absolute paths;
 every function here makes them absolute.
 
+Orbax writes each checkpoint to a temporary directory and renames it when
+complete, so a killed run leaves its last complete checkpoint behind;
+``history.npz`` and ``spec.json`` are replaced atomically too. Every
+checkpoint written here gets ``jaxscape_checksums.json`` (the SHA-256 of each
+of its files). Before a restore, the files are checked against it, then the
+saved leaves (names, shapes, dtypes, from orbax's metadata) against the
+expected ones: a damaged checkpoint (truncated, corrupted, missing files)
+raises :class:`CorruptCheckpointError`, a checkpoint of another model
+:class:`CheckpointMismatchError` naming the differing leaves (orbax would
+silently cast dtypes). Checkpoints without the checksum file (written by
+other tools) rely on orbax's own checks.
+
 Example:
   >>> import tempfile, jax
   >>> from jaxscape import checkpoint, models, train
@@ -26,6 +38,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any, Mapping
@@ -37,6 +50,8 @@ import numpy as np
 PyTree = Any
 
 __all__ = [
+    "CorruptCheckpointError",
+    "CheckpointMismatchError",
     "save",
     "restore",
     "save_training",
@@ -53,6 +68,15 @@ __all__ = [
 _ITEMS = ("params", "state", "opt_state", "meta")
 SPEC_FILE = "spec.json"
 HISTORY_FILE = "history.npz"
+CHECKSUM_FILE = "jaxscape_checksums.json"
+
+
+class CorruptCheckpointError(ValueError):
+  """A checkpoint directory with truncated, corrupted or missing files."""
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint whose leaves (names, shapes, dtypes) are not those of the model being restored."""
 
 
 def _abs(path: str | os.PathLike) -> str:
@@ -83,6 +107,113 @@ def _has_leaves(tree: PyTree) -> bool:
   return len(jax.tree.leaves(tree)) > 0
 
 
+def _leaf_name(path: tuple) -> str:
+  """Orbax's name of a leaf: its keys joined by dots (``layers.0.kernel``, ``0.mu.head.bias``)."""
+  parts = []
+  for k in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+  return ".".join(parts)
+
+
+def _layout(tree: PyTree) -> dict[str, tuple[tuple[int, ...], str]]:
+  """``{leaf name: (shape, dtype)}`` of the arrays a checkpoint of ``tree`` holds."""
+  leaves = jax.tree_util.tree_flatten_with_path(_encode(tree))[0]
+  return {_leaf_name(path): (tuple(np.shape(x)), str(np.dtype(x.dtype) if hasattr(x, "dtype") else np.asarray(x).dtype))
+          for path, x in leaves}
+
+
+def _saved_layout(metadata: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+  """The same from orbax's metadata of a saved item (its ``ArrayMetadata`` leaves)."""
+  tree = getattr(metadata, "tree", metadata)
+  out = {}
+  for m in jax.tree.leaves(tree):
+    name, shape, dtype = getattr(m, "name", None), getattr(m, "shape", None), getattr(m, "dtype", None)
+    if name is not None and shape is not None and dtype is not None:
+      out[str(name)] = (tuple(int(n) for n in shape), str(np.dtype(dtype)))
+  return out
+
+
+def _check_layout(where: str, saved: Mapping[str, tuple], expected: Mapping[str, tuple]) -> None:
+  """Raises :class:`CheckpointMismatchError` naming what differs between a checkpoint and the expected leaves."""
+  missing = sorted(set(expected) - set(saved))
+  extra = sorted(set(saved) - set(expected))
+  differ = [f"{k}: saved {saved[k][0]} {saved[k][1]}, expected {expected[k][0]} {expected[k][1]}"
+            for k in sorted(set(saved) & set(expected)) if saved[k] != expected[k]]
+  if not (missing or extra or differ):
+    return
+  found = []
+  if missing:
+    found.append(f"missing in the checkpoint: {missing[:6]}{' ...' if len(missing) > 6 else ''}")
+  if extra:
+    found.append(f"not in the model: {extra[:6]}{' ...' if len(extra) > 6 else ''}")
+  if differ:
+    found.append("; ".join(differ[:6]) + (" ..." if len(differ) > 6 else ""))
+  raise CheckpointMismatchError(f"{where} is a checkpoint of another model: expected {len(expected)} leaves like the "
+                                f"model being restored, found {len(saved)} ({'; '.join(found)})")
+
+
+def _short(e: BaseException | str) -> str:
+  if isinstance(e, str):
+    return e
+  text = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {text[0][:300] if text else ''}"
+
+
+def _corrupt(where: str, e: BaseException | str, hint: str = "") -> CorruptCheckpointError:
+  return CorruptCheckpointError(f"{where} is damaged or incomplete and cannot be restored ({_short(e)}). "
+                                f"{hint or 'Delete it and save or train again.'}")
+
+
+def _file_sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def _write_checksums(directory: str) -> None:
+  """Records the SHA-256 of every file of a finished checkpoint in ``CHECKSUM_FILE`` (atomically)."""
+  sums = {}
+  for root, _, files in os.walk(directory):
+    for name in files:
+      full = os.path.join(root, name)
+      rel = os.path.relpath(full, directory)
+      if rel != CHECKSUM_FILE:
+        sums[rel] = _file_sha256(full)
+  tmp = os.path.join(directory, CHECKSUM_FILE + ".tmp")
+  with open(tmp, "w") as f:
+    json.dump(sums, f, indent=1, sort_keys=True)
+  os.replace(tmp, os.path.join(directory, CHECKSUM_FILE))
+
+
+def _verify_checksums(directory: str, where: str, hint: str = "") -> None:
+  """Raises :class:`CorruptCheckpointError` when a file differs from (or lacks) its recorded checksum."""
+  path = os.path.join(directory, CHECKSUM_FILE)
+  if not os.path.isfile(path):
+    return  # not written by jaxscape (or killed before the checksums): orbax's own checks only
+  try:
+    with open(path, "rb") as f:
+      sums = json.loads(f.read().decode("utf-8"))
+    if not (isinstance(sums, dict) and all(isinstance(v, str) for v in sums.values())):
+      raise ValueError(f"expected {{file: sha256}}, found {type(sums).__name__}")
+  except (ValueError, UnicodeDecodeError) as e:
+    raise _corrupt(where, f"its {CHECKSUM_FILE} is unreadable ({_short(e)})", hint) from None
+  bad = []
+  for rel, digest in sorted(sums.items()):
+    full = os.path.join(directory, rel)
+    if not os.path.isfile(full):
+      bad.append(f"{rel} (missing)")
+    elif _file_sha256(full) != digest:
+      bad.append(f"{rel} (changed)")
+  if bad:
+    raise _corrupt(where, f"{len(bad)} of its {len(sums)} files differ from the checksums recorded when it was "
+                          f"written: {bad[:4]}{' ...' if len(bad) > 4 else ''}", hint)
+
+
 def save(path: str | os.PathLike, tree: PyTree, *, overwrite: bool = True) -> None:
   """Saves one pytree of arrays to ``path`` (an orbax directory), waiting until it is written."""
   import orbax.checkpoint as ocp
@@ -90,6 +221,7 @@ def save(path: str | os.PathLike, tree: PyTree, *, overwrite: bool = True) -> No
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(_abs(path), _encode(tree), force=overwrite)
     ckptr.wait_until_finished()
+  _write_checksums(_abs(path))
 
 
 def restore(path: str | os.PathLike, like: PyTree | None = None) -> PyTree:
@@ -109,10 +241,21 @@ def restore(path: str | os.PathLike, like: PyTree | None = None) -> PyTree:
   p = _abs(path)
   if not os.path.isdir(p):
     raise FileNotFoundError(f"no orbax checkpoint directory at {p!r}")
+  where = f"checkpoint {p!r}"
+  _verify_checksums(p, where)
   with ocp.StandardCheckpointer() as ckptr:
-    if like is None:
-      return ckptr.restore(p)
-    return _decode(ckptr.restore(p, _abstract(like)), like)
+    try:
+      saved = _saved_layout(ckptr.metadata(p).item_metadata)
+    except Exception as e:  # unreadable metadata: a damaged directory
+      raise _corrupt(where, e) from e
+    if not saved:  # orbax logs unreadable array metadata and returns none
+      raise _corrupt(where, "no readable array metadata")
+    if like is not None:
+      _check_layout(where, saved, _layout(like))
+    try:
+      return ckptr.restore(p) if like is None else _decode(ckptr.restore(p, _abstract(like)), like)
+    except Exception as e:  # the layout matched, so a failure here is damaged data
+      raise _corrupt(where, e) from e
 
 
 def _manager(directory: str, max_to_keep: int | None = None):
@@ -153,6 +296,13 @@ def save_training(run_dir: str | os.PathLike, carry: Mapping[str, PyTree], key: 
   if spec is not None:
     write_spec(rd, spec)
   step = int(np.asarray(carry["step"]).reshape(-1)[0])
+  if rows is not None:
+    # Before the checkpoint: a kill in between leaves rows beyond the last
+    # checkpoint, which restore_training drops; the other order would lose rows.
+    arrays = {k: np.asarray(v) for k, v in rows.items() if len(v)}
+    tmp = os.path.join(rd, HISTORY_FILE + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, os.path.join(rd, HISTORY_FILE))
   meta = {k: np.asarray(v) for k, v in carry.items() if k not in ("params", "state", "opt_state")}
   meta["key"] = np.asarray(jax.random.key_data(key))
   items = {"meta": ocp.args.StandardSave(meta)}
@@ -162,11 +312,7 @@ def save_training(run_dir: str | os.PathLike, carry: Mapping[str, PyTree], key: 
   with _manager(os.path.join(rd, "checkpoints"), max_to_keep) as mngr:
     mngr.save(step, args=ocp.args.Composite(**items), force=True)
     mngr.wait_until_finished()
-  if rows is not None:
-    arrays = {k: np.asarray(v) for k, v in rows.items() if len(v)}
-    tmp = os.path.join(rd, HISTORY_FILE + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, os.path.join(rd, HISTORY_FILE))
+  _write_checksums(os.path.join(rd, "checkpoints", str(step)))
 
 
 def restore_training(run_dir: str | os.PathLike, like: Mapping[str, PyTree], step: int | None = None
@@ -198,11 +344,8 @@ def restore_training(run_dir: str | os.PathLike, like: Mapping[str, PyTree], ste
     names = [n for n in ("params", "state", "opt_state") if _has_leaves(like[n])]
     for name in names:
       items[name] = ocp.args.StandardRestore(_abstract(like[name]))
-    try:
-      r = mngr.restore(step, args=ocp.args.Composite(**items))
-    except Exception as e:  # structure mismatch: say which run and what was expected
-      raise ValueError(f"checkpoint {d!r} step {step} does not match the model/optimiser being trained: "
-                       f"{type(e).__name__}: {e}") from e
+    expected = {"meta": meta_like, **{n: like[n] for n in names}}
+    r = _restore_step(mngr, d, step, items, expected)
   carry = dict(like)
   for name in names:
     carry[name] = _decode(r[name], like[name])
@@ -219,6 +362,31 @@ def restore_training(run_dir: str | os.PathLike, like: Mapping[str, PyTree], ste
       keep = np.asarray(h["step"]) <= step
       rows = {k: list(np.asarray(v)[keep]) for k, v in h.items()}
   return carry, key, rows
+
+
+def _restore_step(mngr: Any, d: str, step: int, items: Mapping[str, Any], expected: Mapping[str, PyTree]) -> Any:
+  """Restores ``items`` of one managed step after checking their saved layout against ``expected``."""
+  import orbax.checkpoint as ocp
+
+  where = f"checkpoint {os.path.join(d, str(step))!r}"
+  older = [s for s in mngr.all_steps() if s < step]
+  hint = (f"Delete {os.path.join(d, str(step))!r} to resume from the previous checkpoint (step {max(older)}), "
+          "or start again in an empty directory." if older else "Delete it and train again.")
+  _verify_checksums(os.path.join(d, str(step)), where, hint)
+  try:
+    metadata = mngr.item_metadata(step)
+    saved = {name: _saved_layout(metadata[name]) for name in expected}
+  except Exception as e:  # unreadable or missing item metadata: a damaged step
+    raise _corrupt(where, e, hint) from e
+  for name, layout in saved.items():
+    if not layout:  # orbax logs unreadable array metadata and returns none
+      raise _corrupt(where, f"no readable array metadata for item {name!r}", hint)
+  for name, tree in expected.items():
+    _check_layout(f"{where} (item {name!r})", saved[name], _layout(tree))
+  try:
+    return mngr.restore(step, args=ocp.args.Composite(**items))
+  except Exception as e:  # the layout matched, so a failure here is damaged data
+    raise _corrupt(where, e, hint) from e
 
 
 def save_snapshot(run_dir: str | os.PathLike, step: int, params: PyTree) -> None:
@@ -258,11 +426,13 @@ def _jsonable(x: Any) -> Any:
 
 
 def write_spec(run_dir: str | os.PathLike, spec: Mapping) -> None:
-  """Writes ``spec.json`` (model name + kwargs, dataset name + kwargs, training settings)."""
+  """Writes ``spec.json`` (model name + kwargs, dataset name + kwargs, training settings) atomically."""
   rd = _abs(run_dir)
   os.makedirs(rd, exist_ok=True)
-  with open(os.path.join(rd, SPEC_FILE), "w") as f:
+  tmp = os.path.join(rd, SPEC_FILE + ".tmp")
+  with open(tmp, "w") as f:
     json.dump(_jsonable(spec), f, indent=2, sort_keys=True)
+  os.replace(tmp, os.path.join(rd, SPEC_FILE))
 
 
 def read_spec(run_dir: str | os.PathLike) -> dict:
@@ -270,8 +440,14 @@ def read_spec(run_dir: str | os.PathLike) -> dict:
   p = os.path.join(_abs(run_dir), SPEC_FILE)
   if not os.path.isfile(p):
     raise FileNotFoundError(f"expected {SPEC_FILE} in {_abs(run_dir)!r} (written by train_from_spec / train(..., spec=...))")
-  with open(p) as f:
-    return json.load(f)
+  try:
+    with open(p, "rb") as f:
+      spec = json.loads(f.read().decode("utf-8"))
+  except (ValueError, UnicodeDecodeError) as e:
+    raise CorruptCheckpointError(f"{p!r} is not valid JSON ({_short(e)}): the run directory is damaged") from e
+  if not isinstance(spec, dict):
+    raise CorruptCheckpointError(f"{p!r} should hold a JSON object (the run's spec); found {type(spec).__name__}")
+  return spec
 
 
 def load_model(run_dir: str | os.PathLike, step: int | None = None) -> tuple[Any, dict]:
@@ -306,9 +482,11 @@ def load_model(run_dir: str | os.PathLike, step: int | None = None) -> tuple[Any
     if step is None:
       raise FileNotFoundError(f"no training checkpoint under {d!r}")
     items = {"params": ocp.args.StandardRestore(_abstract(params))}
+    expected = {"params": params}
     if _has_leaves(state):
       items["state"] = ocp.args.StandardRestore(_abstract(state))
-    r = mngr.restore(step, args=ocp.args.Composite(**items))
+      expected["state"] = state
+    r = _restore_step(mngr, d, step, items, expected)
   update_model(model, _decode(r["params"], params), _decode(r["state"], state) if _has_leaves(state) else None)
   return model, spec
 

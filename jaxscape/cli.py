@@ -6,6 +6,8 @@ Commands (``jaxscape <command> --help`` for all flags)::
   jaxscape surface --checkpoint runs/train --x=-1:1:51 --y=-1:1:51 --norm filter --ignore biasbn
   jaxscape surface --checkpoint A --checkpoint2 B --x=-0.5:1.5:41      # 1-D from A to B
   jaxscape plot runs/demo --log                                          # re-plot, no recomputation
+  jaxscape surface --demo --x=-1:1:51 --y=-1:1:51 --chunk 3/8 --out runs/big   # one of 8 parts (0-based)
+  jaxscape merge runs/big                                                # join the 8 parts, as one run
   jaxscape train --model resnet --depth 20 --dataset digits --epochs 30 --out runs/r20   # -> a --checkpoint
 
 The surface flags mirror the original loss-landscape tool (``--x``, ``--y``,
@@ -110,6 +112,9 @@ def _surface_parser(sub) -> None:
   p.add_argument("--orthogonalize", action="store_true", help="make y orthogonal to x")
   p.add_argument("--chunk-size", type=int, default=None, help="grid points evaluated at once (bounds memory)")
   p.add_argument("--out", default=None, help="output directory (default runs/surface-<seed>)")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace what --out holds (a result of another config, a damaged file) instead of refusing; "
+                      "without it, rerunning the same command resumes an interrupted run")
   p.add_argument("--curvature", default="none", choices=["none", "plane", "full", "both"],
                  help="curvature maps at every grid point: the 2x2 Hessian on the plot plane, and/or the full "
                       "Hessian's lambda_max, lambda_min, |lambda_min/lambda_max| and trace (heat maps)")
@@ -117,14 +122,50 @@ def _surface_parser(sub) -> None:
   p.add_argument("--vtk", action="store_true", help="also write surface.vtk for ParaView")
   p.add_argument("--log", action="store_true", help="log-scale figures")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
+  s = p.add_argument_group("scaling out")
+  s.add_argument("--data-shards", type=int, default=1,
+                 help="split every data batch over this many devices (a grid x data mesh; batch size must divide)")
+  s.add_argument("--chunk", type=_part, default=None, metavar="I/N",
+                 help="evaluate only part I of N (0-based, as $SLURM_ARRAY_TASK_ID with --array=0-(N-1)) into "
+                      "OUT/part-IIII-of-NNNN; join the parts with `jaxscape merge OUT`")
+  s.add_argument("--distributed", action="store_true",
+                 help="multi-host run: call jax.distributed.initialize() (auto-detected on TPU pods, SLURM, "
+                      "Open MPI); run the same command on every host, process 0 writes")
+  s.add_argument("--coordinator", default=None, metavar="HOST:PORT", help="explicit start-up: process 0's address")
+  s.add_argument("--num-processes", type=int, default=None, help="explicit start-up: number of processes")
+  s.add_argument("--process-id", type=int, default=None, help="explicit start-up: this process (0-based)")
   p.set_defaults(func=_surface)
+
+
+def _part(text: str) -> tuple[int, int]:
+  """``"i/n"`` (0-based ``i``) -> ``(i, n)``."""
+  try:
+    i, n = (int(v) for v in text.split("/"))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected I/N with integers, e.g. 3/8 (0-based I); got {text!r}") from None
+  if n < 1 or not 0 <= i < n:
+    raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N (I is 0-based, as SLURM_ARRAY_TASK_ID with "
+                                     f"--array=0-(N-1)); got {text!r}")
+  return i, n
+
+
+def _init_distributed(args: argparse.Namespace) -> bool:
+  """Starts the distributed runtime only when asked (--distributed or the explicit flags); returns whether it did."""
+  explicit = (args.coordinator, args.num_processes, args.process_id)
+  if not args.distributed and all(v is None for v in explicit):
+    return False
+  from . import distributed
+
+  distributed.initialize(*explicit)
+  return True
 
 
 def _surface(args: argparse.Namespace) -> int:
   """Evaluates a loss surface, writes results.npz, meta.json and figures; resumes an interrupted run."""
   import jax
 
-  from . import directions, plot, surface
+  _init_distributed(args)  # before any other JAX work
+  from . import directions, distributed, plot, surface
 
   out = args.out or f"runs/surface-{args.seed}"
   ignore = None if args.ignore == "none" else args.ignore
@@ -153,7 +194,16 @@ def _surface(args: argparse.Namespace) -> int:
   curvature = None if args.curvature == "none" else ("plane", "full") if args.curvature == "both" else args.curvature
   surf = surface.loss_surface(obj, params, dirs, x=args.x, y=y, chunk_size=args.chunk_size, out_dir=out,
                               quiet=args.quiet, config={"source": source}, curvature=curvature,
-                              key=jax.random.fold_in(jax.random.key(args.seed), 2), lanczos_steps=args.lanczos_steps)
+                              key=jax.random.fold_in(jax.random.key(args.seed), 2), lanczos_steps=args.lanczos_steps,
+                              data_shards=args.data_shards, part=args.chunk, overwrite=args.overwrite)
+  if not distributed.is_primary():
+    return 0
+  if args.chunk is not None:
+    i, n = args.chunk
+    print(f"part {i}/{n} ({surf.meta['part_points']} of {surf.meta['num_points']} points) in "
+          f"{surface.part_directory(out, i, n)}, {surf.num_nonfinite} non-finite; "
+          f"when all {n} parts are done: jaxscape merge {out}")
+    return 0
   paths = plot.save_figures(surf, out, log=args.log)
   if args.vtk and surf.ndim == 2:
     paths.append(_vtk(surf, out, log=args.log))
@@ -183,6 +233,35 @@ def _nanmax(a):
   import numpy as np
 
   return np.nanmax(a) if np.isfinite(a).any() else float("nan")
+
+
+@command("merge")
+def _merge_parser(sub) -> None:
+  p = sub.add_parser("merge", help="join the parts of a surface split with --chunk I/N", description=_merge.__doc__)
+  p.add_argument("out", help="the --out directory of the parts (holding part-IIII-of-NNNN)")
+  p.add_argument("--vtk", action="store_true", help="also write surface.vtk for ParaView")
+  p.add_argument("--log", action="store_true", help="log-scale figures")
+  p.set_defaults(func=_merge)
+
+
+def _merge(args: argparse.Namespace) -> int:
+  """Checks that all parts are present, complete and of one config, and writes into OUT the results.npz,
+  meta.json and figures a single run would have written (then `jaxscape plot OUT` works)."""
+  import numpy as np
+
+  from . import io as jio
+  from . import plot, surface
+
+  surf = surface.merge_surfaces(args.out)
+  jio.save_result(args.out, {**surf.to_arrays(), "done": np.ones(surf.loss.shape, bool)}, surf.meta)
+  paths = plot.save_figures(surf, args.out, log=args.log)
+  if args.vtk and surf.ndim == 2:
+    paths.append(_vtk(surf, args.out, log=args.log))
+  print(f"merged {surf.meta['parts']['count']} parts: surface {surf.loss.shape} in {args.out}: loss "
+        f"{float(_nanmin(surf.loss)):.4g} .. {float(_nanmax(surf.loss)):.4g}, {surf.num_nonfinite} non-finite")
+  for path in paths:
+    print(f"  {path}")
+  return 0
 
 
 # ----------------------------------------------------------------------------- hessian

@@ -19,10 +19,13 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import importlib.util
+import io
+import math
 import os
 import pickle
 import random as _pyrandom
 import struct
+import zlib
 from typing import Any, Callable
 
 import jax
@@ -257,7 +260,10 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
   """
   path = os.fspath(path)
   with _open(path) as f:
-    buf = f.read()
+    try:
+      buf = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # a damaged or mislabelled .gz
+      raise ValueError(f"{path!r} cannot be decompressed ({type(e).__name__}: {e}): expected a gzipped IDX file") from None
   types = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
   if len(buf) < 4 or buf[0] != 0 or buf[1] != 0 or buf[2] not in types:
     raise ValueError(f"{path!r} is not an IDX file: expected a header 00 00 <type in {[hex(t) for t in types]}> <ndim>, "
@@ -267,7 +273,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     raise ValueError(f"{path!r}: IDX header announces {nd} dimensions but the file has only {len(buf)} bytes")
   shape = struct.unpack(f">{nd}I", buf[4:4 + 4 * nd])
   dt = np.dtype(types[buf[2]])
-  expected = int(np.prod(shape)) * dt.itemsize
+  expected = math.prod(shape) * dt.itemsize
   got = len(buf) - 4 - 4 * nd
   if got != expected:
     raise ValueError(f"{path!r}: IDX header announces shape {shape} ({expected} data bytes) but the file holds {got} data bytes")
@@ -298,12 +304,26 @@ def fashion_mnist(data_dir: str | os.PathLike | None = None) -> Dataset:
   return _idx_dataset(data_dir, "fashion_mnist")
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+  """Unpickles plain containers and NumPy arrays only: a dataset file never runs other code."""
+
+  _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+              ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"), ("numpy", "ndarray"),
+              ("numpy", "dtype"), ("_codecs", "encode")}
+
+  def find_class(self, module: str, name: str) -> Any:
+    if (module, name) not in self._ALLOWED:
+      raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only NumPy arrays and plain containers")
+    return super().find_class(module, name)
+
+
 def _unpickle(path: str) -> dict:
+  with open(path, "rb") as f:
+    raw = f.read()
   try:
-    with open(path, "rb") as f:
-      d = pickle.load(f, encoding="bytes")
-  except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
-    raise ValueError(f"{path!r} is not a CIFAR python pickle batch: {type(e).__name__}: {e}") from e
+    d = _ArrayUnpickler(io.BytesIO(raw), encoding="bytes").load()
+  except Exception as e:  # any malformed stream (opcodes, lengths, array states) is a wrong file
+    raise ValueError(f"{path!r} is not a CIFAR python pickle batch: {type(e).__name__}: {e}") from None
   if not isinstance(d, dict):
     raise ValueError(f"{path!r}: expected a pickled dict with b'data' and labels, got {type(d).__name__}")
   return {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}

@@ -107,6 +107,11 @@ def as_directions(directions: Directions | Sequence[PyTree], params: PyTree) -> 
   for name, p, v in zip(tree.leaf_names(params), jax.tree.leaves(params), jax.tree.leaves(d.vectors)):
     if tuple(v.shape[1:]) != tuple(np.shape(p)):
       raise ValueError(f"direction leaf {name!r} has shape {tuple(v.shape[1:])}; the parameter has {tuple(np.shape(p))}")
+    p_dtype = np.dtype(p.dtype) if hasattr(p, "dtype") else np.asarray(p).dtype
+    if np.dtype(v.dtype) != p_dtype:
+      raise ValueError(f"direction leaf {name!r} has dtype {np.dtype(v.dtype)}; the parameter has {p_dtype}: "
+                       "θ + c·d would silently compute in the promoted dtype; cast the directions to the "
+                       "parameters' dtypes")
   return d
 
 

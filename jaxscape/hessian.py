@@ -47,7 +47,6 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
-from matfree import stochtrace
 
 from . import spectral
 from . import tree as tree_lib
@@ -407,10 +406,11 @@ def point_curvature(obj: Objective, params: PyTree, key: jax.Array, *, num_steps
   are inner bounds (``lambda_max`` from below, ``lambda_min`` from above) that
   converge fastest for well-separated extremes. ``convexity_ratio`` is
   ``|lambda_min / lambda_max|`` (Li et al. 2018, Fig. 6). The trace is a
-  fixed-size Rademacher Hutchinson estimate with ``num_probes`` HVPs
-  (matfree's ``estimator_monte_carlo_mean_and_sem``, whose standard error
-  uses the population standard deviation over ``sqrt(num_probes)``; probes are
-  vectorised, so memory grows with ``num_probes``).
+  fixed-size Rademacher Hutchinson estimate with ``num_probes`` HVPs, one
+  after another (``lax.scan``: peak memory is that of one HVP whatever the
+  number of probes); its standard error is the population standard deviation
+  of the probes over ``sqrt(num_probes)`` (as matfree's
+  ``estimator_monte_carlo_mean_and_sem``).
 
   Pure and ``vmap``-able over ``params`` (and ``key``); the number of steps and
   probes is static.
@@ -424,9 +424,13 @@ def point_curvature(obj: Objective, params: PyTree, key: jax.Array, *, num_steps
   lz = spectral.lanczos(k_lz, mv, like, num_steps)
   theta = jnp.linalg.eigvalsh(lz.tridiagonal())
   lmax, lmin = theta[-1], theta[0]
-  flat_like, _ = ravel_pytree(like)
-  estimate = stochtrace.estimator_monte_carlo_mean_and_sem(
-      stochtrace.monte_carlo_trace(), stochtrace.sampler_signs(like, num=num_probes))
-  tr, se = estimate(mv, k_tr)
+  flat_like, unravel = ravel_pytree(like)
+
+  def probe(carry, k):
+    v = jax.random.rademacher(k, flat_like.shape, flat_like.dtype)
+    return carry, jnp.vdot(v, ravel_pytree(mv(unravel(v)))[0])
+
+  _, samples = jax.lax.scan(probe, None, jax.random.split(k_tr, num_probes))
+  tr, se = jnp.mean(samples), jnp.std(samples) / jnp.sqrt(num_probes).astype(samples.dtype)
   ratio = jnp.abs(lmin) / jnp.maximum(jnp.abs(lmax), jnp.finfo(flat_like.dtype).tiny)
   return {"lambda_max": lmax, "lambda_min": lmin, "convexity_ratio": ratio, "trace": tr, "trace_stderr": se}

@@ -6,11 +6,18 @@ A result directory holds
   for resumable grids), compressed;
 * ``meta.json``: the ``config`` that defines the result (a rerun with the same
   config resumes; with another config it is refused), the environment
-  (package versions, device kind and count, dtype), and run statistics.
+  (package versions, device kind and count, dtype), run statistics, and the
+  SHA-256 of ``results.npz`` (``checksum``).
 
 Both files are replaced atomically (written to a temporary file, then
 ``os.replace``), so a run killed at any moment leaves the last complete
-state behind. This module also exports 2-D surfaces to VTK for ParaView.
+state behind. ``meta.json`` is written first and also records the checksum
+of the ``results.npz`` it replaces (``previous_checksum``): a kill between
+the two renames leaves the older, complete arrays, which are still accepted.
+A ``results.npz`` that matches neither checksum (truncated, corrupted,
+replaced), or that cannot be parsed, raises :class:`CorruptResultError`;
+it is never silently reused or overwritten. This module also exports 2-D
+surfaces to VTK for ParaView.
 
 Example:
   >>> import tempfile, numpy as np
@@ -24,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import platform
@@ -39,6 +47,7 @@ RESULTS = "results.npz"
 META = "meta.json"
 
 __all__ = [
+    "CorruptResultError",
     "save_result",
     "load_result",
     "ResultStore",
@@ -49,6 +58,14 @@ __all__ = [
     "export_vtk",
     "save",
 ]
+
+
+class CorruptResultError(ValueError):
+  """A result directory whose files are truncated, corrupted or do not belong together."""
+
+
+_FIX = ("Delete the directory, or rerun with overwrite=True (CLI: --overwrite) to replace it; "
+        "an interrupted run is resumed only from intact files.")
 
 
 def to_jsonable(x: Any) -> Any:
@@ -86,27 +103,85 @@ def write_json(path: str, obj: Any) -> None:
   _atomic_write(path, lambda f: f.write(json.dumps(to_jsonable(obj), indent=2, sort_keys=True).encode()))
 
 
+def _sha256(data: bytes) -> str:
+  return hashlib.sha256(data).hexdigest()
+
+
+def _file_sha256(path: str) -> str | None:
+  try:
+    with open(path, "rb") as f:
+      return _sha256(f.read())
+  except OSError:
+    return None
+
+
 def save_result(directory: str, arrays: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
-  """Writes ``results.npz`` and ``meta.json`` into ``directory`` atomically."""
-  np_arrays = {k: np.asarray(v) for k, v in arrays.items()}
-  _atomic_write(os.path.join(directory, RESULTS), lambda f: np.savez_compressed(f, **np_arrays))
-  write_json(os.path.join(directory, META), meta)
+  """Writes ``results.npz`` and ``meta.json`` (with the checksum of the arrays) into ``directory`` atomically.
+
+  ``meta.json`` goes first, so that at every moment the directory holds a
+  ``results.npz`` whose checksum ``meta.json`` records (``checksum`` or,
+  between the two renames, ``previous_checksum``).
+  """
+  buf = io.BytesIO()
+  np.savez_compressed(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+  data = buf.getvalue()
+  checksum = {"algorithm": "sha256", RESULTS: _sha256(data),
+              "previous": _file_sha256(os.path.join(directory, RESULTS))}
+  write_json(os.path.join(directory, META), {**meta, "checksum": checksum})
+  _atomic_write(os.path.join(directory, RESULTS), lambda f: f.write(data))
 
 
-def load_result(directory: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def _read_meta(path: str) -> dict[str, Any]:
+  try:
+    with open(path, "rb") as f:
+      meta = json.loads(f.read().decode("utf-8"))
+  except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+    raise CorruptResultError(f"{path!r} is not valid JSON ({type(e).__name__}: {e}): the file is truncated or "
+                             f"corrupted. {_FIX}") from None
+  if not isinstance(meta, dict):
+    raise CorruptResultError(f"{path!r} should hold a JSON object; found {type(meta).__name__}. {_FIX}")
+  return meta
+
+
+def _check_sum(path: str, data: bytes, meta: Mapping[str, Any]) -> None:
+  recorded = meta.get("checksum")
+  if not isinstance(recorded, dict) or not isinstance(recorded.get(RESULTS), str):
+    raise CorruptResultError(f"{os.path.join(os.path.dirname(path), META)!r} records no checksum of {RESULTS} "
+                             f"(expected meta['checksum']['{RESULTS}'], a SHA-256): the result cannot be verified. "
+                             "Read it anyway with load_result(..., verify=False). " + _FIX)
+  got = _sha256(data)
+  if got not in (recorded[RESULTS], recorded.get("previous")):
+    raise CorruptResultError(f"{path!r} does not match the checksum recorded in {META}: expected SHA-256 "
+                             f"{recorded[RESULTS][:16]}..., found {got[:16]}... ({len(data)} bytes): the file is "
+                             f"truncated, corrupted or was replaced. {_FIX}")
+
+
+def load_result(directory: str, *, verify: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
   """Reads ``(arrays, meta)`` from a result directory.
+
+  Args:
+    directory: the result directory.
+    verify: check ``results.npz`` against the SHA-256 recorded in
+      ``meta.json`` (``False`` reads files written without one).
 
   Raises:
     FileNotFoundError: naming the missing file.
+    CorruptResultError: when a file cannot be parsed or the checksum does not match.
   """
   paths = [os.path.join(directory, RESULTS), os.path.join(directory, META)]
   for path in paths:
     if not os.path.isfile(path):
       raise FileNotFoundError(f"no result in {directory!r}: expected {RESULTS} and {META}, missing {os.path.basename(path)}")
-  with np.load(paths[0], allow_pickle=False) as f:
-    arrays = {k: f[k] for k in f.files}
-  with open(paths[1]) as f:
-    meta = json.load(f)
+  meta = _read_meta(paths[1])
+  with open(paths[0], "rb") as f:
+    data = f.read()
+  if verify:
+    _check_sum(paths[0], data, meta)
+  try:
+    with np.load(io.BytesIO(data), allow_pickle=False) as f:
+      arrays = {k: f[k] for k in f.files}
+  except Exception as e:  # zipfile, zlib, numpy format errors: all mean a damaged file
+    raise CorruptResultError(f"{paths[0]!r} is not a readable .npz archive ({type(e).__name__}: {e}). {_FIX}") from None
   return arrays, meta
 
 
@@ -128,23 +203,41 @@ class ResultStore:
 
   ``open`` returns the arrays of a finished or partial earlier run with the
   same config (or ``None``); a different config raises ``ValueError`` naming
-  what differs. ``write`` replaces both files atomically.
+  what differs, a damaged directory :class:`CorruptResultError`. With
+  ``overwrite=True``, ``open`` deletes an earlier result instead (whatever
+  its config or state). ``write`` replaces both files atomically.
   """
 
-  def __init__(self, directory: str, config: Mapping[str, Any]):
+  def __init__(self, directory: str, config: Mapping[str, Any], *, overwrite: bool = False):
     self.directory = directory
     self.config = to_jsonable(config)
+    self.overwrite = bool(overwrite)
 
   def open(self) -> dict[str, np.ndarray] | None:
-    if not os.path.exists(os.path.join(self.directory, META)):
+    paths = [os.path.join(self.directory, name) for name in (RESULTS, META)]
+    if self.overwrite:
+      for path in paths:
+        if os.path.isfile(path):
+          os.remove(path)
       return None
-    arrays, meta = load_result(self.directory)
+    if not any(os.path.exists(p) for p in paths):
+      return None
+    if not os.path.exists(paths[1]):
+      raise CorruptResultError(f"{self.directory!r} holds {RESULTS} without {META}: it cannot be verified or "
+                               f"resumed. {_FIX}")
+    if os.path.exists(paths[0]):
+      arrays, meta = load_result(self.directory)
+    else:  # killed between the two renames of the first write: nothing finished yet
+      arrays, meta = None, _read_meta(paths[1])
+      checksum = meta.get("checksum")
+      if not (isinstance(checksum, dict) and RESULTS in checksum and checksum.get("previous", "") is None):
+        raise CorruptResultError(f"{self.directory!r} holds {META} but its {RESULTS} is missing. {_FIX}")
     saved = meta.get("config")
     if saved != self.config:
       diffs = "; ".join(_diff(saved, self.config)[:6])
       raise ValueError(
           f"{self.directory!r} holds a result made with another config, refusing to reuse it ({diffs}). "
-          "Choose another output directory or delete the old one."
+          "Choose another output directory, or pass overwrite=True (CLI: --overwrite) to replace it."
       )
     return arrays
 

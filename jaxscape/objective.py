@@ -13,6 +13,19 @@ non-trainable state; only the trainable parameters are an argument.
   counts each of its examples once (the 1/N weighting of PyHessian, not the
   per-batch mean of tools that divide by the number of batches).
 * ``obj.value(params)`` is the full-data loss alone, for ``jax.grad`` and HVPs.
+* ``obj.grid_batch_sums(params, vectors, coords, batch)`` is the batch sums at
+  many points ``params + Σ_j c_j d_j`` at once (the inner loop of a surface).
+  When the objective knows the model's first layer (:class:`FirstLayer`; set
+  automatically for jaxscape's MLPs and ResNets), the first layer's output is
+  computed once at ``params`` and once per direction and combined per point
+  (``X(W + Σ c_j U_j) + b + Σ c_j b_j = (XW + b) + Σ c_j (XU_j + b_j)``),
+  instead of one first-layer matmul per point.
+
+Two options change how the model is evaluated, never what is computed, and
+are recorded by :meth:`Objective.describe` (hence in every result's config):
+``first_layer`` (above) and ``compute_dtype`` (mixed precision: the forward
+pass in e.g. ``bfloat16``, the per-example losses and their sums in the
+parameters' dtype).
 
 ``Objective`` is a pytree (data and state are leaves; functions and sizes are
 static), so it can be passed straight into ``jit``/``vmap``.
@@ -40,6 +53,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from . import tree
+from .directions import move_state
+
 PyTree = Any
 Apply = Callable[[PyTree, PyTree, jax.Array], jax.Array]
 PerExample = Callable[[jax.Array, jax.Array], jax.Array]
@@ -48,7 +64,7 @@ BN_POLICIES = ("frozen",)
 """BatchNorm policies. ``frozen``: eval mode, running statistics fixed at
 their trained values while the weights move (Li et al. 2018's ``weights``)."""
 
-__all__ = ["Objective", "split_nnx", "per_example_loss", "LOSSES", "BN_POLICIES"]
+__all__ = ["Objective", "FirstLayer", "nnx_first_layer", "split_nnx", "per_example_loss", "LOSSES", "BN_POLICIES"]
 
 
 def _cross_entropy(outputs: jax.Array, targets: jax.Array) -> jax.Array:
@@ -101,6 +117,170 @@ def per_example_loss(name: str) -> PerExample:
 
 
 @dataclasses.dataclass(frozen=True)
+class FirstLayer:
+  """A model's first layer, split off so that a surface evaluates it once per direction, not once per point.
+
+  The contract: for parameters ``p``, state ``s`` and inputs ``x``,
+  ``apply(p, s, x) == rest(p, s, linear(select(p), x))``, and ``linear`` is
+  *linear* (not merely affine) in the first-layer parameters jointly:
+  ``Wx + b`` is linear in ``(W, b)``; a convolution with or without bias is
+  too. The first layer must not read the model state (BatchNorm after it is
+  fine: that is part of ``rest``). Then along a direction ``d``,
+  ``linear(select(p + c d), x) = linear(select(p), x) + c linear(select(d), x)``.
+
+  Instances should be hashable and compare equal when they describe the same
+  computation (module-level functions or frozen dataclasses, not fresh
+  lambdas), so that objectives of models that differ only in their weights
+  share jit compilations.
+
+  Attributes:
+    select: ``params -> first-layer parameter subtree``.
+    linear: ``(first_params, x) -> z``, the first layer's pre-activation.
+    rest: ``(params, state, z) -> outputs``, the rest of the network.
+    name: recorded by :meth:`Objective.describe`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> rest = lambda p, s, z: jnp.tanh(z) @ p["out"]
+    >>> fl = FirstLayer.dense(("hidden",), rest)
+    >>> p = {"hidden": {"kernel": jnp.ones((3, 4)), "bias": jnp.zeros(4)}, "out": jnp.ones((4, 2))}
+    >>> fl.linear(fl.select(p), jnp.ones((5, 3))).shape
+    (5, 4)
+  """
+
+  select: Callable[[PyTree], PyTree]
+  linear: Callable[[PyTree, jax.Array], jax.Array]
+  rest: Apply
+  name: str = "custom"
+
+  @classmethod
+  def dense(cls, path: tuple[Any, ...], rest: Apply, *, name: str | None = None) -> "FirstLayer":
+    """A Dense first layer ``flatten(x) @ kernel + bias`` at ``params[path[0]][path[1]]...``.
+
+    Args:
+      path: keys from the parameter pytree's root to the dict holding
+        ``kernel`` (``(in, out)``) and optionally ``bias``.
+      rest: ``(params, state, z) -> outputs``.
+      name: recorded name (default: the path joined by dots).
+    """
+    path = tuple(path)
+    return cls(_Select(path), _dense_linear, rest, name or ".".join(str(k) for k in path))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Select:
+  """``params[path[0]][path[1]]...`` (a hashable, comparable selector)."""
+
+  path: tuple[Any, ...]
+
+  def __call__(self, params: PyTree) -> PyTree:
+    for k in self.path:
+      params = params[k]
+    return params
+
+
+def _dense_linear(first: PyTree, x: jax.Array) -> jax.Array:
+  z = x.reshape(x.shape[0], -1) @ first["kernel"]
+  return z + first["bias"] if first.get("bias") is not None else z
+
+
+def nnx_first_layer(model: Any) -> FirstLayer | None:
+  """The :class:`FirstLayer` of a ``flax.nnx`` module that declares one, else ``None``.
+
+  A module declares its first layer with two methods: ``first_layer()``
+  returning ``(path, prepare)`` (the attribute path of a linear sub-module,
+  e.g. ``("layers", 0)``, and a parameter-free function applied to the inputs
+  before it, e.g. flattening) or ``None``, and ``after_first_layer(z)``
+  running the rest of the network. jaxscape's ``MLP`` (with or without
+  BatchNorm), ``ResidualMLP``, ``KeskarF1`` and ``ResNet`` do. The sub-module
+  must hold only ``nnx.Param`` variables (a Dense or Conv layer).
+
+  Example:
+    >>> import jaxscape as js
+    >>> net = js.models.build("mlp", 0, in_features=64, widths=[32], out_features=10)
+    >>> nnx_first_layer(net).name
+    'MLP.layers.0'
+  """
+  from flax import nnx
+
+  spec = getattr(model, "first_layer", None)
+  found = spec() if callable(spec) and callable(getattr(model, "after_first_layer", None)) else None
+  if found is None:
+    return None
+  path, prepare = found
+  sub = model
+  for k in path:
+    sub = getattr(sub, k) if isinstance(k, str) else sub[k]
+  sub_view = nnx.view(sub, deterministic=True, use_running_average=True, raise_if_not_found=False)
+  sub_graphdef, sub_params, sub_other = nnx.split(sub_view, nnx.Param, ...)
+  if jax.tree.leaves(sub_other):
+    return None  # a first layer with state (e.g. a normalisation) is not a linear map of its parameters
+  view = nnx.view(model, deterministic=True, use_running_average=True, raise_if_not_found=False)
+  graphdef, params, _ = nnx.split(view, nnx.Param, ...)
+  name = ".".join([type(model).__name__, *(str(k) for k in path)])
+  return _nnx_first_layer(graphdef, jax.tree.structure(params), sub_graphdef, jax.tree.structure(sub_params),
+                          tuple(path), prepare, name)
+
+
+@functools.lru_cache(maxsize=256)
+def _nnx_first_layer(graphdef, treedef, sub_graphdef, sub_treedef, path, prepare, name) -> FirstLayer:
+  """One :class:`FirstLayer` per model structure (stable identity for jit caches)."""
+  from flax import nnx
+
+  def linear(first: PyTree, x: jax.Array) -> jax.Array:
+    return nnx.merge(sub_graphdef, jax.tree.unflatten(sub_treedef, jax.tree.leaves(first)))(prepare(x))
+
+  def rest(p: PyTree, s: PyTree, z: jax.Array) -> jax.Array:
+    return nnx.merge(graphdef, jax.tree.unflatten(treedef, jax.tree.leaves(p)), s).after_first_layer(z)
+
+  return FirstLayer(_Select(path), linear, rest, name)
+
+
+def _check_first_layer(fl: FirstLayer, apply: Apply, params: PyTree, state: PyTree, x: jax.Array) -> None:
+  """Checks the :class:`FirstLayer` contract numerically on a few examples (eagerly; tiny)."""
+  x = x[:2]
+  try:
+    first = fl.select(params)
+    z = fl.linear(first, x)
+    z0 = fl.linear(jax.tree.map(jnp.zeros_like, first), x)
+    via, direct = fl.rest(params, state, z), apply(params, state, x)
+  except Exception as e:
+    raise ValueError(f"first_layer {fl.name!r} does not run on these parameters and inputs {tuple(x.shape[1:])}: "
+                     f"{type(e).__name__}: {e}") from e
+  if float(jnp.max(jnp.abs(z0))) != 0.0:
+    raise ValueError(f"first_layer {fl.name!r}: linear(0, x) must be 0 (linear, not affine, in the first layer's "
+                     f"parameters; put the bias among them); got max |linear(0, x)| = {float(jnp.max(jnp.abs(z0)))}")
+  leaves_a, leaves_b = jax.tree.leaves(via), jax.tree.leaves(direct)
+  ok = len(leaves_a) == len(leaves_b) and all(
+      a.shape == b.shape and bool(jnp.allclose(a, b, rtol=1e-3, atol=1e-3 * (1.0 + float(jnp.max(jnp.abs(b))))))
+      for a, b in zip(leaves_a, leaves_b))
+  if not ok:
+    raise ValueError(f"first_layer {fl.name!r}: rest(params, state, linear(select(params), x)) must equal "
+                     f"apply(params, state, x); they differ on the first examples")
+
+
+def _cast_floating(t: PyTree, dtype: Any) -> PyTree:
+  return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, t)
+
+
+def _float_dtype(t: PyTree) -> Any:
+  dts = [jnp.asarray(a).dtype for a in jax.tree.leaves(t) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating)]
+  return jnp.result_type(*dts) if dts else jnp.float32
+
+
+def _dtype_name(dtype: Any) -> str | None:
+  if dtype is None:
+    return None
+  try:
+    dt = jnp.dtype(dtype)
+  except TypeError:
+    dt = None
+  if dt is None or not jnp.issubdtype(dt, jnp.floating):
+    raise ValueError(f"compute_dtype must be a floating dtype (e.g. jnp.bfloat16, 'float16') or None; got {dtype!r}")
+  return dt.name
+
+
+@dataclasses.dataclass(frozen=True)
 class Objective:
   """Full-data loss of a model as a pure function of its trainable parameters.
 
@@ -119,6 +299,12 @@ class Objective:
     num_examples: N, the number of real examples (static).
     info: static description recorded with every result
       (dataset name, loss name, BatchNorm policy).
+    first_layer_spec: ``(FirstLayer, apply)``: the model's first layer and the
+      ``apply`` it describes (static); read it through :attr:`first_layer`,
+      which ignores it once ``apply`` has been replaced (e.g. by
+      :func:`jaxscape.regularize.with_l2`). Set with :meth:`with_first_layer`.
+    compute_dtype: name of the dtype of the forward pass (static; ``None``:
+      the parameters' own). Set with :meth:`with_compute_dtype`.
   """
 
   apply: Apply
@@ -130,6 +316,8 @@ class Objective:
   state: PyTree
   num_examples: int
   info: tuple[tuple[str, Any], ...] = ()
+  first_layer_spec: tuple[FirstLayer, Apply] | None = None
+  compute_dtype: str | None = None
 
   # ---------------------------------------------------------------- building
   @classmethod
@@ -143,6 +331,8 @@ class Objective:
       batch_size: int | None = 512,
       name: str = "data",
       metrics: Mapping[str, PerExample] | None = None,
+      first_layer: FirstLayer | None = None,
+      compute_dtype: Any = None,
   ) -> "Objective":
     """Objective of a plain ``apply_fn(params, x) -> outputs``.
 
@@ -156,8 +346,16 @@ class Objective:
         whole set at once); batches are balanced to minimise padding.
       name: dataset name recorded in results.
       metrics: extra named per-example metrics (replace the loss's defaults).
+      first_layer: the model's first layer (:class:`FirstLayer`, e.g.
+        ``FirstLayer.dense(path, rest)`` with ``rest(params, state, z)``), for
+        the affine surface path; checked on two examples when ``params`` is
+        given.
+      compute_dtype: dtype of the forward pass (e.g. ``jnp.bfloat16``); the
+        losses are computed from outputs cast back to the parameters' dtype
+        and summed in it. ``None``: the parameters' dtype.
     """
-    return cls._build(lambda p, s, x: apply_fn(p, x), (), params, data, loss, batch_size, name, metrics, ())
+    obj = cls._build(lambda p, s, x: apply_fn(p, x), (), params, data, loss, batch_size, name, metrics, ())
+    return obj.with_first_layer(first_layer, params).with_compute_dtype(compute_dtype)
 
   @classmethod
   def from_nnx(
@@ -170,6 +368,8 @@ class Objective:
       name: str = "data",
       metrics: Mapping[str, PerExample] | None = None,
       bn_policy: str = "frozen",
+      first_layer: FirstLayer | str | None = "auto",
+      compute_dtype: Any = None,
   ) -> tuple["Objective", PyTree]:
     """Objective of a ``flax.nnx`` module, and its trainable parameters.
 
@@ -178,14 +378,36 @@ class Objective:
     pytree (a plain nested dict), everything else (BatchNorm statistics, RNG
     counters) is closed over as state. The module itself is not modified.
 
+    Args:
+      model: the module.
+      data, loss, batch_size, name, metrics: as in :meth:`from_apply`.
+      bn_policy: BatchNorm policy (see :data:`BN_POLICIES`).
+      first_layer: ``"auto"``: the module's own first layer when it declares
+        one (:func:`nnx_first_layer`: jaxscape's MLPs and ResNets), a
+        :class:`FirstLayer`, or ``None`` (always the plain path).
+      compute_dtype: dtype of the forward pass, as in :meth:`from_apply`.
+
     Returns:
       ``(objective, params)``.
+
+    Example:
+      >>> import numpy as np, jaxscape as js
+      >>> net = js.models.build("mlp", 0, in_features=4, widths=[8], out_features=3)
+      >>> x, y = np.ones((10, 4), np.float32), np.zeros(10, np.int32)
+      >>> obj, params = js.Objective.from_nnx(net, data=(x, y))
+      >>> obj.describe()["first_layer"]
+      'MLP.layers.0'
     """
     apply, params, state = split_nnx(model)
     if bn_policy not in BN_POLICIES:
       raise ValueError(f"unknown bn_policy {bn_policy!r}: expected one of {BN_POLICIES}")
     extra = (("bn_policy", bn_policy),)
-    return cls._build(apply, state, params, data, loss, batch_size, name, metrics, extra), params
+    if isinstance(first_layer, str):
+      if first_layer != "auto":
+        raise ValueError(f"first_layer must be 'auto', a FirstLayer or None; got {first_layer!r}")
+      first_layer = nnx_first_layer(model)
+    obj = cls._build(apply, state, params, data, loss, batch_size, name, metrics, extra)
+    return obj.with_first_layer(first_layer, params).with_compute_dtype(compute_dtype), params
 
   @classmethod
   def _build(cls, apply, state, params, data, loss, batch_size, name, metrics, extra) -> "Objective":
@@ -233,6 +455,39 @@ class Objective:
     info.update(dataset=name or info.get("dataset", "data") , num_examples=int(x.shape[0]), batch_size=bs)
     return dataclasses.replace(self, x=xb, y=yb, w=wb, num_examples=int(x.shape[0]), info=tuple(info.items()))
 
+  def with_first_layer(self, first_layer: FirstLayer | None, params: PyTree | None = None) -> "Objective":
+    """The same objective with its first layer described (or, with ``None``, forgotten: plain path only).
+
+    Args:
+      first_layer: a :class:`FirstLayer` for this objective's ``apply``, or ``None``.
+      params: optional parameters: the :class:`FirstLayer` contract is then
+        checked on two examples (a ``ValueError`` says which part fails).
+    """
+    if first_layer is None:
+      return dataclasses.replace(self, first_layer_spec=None)
+    if not isinstance(first_layer, FirstLayer):
+      raise ValueError(f"first_layer must be a FirstLayer or None; got {type(first_layer).__name__}")
+    if params is not None:
+      _check_first_layer(first_layer, self.apply, params, self.state, self.x[0])
+    return dataclasses.replace(self, first_layer_spec=(first_layer, self.apply))
+
+  def with_compute_dtype(self, dtype: Any) -> "Objective":
+    """The same objective with its forward pass in ``dtype`` (``None``: the parameters' dtype).
+
+    Parameters, state and inputs are cast to ``dtype`` for the model; its
+    outputs are cast back to the parameters' dtype before the per-example
+    loss, and sums over examples and batches are in that dtype (float32
+    accumulation for ``bfloat16`` or ``float16`` compute). Gradients and
+    HVPs through :meth:`value` see the same low-precision forward pass.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxscape as js
+      >>> obj = js.Objective.from_apply(lambda p, x: x @ p, data=(jnp.ones((4, 2)), jnp.zeros(4, jnp.int32)))
+      >>> obj.with_compute_dtype(jnp.bfloat16).describe()["compute_dtype"]
+      'bfloat16'
+    """
+    return dataclasses.replace(self, compute_dtype=_dtype_name(dtype))
+
   # --------------------------------------------------------------- evaluating
   @property
   def batch_size(self) -> int:
@@ -246,18 +501,34 @@ class Objective:
   def metric_names(self) -> tuple[str, ...]:
     return tuple(name for name, _ in self.metric_fns)
 
+  @property
+  def first_layer(self) -> FirstLayer | None:
+    """The model's :class:`FirstLayer`, if known and still describing ``apply``."""
+    if self.first_layer_spec is None or self.first_layer_spec[1] is not self.apply:
+      return None
+    return self.first_layer_spec[0]
+
   def describe(self) -> dict[str, Any]:
-    """The static description recorded in results (dataset, loss, sizes)."""
-    return dict(self.info)
+    """The static description recorded in results (dataset, loss, sizes, evaluation options).
 
-  def batch_sums(self, params: PyTree, batch: tuple[jax.Array, ...], state: PyTree | None = None) -> dict[str, jax.Array]:
-    """Weighted sums over one batch: ``{"loss": sum_i w_i l_i, metric: ...}``.
-
-    This is the building block of every full-data reduction: summing it over
-    all batches and dividing by ``num_examples`` gives the exact mean.
+    ``first_layer`` (the name of the split-off first layer, when the affine
+    surface path is on) and ``compute_dtype`` (when not the parameters'
+    dtype) appear only when set.
     """
-    x, y, w = batch if len(batch) == 3 else (*batch, None)
-    out = self.apply(params, self.state if state is None else state, x)
+    d = dict(self.info)
+    if self.first_layer is not None:
+      d["first_layer"] = self.first_layer.name
+    if self.compute_dtype is not None:
+      d["compute_dtype"] = self.compute_dtype
+    return d
+
+  def _to_compute(self, t: PyTree) -> PyTree:
+    return t if self.compute_dtype is None else _cast_floating(t, self.compute_dtype)
+
+  def _reduce(self, out: PyTree, y: jax.Array, w: jax.Array | None, acc_dtype: Any) -> dict[str, jax.Array]:
+    """Weighted sums of the per-example loss and metrics of model outputs ``out``."""
+    if self.compute_dtype is not None:
+      out = _cast_floating(out, acc_dtype)
     losses = self.per_example(out, y)
     if w is None:
       w = jnp.ones(losses.shape[:1], losses.dtype)
@@ -266,6 +537,73 @@ class Objective:
     for name, fn in self.metric_fns:
       sums[name] = jnp.sum(w * fn(out, y).astype(losses.dtype))
     return sums
+
+  def batch_sums(self, params: PyTree, batch: tuple[jax.Array, ...], state: PyTree | None = None) -> dict[str, jax.Array]:
+    """Weighted sums over one batch: ``{"loss": sum_i w_i l_i, metric: ...}``.
+
+    This is the building block of every full-data reduction: summing it over
+    all batches and dividing by ``num_examples`` gives the exact mean.
+    """
+    x, y, w = batch if len(batch) == 3 else (*batch, None)
+    state = self.state if state is None else state
+    out = self.apply(self._to_compute(params), self._to_compute(state), self._to_compute(x))
+    return self._reduce(out, y, w, _float_dtype(params))
+
+  def grid_batch_sums(self, params: PyTree, vectors: PyTree, coords: jax.Array, batch: tuple[jax.Array, ...], *,
+                      state_vectors: PyTree | None = None, affine: bool = True) -> dict[str, jax.Array]:
+    """Batch sums at every point ``params + Σ_j coords[p, j] vectors[j]`` of a chunk: ``{name: [P]}``.
+
+    With a known :attr:`first_layer` (and ``affine=True``), the first layer
+    runs ``n + 1`` times on the batch (at ``params`` and on each direction)
+    instead of ``P`` times, and each point combines those outputs before the
+    rest of the network; otherwise :meth:`batch_sums` is ``vmap``-ed over the
+    points. The two agree to float rounding.
+
+    Args:
+      params: the centre ``θ``.
+      vectors: the directions stacked on a leading axis of size ``n``
+        (``jaxscape.tree.stack``; ``Directions.vectors``).
+      coords: ``[P, n]`` point coordinates.
+      batch: ``(x, y)`` or ``(x, y, w)``.
+      state_vectors: with BatchNorm ``interpolate``, the state moves with the
+        point too (``state + Σ_j c_j s_j``, stacked like ``vectors``).
+      affine: ``False`` forces the plain ``vmap`` path.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, numpy as np, jaxscape as js
+      >>> net = js.models.build("mlp", 0, in_features=4, widths=[8], out_features=3)
+      >>> x, y = np.ones((6, 4), np.float32), np.arange(6) % 3
+      >>> obj, params = js.Objective.from_nnx(net, data=(x, y))
+      >>> dirs = js.random_directions(jax.random.key(0), params, n=2)
+      >>> coords = jnp.array([[0.0, 0.0], [0.5, -1.0], [1.0, 1.0]])
+      >>> batch = (obj.x[0], obj.y[0], obj.w[0])
+      >>> affine = obj.grid_batch_sums(params, dirs.vectors, coords, batch)
+      >>> plain = obj.grid_batch_sums(params, dirs.vectors, coords, batch, affine=False)
+      >>> bool(np.allclose(affine["loss"], plain["loss"], rtol=1e-5))
+      True
+    """
+    def state_at(c):
+      return self.state if state_vectors is None else move_state(self.state, c, state_vectors)
+
+    def at(c):
+      return tree.add(params, tree.combine(c, vectors))
+
+    fl = self.first_layer if affine else None
+    if fl is None:
+      return jax.vmap(lambda c: self.batch_sums(at(c), batch, state=state_at(c)))(coords)
+    x, y, w = batch if len(batch) == 3 else (*batch, None)
+    acc_dtype = _float_dtype(params)
+    xc = self._to_compute(x)
+    z0 = fl.linear(self._to_compute(fl.select(params)), xc)
+    zd = jax.vmap(lambda v: fl.linear(self._to_compute(v), xc))(fl.select(vectors))  # [n, B, ...]
+
+    def point(c):
+      z = z0 + jnp.tensordot(c.astype(zd.dtype), zd, axes=1)
+      # The first layer's part of at(c) is unused by rest(): XLA drops it.
+      out = fl.rest(self._to_compute(at(c)), self._to_compute(state_at(c)), z)
+      return self._reduce(out, y, w, acc_dtype)
+
+    return jax.vmap(point)(coords)
 
   def loss(self, params: PyTree, batch: tuple[jax.Array, ...] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """``(loss, metrics)``: the mean over one batch, or over all data when ``batch`` is None."""
@@ -297,7 +635,7 @@ class Objective:
 jax.tree_util.register_dataclass(
     Objective,
     data_fields=["x", "y", "w", "state"],
-    meta_fields=["apply", "per_example", "metric_fns", "num_examples", "info"],
+    meta_fields=["apply", "per_example", "metric_fns", "num_examples", "info", "first_layer_spec", "compute_dtype"],
 )
 
 

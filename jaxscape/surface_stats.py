@@ -35,7 +35,8 @@ from .objective import Objective
 
 PyTree = Any
 
-__all__ = ["surface_stats", "finite_difference_plane_hessian", "seed_summary", "is_increasing", "pure_objective"]
+__all__ = ["surface_stats", "finite_difference_plane_hessian", "seed_summary", "is_increasing", "pure_objective",
+           "surface_error"]
 
 
 def _finite(z: np.ndarray) -> np.ndarray:
@@ -148,6 +149,43 @@ def surface_stats(surf: Any, *, rel: float = 0.01, ratio_threshold: float = 0.1,
       lmin = _finite(metrics["lambda_min"])
       out["full_lambda_min"] = float(lmin.min()) if lmin.size else float("nan")
   return out
+
+
+def surface_error(surf: Any, reference: Any, name: str = "loss") -> dict[str, float]:
+  """How far one surface is from a reference on the same grid (e.g. ``bfloat16`` vs ``float32`` compute).
+
+  Relative errors are ``|a - b| / |b|`` point by point over the grid points
+  finite in both maps.
+
+  Args:
+    surf, reference: :class:`~jaxscape.Surface` objects on the same axes.
+    name: the map to compare (``"loss"`` or a metric name).
+
+  Returns:
+    ``{"max_abs_error", "max_relative_error", "mean_relative_error",
+    "num_compared"}``.
+
+  Example:
+    >>> import numpy as np
+    >>> from jaxscape.surface import Surface
+    >>> x = np.linspace(-1, 1, 3)
+    >>> a, b = Surface((x,), np.array([1.0, 2.0, 4.0]), {}, 0, {}), Surface((x,), np.array([1.0, 2.0, 5.0]), {}, 0, {})
+    >>> surface_error(a, b)["max_relative_error"]
+    0.2
+  """
+  if len(surf.axes) != len(reference.axes) or not all(
+      a.shape == b.shape and np.allclose(a, b) for a, b in zip(surf.axes, reference.axes)):
+    raise ValueError(f"surfaces must share their grid; got axes of sizes {[a.size for a in surf.axes]} "
+                     f"and {[a.size for a in reference.axes]}")
+  get = lambda s: np.asarray(s.loss if name == "loss" else s.metrics[name], np.float64)
+  a, b = get(surf), get(reference)
+  ok = np.isfinite(a) & np.isfinite(b)
+  if not ok.any():
+    raise ValueError(f"no grid point has a finite {name!r} in both surfaces")
+  err = np.abs(a[ok] - b[ok])
+  rel = err / np.maximum(np.abs(b[ok]), np.finfo(np.float64).tiny)
+  return {"max_abs_error": float(err.max()), "max_relative_error": float(rel.max()),
+          "mean_relative_error": float(rel.mean()), "num_compared": int(ok.sum())}
 
 
 def seed_summary(rows: Sequence[Mapping[str, float]]) -> dict[str, dict[str, float]]:

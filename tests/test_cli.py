@@ -38,7 +38,7 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     cli.main(["surface"])  # needs --checkpoint or --demo
 
 
-EXPERIMENTS = sorted(m.name for m in pkgutil.iter_modules(experiments.__path__))
+EXPERIMENTS = sorted(m.name for m in pkgutil.iter_modules(experiments.__path__) if not m.name.startswith("_"))
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

@@ -165,6 +165,9 @@ def test_resnet_shapes_on_any_image_size():
   y = apply(params, state, jnp.ones((2, 8, 8, 1)))
   assert y.shape == (2, 10) and bool(jnp.all(jnp.isfinite(y)))
   assert params["stem"]["kernel"].shape == (3, 3, 1, 16)  # HWIO
+  fl = js.nnx_first_layer(net)  # the affine surface path: stem conv, then the rest (float32: 1e-5)
+  assert fl.name == "ResNet.stem"
+  np.testing.assert_allclose(fl.rest(params, state, fl.linear(fl.select(params), jnp.ones((2, 8, 8, 1)))), y, rtol=1e-5)
   with pytest.raises(ValueError, match="6n \\+ 2"):
     models.build("resnet", 0, depth=21)
 
@@ -194,6 +197,10 @@ def test_keskar_models():
   assert not np.allclose(out1, out2)  # dropout active in train mode, its RNG state advances
   np.testing.assert_array_equal(apply(params, state, x), apply(params, state, x))  # eval mode: deterministic
   assert apply(params, state, x).shape == (3, 10)
+  fl = js.nnx_first_layer(c1)  # the affine surface path: conv1, then the rest in eval mode (float32: 1e-5)
+  assert fl.name == "KeskarC1.conv1"
+  via = jax.jit(lambda p, s, x: fl.rest(p, s, fl.linear(fl.select(p), x)))(params, state, x)
+  np.testing.assert_allclose(via, apply(params, state, x), rtol=1e-5, atol=1e-6)
 
 
 def test_flops_per_example_conv():

@@ -221,3 +221,135 @@ def test_curvature_maps_match_dense_hessians(x64):
     js.loss_surface(obj, p, [dirs[0]], x=(-1, 1, 3), curvature="plane")
   with pytest.raises(ValueError, match="unknown curvature"):
     js.loss_surface(obj, p, dirs, x=(-1, 1, 3), y=(-1, 1, 3), curvature="diag")
+
+
+# ----------------------------------------------------------------------------- scaling out
+
+
+def _problem62(dtype=np.float32):
+  """62 examples in 4 balanced batches of 16 (2 padded): batches split evenly over 1, 2, 4 or 8 data shards."""
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(62, 6)).astype(dtype)
+  y = rng.integers(0, 3, 62)
+  p = {"l1": {"kernel": jnp.asarray(rng.normal(size=(6, 8)) / 2, dtype), "bias": jnp.asarray(rng.normal(size=8) / 4, dtype)},
+       "l2": {"kernel": jnp.asarray(rng.normal(size=(8, 3)) / 2, dtype), "bias": jnp.zeros(3, dtype)}}
+  obj = js.Objective.from_apply(_mlp, p, data=(x, y), batch_size=16)
+  assert obj.batch_size == 16 and obj.num_batches == 4
+  return obj, p, js.random_directions(jax.random.key(0), p, n=2)
+
+
+def test_data_sharding_gives_the_same_surface_and_plane_curvature_on_any_mesh(x64):
+  obj, p, dirs = _problem62(np.float64)
+  grid = dict(x=(-1, 1, 5), y=(-1, 1, 3), quiet=True, curvature="plane", chunk_size=8)
+  base = js.loss_surface(obj, p, dirs, data_shards=1, **grid)
+  ref, _ = _reference(obj, p, dirs, base.x, base.y)
+  np.testing.assert_allclose(base.loss, ref, rtol=1e-12)
+  for shards in (2, 4, 8):  # grid x data = 4x2, 2x4, 1x8 on the 8 CPU devices; curvature on 2x4 (compile time)
+    kwargs = {**grid, "curvature": "plane" if shards == 4 else None}
+    other = js.loss_surface(obj, p, dirs, data_shards=shards, **kwargs)
+    assert other.meta["environment"]["mesh"] == {"grid": 8 // shards, "data": shards}
+    # float64, sums over 62 examples in another order: 1e-12 relative (maps near 0: 1e-13 absolute)
+    np.testing.assert_allclose(other.loss, base.loss, rtol=1e-12)
+    for k in other.metrics:
+      np.testing.assert_allclose(other.metrics[k], base.metrics[k], rtol=1e-12, atol=1e-13, err_msg=k)
+  assert set(other.metrics) == {"accuracy"} and set(base.metrics) > {"h_xy", "plane_lambda_min", "plane_lambda_max"}
+
+
+def test_data_sharding_errors_are_clear(problem):
+  obj, p, dirs = problem  # batches of 13
+  with pytest.raises(ValueError, match=r"batch size \(13, balanced over 50 examples\) must be divisible by data_shards \(2\): e.g. batch_size=12 \(balanced to 5 batches of 10\)"):
+    js.loss_surface(obj, p, dirs, x=(-1, 1, 3), y=(-1, 1, 3), data_shards=2)
+  with pytest.raises(ValueError, match=r"data_shards must be a positive integer that divides the number of devices \(8\); got 3"):
+    js.loss_surface(obj, p, dirs, x=(-1, 1, 3), y=(-1, 1, 3), data_shards=3)
+  obj16, p16, dirs16 = _problem62()
+  with pytest.raises(ValueError, match="curvature='full'.*needs data_shards=1"):
+    js.loss_surface(obj16, p16, dirs16, x=(-1, 1, 3), y=(-1, 1, 3), data_shards=2, curvature="full", key=jax.random.key(0))
+
+
+def test_parts_merge_to_exactly_the_single_run(tmp_path):
+  from jaxscape import cli
+
+  obj, p, dirs = _problem62()
+  grid = dict(x=(-1, 1, 5), y=(-1, 1, 5), quiet=True, chunk_size=8)
+  single_dir = str(tmp_path / "single")
+  single = js.loss_surface(obj, p, dirs, out_dir=single_dir, **grid)
+  for n in (1, 3, 7):
+    out = str(tmp_path / f"split{n}")
+    for i in range(n):
+      part = js.loss_surface(obj, p, dirs, part=(i, n), out_dir=out, **grid)
+      idx = jsurf.part_indices(25, (i, n))
+      assert part.meta["points_evaluated"] == idx.size == part.meta["part_points"]
+      assert np.isfinite(part.loss.ravel()[idx]).all() and np.isnan(np.delete(part.loss.ravel(), idx)).all()
+      assert part.num_nonfinite == 0  # points outside the part are not counted as non-finite
+    assert sorted(os.listdir(out)) == [f"part-{i:04d}-of-{n:04d}" for i in range(n)]
+    merged = js.merge_surfaces(out)
+    np.testing.assert_array_equal(merged.loss, single.loss)
+    np.testing.assert_array_equal(merged.accuracy, single.accuracy)
+    assert merged.meta["config"] == single.meta["config"] and merged.meta["parts"]["count"] == n
+  # `jaxscape merge` writes what the single run wrote: same arrays, same config; plot and resume work on it
+  assert cli.main(["merge", str(tmp_path / "split3")]) == 0
+  with np.load(os.path.join(single_dir, "results.npz")) as a, np.load(tmp_path / "split3" / "results.npz") as b:
+    assert a.files == b.files
+    for k in a.files:
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  with open(os.path.join(single_dir, "meta.json")) as f, open(tmp_path / "split3" / "meta.json") as g:
+    assert json.load(f)["config"] == json.load(g)["config"]
+  assert js.load_surface(str(tmp_path / "split3")).loss.shape == (5, 5)
+  assert os.path.isfile(tmp_path / "split3" / "contour.png")
+  again = js.loss_surface(obj, p, dirs, out_dir=str(tmp_path / "split3"), **grid)
+  assert again.meta["points_evaluated"] == 0  # the merged directory resumes like a finished single run
+
+
+def test_merge_names_missing_incomplete_and_foreign_parts(tmp_path):
+  obj, p, dirs = _problem62()
+  grid = dict(x=(-1, 1, 5), y=(-1, 1, 5), quiet=True, chunk_size=8)
+  out = str(tmp_path / "split")
+  for i in (0, 2):
+    js.loss_surface(obj, p, dirs, part=(i, 4), out_dir=out, **grid)
+  with pytest.raises(ValueError, match=r"2 of 4 parts missing: part-0001-of-0004, part-0003-of-0004"):
+    js.merge_surfaces(out)
+  js.loss_surface(obj, p, dirs, part=(3, 4), out_dir=out, **grid)
+  # a part 1 that was killed before its first call finished: present but incomplete
+  arrays, meta = js.io.load_result(os.path.join(out, "part-0000-of-0004"))
+  meta["config"]["part"] = [1, 4]
+  arrays["done"] = np.zeros((5, 5), bool)
+  js.io.save_result(os.path.join(out, "part-0001-of-0004"), arrays, meta)
+  with pytest.raises(ValueError, match=r"1 of 4 parts incomplete: part-0001-of-0004 \(0 of 6 points done\)"):
+    js.merge_surfaces(out)
+  js.loss_surface(obj, p, dirs, part=(1, 4), out_dir=out, **grid)  # resumes the incomplete part
+  assert js.merge_surfaces(out).num_nonfinite == 0
+  js.loss_surface(obj, p, dirs, x=(-1, 1, 5), y=(-2, 2, 5), quiet=True, chunk_size=8, part=(2, 4), out_dir=str(tmp_path / "other"))
+  with pytest.raises(ValueError, match="another config.*axes"):
+    js.merge_surfaces([os.path.join(out, f"part-000{i}-of-0004") for i in (0, 1, 3)] + [str(tmp_path / "other" / "part-0002-of-0004")])
+  with pytest.raises(ValueError, match="part count 26 exceeds the 25 grid points"):
+    js.loss_surface(obj, p, dirs, part=(0, 26), **grid)
+  with pytest.raises(ValueError, match=r"0 <= index < count \(0-based\)"):
+    js.loss_surface(obj, p, dirs, part=(4, 4), **grid)
+  with pytest.raises(FileNotFoundError, match="no part directories"):
+    js.merge_surfaces(str(tmp_path))
+
+
+def test_resume_a_killed_part(tmp_path, monkeypatch):
+  obj, p, dirs = _problem62()
+  grid = dict(x=(-1, 1, 5), y=(-1, 1, 5), quiet=True, chunk_size=8, chunks_per_call=1)
+  full = js.loss_surface(obj, p, dirs, **grid)
+  real = jsurf._call_evaluator(jsurf._mesh(None), 1, jsurf._loss_chunk)
+  calls = []
+
+  def dying(*args):
+    calls.append(1)
+    if len(calls) > 1:
+      raise KeyboardInterrupt("simulated kill")
+    return real(*args)
+
+  monkeypatch.setattr(jsurf, "_call_evaluator", lambda mesh, n, fn: dying)
+  out = str(tmp_path / "split")
+  with pytest.raises(KeyboardInterrupt):
+    js.loss_surface(obj, p, dirs, part=(0, 2), out_dir=out, **grid)  # 13 points: 2 calls of 8
+  monkeypatch.undo()
+  with np.load(os.path.join(out, "part-0000-of-0002", "results.npz")) as f:
+    assert f["done"].sum() == 8
+  resumed = js.loss_surface(obj, p, dirs, part=(0, 2), out_dir=out, **grid)
+  assert resumed.meta["points_evaluated"] == 5
+  js.loss_surface(obj, p, dirs, part=(1, 2), out_dir=out, **grid)
+  np.testing.assert_array_equal(js.merge_surfaces(out).loss, full.loss)

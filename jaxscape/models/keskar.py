@@ -19,7 +19,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 from flax import nnx
@@ -44,6 +44,10 @@ class KeskarF1(MLP):
                bn_momentum: float = 0.9, rngs: nnx.Rngs):
     super().__init__(in_features, [int(width)] * int(depth), num_classes, activation="relu", batch_norm=True,
                      bn_momentum=bn_momentum, rngs=rngs)
+
+
+def _identity(x: jax.Array) -> jax.Array:
+  return x
 
 
 def _pooled(n: int) -> int:
@@ -93,7 +97,15 @@ class KeskarC1(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     if x.ndim != 4:
       raise ValueError(f"KeskarC1 expects NHWC images [B, H, W, C]; got shape {x.shape}")
-    h = self._pool(jax.nn.relu(self.bn1(self.conv1(x))))
+    return self.after_first_layer(self.conv1(x))
+
+  def first_layer(self) -> tuple[tuple[str, ...], Callable[[jax.Array], jax.Array]]:
+    """Path of the first convolution and the input transform before it (see :func:`jaxscape.nnx_first_layer`)."""
+    return ("conv1",), _identity
+
+  def after_first_layer(self, z: jax.Array) -> jax.Array:
+    """The network from the first convolution's output ``z`` on."""
+    h = self._pool(jax.nn.relu(self.bn1(z)))
     h = self._pool(jax.nn.relu(self.bn2(self.conv2(h))))
     h = h.reshape(h.shape[0], -1)
     h = jax.nn.relu(self.bn3(self.fc1(h)))

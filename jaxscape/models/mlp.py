@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 from flax import nnx
@@ -61,14 +61,26 @@ class MLP(nnx.Module):
     self.norms = nnx.List([nnx.BatchNorm(w, momentum=bn_momentum, rngs=rngs) for w in widths] if batch_norm else [])
     self.head = nnx.Linear(sizes[-1], int(out_features), use_bias=use_bias, rngs=rngs)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    h = _flatten(x)
+  def first_layer(self) -> tuple[tuple[str | int, ...], Callable[[jax.Array], jax.Array]]:
+    """Path of the first Dense layer and the input transform before it (see :func:`jaxscape.nnx_first_layer`)."""
+    return (("layers", 0) if len(self.layers) else ("head",)), _flatten
+
+  def after_first_layer(self, z: jax.Array) -> jax.Array:
+    """The network from the first Dense layer's output ``z`` on (BatchNorm, activation, the other layers)."""
+    if not len(self.layers):
+      return z
+    h = z
     for i, layer in enumerate(self.layers):
-      h = layer(h)
+      if i:
+        h = layer(h)
       if len(self.norms):
         h = self.norms[i](h)
       h = self.act(h)
     return self.head(h)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    first = self.layers[0] if len(self.layers) else self.head
+    return self.after_first_layer(first(_flatten(x)))
 
 
 class ResidualMLP(nnx.Module):
@@ -125,8 +137,16 @@ class ResidualMLP(nnx.Module):
     self.blocks = nnx.List(blocks)
     self.head = nnx.Linear(int(width), int(out_features), rngs=rngs)
 
+  def first_layer(self) -> tuple[tuple[str | int, ...], Callable[[jax.Array], jax.Array]]:
+    """Path of the input Dense layer and the input transform before it (see :func:`jaxscape.nnx_first_layer`)."""
+    return ("inp",), _flatten
+
   def __call__(self, x: jax.Array) -> jax.Array:
-    h = self.act(self.inp(_flatten(x)))
+    return self.after_first_layer(self.inp(_flatten(x)))
+
+  def after_first_layer(self, z: jax.Array) -> jax.Array:
+    """The network from the input layer's pre-activation ``z`` on."""
+    h = self.act(z)
     for layer in self.blocks:
       f = self.act(layer(h))
       h = h + f if self.skips else f

@@ -27,6 +27,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -37,6 +39,10 @@ DEPTHS = (8, 14, 20, 32, 44, 56, 110)
 """Common depths; any ``depth`` with ``(depth - 2) % 6 == 0`` works."""
 
 _PAD = ((1, 1), (1, 1))
+
+
+def _identity(x: jax.Array) -> jax.Array:
+  return x
 
 
 def _conv(cin, cout, k, stride, rngs):
@@ -119,10 +125,18 @@ class ResNet(nnx.Module):
     self.blocks = nnx.List(blocks)
     self.head = nnx.Linear(chans[-1], int(num_classes), rngs=rngs)
 
+  def first_layer(self) -> tuple[tuple[str, ...], Callable[[jax.Array], jax.Array]]:
+    """Path of the stem convolution and the input transform before it (see :func:`jaxscape.nnx_first_layer`)."""
+    return ("stem",), _identity
+
   def __call__(self, x: jax.Array) -> jax.Array:
     if x.ndim != 4:
       raise ValueError(f"ResNet expects NHWC images [B, H, W, C]; got shape {x.shape}")
-    h = jax.nn.relu(self.stem_bn(self.stem(x)))
+    return self.after_first_layer(self.stem(x))
+
+  def after_first_layer(self, z: jax.Array) -> jax.Array:
+    """The network from the stem convolution's output ``z`` on (BatchNorm, relu, blocks, head)."""
+    h = jax.nn.relu(self.stem_bn(z))
     for block in self.blocks:
       h = block(h)
     return self.head(h.mean(axis=(1, 2)))

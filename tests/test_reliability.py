@@ -1,0 +1,429 @@
+"""Reliability: killed runs resume exactly, damaged files are refused, bad input gets a clear error."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxscape as js
+from jaxscape import checkpoint, cli, data, hessian, models, plot, train
+from jaxscape import io as jio
+from jaxscape import surface as jsurf
+from jaxscape.directions import normalize
+from jaxscape.objective import Objective
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The same problem in this process and in the killed subprocesses (so results can be compared bit for bit).
+PROBLEM = """
+import jax, jax.numpy as jnp, numpy as np
+import jaxscape as js
+
+def _mlp(p, x):
+  return jnp.tanh(x @ p["l1"]["kernel"] + p["l1"]["bias"]) @ p["l2"]["kernel"] + p["l2"]["bias"]
+
+def problem(seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(40, 5)).astype(np.float32)
+  y = rng.integers(0, 3, 40)
+  p = {"l1": {"kernel": jnp.asarray(rng.normal(size=(5, 6)) / 2, jnp.float32), "bias": jnp.zeros(6, jnp.float32)},
+       "l2": {"kernel": jnp.asarray(rng.normal(size=(6, 3)) / 2, jnp.float32), "bias": jnp.zeros(3, jnp.float32)}}
+  obj = js.Objective.from_apply(_mlp, p, data=(x, y), batch_size=16)
+  return obj, p, js.random_directions(jax.random.key(0), p, n=2)
+
+def run(out_dir=None, curvature=None, **kwargs):
+  obj, p, dirs = problem()
+  return js.loss_surface(obj, p, dirs, x=(-1, 1, 5), y=(-1, 1, 5), chunk_size=4, chunks_per_call=1,
+                         devices=jax.devices()[:1], quiet=True, curvature=curvature, out_dir=out_dir, **kwargs)
+"""
+_ns: dict = {}
+exec(PROBLEM, _ns)
+problem, run_surface = _ns["problem"], _ns["run"]
+
+
+def _python(script: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+  """Runs a script in a fresh interpreter (8 CPU devices, as in this process)."""
+  head = 'import jax\njax.config.update("jax_num_cpu_devices", 8)\n'
+  return subprocess.run([sys.executable, "-c", head + textwrap.dedent(script), *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+# ----------------------------------------------------------------------------- faults: SIGKILL and resume
+
+KILL_SURFACE = PROBLEM + """
+import os, signal, sys
+from jaxscape import io as jio
+out, curvature, where, k = sys.argv[1], (None if sys.argv[2] == "none" else sys.argv[2]), sys.argv[3], int(sys.argv[4])
+count = [0]
+
+def kill_on(n):
+  count[0] += 1
+  if count[0] == n:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if where == "after_write":     # the process dies right after its k-th complete write
+  real_write = jio.ResultStore.write
+  def write(self, *a, **kw):
+    real_write(self, *a, **kw)
+    kill_on(k)
+  jio.ResultStore.write = write
+else:                          # ... or inside it: meta.json renamed, results.npz not yet
+  real_replace = os.replace
+  def replace(src, dst):
+    if dst.endswith("results.npz"):
+      kill_on(k)
+    real_replace(src, dst)
+  os.replace = replace
+run(out, curvature)
+print("not killed")
+"""
+
+
+@pytest.mark.parametrize("curvature,where,done", [("none", "after_write", 12), ("plane", "between_renames", 8)])
+def test_sigkilled_surface_resumes_to_the_uninterrupted_result(tmp_path, curvature, where, done):
+  out = str(tmp_path / "run")
+  proc = _python(KILL_SURFACE, out, curvature, where, "3")
+  assert proc.returncode == -9, proc.stdout + proc.stderr
+  with np.load(os.path.join(out, "results.npz")) as f:
+    assert int(f["done"].sum()) == done  # 25 points in calls of 4: 3 (or 2) calls survived
+  if where == "between_renames":
+    with open(os.path.join(out, "meta.json")) as f:
+      assert json.load(f)["num_done"] == 12  # meta.json is one write ahead of the arrays: still accepted
+    assert any(n.startswith(".tmp-") for n in os.listdir(out))  # the unfinished write never replaced the arrays
+  curv = None if curvature == "none" else curvature
+  resumed = run_surface(out, curv)
+  assert resumed.meta["points_evaluated"] == 25 - done
+  full = run_surface(None, curv)
+  np.testing.assert_array_equal(resumed.loss, full.loss)
+  for k, v in full.metrics.items():
+    np.testing.assert_array_equal(resumed.metrics[k], v, err_msg=k)
+  loaded = js.load_surface(out)
+  np.testing.assert_array_equal(loaded.loss, full.loss)
+
+
+TRAIN_ARGS = ["train", "--model", "mlp", "--widths", "8", "--dataset", "digits", "--num-train", "64", "--num-test",
+              "32", "--epochs", "3", "--batch-size", "16", "--optimizer", "sgd", "--momentum", "0.9", "--lr", "0.05",
+              "--checkpoint-every", "2"]
+
+KILL_TRAIN = """
+import os, signal, sys
+import orbax.checkpoint as ocp
+from jaxscape import cli
+count = [0]
+real_save = ocp.CheckpointManager.save
+
+def save(self, *a, **kw):        # the process dies once the k-th checkpoint is complete on disk
+  out = real_save(self, *a, **kw)
+  self.wait_until_finished()
+  count[0] += 1
+  if count[0] == int(sys.argv[1]):
+    os.kill(os.getpid(), signal.SIGKILL)
+  return out
+
+ocp.CheckpointManager.save = save
+cli.main(sys.argv[2:])
+print("not killed")
+"""
+
+
+def test_sigkilled_training_resumes_from_its_last_checkpoint(tmp_path, capsys):
+  # 64 examples in batches of 16: 4 steps per epoch, 12 in all; checkpoints at steps 2, 4, ..., 12.
+  # The 4th checkpoint (step 8) closes epoch 2: its history row must survive the kill too.
+  killed, whole = str(tmp_path / "killed"), str(tmp_path / "whole")
+  proc = _python(KILL_TRAIN, "4", *TRAIN_ARGS, "--out", killed)
+  assert proc.returncode == -9, proc.stdout + proc.stderr
+  assert checkpoint.latest_step(killed) == 8
+  assert cli.main(TRAIN_ARGS + ["--out", killed]) == 0  # the same command again: resumes at step 8
+  assert cli.main(TRAIN_ARGS + ["--out", whole]) == 0
+  capsys.readouterr()
+  models_ = [checkpoint.load_model(d)[0] for d in (killed, whole)]
+  (_, p1, s1), (_, p2, s2) = (js.split_nnx(m) for m in models_)
+  for a, b in zip(jax.tree.leaves((p1, s1)), jax.tree.leaves((p2, s2))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  with np.load(os.path.join(killed, "history.npz")) as h1, np.load(os.path.join(whole, "history.npz")) as h2:
+    assert sorted(h1.files) == sorted(h2.files)
+    np.testing.assert_array_equal(h1["step"], [4, 8, 12])
+    for k in h2.files:
+      np.testing.assert_array_equal(h1[k], h2[k], err_msg=k)
+
+
+# ----------------------------------------------------------------------------- faults: damaged and foreign results
+
+
+@pytest.fixture(scope="module")
+def tiny_digits():
+  return data.load("digits", num_train=32, num_test=16)
+
+
+def _net(width=8):
+  return models.build("mlp", 0, in_features=64, widths=[width], out_features=10)
+
+
+@pytest.fixture
+def finished(tmp_path):
+  out = str(tmp_path / "run")
+  surf = run_surface(out)
+  return out, surf
+
+
+def _damage(path, how):
+  with open(path, "rb") as f:
+    raw = f.read()
+  if how == "truncate":
+    raw = raw[: len(raw) // 2]
+  elif how == "flip":
+    b = bytearray(raw)
+    b[len(b) // 2] ^= 0x01
+    raw = bytes(b)
+  else:
+    raw = b"\x00garbage"
+  with open(path, "wb") as f:
+    f.write(raw)
+  return raw
+
+
+@pytest.mark.parametrize("name,how,match", [("results.npz", "truncate", "does not match the checksum"),
+                                            ("results.npz", "flip", "does not match the checksum"),
+                                            ("meta.json", "truncate", "not valid JSON"),
+                                            ("meta.json", "garbage", "not valid JSON")])
+def test_a_damaged_result_is_refused_and_kept_until_overwrite(finished, name, how, match):
+  out, surf = finished
+  path = os.path.join(out, name)
+  damaged = _damage(path, how)
+  with pytest.raises(jio.CorruptResultError, match=match) as e:
+    run_surface(out)
+  assert name in str(e.value) and "--overwrite" in str(e.value)
+  with open(path, "rb") as f:
+    assert f.read() == damaged  # reported, not overwritten
+  with pytest.raises(jio.CorruptResultError):
+    js.load_surface(out)
+  again = run_surface(out, overwrite=True)
+  assert again.meta["points_evaluated"] == 25
+  np.testing.assert_array_equal(again.loss, surf.loss)
+  assert run_surface(out).meta["points_evaluated"] == 0  # replaced: the next run resumes (nothing left)
+
+
+def test_a_result_without_a_checksum_or_with_foreign_arrays_is_refused(finished, tmp_path):
+  out, surf = finished
+  meta_path = os.path.join(out, "meta.json")
+  with open(meta_path) as f:
+    meta = json.load(f)
+  jio.write_json(meta_path, {k: v for k, v in meta.items() if k != "checksum"})
+  with pytest.raises(jio.CorruptResultError, match="records no checksum"):
+    run_surface(out)
+  arrays, _ = jio.load_result(out, verify=False)  # readable on request
+  np.testing.assert_array_equal(arrays["loss"], surf.loss)
+  jio.write_json(meta_path, meta)
+  other = str(tmp_path / "other")
+  jio.save_result(other, {"loss": np.zeros((5, 5))}, {"config": {}})
+  shutil.copy(os.path.join(other, "results.npz"), os.path.join(out, "results.npz"))  # valid .npz, wrong run
+  with pytest.raises(jio.CorruptResultError, match="does not match the checksum"):
+    run_surface(out)
+  os.remove(os.path.join(out, "meta.json"))
+  with pytest.raises(jio.CorruptResultError, match="without meta.json"):
+    run_surface(out)
+
+
+def test_a_kill_during_the_first_write_leaves_a_fresh_start(tmp_path):
+  out = str(tmp_path / "run")
+  jio.save_result(out, {"loss": np.zeros(3)}, {"config": {"a": 1}})
+  os.remove(os.path.join(out, "results.npz"))  # meta.json of the first write renamed, results.npz not yet
+  store = jio.ResultStore(out, {"a": 1})
+  assert store.open() is None
+  with pytest.raises(ValueError, match="another config"):
+    jio.ResultStore(out, {"a": 2}).open()
+
+
+def test_another_model_dataset_or_direction_seed_is_refused_naming_the_fields(finished):
+  out, _ = finished
+  obj, p, dirs = problem()
+  kw = dict(x=(-1, 1, 5), y=(-1, 1, 5), chunk_size=4, chunks_per_call=1, devices=jax.devices()[:1], quiet=True,
+            out_dir=out)
+  other_dirs = js.random_directions(jax.random.key(1), p, n=2)
+  with pytest.raises(ValueError, match=r"directions\.key.*--overwrite"):
+    js.loss_surface(obj, p, other_dirs, **kw)
+  x, y = np.asarray(obj.x).reshape(-1, 5)[:40], np.asarray(obj.y).reshape(-1)[:40]
+  same_name_and_size = Objective.from_apply(_ns["_mlp"], p, data=(x[::-1].copy(), y[::-1].copy()), batch_size=16)
+  with pytest.raises(ValueError, match="data_fingerprint"):
+    js.loss_surface(same_name_and_size, p, dirs, **kw)
+  with pytest.raises(ValueError, match="params_fingerprint"):
+    js.loss_surface(obj, js.tree.scale(0.5, p), dirs, **kw)
+  replaced = js.loss_surface(obj, p, other_dirs, overwrite=True, **kw)
+  assert js.load_surface(out).meta["config"]["directions"]["key"] == replaced.meta["config"]["directions"]["key"]
+
+
+def test_cli_overwrite_replaces_a_result_of_another_config(tmp_path, capsys, monkeypatch, tiny_digits):
+  small = (_net(4), data.flatten(tiny_digits), None)
+  monkeypatch.setattr(cli, "demo_network", lambda seed, epochs: small)  # a tiny untrained network is enough here
+  monkeypatch.setattr(plot, "save_figures", lambda *a, **k: [])  # figures are tested elsewhere
+  out = str(tmp_path / "demo")
+  argv = ["surface", "--demo", "--y=-1:1:3", "--chunk-size", "9", "--out", out, "--quiet"]
+  assert cli.main(argv + ["--x=-1:1:3"]) == 0
+  assert cli.main(argv + ["--x=-1:1:5"]) == 2
+  err = capsys.readouterr().err
+  assert "axes" in err and "--overwrite" in err and "Traceback" not in err
+  assert cli.main(argv + ["--x=-1:1:5", "--overwrite"]) == 0
+  with np.load(os.path.join(out, "results.npz")) as f:
+    assert f["loss"].shape == (3, 5)
+
+
+# ----------------------------------------------------------------------------- faults: checkpoints
+
+
+def test_a_damaged_checkpoint_is_a_clear_error(tmp_path):
+  p = {"w": jnp.arange(12.0).reshape(3, 4), "b": jnp.ones(4)}
+  for target, how in (("d", "flip"), ("d", "truncate"), ("_METADATA", "truncate")):
+    d = tmp_path / f"{target}-{how}"
+    checkpoint.save(d, p)
+    path = d / target
+    if path.is_dir():  # the data files of the array store
+      path = next(f for f in path.iterdir() if f.is_file())
+    _damage(path, how)
+    with pytest.raises(checkpoint.CorruptCheckpointError, match="damaged or incomplete"):
+      checkpoint.restore(d, like=p)
+  (tmp_path / "spec" ).mkdir()
+  (tmp_path / "spec" / "spec.json").write_text('{"model": ')
+  with pytest.raises(checkpoint.CorruptCheckpointError, match="not valid JSON"):
+    checkpoint.read_spec(tmp_path / "spec")
+
+
+def test_a_checkpoint_of_another_model_names_the_leaves(tmp_path):
+  p = {"w": jnp.arange(12.0).reshape(3, 4), "b": jnp.ones(4)}
+  checkpoint.save(tmp_path / "c", p)
+  with pytest.raises(checkpoint.CheckpointMismatchError, match=r"w: saved \(3, 4\) float32, expected \(3, 5\) float32"):
+    checkpoint.restore(tmp_path / "c", like={"w": jnp.zeros((3, 5)), "b": jnp.ones(4)})
+  with pytest.raises(checkpoint.CheckpointMismatchError, match=r"missing in the checkpoint: \['c'\].*not in the model: \['b'\]"):
+    checkpoint.restore(tmp_path / "c", like={"w": jnp.zeros((3, 4)), "c": jnp.ones(4)})
+  # orbax would cast silently; a float64 model is not this float32 checkpoint
+  with pytest.raises(checkpoint.CheckpointMismatchError, match="saved \\(3, 4\\) float32, expected \\(3, 4\\) float64"):
+    checkpoint.restore(tmp_path / "c", like={"w": np.zeros((3, 4)), "b": np.ones(4, np.float32)})
+
+
+def test_training_resume_refuses_another_model_and_a_damaged_checkpoint(tmp_path, tiny_digits):
+  cfg = dict(optimizer="sgd", learning_rate=0.05, batch_size=16, epochs=2)
+  d = tmp_path / "run"
+  train.train(0, _net(), tiny_digits, checkpoint_dir=d, checkpoint_every=1, **cfg)  # checkpoints at steps 3, 4 kept
+  with pytest.raises(checkpoint.CheckpointMismatchError, match=r"layers\.0\.kernel: saved \(64, 8\) float32, expected \(64, 16\)"):
+    train.train(0, _net(16), tiny_digits, checkpoint_dir=d, resume=True, **cfg)
+  data_dir = d / "checkpoints" / "4" / "params" / "d"
+  _damage(next(data_dir.iterdir()), "flip")
+  with pytest.raises(checkpoint.CorruptCheckpointError, match="previous checkpoint \\(step 3\\)"):
+    train.train(0, _net(), tiny_digits, checkpoint_dir=d, resume=True, **cfg)
+  shutil.rmtree(d / "checkpoints" / "4")  # as the message says: resume from step 3
+  params, _, hist = train.train(0, _net(), tiny_digits, checkpoint_dir=d, resume=True, **cfg)
+  assert checkpoint.latest_step(d) == 4 and len(hist) == 2
+
+
+# ----------------------------------------------------------------------------- faults: non-finite values
+
+
+def test_a_nonfinite_origin_stops_at_once_and_diverged_points_are_counted(tmp_path):
+  obj, p, dirs = problem()
+  broken = jax.tree.map(lambda a: a, p)
+  broken["l1"]["kernel"] = p["l1"]["kernel"].at[0, 0].set(jnp.nan)
+  out = str(tmp_path / "nan")
+  with pytest.raises(jsurf.NonFiniteOriginError, match="l1/kernel.*checkpoint is broken"):
+    js.loss_surface(obj, broken, dirs, x=(-1, 1, 3), y=(-1, 1, 3), out_dir=out, quiet=True)
+  assert not os.path.exists(out)  # stopped before anything was written
+  # finite parameters whose loss overflows at the centre: the same error, naming the value
+  x = np.ones((4, 1), np.float32)
+  w = {"w": jnp.zeros(1)}
+  log_obj = Objective.from_apply(lambda q, x: jnp.log(x @ q["w"]), w, data=(x, np.zeros(4, np.float32)), loss="mse")
+  with pytest.raises(jsurf.NonFiniteOriginError, match="is inf"):
+    js.loss_surface(log_obj, w, [{"w": jnp.ones(1)}], x=(-1, 1, 3), quiet=True)
+  # diverged grid points are recorded (NaN) and counted, in the result and in meta.json
+  surf = js.loss_surface(log_obj, {"w": jnp.ones(1)}, [{"w": jnp.ones(1)}], x=(-2, 0, 5), quiet=True,
+                         out_dir=str(tmp_path / "div"))
+  assert surf.num_nonfinite == 3
+  with open(tmp_path / "div" / "meta.json") as f:
+    assert json.load(f)["num_nonfinite"] == 3
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("spec,match", [("1:0:5", "start must be < stop"), ((1.0, 0.0, 5), "start must be < stop"),
+                                        ("0:0:3", "start must be < stop"), ("0:1:0", "num must be a positive"),
+                                        ("a:b:c", "with numbers"), (("a", 1, 3), "must be numbers"),
+                                        ((0, 1, 2.5), "num must be a positive"), ("0:inf:3", "finite")])
+def test_bad_ranges_name_the_range(spec, match):
+  with pytest.raises(ValueError, match=match) as e:
+    jsurf.parse_range(spec, "x")
+  assert repr(spec) in str(e.value) or str(spec) in str(e.value)
+  assert jsurf.parse_range((0.5, 0.5, 1), "x").tolist() == [0.5]
+
+
+def test_dtype_mixes_that_would_change_results_are_refused(x64):
+  obj, p, _ = problem()
+  dirs = [jax.tree.map(jnp.ones_like, p)] * 2
+  d64 = [jax.tree.map(lambda a: a.astype(jnp.float64), d) for d in dirs]
+  with pytest.raises(ValueError, match=r"direction leaf 'l1/bias' has dtype float64; the parameter has float32"):
+    js.loss_surface(obj, p, d64, x=(-1, 1, 3), y=(-1, 1, 3), quiet=True)
+  mixed = {**p, "l2": jax.tree.map(lambda a: a.astype(jnp.float64), p["l2"])}
+  mixed_dirs = [{**d, "l2": jax.tree.map(lambda a: a.astype(jnp.float64), d["l2"])} for d in dirs]
+  with pytest.raises(ValueError, match="parameters mix dtypes"):
+    js.loss_surface(obj, mixed, mixed_dirs, x=(-1, 1, 3), y=(-1, 1, 3), quiet=True)
+  ints = {"w": jnp.ones(3, jnp.int32)}
+  with pytest.raises(ValueError, match="'w' has dtype int32: expected floating-point"):
+    js.loss_surface(obj, ints, [{"w": jnp.ones(3, jnp.int32)}], x=(-1, 1, 3), quiet=True)
+
+
+def test_unknown_policy_names_and_impossible_requests_are_clear_errors():
+  obj, p, dirs = problem()
+  with pytest.raises(ValueError, match="unknown norm 'filters'"):
+    normalize(dirs[0], p, "filters")
+  with pytest.raises(ValueError, match="unknown ignore policy 'bn'"):
+    normalize(dirs[0], p, "filter", "bn")
+  with pytest.raises(ValueError, match="unknown bn_policy 'nope': expected one of"):
+    Objective.from_nnx(_net(), data=(np.zeros((4, 64), np.float32), np.zeros(4, np.int32)), bn_policy="nope")
+  n = js.tree.size(p)
+  with pytest.raises(ValueError, match=f"k must be an integer in \\[1, n={n}\\]; got {n + 1}"):
+    hessian.eigenvalues(obj, p, k=n + 1, key=jax.random.key(0))
+  with pytest.raises(ValueError, match="chunk_size must be a positive integer; got 0"):
+    js.loss_surface(obj, p, dirs, x=(-1, 1, 3), y=(-1, 1, 3), chunk_size=0)
+
+
+def test_damaged_dataset_files_are_value_errors(tmp_path):
+  import gzip
+  import pickle
+
+  path = tmp_path / "train-images-idx3-ubyte.gz"
+  path.write_bytes(b"\x1f\x8b\x08\x00 this is not deflate data")
+  with pytest.raises(ValueError, match="cannot be decompressed.*gzipped IDX"):
+    data.read_idx(path)
+  with gzip.open(path, "wb") as f:
+    f.write(b"\x00\x00\x08\x01\x00\x00\x00\x03abc")
+  np.testing.assert_array_equal(data.read_idx(path), [97, 98, 99])  # a valid gzipped IDX still reads
+
+  class Evil:
+    def __reduce__(self):
+      return (os.system, ("echo pwned",))
+
+  batch = tmp_path / "data_batch_1"
+  batch.write_bytes(pickle.dumps({b"data": Evil()}))
+  with pytest.raises(ValueError, match="not a CIFAR python pickle batch.*refusing to load"):
+    data._unpickle(str(batch))
+
+
+def test_unknown_experiment_or_preset_lists_what_exists(capsys):
+  from experiments import __main__ as runner
+
+  assert runner.main(["nope"]) == 2
+  err = capsys.readouterr().err
+  assert "unknown experiment 'nope'" in err and "surface_demo" in err and "skip_transition" in err
+  assert runner.main([]) == 2
+  assert "surface_demo" in capsys.readouterr().err
+  with pytest.raises(SystemExit) as e:
+    runner.main(["surface_demo", "--preset", "nope"])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert "invalid choice: 'nope'" in err and all(p in err for p in ("smoke", "cpu", "full"))
+  with open(os.path.join(ROOT, "Makefile")) as f:
+    assert "-m experiments $(NAME)" in f.read()  # `make experiment NAME=...` goes through this runner
