@@ -16,11 +16,9 @@ F1 (MNIST) and C1 (CIFAR-10) with batch 256 vs 10 % of the training set,
 read from ``--data-dir``; ``smoke`` is a seconds-long miniature.
 
 Cost: the ``cpu`` preset is dominated by the LB regime (5 seeds x 5000
-full-batch steps ~ 47 TFLOP, plus the full-data evaluation ``train_many``
-runs after every epoch, i.e. every LB step): ~860 CPU-seconds in all
-(measured), so roughly 8-10 min on an idle 2-core machine and 19-50 min on
-a shared one -- beyond the 5-minute target, kept because these are the
-calibrated settings.
+full-batch steps ~ 47 TFLOP). On a CPU its seeds run one after another
+inside one compiled call (``train_many(..., runs="sequential")``): batched
+full-batch matmuls are ~1.6x slower there than a loop over seeds.
 
 Run: ``python -m experiments.batch_sharpness --preset smoke|cpu|full --seed 0 [--data-dir DIR]``.
 """
@@ -53,7 +51,7 @@ CONFIGS = {
         "nets": [{"name": "mnist1d-mlp", "label": "MNIST-1D MLP 40-32-32-10 (200 examples)",
                   "data": {"name": "mnist1d", "num_train": 200, "num_test": 100},
                   "model": {"name": "mlp", "in_features": 40, "widths": [32, 32], "out_features": 10},
-                  "sb": {"batch_size": 20, "epochs": 3}, "lb": {"batch_size": None, "steps": 10}}],
+                  "sb": {"batch_size": 20, "epochs": 3}, "lb": {"batch_size": None, "steps": 10, "runs": "sequential"}}],
         **_MEASURE, "eps": [1e-3], "subspace_dim": 10, "maxiter": 2, "sign_steps": 4, "num_starts": 1, "num_corners": 2,
         "lanczos_steps": 8, "alpha": [-1.0, 2.0, 13], **_CHECKS,
     },
@@ -62,7 +60,8 @@ CONFIGS = {
         "nets": [{"name": "mnist1d-mlp", "label": "MNIST-1D MLP 40-256-256-10",
                   "data": {"name": "mnist1d"},
                   "model": {"name": "mlp", "in_features": 40, "widths": [256, 256], "out_features": 10},
-                  "sb": {"batch_size": 32, "epochs": 100}, "lb": {"batch_size": None, "steps": 5000, "eval_every": 50}}],
+                  "sb": {"batch_size": 32, "epochs": 100}, "lb": {"batch_size": None, "steps": 5000, "eval_every": 50,
+                                                                     "runs": "sequential"}}],
         **_MEASURE, **_CHECKS,
     },
     "full": {
@@ -110,7 +109,7 @@ def _train_regime(keys, init, ds, cfg: dict, regime: dict) -> dict:
                          epochs=int(regime.get("epochs") or 1), steps=regime.get("steps"),
                          eval_batch_size=cfg["eval_batch_size"], eval_every=int(regime.get("eval_every", 1)))
   t0 = time.perf_counter()
-  params, state, hist = train.train_many(keys, init, ds, tc, snapshot_every=total)
+  params, state, hist = train.train_many(keys, init, ds, tc, snapshot_every=total, runs=regime.get("runs", "vmap"))
   jax.block_until_ready(params)
   x0 = jax.tree.map(lambda a: a[:, 0], hist.trajectory)
   return {"params": params, "state": state, "hist": hist, "x0": x0, "steps": total,

@@ -119,6 +119,21 @@ def test_train_many_sweeps_learning_rates(digits_small):
     train.train_many(keys, init, digits_small, sweep={"batch_size": [1, 2]})
 
 
+def test_train_many_sequential_runs_equal_vmapped_runs(digits_small):
+  keys = jax.random.split(jax.random.key(3), 3)
+  init = lambda k: _mlp(k, bn=True)
+  # (SGD: Adam turns rounding noise in the pre-BatchNorm biases, whose true gradient is 0, into lr-sized steps)
+  kw = dict(optimizer="sgd", momentum=0.9, batch_size=64, epochs=2, sweep={"learning_rate": [0.05, 0.2]})
+  P, S, H = train.train_many(keys, init, digits_small, **kw)
+  Pq, Sq, Hq = train.train_many(keys, init, digits_small, runs="sequential", **kw)
+  # the same computation run by run instead of batched: equal up to float32 rounding
+  js.tree.assert_allclose(Pq, P, rtol=1e-4, atol=1e-5)
+  js.tree.assert_allclose(Sq, S, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(Hq.test_loss, H.test_loss, rtol=1e-5)
+  with pytest.raises(ValueError, match="runs must be 'vmap' or 'sequential'"):
+    train.train_many(keys, init, digits_small, runs="pmap", **kw)
+
+
 def test_schedules():
   cfg = train.TrainConfig(learning_rate=1.0, schedule="step", decay_epochs=(2, 3), decay_factor=0.1)
   tx = train.make_optimizer(cfg, steps_per_epoch=10, total_steps=40)
