@@ -38,6 +38,7 @@ bench: install
 	$(PY) benchmarks/hessian.py
 	$(PY) benchmarks/affine.py
 	$(PY) benchmarks/scaling.py
+	$(PY) benchmarks/resnet.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

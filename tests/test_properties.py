@@ -15,6 +15,7 @@ import jaxscape as js
 from jaxscape import checkpoint, data
 from jaxscape import io as jio
 from jaxscape.directions import _filter_norms, normalize
+from jaxscape.surface import part_indices
 
 SETTINGS = dict(deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -100,6 +101,37 @@ def test_surface_is_independent_of_chunk_size_and_device_count(surface_problem, 
   np.testing.assert_allclose(surf.loss, base.loss, rtol=1e-6)
   np.testing.assert_allclose(surf.accuracy, base.accuracy, rtol=1e-6)
   assert surf.meta["num_done"] == 15
+
+
+# ----------------------------------------------------------------------------- parts of a split grid
+
+# 1-D (x) or 2-D (x, y) ranges of 2 to 12 points: with chunks of 2 points every call has one shape per
+# dimension, so all examples share two compilations.
+_range = st.tuples(st.floats(-2.0, 0.0), st.floats(0.1, 2.0)).map(lambda t: (t[0], t[0] + t[1]))
+grids = st.one_of(st.tuples(st.tuples(_range, st.integers(2, 12))),
+                  st.tuples(st.tuples(_range, st.integers(1, 4)), st.tuples(_range, st.integers(1, 3)))
+                  .filter(lambda g: g[0][1] * g[1][1] >= 2))
+
+
+@settings(max_examples=12, **SETTINGS)
+@given(grids, st.data())
+def test_merged_parts_equal_the_whole_run(surface_problem, grid, data):
+  obj, p, dirs, _ = surface_problem
+  num_points = int(np.prod([num for _, num in grid]))
+  n = data.draw(st.integers(1, num_points), label="parts")
+  ranges = [(lo, hi, num) for (lo, hi), num in grid]
+  kw = dict(ranges=ranges, devices=jax.devices()[:1], chunk_size=2, chunks_per_call=1, quiet=True)
+  dirs = [dirs[i] for i in range(len(grid))]
+  whole = js.loss_surface(obj, p, dirs, **kw)
+  with tempfile.TemporaryDirectory() as out:
+    for i in range(n):
+      part = js.loss_surface(obj, p, dirs, part=(i, n), out_dir=out, **kw)
+      assert part.meta["points_evaluated"] == part.meta["part_points"] == part_indices(num_points, (i, n)).size
+    merged = js.merge_surfaces(out)
+  # the same points in calls of the same shape: bit for bit
+  np.testing.assert_array_equal(merged.loss, whole.loss)
+  np.testing.assert_array_equal(merged.accuracy, whole.accuracy)
+  assert merged.meta["config"] == whole.meta["config"] and merged.num_nonfinite == 0
 
 
 # ----------------------------------------------------------------------------- loaders on random bytes

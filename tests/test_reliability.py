@@ -61,6 +61,7 @@ KILL_SURFACE = PROBLEM + """
 import os, signal, sys
 from jaxscape import io as jio
 out, curvature, where, k = sys.argv[1], (None if sys.argv[2] == "none" else sys.argv[2]), sys.argv[3], int(sys.argv[4])
+command = sys.argv[5:]         # a `jaxscape` command line to run instead of run(out, curvature), if given
 count = [0]
 
 def kill_on(n):
@@ -81,7 +82,11 @@ else:                          # ... or inside it: meta.json renamed, results.np
       kill_on(k)
     real_replace(src, dst)
   os.replace = replace
-run(out, curvature)
+if command:
+  from jaxscape import cli
+  cli.main(command)
+else:
+  run(out, curvature)
 print("not killed")
 """
 
@@ -152,6 +157,32 @@ def test_sigkilled_training_resumes_from_its_last_checkpoint(tmp_path, capsys):
     np.testing.assert_array_equal(h1["step"], [4, 8, 12])
     for k in h2.files:
       np.testing.assert_array_equal(h1[k], h2[k], err_msg=k)
+
+
+def test_a_sigkilled_cli_part_resumes_and_merges_to_the_single_run(tmp_path, capsys, monkeypatch):
+  ckpt, split, single = (str(tmp_path / n) for n in ("ckpt", "split", "single"))
+  assert cli.main(TRAIN_ARGS + ["--epochs", "1", "--out", ckpt]) == 0
+  # 13 x 11 = 143 points; part 1 of 2 holds 71: on 8 devices, calls of 8 chunks of 8 points (64 + 7)
+  surface = ["surface", "--checkpoint", ckpt, "--x=-1:1:13", "--y=-1:1:11", "--chunk-size", "8", "--quiet"]
+  part = surface + ["--out", split, "--chunk", "1/2"]
+  proc = _python(KILL_SURFACE, split, "none", "after_write", "1", *part)  # dies after its first call's write
+  assert proc.returncode == -9, proc.stdout + proc.stderr
+  monkeypatch.setattr(plot, "save_figures", lambda *a, **k: [])  # figures are tested elsewhere
+  assert cli.main(surface + ["--out", split, "--chunk", "0/2"]) == 0
+  with pytest.raises(ValueError, match=r"part-0001-of-0002 \(64 of 71 points done\)"):
+    js.merge_surfaces(split)
+  assert cli.main(part) == 0  # the same command again: resumes
+  with open(os.path.join(jsurf.part_directory(split, 1, 2), "meta.json")) as f:
+    assert json.load(f)["points_evaluated"] == 7
+  assert cli.main(["merge", split]) == 0
+  assert cli.main(surface + ["--out", single]) == 0
+  capsys.readouterr()
+  with np.load(os.path.join(single, "results.npz")) as a, np.load(os.path.join(split, "results.npz")) as b:
+    assert sorted(a.files) == sorted(b.files)
+    for k in a.files:
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  with open(os.path.join(single, "meta.json")) as f, open(os.path.join(split, "meta.json")) as g:
+    assert json.load(f)["config"] == json.load(g)["config"]
 
 
 # ----------------------------------------------------------------------------- faults: damaged and foreign results
