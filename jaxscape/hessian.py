@@ -69,6 +69,7 @@ __all__ = [
     "density",
     "projected_hessian",
     "point_curvature",
+    "extreme_ritz",
 ]
 
 
@@ -398,7 +399,7 @@ def projected_hessian(obj: Objective, params: PyTree, d1: PyTree, d2: PyTree) ->
 
 
 def point_curvature(obj: Objective, params: PyTree, key: jax.Array, *, num_steps: int = 10,
-                    num_probes: int = 10, kind: str = "hessian") -> dict[str, jax.Array]:
+                    num_probes: int = 10, kind: str = "hessian", v0: PyTree | None = None) -> dict[str, jax.Array]:
   """Curvature summary at one point, for maps over a loss surface.
 
   One Lanczos run of ``num_steps`` HVPs (full reorthogonalisation) gives the
@@ -412,8 +413,13 @@ def point_curvature(obj: Objective, params: PyTree, key: jax.Array, *, num_steps
   of the probes over ``sqrt(num_probes)`` (as matfree's
   ``estimator_monte_carlo_mean_and_sem``).
 
-  Pure and ``vmap``-able over ``params`` (and ``key``); the number of steps and
-  probes is static.
+  Pure and ``vmap``-able over ``params`` (and ``key``, ``v0``); the number of
+  steps and probes is static.
+
+  ``v0`` warm-starts the Lanczos run (default: a random start from ``key``),
+  e.g. from a nearby point's extreme Ritz vectors (:func:`extreme_ritz`):
+  both extremes then converge in fewer steps. The trace probes do not depend
+  on it.
 
   Returns:
     ``{"lambda_max", "lambda_min", "convexity_ratio", "trace", "trace_stderr"}``,
@@ -421,7 +427,7 @@ def point_curvature(obj: Objective, params: PyTree, key: jax.Array, *, num_steps
   """
   mv, like = operator(obj, params, kind=kind)
   k_lz, k_tr = jax.random.split(key)
-  lz = spectral.lanczos(k_lz, mv, like, num_steps)
+  lz = spectral.lanczos(k_lz, mv, like, num_steps, v0=v0)
   theta = jnp.linalg.eigvalsh(lz.tridiagonal())
   lmax, lmin = theta[-1], theta[0]
   flat_like, unravel = ravel_pytree(like)
@@ -434,3 +440,31 @@ def point_curvature(obj: Objective, params: PyTree, key: jax.Array, *, num_steps
   tr, se = jnp.mean(samples), jnp.std(samples) / jnp.sqrt(num_probes).astype(samples.dtype)
   ratio = jnp.abs(lmin) / jnp.maximum(jnp.abs(lmax), jnp.finfo(flat_like.dtype).tiny)
   return {"lambda_max": lmax, "lambda_min": lmin, "convexity_ratio": ratio, "trace": tr, "trace_stderr": se}
+
+
+def extreme_ritz(obj: Objective, params: PyTree, key: jax.Array, *, num_steps: int = 40,
+                 v0: PyTree | None = None, kind: str = "hessian") -> tuple[jax.Array, PyTree]:
+  """The extreme Ritz pairs of the Hessian (or GGN) at one point, from ``num_steps`` HVPs.
+
+  One Lanczos run (:func:`jaxscape.spectral.extreme_ritz`), keyed as in
+  :func:`point_curvature` (the same ``key`` and ``num_steps`` give the same
+  ``lambda_min``/``lambda_max``), that also returns the Ritz vectors: the
+  warm starts of nearby points' runs (``loss_surface(..., warm_start=k)``).
+  Pure and ``vmap``-able over ``params``, ``key`` and ``v0``.
+
+  Returns:
+    ``(values, vectors)``: ``values = [lambda_min, lambda_max]`` (Ritz values,
+    inner bounds) and the unit Ritz vectors, a pytree like ``params`` with a
+    leading axis of 2.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, numpy as np, jaxscape as js
+    >>> x = np.diag([1.0, 2.0, 3.0]).astype(np.float32); t = np.zeros(3, np.float32)
+    >>> obj = js.Objective.from_apply(lambda p, x: x @ p, data=(x, t), loss="mse")
+    >>> vals, vecs = extreme_ritz(obj, jnp.ones(3), jax.random.key(0), num_steps=3)
+    >>> np.round(np.asarray(vals) * 3 / 2, 4).tolist()   # H = (2/3) diag(1, 4, 9)
+    [1.0, 9.0]
+  """
+  mv, like = operator(obj, params, kind=kind)
+  k_lz, _ = jax.random.split(key)
+  return spectral.extreme_ritz(k_lz, mv, like, num_steps, v0=v0)

@@ -16,6 +16,8 @@ What is here:
 * :func:`eigh` -- top-k / bottom-k / largest-magnitude Ritz pairs from one
   Lanczos run, with true residuals ``||A y - theta y||`` and a ``converged``
   flag.
+* :func:`extreme_ritz` -- the smallest and largest Ritz pairs of one Lanczos
+  run (no residual matvecs), optionally warm-started from ``v0``.
 * :func:`power_iteration` -- deflated, warm-startable power iteration with a
   relative-residual stopping rule.
 * :func:`trace` -- Hutchinson (Rademacher probes) or Hutch++ with a
@@ -82,6 +84,7 @@ __all__ = [
     "Density",
     "lanczos",
     "eigh",
+    "extreme_ritz",
     "power_iteration",
     "trace",
     "slq",
@@ -431,6 +434,54 @@ def eigh(
   return EighResult(vals, vecs, resid, bounds, conv, jnp.asarray(m + k), lz.breakdowns,
                     which if isinstance(which, str) else "")
 
+
+
+def extreme_ritz(
+    key: jax.Array,
+    matvec: Matvec,
+    like: PyTree,
+    num_steps: int,
+    *,
+    v0: PyTree | None = None,
+    dtype: Any = None,
+) -> tuple[jax.Array, PyTree]:
+  """The smallest and largest Ritz pairs of one Lanczos run, from exactly ``num_steps`` matvecs.
+
+  The cheap variant of :func:`eigh` for warm starts: no residual matvecs,
+  both ends of the spectrum at once. ``key`` is used as by :func:`lanczos`
+  (so the values equal the extreme eigenvalues of ``lanczos(key, ...)``'s
+  tridiagonal matrix). Pass ``v0``, e.g. the sum of a nearby operator's
+  extreme Ritz vectors, to warm-start: the Ritz values converge in fewer steps
+  the closer ``v0`` lies to the span of the two extreme eigenvectors.
+
+  Args:
+    key: PRNG key (start vector when ``v0`` is None, breakdown restarts).
+    matvec: symmetric ``v -> A v``.
+    like: example vector fixing the structure and dtype.
+    num_steps: Lanczos steps (static; at most n are run).
+    v0: optional start vector (need not be normalised).
+    dtype: recurrence dtype (see the module docstring).
+
+  Returns:
+    ``(values, vectors)``: ``values = [theta_min, theta_max]`` and the
+    matching unit Ritz vectors, a pytree shaped like ``like`` with a leading
+    axis of 2 (in the matvec dtype).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> a = jnp.diag(jnp.array([-3.0, 1.0, 2.0, 5.0]))
+    >>> vals, vecs = extreme_ritz(jax.random.key(0), lambda v: a @ v, jnp.zeros(4), 4)
+    >>> [round(float(x), 4) for x in vals], [round(abs(float(x)), 4) for x in vecs[1]]
+    ([-3.0, 5.0], [0.0, 0.0, 0.0, 1.0])
+  """
+  mv, unravel, n, op_dtype, cd = _flat_operator(matvec, like, dtype)
+  m = _check_steps(num_steps, n)
+  k0, k1 = jax.random.split(key)
+  start = jax.random.normal(k0, (n,), cd) if v0 is None else ravel_pytree(v0)[0].astype(cd)
+  lz = _lanczos_full(k1, mv, start, m, _breakdown_tol(op_dtype))
+  theta, s = jnp.linalg.eigh(lz.tridiagonal())
+  y = jax.vmap(_normalise)(jnp.stack([s[:, 0], s[:, -1]]) @ lz.basis)
+  return jnp.stack([theta[0], theta[-1]]), _stack_unravel(unravel, y.astype(op_dtype))
 
 # ---------------------------------------------------------- power iteration
 @_register

@@ -370,7 +370,7 @@ def _point_state(objective: Objective, c: jax.Array, state_vectors: PyTree) -> P
 def _loss_chunk(coords, index, key, params, vectors, objective):
   """Mean loss and metrics at a chunk of points: ``vmap`` over points inside the scan over batches."""
   del index, key
-  vectors, state_vectors = vectors
+  vectors, state_vectors = vectors[:2]  # a third entry, if any, holds warm starts (curvature="full")
 
   def chunk_sums(batch):
     # The affine first-layer path when the objective knows its first layer, else vmap over points.
@@ -396,8 +396,12 @@ short Lanczos run, and a Hutchinson ``trace`` (± ``trace_stderr``)."""
 
 
 @functools.lru_cache(maxsize=32)
-def _chunk_fn(curvature: tuple[str, ...], lanczos_steps: int, trace_probes: int):
-  """The per-chunk function: the loss, plus the requested curvature maps (cached: stable identity for jit)."""
+def _chunk_fn(curvature: tuple[str, ...], lanczos_steps: int, trace_probes: int, warm: bool = False):
+  """The per-chunk function: the loss, plus the requested curvature maps (cached: stable identity for jit).
+
+  With ``warm``, ``vectors[2] = (table, seeds)``: point ``i``'s Lanczos run starts
+  from ``seeds[table[i]]`` (see :func:`_warm_vector`).
+  """
   if not curvature:
     return _loss_chunk
   from . import hessian
@@ -405,7 +409,7 @@ def _chunk_fn(curvature: tuple[str, ...], lanczos_steps: int, trace_probes: int)
   def fn(coords, index, key, params, vectors, objective):
     out = _loss_chunk(coords, index, key, params, vectors, objective)
 
-    param_vectors, state_vectors = vectors
+    param_vectors, state_vectors = vectors[:2]
 
     def at(c):
       return tree.add(params, tree.combine(c, param_vectors))
@@ -420,8 +424,10 @@ def _chunk_fn(curvature: tuple[str, ...], lanczos_steps: int, trace_probes: int)
       out.update(h_xx=h[:, 0, 0], h_xy=h[:, 0, 1], h_yy=h[:, 1, 1])
     if "full" in curvature:
       def point(c, i):
-        return hessian.point_curvature(obj_at(c), at(c), jax.random.fold_in(key, i), num_steps=lanczos_steps,
-                                       num_probes=trace_probes)
+        k = jax.random.fold_in(key, i)
+        v0 = _warm_vector(params, vectors[2], i, k) if warm else None
+        return hessian.point_curvature(obj_at(c), at(c), k, num_steps=lanczos_steps, num_probes=trace_probes,
+                                       v0=v0)
 
       out.update(jax.vmap(point)(coords, index))
     return out
@@ -436,6 +442,143 @@ def _finish_maps(out: dict[str, jax.Array]) -> dict[str, jax.Array]:
   h = jnp.stack([jnp.stack([out["h_xx"], out["h_xy"]], -1), jnp.stack([out["h_xy"], out["h_yy"]], -1)], -2)
   ev = jnp.linalg.eigvalsh(h)
   return {**out, "plane_lambda_min": ev[..., 0], "plane_lambda_max": ev[..., 1]}
+
+
+WARM_START_MAX_BYTES = 2**30
+"""Budget of ``loss_surface(..., warm_start=k)``'s start vectors, in bytes per
+device: one vector of ``num_params`` per coarse point the run (or part, or
+process) needs, replicated on every device."""
+
+_WARM_NOISE = 1e-3
+"""Weight of the random component of a warm start (relative to the unit seed)."""
+
+_COARSE_KEY = 0xFFFFFFFF
+"""``fold_in(key, _COARSE_KEY)`` keys the coarse pass (fine point ``i`` uses ``fold_in(key, i)``)."""
+
+
+def _warm_start_plan(shape: tuple[int, ...], every: int) -> tuple[np.ndarray, np.ndarray]:
+  """The coarse grid of a warm-started map and every point's nearest coarse point.
+
+  Along each axis the coarse grid keeps every ``every``-th index and the last
+  one; a point's nearest coarse point is the nearest kept index along each
+  axis (the lower one on ties).
+
+  Returns:
+    ``(coarse, table)``: the flat grid indices of the coarse points ``[n_coarse]``
+    (C order) and, for every grid point, the position of its nearest coarse
+    point in ``coarse`` ``[num_points]``.
+
+  Example:
+    >>> [a.tolist() for a in _warm_start_plan((5,), 2)]
+    [[0, 2, 4], [0, 0, 1, 1, 2]]
+  """
+  kept = [np.unique(np.r_[np.arange(0, n, every), n - 1]) for n in shape]
+  near = [np.argmin(np.abs(np.arange(n)[:, None] - k[None, :]), axis=1) for n, k in zip(shape, kept)]
+  fine = np.unravel_index(np.arange(math.prod(shape)), shape)
+  table = np.ravel_multi_index(tuple(nr[f] for nr, f in zip(near, fine)), tuple(k.size for k in kept))
+  coarse = np.ravel_multi_index(tuple(g.ravel() for g in np.meshgrid(*kept, indexing="ij")), shape)
+  return coarse, table
+
+
+def _warm_vector(params: PyTree, warm: tuple[jax.Array, jax.Array], i: jax.Array, key: jax.Array) -> PyTree:
+  """Point ``i``'s Lanczos start: its coarse point's seed plus a small random part (never exactly an eigenvector)."""
+  table, seeds = warm
+  seed = seeds[table[i]]
+  noise = jax.random.normal(jax.random.fold_in(key, 1), seed.shape, seed.dtype)
+  v = seed + _WARM_NOISE * noise / jnp.sqrt(jnp.asarray(seed.size, seed.dtype))
+  return tree.ravel(params)[1](v)
+
+
+@functools.lru_cache(maxsize=8)
+def _coarse_chunk_fn(steps: int):
+  """The coarse pass's per-chunk function: at each point, the unit sum of the extreme Ritz vectors of a cold
+  Lanczos run of ``steps`` HVPs, flat (``{"warm_start": [chunk, num_params]}``)."""
+  from . import hessian
+
+  def fn(coords, index, key, params, vectors, objective):
+    param_vectors, state_vectors = vectors[:2]
+
+    def point(c, i):
+      obj = dataclasses.replace(objective, state=_point_state(objective, c, state_vectors))
+      _, y = hessian.extreme_ritz(obj, tree.add(params, tree.combine(c, param_vectors)), jax.random.fold_in(key, i),
+                                  num_steps=steps)
+      seed = tree.ravel(jax.tree.map(lambda a: a[0] + a[1], y))[0]
+      return seed / jnp.maximum(jnp.linalg.norm(seed), jnp.finfo(seed.dtype).tiny)
+
+    return {"warm_start": jax.vmap(point)(coords, index)}
+
+  return fn
+
+
+def _warm_start_spec(warm_start: int | None, steps: int | None, curvature: tuple[str, ...],
+                     lanczos_steps: int) -> tuple[int, int] | None:
+  """``(every, coarse steps)`` of a warm-started ``full`` map, or None."""
+  if warm_start is None:
+    if steps is not None:
+      raise ValueError(f"warm_start_steps={steps!r} needs warm_start=k (the coarse grid's spacing)")
+    return None
+  if "full" not in curvature:
+    raise ValueError(f"warm_start={warm_start!r} warm-starts the Lanczos runs of curvature='full'; got curvature="
+                     f"{list(curvature) or None}")
+  if isinstance(warm_start, bool) or not isinstance(warm_start, (int, np.integer)) or warm_start < 1:
+    raise ValueError(f"warm_start must be a positive integer (a coarse point every k grid points); got {warm_start!r}")
+  steps = max(40, 4 * int(lanczos_steps)) if steps is None else steps
+  if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+    raise ValueError(f"warm_start_steps must be a positive integer; got {steps!r}")
+  return int(warm_start), int(steps)
+
+
+def _warm_starts(warm: tuple[int, int], shape: tuple[int, ...], coords: np.ndarray, mine: np.ndarray,
+                 mesh: jax.sharding.Mesh, per_device: int, lanczos_steps: int, chunks_per_call: int,
+                 key: jax.Array, args: tuple, dtype: Any, num_params: int,
+                 quiet: bool) -> tuple[tuple[np.ndarray, np.ndarray], dict[str, Any]]:
+  """The coarse pass: seeds at the coarse points nearest to this run's points ``mine``.
+
+  Each coarse point's seed depends only on its index (key
+  ``fold_in(fold_in(key, _COARSE_KEY), i)``), so any subset of them (a part, a
+  process's share, a resume) computes the same values. The coarse chunk holds
+  ``(lanczos_steps + 1) / (steps + 1)`` of the fine chunk's points, so its
+  Lanczos bases take about the fine chunk's memory.
+
+  Returns:
+    ``((table, seeds), meta)``: for every grid point the row of ``seeds`` to
+    start from (valid for ``mine``), the seeds ``[max(1, n), num_params]``, and
+    the pass's record.
+  """
+  every, steps = warm
+  coarse, table = _warm_start_plan(shape, every)
+  needed = np.unique(table[mine])
+  nbytes = needed.size * num_params * np.dtype(dtype).itemsize
+  if nbytes > WARM_START_MAX_BYTES:
+    raise ValueError(f"warm_start={every} keeps {needed.size} start vectors of {num_params} parameters "
+                     f"({nbytes / 2**30:.2f} GiB on every device); expected at most jaxscape.surface."
+                     f"WARM_START_MAX_BYTES = {WARM_START_MAX_BYTES / 2**30:.2f} GiB: use a larger warm_start, split "
+                     "the grid with part=(i, n), or no warm start")
+  seeds = np.zeros((max(1, needed.size), num_params), dtype)
+  start = time.perf_counter()
+  if needed.size:
+    from tqdm.auto import tqdm
+
+    ngrid = mesh.shape["grid"]
+    chunk = max(1, per_device * (lanczos_steps + 1) // (steps + 1)) * ngrid
+    per_call = int(min(chunks_per_call, math.ceil(needed.size / chunk)))
+    size = chunk * per_call
+    evaluate = _call_evaluator(mesh, per_call, _coarse_chunk_fn(steps))
+    grid_sharding, replicated = NamedSharding(mesh, P("grid")), NamedSharding(mesh, P())
+    ckey = jax.device_put(jax.random.fold_in(key, _COARSE_KEY), replicated)
+    for s in tqdm(range(0, needed.size, size), disable=quiet, desc="warm start", unit="call"):
+      idx = coarse[needed[s:s + size]]
+      c = np.zeros((size, coords.shape[1]), coords.dtype)
+      c[: idx.size] = coords[idx]
+      i = np.zeros(size, np.int32)
+      i[: idx.size] = idx
+      out = evaluate(jax.device_put(jnp.asarray(c, dtype), grid_sharding),
+                     jax.device_put(jnp.asarray(i), grid_sharding), ckey, *args[1:])
+      seeds[s:s + idx.size] = np.asarray(jax.device_get(out["warm_start"]))[: idx.size]
+  rows = np.clip(np.searchsorted(needed, table), 0, max(needed.size - 1, 0)).astype(np.int32)
+  meta = {"every": every, "lanczos_steps": steps, "coarse_points": int(coarse.size), "computed": int(needed.size),
+          "hvps": int(needed.size * steps), "wall_time_s": time.perf_counter() - start, "bytes_per_device": int(nbytes)}
+  return (rows, seeds), meta
 
 
 def _without_batches(objective: Objective) -> Objective:
@@ -463,7 +606,7 @@ def _call_evaluator(mesh: jax.sharding.Mesh, chunks_per_call: int, chunk_fn=_los
     indices = index.reshape(chunks_per_call, -1)
     out = jax.lax.map(lambda ci: chunk_fn(ci[0], ci[1], key, params, vectors, objective), (chunks, indices))
     out = jax.lax.psum(out, "data")
-    return _finish_maps(jax.tree.map(lambda s: s.reshape(-1), out))
+    return _finish_maps(jax.tree.map(lambda s: s.reshape(-1, *s.shape[2:]), out))
 
   specs = (P("grid"), P("grid"), P(), P(), P(), P(), P(None, "data"))
   # The only collective is the psum over "data": every device works on its
@@ -609,6 +752,8 @@ def loss_surface(
     key: jax.Array | None = None,
     lanczos_steps: int = 10,
     trace_probes: int = 10,
+    warm_start: int | None = None,
+    warm_start_steps: int | None = None,
     data_shards: int = 1,
     part: tuple[int, int] | None = None,
     overwrite: bool = False,
@@ -642,6 +787,21 @@ def loss_surface(
     key: ``jax.random.key`` for ``full`` curvature (point ``i`` uses
       ``fold_in(key, i)``, so maps do not depend on chunking or devices).
     lanczos_steps, trace_probes: sizes of the ``full`` curvature estimates.
+    warm_start: ``k``: warm-start the ``full`` map's Lanczos runs. A coarse
+      pass first runs a cold Lanczos of ``warm_start_steps`` HVPs at every
+      ``k``-th grid point along each axis (and the last), keyed
+      ``fold_in(fold_in(key, 2**32 - 1), i)``, and keeps the unit sum of its
+      extreme Ritz vectors; every point then starts its ``lanczos_steps``
+      run from its nearest coarse point's vector plus a 1e-3 random part
+      (``fold_in(fold_in(key, i), 1)``). Points stay independent, so the maps
+      still do not depend on chunking, devices, parts or resume. Costs
+      ``n_coarse * warm_start_steps`` extra HVPs (``meta["warm_start"]``) and
+      ``n_coarse * num_params`` values on every device (at most
+      :data:`WARM_START_MAX_BYTES`; only the coarse points a part or process
+      needs are held). Recorded in the config: a resume with another
+      setting is refused.
+    warm_start_steps: Lanczos steps of the coarse pass (default
+      ``max(40, 4 * lanczos_steps)``).
     data_shards: split the examples of every data batch over this many
       devices (a ``("grid", "data")`` mesh of ``len(devices) / data_shards``
       x ``data_shards``); each device sums its share and ``psum`` adds them.
@@ -688,6 +848,7 @@ def loss_surface(
   mesh = _mesh(devices, data_shards)
   ndev, ngrid = mesh.size, mesh.shape["grid"]
   curv = _curvature_spec(curvature, d.n, key)
+  warm = _warm_start_spec(warm_start, warm_start_steps, curv, lanczos_steps)
   _check_data_shards(objective, int(data_shards), curv)
   if chunk_size is None:
     chunk_size = default_chunk_size(objective, params, ngrid)
@@ -703,14 +864,15 @@ def loss_surface(
   call_size = chunk_size * chunks_per_call
 
   dtype = jnp.result_type(*jax.tree.leaves(params))
-  chunk_fn = _chunk_fn(curv, int(lanczos_steps), int(trace_probes))
+  chunk_fn = _chunk_fn(curv, int(lanczos_steps), int(trace_probes), warm is not None)
   key = jax.random.key(0) if key is None else key
   if d.state_vectors is not None and jax.tree.structure(d.state_vectors) != jax.tree.structure(objective.state):
     raise ValueError("the directions' state_vectors do not have the structure of the objective's state: "
                      f"{jax.tree.structure(d.state_vectors)} vs {jax.tree.structure(objective.state)}")
   vectors = (d.vectors, d.state_vectors)
+  no_seeds = () if warm is None else ((np.zeros(num_points, np.int32), np.zeros((1, tree.size(params)), dtype)),)
   shapes = jax.eval_shape(lambda *a: _finish_maps(chunk_fn(*a)), jnp.zeros((1, d.n), dtype), jnp.zeros(1, jnp.int32),
-                          key, params, vectors, objective)
+                          key, params, (*vectors, *no_seeds), objective)
   names = ("loss",) + tuple(k for k in shapes if k != "loss")
   _check_origin(objective, params)
   run_config = {
@@ -726,7 +888,9 @@ def loss_surface(
       "directions_fingerprint": _io.fingerprint((d.vectors, d.state_vectors)),
       "bn_policy": d.info.get("bn_policy", objective.describe().get("bn_policy", "none")),
       **({"curvature": {"maps": list(curv), "key": _key_list(key), "lanczos_steps": int(lanczos_steps),
-                        "trace_probes": int(trace_probes)}} if curv else {}),
+                        "trace_probes": int(trace_probes),
+                        **({"warm_start": {"every": warm[0], "lanczos_steps": warm[1]}} if warm else {})}}
+         if curv else {}),
       **({"part": list(part)} if part is not None else {}),
       **(config or {}),
   }
@@ -755,9 +919,18 @@ def loss_surface(
     raise error
   todo = np.flatnonzero(~done & in_part)
   done_before = int(done.sum())
+  # One call per process per round; with one process a round is one call.
+  rounds = [todo[i:i + call_size * nproc] for i in range(0, todo.size, call_size * nproc)]
 
   replicated = NamedSharding(mesh, P())
   args = (*jax.device_put((key, params, vectors), replicated), _place(objective, mesh))
+  start = time.perf_counter()
+  warm_meta = None
+  if warm is not None:  # the coarse pass, for this process's points only
+    mine = np.concatenate([np.array_split(r, nproc)[pid] for r in rounds] + [np.zeros(0, np.int64)])
+    seeds, warm_meta = _warm_starts(warm, shape, coords, mine, mesh, per_device, int(lanczos_steps), chunks_per_call,
+                                    key, args, dtype, tree.size(params), quiet or pid != 0)
+    args = (args[0], args[1], (*args[2], jax.device_put(seeds, replicated)), args[3])
   evaluate = _call_evaluator(mesh, chunks_per_call, chunk_fn)
   env = _io.environment()
   env["device_count"] = ndev
@@ -770,6 +943,7 @@ def loss_surface(
             "num_points": num_points, "num_done": int(done.sum()),
             "num_nonfinite": int(np.sum(~np.isfinite(values["loss"]) & done)),
             **({"part_points": int(in_part.sum())} if part is not None else {}),
+            **({"warm_start": warm_meta} if warm_meta is not None else {}),
             "config": _io.to_jsonable(run_config)}
     metrics = {k: values[k].reshape(shape) for k in names[1:]}
     return Surface(tuple(axes), loss, metrics, meta["num_nonfinite"], meta)
@@ -780,9 +954,6 @@ def loss_surface(
 
   from tqdm.auto import tqdm
 
-  start = time.perf_counter()
-  # One call per process per round; with one process a round is one call.
-  rounds = [todo[i:i + call_size * nproc] for i in range(0, todo.size, call_size * nproc)]
   for points in tqdm(rounds, disable=quiet or pid != 0, desc="surface", unit="call"):
     idx = np.array_split(points, nproc)[pid]
     c = np.zeros((call_size, coords.shape[1]), coords.dtype)

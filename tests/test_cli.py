@@ -38,6 +38,29 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     cli.main(["surface"])  # needs --checkpoint or --demo
 
 
+def test_surface_curvature_warm_start_flag_reaches_the_library(tmp_path, monkeypatch):
+  import jax.numpy as jnp
+
+  import jaxscape as js
+  from jaxscape import surface
+
+  x = np.random.default_rng(0).normal(size=(8, 2)).astype(np.float32)
+  obj = js.Objective.from_apply(lambda p, x: x @ p["w"], data=(x, x[:, 0]), loss="mse")
+  monkeypatch.setattr(cli, "_source", lambda args: (None, None, {"demo": True}))  # no demo training
+  monkeypatch.setattr(cli, "_objective", lambda *a: (obj, {"w": jnp.ones(2)}))
+  seen = {}
+
+  def fake(*args, **kwargs):
+    seen.update(kwargs)
+    raise ValueError("stop")
+
+  monkeypatch.setattr(surface, "loss_surface", fake)
+  base = ["surface", "--demo", "--x=-1:1:3", "--out", str(tmp_path / "w"), "--quiet", "--curvature", "full"]
+  assert cli.main(base + ["--curvature-warm-start", "3"]) == 2
+  assert seen["warm_start"] == 3 and seen["curvature"] == "full"
+  assert cli.main(base) == 2 and seen["warm_start"] is None
+
+
 EXPERIMENTS = sorted(m.name for m in pkgutil.iter_modules(experiments.__path__) if not m.name.startswith("_"))
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import jaxscape as js
-from jaxscape import critical
+from jaxscape import critical, regularize, testfns
 
 
 def _scalar_objective(fn):
@@ -60,6 +60,11 @@ def _mlp_obj():
   x = rng.normal(size=(8, 2))
   y = rng.integers(0, 2, 8)
   return js.Objective.from_apply(_mlp_apply, data=(x, y), batch_size=None)
+
+
+@functools.cache
+def _mlp_l2_obj():  # L2 keeps the critical points at finite weights (cross-entropy alone has its infimum at infinity)
+  return regularize.with_l2(_mlp_obj(), 1e-2)
 
 
 def _mlp_params(seed=1):
@@ -214,3 +219,153 @@ def test_errors_name_what_was_expected():
     critical.escape_saddle(obj, jnp.array([0.1, 0.1]), "adam", 5)
   with pytest.raises(ValueError, match="no array leaves"):
     critical.dense_hessian(obj, {})
+
+
+# ----------------------------------------------------- hybrid search, minimiser, line search
+@functools.cache
+def _double_well_obj():  # f = x^4/4 - x^2/2 + y^2/2: saddle (0, 0), minima (+-1, 0)
+  return _scalar_objective(lambda p: p[0] ** 4 / 4 - p[0] ** 2 / 2 + p[1] ** 2 / 2)
+
+
+# closed form: grad = (x^3 - x, y), Hessian diag(3x^2 - 1, 1)
+_DOUBLE_WELL = {(0.0, 0.0): (0.5, [-1.0, 1.0], 0.0), (1.0, 0.0): (0.0, [1.0, 2.0], -0.25),
+                (-1.0, 0.0): (0.0, [1.0, 2.0], -0.25)}
+
+
+def test_hybrid_search_finds_every_critical_point_of_the_double_well(x64):
+  xs = np.array([-1.6, -1.2, -0.8, -0.3, 0.0, 0.25, 0.45, 0.7, 0.9, 1.3, 1.7])
+  starts = jnp.asarray(np.stack(np.meshgrid(xs, [-0.5, 0.7]), -1).reshape(-1, 2))
+  cps = critical.find_critical_points(_double_well_obj(), starts, method="hybrid", max_steps=60, tol=1e-10)
+  assert len(cps) == starts.shape[0] and cps.converged.all() and set(cps.status) == {"converged"}
+  reached = set()
+  for x, idx, lam, loss, gn in zip(np.asarray(cps.params), cps.index, cps.eigenvalues, cps.loss, cps.grad_norm):
+    known = min(_DOUBLE_WELL, key=lambda p: np.linalg.norm(x - p))
+    # |x - x*| <= ||g|| / min|lambda| = 1e-10
+    np.testing.assert_allclose(x, known, atol=1e-10)
+    want_index, want_lam, want_loss = _DOUBLE_WELL[known]
+    assert idx == want_index and gn < 1e-10
+    np.testing.assert_allclose(lam, want_lam, atol=1e-9)
+    np.testing.assert_allclose(loss, want_loss, atol=1e-15)
+    reached.add(known)
+  assert reached == set(_DOUBLE_WELL)
+
+
+@functools.cache
+def _camel_obj():
+  return _scalar_objective(testfns.six_hump_camel)
+
+
+def test_hybrid_search_reaches_each_six_hump_camel_point_with_its_index(x64):
+  land = testfns.get("six_hump_camel")
+  kind_index = {"minimum": 0.0, "saddle": 0.5, "maximum": 1.0}
+  known = np.array([p.x for p in land.points])
+  # starts 0.02 away from each tabulated point (random directions) ...
+  u = np.random.default_rng(0).normal(size=known.shape)
+  near = known + 0.02 * u / np.linalg.norm(u, axis=1, keepdims=True)
+  # ... and random starts in the domain
+  rand = np.random.default_rng(1).uniform([-2, -1], [2, 1], size=(48, 2))
+  cps = critical.find_critical_points(_camel_obj(), jnp.asarray(np.concatenate([near, rand])), method="hybrid",
+                                      max_steps=80, tol=1e-10)
+  x = np.asarray(cps.params)
+  for i, p in enumerate(land.points):
+    # the tabulated points carry ||grad f|| < 1e-9; Newton's limit is within 1e-9 / min|lambda| of them
+    np.testing.assert_allclose(x[i], p.x, atol=1e-8)
+    assert cps.converged[i] and cps.grad_norm[i] < 1e-10 and cps.index[i] == kind_index[p.kind], (p, cps.index[i])
+    np.testing.assert_allclose(cps.loss[i], p.value, rtol=1e-12, atol=1e-12)
+  # every random start that converged ended on a tabulated point, with the tabulated point's index
+  ok = np.flatnonzero(cps.converged[len(known):]) + len(known)
+  assert ok.size >= 40
+  for i in ok:
+    d = np.linalg.norm(known - x[i], axis=1)
+    assert d.min() < 1e-8, x[i]
+    assert cps.index[i] == kind_index[land.points[int(d.argmin())].kind]
+
+
+def test_hybrid_newton_phase_respects_the_step_cap(x64):
+  # lm_steps=0: capped Newton from x = 10. Newton's first steps are longer than 1 (g = 990, H = 299),
+  # so reaching x = 1 takes at least 9 steps; then quadratic convergence to the minimum (1, 0).
+  cp = critical.find_critical_point(_double_well_obj(), jnp.array([10.0, 0.0]), method="hybrid", max_steps=40,
+                                    lm_steps=0, step_cap=1.0, tol=1e-12)
+  assert cp.converged and cp.index == 0.0 and cp.steps >= 9
+  np.testing.assert_allclose(cp.params, [1.0, 0.0], atol=1e-12)
+  assert cp.steps <= 20
+
+
+def test_hybrid_reports_gradient_flat_stall_of_a_function_without_critical_points(x64):
+  # f = x^3/3 + x + y^2/2: g = (x^2 + 1, y) never vanishes; ||g||^2 is locally minimal at the origin,
+  # where H = diag(2x, 1) = diag(0, 1) annihilates g = (1, 0): flatness ||Hg|| / (max|lambda| ||g||) = 2|x| -> 0
+  obj = _scalar_objective(lambda p: p[0] ** 3 / 3 + p[0] + p[1] ** 2 / 2)
+  cps = critical.find_critical_points(obj, jnp.array([[0.7, 0.3], [-1.5, -0.2]]), method="hybrid", max_steps=100,
+                                      lm_steps=80, window=40)
+  assert not cps.converged.any() and list(cps.status) == ["gradient_flat"] * 2
+  # the LM phase stopped next to the origin: ||g|| = 1 + x^2 + O(y^2), flatness ~ 2|x|
+  np.testing.assert_allclose(cps.stall_grad_norm, 1.0, rtol=1e-3)
+  assert np.all(cps.stall_flatness < 0.05)
+  assert np.all(cps.grad_norm >= 1.0) and np.all(cps.lm_steps < 80)
+
+
+def test_find_critical_points_batched_matches_sequential_and_single(x64):
+  obj = _mlp_l2_obj()
+  rng = np.random.default_rng(4)
+  starts = {k: jnp.asarray(rng.normal(size=(5, *s)) * 0.5) for k, s in
+            {"w1": (2, 3), "b1": (3,), "w2": (3, 2), "b2": (2,)}.items()}
+  seq = critical.find_critical_points(obj, starts, max_steps=60, tol=1e-9)
+  assert seq.converged.sum() >= 3
+  bat = critical.find_critical_points(obj, starts, max_steps=60, tol=1e-9, batch_size=2)
+  # the same arithmetic under vmap: agreement to rounding
+  np.testing.assert_allclose(bat.loss, seq.loss, rtol=1e-9)
+  np.testing.assert_array_equal(bat.status, seq.status)
+  js.tree.assert_allclose(bat.params, seq.params, rtol=1e-7, atol=1e-9)
+  one = critical.find_critical_point(obj, jax.tree.map(lambda a: a[3], starts), method="hybrid", max_steps=60,
+                                     tol=1e-9)
+  np.testing.assert_allclose(one.loss, seq.loss[3], rtol=1e-12)
+  assert one.status == seq.status[3] and one.index == seq.index[3]
+  # index and eigenvalues agree with numpy on the dense Hessian at every converged end point
+  for i in np.flatnonzero(seq.converged):
+    h = np.asarray(critical.dense_hessian(obj, jax.tree.map(lambda a: a[i], seq.params)))
+    lam = np.linalg.eigvalsh(h)
+    np.testing.assert_allclose(seq.eigenvalues[i], lam, atol=1e-10)
+    assert seq.index[i] == np.mean(lam < -seq.eps[i])
+
+
+def test_minimize_saddle_free_leaves_a_saddle_for_a_minimum(x64):
+  cp = critical.minimize_saddle_free(_double_well_obj(), jnp.array([1e-3, 0.5]), tol=1e-12)
+  assert cp.converged and cp.status == "converged" and cp.index == 0.0 and cp.method == "sfn_minimize"
+  np.testing.assert_allclose(cp.params, [1.0, 0.0], atol=1e-12)
+  np.testing.assert_allclose(cp.loss, -0.25, rtol=1e-14)
+  # a small MLP: the end point's dense Hessian (numpy) has no eigenvalue below -1e-10
+  mlp = critical.minimize_saddle_free(_mlp_l2_obj(), jax.tree.map(lambda a: a.astype(jnp.float64), _mlp_params(3)),
+                                      max_steps=200, tol=1e-9)
+  assert mlp.converged and mlp.index == 0.0
+  lam = np.linalg.eigvalsh(np.asarray(critical.dense_hessian(_mlp_l2_obj(), mlp.params)))
+  assert lam.min() > 1e-3  # a strict minimum: the L2 term alone contributes 1e-2
+
+
+def test_escape_line_search_keeps_sfn_monotone_after_the_saddle(x64):
+  obj = _double_well_obj()
+  p0 = jnp.array([1e-3, 0.5])
+  plain = critical.escape_saddle(obj, p0, "sfn", 30, threshold=0.1)
+  searched = critical.escape_saddle(obj, p0, "sfn", 30, threshold=0.1, line_search=True)
+  # both double x while |x| << 1 (|H_xx| = 1): the same escape step
+  assert searched.escape_step == plain.escape_step > 0
+  # unit SFN steps overshoot once |H_xx| = |3x^2 - 1| is small; the line search never lets the loss rise
+  assert np.max(np.diff(plain.losses)) > 1e-3
+  assert np.max(np.diff(searched.losses)) <= 1e-15
+  np.testing.assert_allclose(searched.losses[-1], -0.25, rtol=1e-10)
+  # closed form on x^2 - y^2 unchanged by the line search (every unit SFN step descends)
+  assert critical.escape_saddle(_saddle_obj(), jnp.array([0.1, 1e-3]), "sfn", 40, threshold=0.1,
+                                line_search=True).escape_step == 9
+
+
+def test_search_argument_errors():
+  obj = _saddle_obj()
+  with pytest.raises(ValueError, match="share a non-empty leading axis"):
+    critical.find_critical_points(obj, {"a": jnp.zeros((3, 1)), "b": jnp.zeros((2, 1))})
+  with pytest.raises(ValueError, match="batch_size must be None or a positive int"):
+    critical.find_critical_points(obj, jnp.zeros((2, 2)), batch_size=0)
+  with pytest.raises(ValueError, match="step_cap must be positive"):
+    critical.find_critical_point(obj, jnp.zeros(2), method="hybrid", step_cap=0.0)
+  with pytest.raises(ValueError, match="lm_steps must be None or a non-negative int"):
+    critical.find_critical_points(obj, jnp.zeros((2, 2)), lm_steps=-1)
+  with pytest.raises(ValueError, match="damping must be >= 0"):
+    critical.minimize_saddle_free(obj, jnp.zeros(2), damping=-1.0)
