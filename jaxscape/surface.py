@@ -725,6 +725,16 @@ def _origin_loss(objective: Objective, params: PyTree) -> jax.Array:
   return objective.loss(params)[0]
 
 
+def _check_data_dtype(objective: Objective, params: PyTree) -> None:
+  """Floating inputs must have the parameters' dtype: a mix would silently compute every point in the promoted one."""
+  dtype = np.dtype(jnp.result_type(*jax.tree.leaves(params)))
+  x_dtype = np.dtype(objective.x.dtype)
+  if jnp.issubdtype(x_dtype, jnp.floating) and x_dtype != dtype:
+    raise ValueError(f"the objective's inputs are {x_dtype} but the parameters are {dtype}: every grid point would be "
+                     f"computed in {np.promote_types(x_dtype, dtype)}, silently changing the model's precision; give "
+                     f"data and parameters one dtype (e.g. x.astype({str(dtype)!r}))")
+
+
 def _check_origin(objective: Objective, params: PyTree) -> None:
   """Stops a run at once when the loss at the centre of the plot is not finite."""
   value = float(_origin_loss(objective, params))
@@ -874,6 +884,7 @@ def loss_surface(
   shapes = jax.eval_shape(lambda *a: _finish_maps(chunk_fn(*a)), jnp.zeros((1, d.n), dtype), jnp.zeros(1, jnp.int32),
                           key, params, (*vectors, *no_seeds), objective)
   names = ("loss",) + tuple(k for k in shapes if k != "loss")
+  _check_data_dtype(objective, params)
   _check_origin(objective, params)
   run_config = {
       "kind": "surface",

@@ -404,6 +404,9 @@ def test_dtype_mixes_that_would_change_results_are_refused(x64):
   ints = {"w": jnp.ones(3, jnp.int32)}
   with pytest.raises(ValueError, match="'w' has dtype int32: expected floating-point"):
     js.loss_surface(obj, ints, [{"w": jnp.ones(3, jnp.int32)}], x=(-1, 1, 3), quiet=True)
+  obj64 = obj.with_data((np.asarray(obj.x[0], np.float64), np.asarray(obj.y[0])))  # float64 inputs, float32 params
+  with pytest.raises(ValueError, match="inputs are float64 but the parameters are float32"):
+    js.loss_surface(obj64, p, dirs, x=(-1, 1, 3), y=(-1, 1, 3), quiet=True)
 
 
 def test_unknown_policy_names_and_impossible_requests_are_clear_errors():
