@@ -44,50 +44,18 @@ jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
 
 import jaxscape as js  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hessian import setup as hessian_setup  # noqa: E402  (the model of benchmarks/hessian.py, other widths)
 
 WIDTHS = (64, 32, 32, 10)
 
 
-def mlp(params, x):
-  n = len(WIDTHS) - 1
-  for i in range(n):
-    layer = params[f"dense{i}"]
-    x = x @ layer["kernel"] + layer["bias"]
-    if i < n - 1:
-      x = jax.nn.relu(x)
-  return x
-
-
-def init(key):
-  params = {}
-  for i, (a, b) in enumerate(zip(WIDTHS[:-1], WIDTHS[1:])):
-    params[f"dense{i}"] = {"kernel": jax.random.normal(jax.random.fold_in(key, i), (a, b)) * np.sqrt(2.0 / a),
-                           "bias": jnp.zeros(b)}
-  return params
-
-
 def setup(train_steps: int):
-  d = load_digits()
-  x, y = d.data / 16.0, d.target.astype(np.int32)
-  params = init(jax.random.key(0))
-  obj = js.Objective.from_apply(mlp, params, data=(x, y), batch_size=600, name="digits")
-  opt = optax.adam(3e-3)
-
-  @jax.jit
-  def train(params):
-    def step(carry, _):
-      p, s = carry
-      u, s = opt.update(jax.grad(obj.value)(p), s)
-      return (optax.apply_updates(p, u), s), None
-
-    (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), None, length=train_steps)
-    return params
-
-  return obj, train(params)
+  """The 64-32-32-10 MLP on all digits (float64), trained by full-batch Adam (``benchmarks/hessian.py``'s setup)."""
+  return hessian_setup(train_steps, widths=WIDTHS, batch_size=600, learning_rate=3e-3, dtype=np.float64)
 
 
 def reference(obj, params, dirs, coords, steps):

@@ -35,7 +35,7 @@ WIDTHS = (64, 256, 256, 10)
 
 
 def mlp(params, x):
-  n = len(WIDTHS) - 1
+  n = len(params)
   for i in range(n):
     layer = params[f"dense{i}"]
     x = x @ layer["kernel"] + layer["bias"]
@@ -44,34 +44,34 @@ def mlp(params, x):
   return x
 
 
-def init(key):
+def init(key, widths=WIDTHS):
   params = {}
-  for i, (a, b) in enumerate(zip(WIDTHS[:-1], WIDTHS[1:])):
+  for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
     params[f"dense{i}"] = {"kernel": jax.random.normal(jax.random.fold_in(key, i), (a, b)) * np.sqrt(2.0 / a),
                            "bias": jnp.zeros(b)}
   return params
 
 
-def setup(train_steps: int):
+def setup(train_steps: int, *, widths=WIDTHS, batch_size: int = 512, learning_rate: float = 1e-3,
+          dtype=np.float32):
+  """An MLP of ``widths`` on all 1797 digits, trained by ``train_steps`` full-batch Adam steps: ``(obj, params)``."""
   d = load_digits()
-  x, y = (d.data / 16.0).astype(np.float32), d.target.astype(np.int32)
-  params = init(jax.random.key(0))
-  obj = js.Objective.from_apply(mlp, params, data=(x, y), batch_size=512, name="digits")
-  opt = optax.adam(1e-3)
+  x, y = (d.data / 16.0).astype(dtype), d.target.astype(np.int32)
+  params = init(jax.random.key(0), widths)
+  obj = js.Objective.from_apply(mlp, params, data=(x, y), batch_size=batch_size, name="digits")
+  opt = optax.adam(learning_rate)
 
   @jax.jit
   def train(params):
     def step(carry, _):
       p, s = carry
-      g = jax.grad(obj.value)(p)
-      u, s = opt.update(g, s)
+      u, s = opt.update(jax.grad(obj.value)(p), s)
       return (optax.apply_updates(p, u), s), None
 
     (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), None, length=train_steps)
     return params
 
-  params = train(params)
-  return obj, params
+  return obj, train(params)
 
 
 def timed(fn, *args, reps: int):
