@@ -86,24 +86,30 @@ def test_1d_and_3d_grids(problem):
   np.testing.assert_allclose(three.loss[1, 0, 2], js.loss_surface(obj, p, [dirs[0]], x=(1.5, 1.5, 1), quiet=True).loss[0], rtol=1e-6)
 
 
+class Killed(Exception):
+  pass
+
+
+def _kill_after(monkeypatch, calls_allowed: int, devices=None) -> None:
+  """Makes every surface call after the first ``calls_allowed`` raise ``Killed`` (a run killed mid-way)."""
+  real = jsurf._call_evaluator(jsurf._mesh(devices), 1, jsurf._loss_chunk)
+  calls = []
+
+  def dying(*args):
+    calls.append(1)
+    if len(calls) > calls_allowed:
+      raise Killed("simulated kill")
+    return real(*args)
+
+  monkeypatch.setattr(jsurf, "_call_evaluator", lambda mesh, n, fn: dying)
+
+
 def test_resume_after_a_killed_run_loses_no_finished_chunk(problem, tmp_path, monkeypatch):
   obj, p, dirs = problem
   out = str(tmp_path / "run")
   full = js.loss_surface(obj, p, dirs, x=(-1, 1, 5), y=(-1, 1, 3), quiet=True, chunk_size=4, devices=jax.devices()[:1])
 
-  real = jsurf._call_evaluator(jsurf._mesh(jax.devices()[:1]), 1, jsurf._loss_chunk)
-  calls = []
-
-  class Killed(Exception):
-    pass
-
-  def dying(*args):
-    calls.append(1)
-    if len(calls) > 2:
-      raise Killed("simulated kill")
-    return real(*args)
-
-  monkeypatch.setattr(jsurf, "_call_evaluator", lambda mesh, n, fn: dying)
+  _kill_after(monkeypatch, 2, jax.devices()[:1])
   with pytest.raises(Killed):
     js.loss_surface(obj, p, dirs, x=(-1, 1, 5), y=(-1, 1, 3), quiet=True, chunk_size=4, chunks_per_call=1, devices=jax.devices()[:1], out_dir=out)
   with np.load(os.path.join(out, "results.npz")) as f:
@@ -386,18 +392,9 @@ def test_resume_a_killed_part(tmp_path, monkeypatch):
   obj, p, dirs = _problem62()
   grid = dict(x=(-1, 1, 5), y=(-1, 1, 5), quiet=True, chunk_size=8, chunks_per_call=1)
   full = js.loss_surface(obj, p, dirs, **grid)
-  real = jsurf._call_evaluator(jsurf._mesh(None), 1, jsurf._loss_chunk)
-  calls = []
-
-  def dying(*args):
-    calls.append(1)
-    if len(calls) > 1:
-      raise KeyboardInterrupt("simulated kill")
-    return real(*args)
-
-  monkeypatch.setattr(jsurf, "_call_evaluator", lambda mesh, n, fn: dying)
+  _kill_after(monkeypatch, 1)
   out = str(tmp_path / "split")
-  with pytest.raises(KeyboardInterrupt):
+  with pytest.raises(Killed):
     js.loss_surface(obj, p, dirs, part=(0, 2), out_dir=out, **grid)  # 13 points: 2 calls of 8
   monkeypatch.undo()
   with np.load(os.path.join(out, "part-0000-of-0002", "results.npz")) as f:
