@@ -305,7 +305,7 @@ def test_point_curvature_memory_does_not_grow_with_trace_probes():
   for probes in (2, 16):
     f = jax.jit(jax.vmap(lambda q: hessian.point_curvature(obj, q, jax.random.key(0), num_steps=3, num_probes=probes)))
     analysis = f.lower(points).compile().memory_analysis()
-    if analysis is None or not getattr(analysis, "temp_size_in_bytes", 0):
-      pytest.skip("this backend gives no memory analysis")
+    # The CPU backend the suite runs on reports it (default_chunk_size relies on it too): no silent skip.
+    assert analysis is not None and getattr(analysis, "temp_size_in_bytes", 0) > 0, "no compiler memory analysis"
     temp[probes] = analysis.temp_size_in_bytes
   assert temp[16] <= 1.5 * temp[2], temp
