@@ -191,7 +191,8 @@ def test_keskar_models():
   assert models.count_params(c1) == expected
   train_apply, apply, params, state = js.train.split_train(c1)
   train_apply, apply = jax.jit(train_apply), jax.jit(apply)
-  x = jnp.ones((3, 8, 8, 1))
+  # Distinct examples: identical ones make train-mode BatchNorm output zeros, hiding the dropout.
+  x = jax.random.normal(jax.random.key(1), (3, 8, 8, 1))
   out1, s1 = train_apply(params, state, x)
   out2, _ = train_apply(params, s1, x)
   assert not np.allclose(out1, out2)  # dropout active in train mode, its RNG state advances
