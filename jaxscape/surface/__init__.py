@@ -11,16 +11,11 @@ full-data loss at ``θ + Σ_j c_j d_j`` (Li et al. 2018). Three modules:
   plane and full curvature, warm starts).
 
 Example:
-  >>> import jax, jax.numpy as jnp, numpy as np
-  >>> import jaxscape as js
-  >>> x = np.random.default_rng(0).normal(size=(32, 4)).astype(np.float32)
-  >>> y = (x[:, 0] > 0).astype(np.int32)
-  >>> params = {"w": jnp.ones((4, 2)), "b": jnp.zeros(2)}
-  >>> obj = js.Objective.from_apply(lambda p, x: x @ p["w"] + p["b"], params, data=(x, y))
-  >>> dirs = js.random_directions(jax.random.key(0), params, n=2)
-  >>> surf = js.loss_surface(None, obj, params, dirs, x=(-1, 1, 5), y=(-1, 1, 3), quiet=True)
-  >>> surf.loss.shape                       # [ny, nx]
-  (3, 5)
+  >>> from jaxscape.surface import grid_coordinates, parse_range
+  >>> grid_coordinates([parse_range("-1:1:3"), parse_range("0:1:2")]).tolist()   # x fastest
+  [[-1.0, 0.0], [0.0, 0.0], [1.0, 0.0], [-1.0, 1.0], [0.0, 1.0], [1.0, 1.0]]
+
+See :func:`loss_surface` for a whole surface.
 """
 
 from .executor import WARM_START_MAX_BYTES as WARM_START_MAX_BYTES

@@ -17,8 +17,8 @@ Example:
   >>> p = jnp.ones(2); vectors = jnp.array([[1.0, 0.0]])
   >>> chunk = Chunk(coords=jnp.array([[0.0], [1.0]]), index=jnp.arange(2))
   >>> out = PointSpec()(chunk, PointInputs(key=None, params=p, vectors=vectors), obj)
-  >>> out["loss"].tolist()                  # (2 - 1)^2 / 2 and (3 - 1)^2 / 2
-  [0.5, 2.0]
+  >>> out["loss"].tolist()                  # (2 - 1)^2 and (3 - 1)^2
+  [1.0, 4.0]
 """
 
 from __future__ import annotations
