@@ -41,6 +41,7 @@ from importlib import metadata
 from typing import Any, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 RESULTS = "results.npz"
@@ -55,6 +56,10 @@ __all__ = [
     "fingerprint",
     "to_jsonable",
     "write_json",
+    "read_json",
+    "same_json",
+    "key_record",
+    "sha256_file",
     "export_vtk",
     "save",
 ]
@@ -69,7 +74,17 @@ _FIX = ("Delete the directory, or rerun with overwrite=True (CLI: --overwrite) t
 
 
 def to_jsonable(x: Any) -> Any:
-  """Converts numpy/JAX scalars and arrays (and nested containers) to JSON types."""
+  """Converts numpy/JAX scalars and arrays (and nested containers) to JSON types.
+
+  Non-finite floats stay what they are (``inf``, ``-inf``, ``nan``):
+  :func:`write_json` stores them as JSON's ``Infinity``/``NaN`` and
+  :func:`read_json` reads them back as floats, so a number is never silently
+  replaced by another.
+
+  Example:
+    >>> to_jsonable({"a": np.float32(2.5), "b": np.array([1.0, np.inf]), "c": (np.nan,)})
+    {'a': 2.5, 'b': [1.0, inf], 'c': [nan]}
+  """
   if isinstance(x, Mapping):
     return {str(k): to_jsonable(v) for k, v in x.items()}
   if isinstance(x, (list, tuple)):
@@ -77,9 +92,24 @@ def to_jsonable(x: Any) -> Any:
   if isinstance(x, (np.generic, np.ndarray, jax.Array)):
     arr = np.asarray(x)
     return arr.item() if arr.ndim == 0 else arr.tolist()
-  if isinstance(x, float) and not np.isfinite(x):
-    return None if np.isnan(x) else (1e308 if x > 0 else -1e308)
   return x
+
+
+def same_json(a: Any, b: Any) -> bool:
+  """Equality of JSON-like values in which ``nan`` equals ``nan`` (a config holding NaN matches itself)."""
+  if isinstance(a, dict) and isinstance(b, dict):
+    return a.keys() == b.keys() and all(same_json(a[k], b[k]) for k in a)
+  if isinstance(a, list) and isinstance(b, list):
+    return len(a) == len(b) and all(same_json(u, v) for u, v in zip(a, b))
+  if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
+    return True
+  return a == b
+
+
+def key_record(key: jax.Array) -> list[int]:
+  """The raw data of a PRNG key (typed ``jax.random.key`` or legacy ``uint32``) as a JSON list of ints."""
+  data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+  return [int(v) for v in np.asarray(data).ravel()]
 
 
 def _atomic_write(path: str, write) -> None:
@@ -99,19 +129,34 @@ def _atomic_write(path: str, write) -> None:
 
 
 def write_json(path: str, obj: Any) -> None:
-  """Writes JSON atomically (numpy values converted)."""
-  _atomic_write(path, lambda f: f.write(json.dumps(to_jsonable(obj), indent=2, sort_keys=True).encode()))
+  """Writes JSON atomically (numpy values converted; ``inf``/``nan`` as JSON ``Infinity``/``NaN``)."""
+  text = json.dumps(to_jsonable(obj), indent=2, sort_keys=True, allow_nan=True)
+  _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def read_json(path: str) -> Any:
+  """Reads what :func:`write_json` wrote (``Infinity``/``NaN`` back as floats)."""
+  with open(path, "rb") as f:
+    return json.loads(f.read().decode("utf-8"))
 
 
 def _sha256(data: bytes) -> str:
   return hashlib.sha256(data).hexdigest()
 
 
-def _file_sha256(path: str) -> str | None:
+def sha256_file(path: str) -> str:
+  """The SHA-256 (hex) of a file's bytes, read in 1 MiB blocks; ``OSError`` when it cannot be read."""
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def _previous_sha256(path: str) -> str | None:
   try:
-    with open(path, "rb") as f:
-      return _sha256(f.read())
-  except OSError:
+    return sha256_file(path)
+  except OSError:  # no earlier results.npz
     return None
 
 
@@ -126,15 +171,14 @@ def save_result(directory: str, arrays: Mapping[str, Any], meta: Mapping[str, An
   np.savez_compressed(buf, **{k: np.asarray(v) for k, v in arrays.items()})
   data = buf.getvalue()
   checksum = {"algorithm": "sha256", RESULTS: _sha256(data),
-              "previous": _file_sha256(os.path.join(directory, RESULTS))}
+              "previous": _previous_sha256(os.path.join(directory, RESULTS))}
   write_json(os.path.join(directory, META), {**meta, "checksum": checksum})
   _atomic_write(os.path.join(directory, RESULTS), lambda f: f.write(data))
 
 
 def _read_meta(path: str) -> dict[str, Any]:
   try:
-    with open(path, "rb") as f:
-      meta = json.loads(f.read().decode("utf-8"))
+    meta = read_json(path)
   except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
     raise CorruptResultError(f"{path!r} is not valid JSON ({type(e).__name__}: {e}): the file is truncated or "
                              f"corrupted. {_FIX}") from None
@@ -195,7 +239,7 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
       else:
         out.extend(_diff(a[k], b[k], f"{prefix}{k}."))
     return out
-  return [] if a == b else [f"{prefix.rstrip('.')}: saved {a!r}, now {b!r}"]
+  return [] if same_json(a, b) else [f"{prefix.rstrip('.')}: saved {a!r}, now {b!r}"]
 
 
 class ResultStore:
@@ -233,7 +277,7 @@ class ResultStore:
       if not (isinstance(checksum, dict) and RESULTS in checksum and checksum.get("previous", "") is None):
         raise CorruptResultError(f"{self.directory!r} holds {META} but its {RESULTS} is missing. {_FIX}")
     saved = meta.get("config")
-    if saved != self.config:
+    if not same_json(saved, self.config):
       diffs = "; ".join(_diff(saved, self.config)[:6])
       raise ValueError(
           f"{self.directory!r} holds a result made with another config, refusing to reuse it ({diffs}). "

@@ -11,6 +11,7 @@ import pytest
 import jaxscape as js
 from jaxscape import plot
 from jaxscape import surface as jsurf
+from jaxscape.surface import executor
 
 
 def _mlp(p, x):
@@ -92,16 +93,17 @@ class Killed(Exception):
 
 def _kill_after(monkeypatch, calls_allowed: int, devices=None) -> None:
   """Makes every surface call after the first ``calls_allowed`` raise ``Killed`` (a run killed mid-way)."""
-  real = jsurf._call_evaluator(jsurf._mesh(devices), 1, jsurf._loss_chunk)
+  real = executor._call_evaluator(executor._mesh(devices), 1, jsurf.PointSpec())
   calls = []
 
   def dying(*args):
-    calls.append(1)
+    if not isinstance(args[0].coords, jax.core.Tracer):  # the output-shape trace is no call
+      calls.append(1)
     if len(calls) > calls_allowed:
       raise Killed("simulated kill")
     return real(*args)
 
-  monkeypatch.setattr(jsurf, "_call_evaluator", lambda mesh, n, fn: dying)
+  monkeypatch.setattr(executor, "_call_evaluator", lambda mesh, n, spec: dying)
 
 
 def test_resume_after_a_killed_run_loses_no_finished_chunk(problem, tmp_path, monkeypatch):
@@ -277,7 +279,7 @@ def test_warm_started_curvature_beats_cold_and_ignores_chunks_devices_parts(x64,
     js.loss_surface(obj, p, dirs, x=(-1, 1, 3), y=(-1, 1, 3), warm_start=2)
   with pytest.raises(ValueError, match="warm_start must be a positive integer"):
     js.loss_surface(obj, p, dirs, **dict(warm, warm_start=0))
-  monkeypatch.setattr(jsurf, "WARM_START_MAX_BYTES", 1000)  # 9 vectors of 26 float64 take 1872 bytes
+  monkeypatch.setattr(executor, "WARM_START_MAX_BYTES", 1000)  # 9 vectors of 26 float64 take 1872 bytes
   with pytest.raises(ValueError, match=r"warm_start=2 keeps 9 start vectors of 26 parameters .*WARM_START_MAX_BYTES"):
     js.loss_surface(obj, p, dirs, **warm)
 
@@ -403,3 +405,57 @@ def test_resume_a_killed_part(tmp_path, monkeypatch):
   assert resumed.meta["points_evaluated"] == 5
   js.loss_surface(obj, p, dirs, part=(1, 2), out_dir=out, **grid)
   np.testing.assert_array_equal(js.merge_surfaces(out).loss, full.loss)
+
+
+# ----------------------------------------------------------------------------- keys and pre-flight
+
+
+def test_preflight_traces_the_model_once(problem):
+  obj, p, dirs = problem
+  traced = []
+
+  def apply(q, x):  # a fresh function: nothing cached from other tests
+    traced.append(1)
+    return _mlp(q, x)
+
+  rng = np.random.default_rng(0)  # the problem's data
+  x, y = rng.normal(size=(50, 6)).astype(np.float32), rng.integers(0, 3, 50)
+  fresh = js.Objective.from_apply(apply, p, data=(x, y), batch_size=16)
+  traced.clear()  # the constructor's own check ran the model once
+  surf = js.loss_surface(None, fresh, p, dirs, x=(-1, 1, 5), y=(-1, 1, 3), quiet=True)
+  # Measured: 7 traces before the pre-flight checks shared their work (chunk-size probe, output names, origin
+  # loss, evaluator); now 3: one for the probe and the origin loss together (one jitted batch function), two in the
+  # evaluator (its scan's first batch and its body), whose trace also gave the output names.
+  assert len(traced) <= 3, len(traced)
+  np.testing.assert_array_equal(surf.loss, js.loss_surface(obj, p, dirs, x=(-1, 1, 5), y=(-1, 1, 3), quiet=True).loss)
+
+
+def test_key_first_and_the_older_call_give_the_same_surface(problem):
+  obj, p, dirs = problem
+  grid = dict(x=(-1, 1, 3), y=(-1, 1, 3), curvature="full", lanczos_steps=3, trace_probes=2, quiet=True)
+  key = jax.random.key(4)
+  first = js.loss_surface(key, obj, p, dirs, **grid)
+  older = js.loss_surface(obj, p, dirs, key=key, **grid)
+  by_name = js.loss_surface(key=key, objective=obj, params=p, directions=dirs, **grid)
+  for k in ("loss", "lambda_max", "trace"):
+    np.testing.assert_array_equal(first.to_arrays()[k], older.to_arrays()[k])
+    np.testing.assert_array_equal(first.to_arrays()[k], by_name.to_arrays()[k])
+  assert first.meta["config"]["curvature"]["key"] == js.io.key_record(key)
+  plain = dict(x=(-1, 1, 3), quiet=True)
+  np.testing.assert_array_equal(js.loss_surface(None, obj, p, [dirs[0]], **plain).loss,
+                                js.loss_surface(obj, p, [dirs[0]], **plain).loss)
+  np.testing.assert_array_equal(js.loss_surface(objective=obj, params=p, directions=[dirs[0]], **plain).loss,
+                                js.loss_surface(obj, p, [dirs[0]], **plain).loss)
+
+
+def test_random_work_without_a_key_is_an_error_not_a_default_key(problem):
+  obj, p, dirs = problem
+  grid = dict(x=(-1, 1, 3), y=(-1, 1, 3), quiet=True)
+  for call in (lambda: js.loss_surface(None, obj, p, dirs, curvature="full", **grid),
+               lambda: js.loss_surface(obj, p, dirs, curvature="full", **grid),
+               lambda: js.loss_surface(None, obj, p, dirs, curvature="full", warm_start=2, **grid)):
+    with pytest.raises(ValueError, match="needs key"):
+      call()
+  # the plane map uses no randomness: no key needed, and none is recorded
+  plane = js.loss_surface(None, obj, p, dirs, curvature="plane", **grid)
+  assert plane.meta["config"]["curvature"]["key"] is None

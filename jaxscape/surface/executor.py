@@ -1,36 +1,23 @@
-"""Loss surfaces: the loss over 1-D, 2-D (or n-D) grids of directions.
+"""The grid executor: chunks, the device mesh, parts, processes, resume and persistence.
 
-For grid coordinates ``c`` and directions ``d_1 … d_n`` the surface is the
-full-data loss at ``θ + Σ_j c_j d_j`` (Li et al. 2018). Evaluation is by
-chunks of grid points: within a chunk, ``vmap`` over points runs inside a
-``lax.scan`` over the data batches, so every batch is read once per chunk
-rather than once per point. The chunk size bounds memory: by default it is
-chosen so that a chunk's working set (a perturbed copy of the parameters and
-the activations of one batch per point) fits the device's cache on CPU or a
-quarter of its memory on an accelerator. Several chunks make one compiled
-call (``lax.map`` over chunks), whose points are sharded over all local
-devices (``jax.shard_map`` on a ``("grid", "data")`` mesh; ``data_shards > 1``
-also splits every data batch, summed with ``psum``); one compilation serves
-every call. Results are identical (to float tolerance) for any chunk size,
-device count and mesh. ``part=(i, n)`` evaluates one of ``n`` slices of the
-grid (a scheduler's array task) and :func:`merge_surfaces` joins them.
+:func:`loss_surface` evaluates a point function (:mod:`jaxscape.surface.points`)
+over a grid (:mod:`jaxscape.surface.grid`) by chunks of points: within a chunk,
+``vmap`` over points runs inside a ``lax.scan`` over the data batches, so every
+batch is read once per chunk rather than once per point. The chunk size bounds
+memory (:func:`default_chunk_size`). Several chunks make one compiled call
+(``lax.map`` over chunks), whose points are sharded over all local devices
+(``jax.shard_map`` on a ``("grid", "data")`` mesh; ``data_shards > 1`` also
+splits every data batch, summed with ``psum``); one compilation serves every
+call. ``part=(i, n)`` evaluates one of ``n`` slices of the grid, and several
+processes share the points of every call. With ``out_dir``, the result is
+written atomically after every call and a rerun with the same config resumes
+where it stopped.
 
-With ``out_dir``, the result is written atomically after every call and a
-rerun with the same config resumes where it stopped.
-
-Example:
-  >>> import jax, jax.numpy as jnp, numpy as np
-  >>> import jaxscape as js
-  >>> x = np.random.default_rng(0).normal(size=(32, 4)).astype(np.float32)
-  >>> y = (x[:, 0] > 0).astype(np.int32)
-  >>> params = {"w": jnp.ones((4, 2)), "b": jnp.zeros(2)}
-  >>> obj = js.Objective.from_apply(lambda p, x: x @ p["w"] + p["b"], params, data=(x, y))
-  >>> dirs = js.random_directions(jax.random.key(0), params, n=2)
-  >>> surf = js.loss_surface(obj, params, dirs, x=(-1, 1, 5), y=(-1, 1, 3), quiet=True)
-  >>> surf.loss.shape                       # [ny, nx]
-  (3, 5)
-  >>> bool(np.isclose(surf.loss[1, 2], obj.value(params)))   # origin = trained loss
-  True
+Before anything is evaluated or written, the pre-flight checks (parameters,
+data dtype, the loss at the origin, the default chunk size) trace the model
+once: the origin loss and the chunk-size probe share one jitted batch
+function, and the output names come from the traced evaluator itself, whose
+trace the grid calls then reuse.
 """
 
 from __future__ import annotations
@@ -38,8 +25,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
-import re
 import time
 from typing import Any, Sequence
 
@@ -49,252 +34,15 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from . import distributed as _dist
-from . import io as _io
-from . import tree
-from .directions import Directions, as_directions, move_state
-from .objective import Objective
+from .. import distributed as _dist
+from .. import io as _io
+from .. import tree
+from ..directions import Directions, as_directions
+from ..objective import Objective
+from .grid import Range, Surface, grid_coordinates, parse_range, part_directory, part_indices
+from .points import CURVATURES, Chunk, PointInputs, PointSpec, WarmStarts, WarmStartSpec, finish_maps
 
 PyTree = Any
-Range = tuple[float, float, int] | str
-
-__all__ = ["Surface", "loss_surface", "parse_range", "grid_coordinates", "default_chunk_size", "load_surface",
-           "merge_surfaces", "part_directory", "part_indices",
-           "NonFiniteOriginError"]
-
-_AXIS_NAMES = ("x", "y", "z")
-
-
-def parse_range(spec: Range, name: str = "range") -> np.ndarray:
-  """Coordinates from ``(start, stop, num)`` or the string ``"start:stop:num"``.
-
-  ``start < stop`` (equal only with ``num = 1``) and ``num >= 1``; anything
-  else raises ``ValueError`` naming the range. Odd ``num`` over a symmetric
-  range puts the origin on the grid.
-
-  Example:
-    >>> parse_range("-1:1:5").tolist()
-    [-1.0, -0.5, 0.0, 0.5, 1.0]
-  """
-  given = spec
-  if isinstance(spec, str):
-    parts = spec.split(":")
-    if len(parts) != 3:
-      raise ValueError(f"{name} must be 'start:stop:num' (e.g. '-1:1:51'); got {spec!r}")
-    try:
-      spec = (float(parts[0]), float(parts[1]), int(parts[2]))
-    except ValueError:
-      raise ValueError(f"{name} must be 'start:stop:num' with numbers (e.g. '-1:1:51'); got {spec!r}") from None
-  if not (isinstance(spec, (tuple, list)) and len(spec) == 3):
-    raise ValueError(f"{name} must be (start, stop, num) or 'start:stop:num'; got {spec!r}")
-  start, stop, num = spec
-  if isinstance(num, (float, np.floating)) and float(num).is_integer():
-    num = int(num)
-  if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 1:
-    raise ValueError(f"{name} {given!r}: num must be a positive integer; got {num!r}")
-  if any(isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) for v in (start, stop)):
-    raise ValueError(f"{name} {given!r}: start and stop must be numbers; got {start!r}, {stop!r}")
-  if not (np.isfinite(start) and np.isfinite(stop)):
-    raise ValueError(f"{name} {given!r}: start and stop must be finite; got {start!r}, {stop!r}")
-  if start > stop or (start == stop and num > 1):
-    raise ValueError(f"{name} {given!r}: start must be < stop (equal only with num = 1); got start={start!r}, "
-                     f"stop={stop!r}, num={num!r}. Write the smaller coordinate first, e.g. '{stop}:{start}:{num}'")
-  return np.linspace(float(start), float(stop), int(num))
-
-
-def grid_coordinates(axes: Sequence[np.ndarray]) -> np.ndarray:
-  """All grid points as ``[num_points, n]``, in the C order of the result array.
-
-  The result array has shape ``(n_{k-1}, …, n_1, n_0)`` — ``[ny, nx]`` in
-  2-D — so flat index ``i`` is the point ``(x[i % nx], y[i // nx])``.
-  """
-  grids = np.meshgrid(*reversed(list(axes)), indexing="ij")
-  return np.stack([g.ravel() for g in reversed(grids)], axis=-1)
-
-
-@dataclasses.dataclass(frozen=True)
-class Surface:
-  """A loss surface and everything needed to re-plot or resume it.
-
-  Attributes:
-    axes: coordinates along each direction (``(x,)`` or ``(x, y)``).
-    loss: ``[nx]`` or ``[ny, nx]`` full-data losses (NaN where not finite).
-    metrics: same-shaped arrays per metric (e.g. ``accuracy``), plus any
-      maps added later (curvature).
-    num_nonfinite: grid points whose loss was NaN or infinite.
-    meta: config, directions record, dataset, environment, timing.
-  """
-
-  axes: tuple[np.ndarray, ...]
-  loss: np.ndarray
-  metrics: dict[str, np.ndarray]
-  num_nonfinite: int
-  meta: dict[str, Any]
-
-  @property
-  def x(self) -> np.ndarray:
-    return self.axes[0]
-
-  @property
-  def y(self) -> np.ndarray | None:
-    return self.axes[1] if len(self.axes) > 1 else None
-
-  @property
-  def ndim(self) -> int:
-    return len(self.axes)
-
-  @property
-  def accuracy(self) -> np.ndarray | None:
-    return self.metrics.get("accuracy")
-
-  def origin_index(self) -> tuple[int, ...] | None:
-    """Array index of the grid point at coordinate 0 on every axis, if on the grid."""
-    idx = []
-    for a in reversed(self.axes):
-      hits = np.flatnonzero(np.isclose(a, 0.0, atol=1e-12))
-      if hits.size == 0:
-        return None
-      idx.append(int(hits[0]))
-    return tuple(idx)
-
-  def to_arrays(self) -> dict[str, np.ndarray]:
-    arrays = {_axis_name(i): a for i, a in enumerate(self.axes)}
-    arrays["loss"] = self.loss
-    arrays.update(self.metrics)
-    return arrays
-
-  def with_maps(self, **maps: np.ndarray) -> "Surface":
-    """A copy with extra same-shaped maps (e.g. curvature) added to ``metrics``."""
-    for k, v in maps.items():
-      if np.shape(v) != self.loss.shape:
-        raise ValueError(f"map {k!r} has shape {np.shape(v)}; the surface is {self.loss.shape}")
-    return dataclasses.replace(self, metrics={**self.metrics, **{k: np.asarray(v) for k, v in maps.items()}})
-
-
-def _axis_name(i: int) -> str:
-  return _AXIS_NAMES[i] if i < len(_AXIS_NAMES) else f"axis{i}"
-
-
-def load_surface(directory: str) -> Surface:
-  """Reads a saved surface back (for re-plotting without recomputing)."""
-  arrays, meta = _io.load_result(directory)
-  return _as_surface(arrays, meta, directory)
-
-
-def _as_surface(arrays: dict[str, np.ndarray], meta: dict[str, Any], directory: str) -> Surface:
-  arrays = dict(arrays)
-  axes = []
-  while _axis_name(len(axes)) in arrays:
-    axes.append(arrays.pop(_axis_name(len(axes))))
-  if not axes or "loss" not in arrays:
-    raise ValueError(f"{directory!r} does not hold a surface: expected arrays 'x' and 'loss', found {sorted(arrays)}")
-  loss = arrays.pop("loss")
-  arrays.pop("done", None)
-  return Surface(tuple(axes), loss, arrays, int(np.sum(~np.isfinite(loss))), meta)
-
-
-_PART_NAME = re.compile(r"part-(\d+)-of-(\d+)$")
-
-
-def _part_dirs(parts: str | Sequence[str]) -> list[str]:
-  if not isinstance(parts, str):
-    dirs = [str(p) for p in parts]
-    if not dirs:
-      raise ValueError("merge_surfaces needs at least one part directory; got an empty list")
-    return dirs
-  if not os.path.isdir(parts):
-    raise FileNotFoundError(f"no directory {parts!r}: expected the out_dir of a run split with part=(i, n)")
-  dirs = sorted(os.path.join(parts, e) for e in os.listdir(parts)
-                if _PART_NAME.fullmatch(e) and os.path.isdir(os.path.join(parts, e)))
-  if not dirs:
-    raise FileNotFoundError(f"no part directories (part-IIII-of-NNNN) in {parts!r}")
-  return dirs
-
-
-def merge_surfaces(parts: str | Sequence[str]) -> Surface:
-  """Joins the parts of a grid evaluated with ``loss_surface(..., part=(i, n))`` into one surface.
-
-  Every part must have been made with the same config (ranges, directions,
-  objective, parameters; only the part index differs), all ``n`` parts must
-  be present and each must be complete. The result holds exactly the parts'
-  values and the config a single run would have recorded (no ``part``), so
-  saving it (``jaxscape merge``) gives what a single run would have written.
-
-  Args:
-    parts: the ``out_dir`` the parts were written under (its
-      ``part-IIII-of-NNNN`` subdirectories are merged), or a list of part
-      directories.
-
-  Returns:
-    The whole :class:`Surface`; ``meta["parts"]`` records the parts merged.
-
-  Raises:
-    FileNotFoundError: no part directories, or a part without a result.
-    ValueError: parts with different configs or counts, and missing,
-      repeated or incomplete parts (all named).
-
-  Example:
-    >>> import jax, jax.numpy as jnp, numpy as np, tempfile
-    >>> import jaxscape as js
-    >>> x = np.random.default_rng(0).normal(size=(8, 2)).astype(np.float32)
-    >>> obj = js.Objective.from_apply(lambda p, x: x @ p, data=(x, x[:, 0]), loss="mse")
-    >>> p = jnp.ones(2); d = [jnp.array([1.0, 0.0])]
-    >>> out = tempfile.mkdtemp()
-    >>> for i in range(3):   # e.g. three SLURM array tasks
-    ...   _ = js.loss_surface(obj, p, d, x=(-1, 1, 5), part=(i, 3), out_dir=out, quiet=True)
-    >>> merged = js.merge_surfaces(out)
-    >>> bool(np.array_equal(merged.loss, js.loss_surface(obj, p, d, x=(-1, 1, 5), quiet=True).loss))
-    True
-  """
-  dirs = _part_dirs(parts)
-  loaded = [(d, *_io.load_result(d)) for d in dirs]
-  first_dir, first_arrays, first_meta = loaded[0]
-  base = {k: v for k, v in first_meta.get("config", {}).items() if k != "part"}
-  seen: dict[int, str] = {}
-  counts = set()
-  for d, arrays, meta in loaded:
-    config = meta.get("config", {})
-    if not isinstance(config.get("part"), list) or len(config["part"]) != 2:
-      raise ValueError(f"{d!r} is not a part of a split run: its config has no 'part' [index, count]")
-    i, n = config["part"]
-    counts.add(n)
-    diffs = _io._diff(base, {k: v for k, v in config.items() if k != "part"})
-    if diffs:
-      raise ValueError(f"{d!r} was made with another config than {first_dir!r}: {'; '.join(diffs[:6])}")
-    if i in seen:
-      raise ValueError(f"part {i} of {n} appears twice: {seen[i]!r} and {d!r}")
-    seen[i] = d
-  if len(counts) != 1:
-    raise ValueError(f"the parts split the grid into different numbers of parts: {sorted(counts)}")
-  n = counts.pop()
-  missing = [i for i in range(n) if i not in seen]
-  if missing:
-    names = ", ".join(os.path.basename(part_directory("", i, n)) for i in missing)
-    raise ValueError(f"{len(missing)} of {n} parts missing: {names} (run them, e.g. --chunk i/{n}, then merge again)")
-  surf = _as_surface(first_arrays, first_meta, first_dir)
-  num_points = surf.loss.size
-  values = {k: np.full(num_points, np.nan) for k in ("loss", *surf.metrics)}
-  incomplete = []
-  for d, arrays, meta in sorted(loaded, key=lambda t: t[2]["config"]["part"][0]):
-    idx = part_indices(num_points, tuple(meta["config"]["part"]))
-    done = arrays.get("done", np.zeros(num_points, bool)).ravel().astype(bool)[idx]
-    if not done.all():
-      incomplete.append(f"{os.path.basename(d)} ({int(done.sum())} of {idx.size} points done)")
-      continue
-    for k in values:
-      values[k][idx] = arrays[k].ravel()[idx]
-  if incomplete:
-    raise ValueError(f"{len(incomplete)} of {n} parts incomplete: {', '.join(incomplete)}; rerun them (they resume)")
-  shape = surf.loss.shape
-  loss = values.pop("loss").reshape(shape)
-  wall = float(sum(m.get("wall_time_s") or 0.0 for _, _, m in loaded))
-  num_nonfinite = int(np.sum(~np.isfinite(loss)))
-  meta = {"environment": first_meta.get("environment"), "chunk_size": first_meta.get("chunk_size"),
-          "chunks_per_call": first_meta.get("chunks_per_call"), "wall_time_s": wall, "points_evaluated": num_points,
-          "points_per_second": num_points / wall if wall > 0 else None, "num_points": num_points,
-          "num_done": num_points, "num_nonfinite": num_nonfinite,
-          "parts": {"count": n, "directories": [os.path.abspath(seen[i]) for i in range(n)]}, "config": base}
-  return Surface(surf.axes, loss, {k: v.reshape(shape) for k, v in values.items()}, num_nonfinite, meta)
 
 
 def default_chunk_size(objective: Objective, params: PyTree, num_devices: int = 1, *,
@@ -321,7 +69,7 @@ def default_chunk_size(objective: Objective, params: PyTree, num_devices: int = 
   batch = (objective.x[0], objective.y[0], objective.w[0])
   act_bytes = 0
   try:
-    analysis = jax.jit(objective.batch_sums).lower(params, batch).compile().memory_analysis()
+    analysis = _batch_sums.lower(_without_batches(objective), params, batch).compile().memory_analysis()
     act_bytes = int(getattr(analysis, "temp_size_in_bytes", 0) or 0)
   except Exception:  # some backends have no memory analysis
     act_bytes = 0
@@ -333,6 +81,13 @@ def default_chunk_size(objective: Objective, params: PyTree, num_devices: int = 
     per_point = _affine_point_bytes(objective, params, batch) or per_point
   per_device = int(max(1, min(1024, memory_budget // per_point)))
   return per_device * num_devices
+
+
+@jax.jit
+def _batch_sums(objective: Objective, params: PyTree, batch: tuple[jax.Array, ...]) -> dict[str, jax.Array]:
+  """One batch's sums, jitted once for the pre-flight checks: the chunk-size probe lowers it and the origin
+  loss scans it, and ``jit`` traces it once per shapes, so the model is traced once for both."""
+  return objective.batch_sums(params, batch)
 
 
 def _default_budget(num_devices: int = 1) -> float:
@@ -362,95 +117,10 @@ def _affine_point_bytes(objective: Objective, params: PyTree, batch: tuple[jax.A
   return max(0, (temp[1] - temp[0]) // 4) + 2 * rest_bytes if temp[1] > temp[0] else 0
 
 
-def _point_state(objective: Objective, c: jax.Array, state_vectors: PyTree) -> PyTree:
-  """The model state at grid point ``c``: fixed, or moved with the parameters (BatchNorm ``interpolate``)."""
-  return objective.state if state_vectors is None else move_state(objective.state, c, state_vectors)
-
-
-def _loss_chunk(coords, index, key, params, vectors, objective):
-  """Mean loss and metrics at a chunk of points: ``vmap`` over points inside the scan over batches."""
-  del index, key
-  vectors, state_vectors = vectors[:2]  # a third entry, if any, holds warm starts (curvature="full")
-
-  def chunk_sums(batch):
-    # The affine first-layer path when the objective knows its first layer, else vmap over points.
-    return objective.grid_batch_sums(params, vectors, coords, batch, state_vectors=state_vectors)
-
-  def body(carry, batch):
-    return jax.tree.map(jnp.add, carry, chunk_sums(batch)), None
-
-  # The first batch initialises the carry (it is then already sharded like
-  # the grid), the scan adds the others.
-  batches = (objective.x, objective.y, objective.w)
-  first = chunk_sums(jax.tree.map(lambda b: b[0], batches))
-  sums, _ = jax.lax.scan(body, first, jax.tree.map(lambda b: b[1:], batches))
-  return jax.tree.map(lambda v: v / objective.num_examples, sums)
-
-
-CURVATURES = ("plane", "full")
-"""Curvature maps: ``plane`` = the exact 2x2 Hessian projected on the plot
-plane (nested ``jvp``; ``h_xx, h_xy, h_yy`` and its eigenvalues
-``plane_lambda_min/max``); ``full`` = the full Hessian's ``lambda_max``,
-``lambda_min``, ``convexity_ratio`` = |λmin/λmax| (Li et al. 2018) from a
-short Lanczos run, and a Hutchinson ``trace`` (± ``trace_stderr``)."""
-
-
-@functools.lru_cache(maxsize=32)
-def _chunk_fn(curvature: tuple[str, ...], lanczos_steps: int, trace_probes: int, warm: bool = False):
-  """The per-chunk function: the loss, plus the requested curvature maps (cached: stable identity for jit).
-
-  With ``warm``, ``vectors[2] = (table, seeds)``: point ``i``'s Lanczos run starts
-  from ``seeds[table[i]]`` (see :func:`_warm_vector`).
-  """
-  if not curvature:
-    return _loss_chunk
-  from . import hessian
-
-  def fn(coords, index, key, params, vectors, objective):
-    out = _loss_chunk(coords, index, key, params, vectors, objective)
-
-    param_vectors, state_vectors = vectors[:2]
-
-    def at(c):
-      return tree.add(params, tree.combine(c, param_vectors))
-
-    def obj_at(c):
-      return dataclasses.replace(objective, state=_point_state(objective, c, state_vectors))
-
-    if "plane" in curvature:
-      d1, d2 = (jax.tree.map(lambda v, i=i: v[i], param_vectors) for i in range(2))
-      h = jax.vmap(lambda c: hessian.projected_hessian(obj_at(c), at(c), d1, d2))(coords)
-      # Linear in the data (summed over data shards); eigenvalues follow in _finish_maps.
-      out.update(h_xx=h[:, 0, 0], h_xy=h[:, 0, 1], h_yy=h[:, 1, 1])
-    if "full" in curvature:
-      def point(c, i):
-        k = jax.random.fold_in(key, i)
-        v0 = _warm_vector(params, vectors[2], i, k) if warm else None
-        return hessian.point_curvature(obj_at(c), at(c), k, num_steps=lanczos_steps, num_probes=trace_probes,
-                                       v0=v0)
-
-      out.update(jax.vmap(point)(coords, index))
-    return out
-
-  return fn
-
-
-def _finish_maps(out: dict[str, jax.Array]) -> dict[str, jax.Array]:
-  """Adds the maps that are not linear in the data, once the data-linear ones are summed: plane eigenvalues."""
-  if "h_xx" not in out:
-    return out
-  h = jnp.stack([jnp.stack([out["h_xx"], out["h_xy"]], -1), jnp.stack([out["h_xy"], out["h_yy"]], -1)], -2)
-  ev = jnp.linalg.eigvalsh(h)
-  return {**out, "plane_lambda_min": ev[..., 0], "plane_lambda_max": ev[..., 1]}
-
-
 WARM_START_MAX_BYTES = 2**30
 """Budget of ``loss_surface(..., warm_start=k)``'s start vectors, in bytes per
 device: one vector of ``num_params`` per coarse point the run (or part, or
 process) needs, replicated on every device."""
-
-_WARM_NOISE = 1e-3
-"""Weight of the random component of a warm start (relative to the unit seed)."""
 
 _COARSE_KEY = 0xFFFFFFFF
 """``fold_in(key, _COARSE_KEY)`` keys the coarse pass (fine point ``i`` uses ``fold_in(key, i)``)."""
@@ -480,36 +150,6 @@ def _warm_start_plan(shape: tuple[int, ...], every: int) -> tuple[np.ndarray, np
   return coarse, table
 
 
-def _warm_vector(params: PyTree, warm: tuple[jax.Array, jax.Array], i: jax.Array, key: jax.Array) -> PyTree:
-  """Point ``i``'s Lanczos start: its coarse point's seed plus a small random part (never exactly an eigenvector)."""
-  table, seeds = warm
-  seed = seeds[table[i]]
-  noise = jax.random.normal(jax.random.fold_in(key, 1), seed.shape, seed.dtype)
-  v = seed + _WARM_NOISE * noise / jnp.sqrt(jnp.asarray(seed.size, seed.dtype))
-  return tree.ravel(params)[1](v)
-
-
-@functools.lru_cache(maxsize=8)
-def _coarse_chunk_fn(steps: int):
-  """The coarse pass's per-chunk function: at each point, the unit sum of the extreme Ritz vectors of a cold
-  Lanczos run of ``steps`` HVPs, flat (``{"warm_start": [chunk, num_params]}``)."""
-  from . import hessian
-
-  def fn(coords, index, key, params, vectors, objective):
-    param_vectors, state_vectors = vectors[:2]
-
-    def point(c, i):
-      obj = dataclasses.replace(objective, state=_point_state(objective, c, state_vectors))
-      _, y = hessian.extreme_ritz(obj, tree.add(params, tree.combine(c, param_vectors)), jax.random.fold_in(key, i),
-                                  num_steps=steps)
-      seed = tree.ravel(jax.tree.map(lambda a: a[0] + a[1], y))[0]
-      return seed / jnp.maximum(jnp.linalg.norm(seed), jnp.finfo(seed.dtype).tiny)
-
-    return {"warm_start": jax.vmap(point)(coords, index)}
-
-  return fn
-
-
 def _warm_start_spec(warm_start: int | None, steps: int | None, curvature: tuple[str, ...],
                      lanczos_steps: int) -> tuple[int, int] | None:
   """``(every, coarse steps)`` of a warm-started ``full`` map, or None."""
@@ -530,8 +170,8 @@ def _warm_start_spec(warm_start: int | None, steps: int | None, curvature: tuple
 
 def _warm_starts(warm: tuple[int, int], shape: tuple[int, ...], coords: np.ndarray, mine: np.ndarray,
                  mesh: jax.sharding.Mesh, per_device: int, lanczos_steps: int, chunks_per_call: int,
-                 key: jax.Array, args: tuple, dtype: Any, num_params: int,
-                 quiet: bool) -> tuple[tuple[np.ndarray, np.ndarray], dict[str, Any]]:
+                 inputs: PointInputs, objective: Objective, dtype: Any, num_params: int,
+                 quiet: bool) -> tuple[WarmStarts, dict[str, Any]]:
   """The coarse pass: seeds at the coarse points nearest to this run's points ``mine``.
 
   Each coarse point's seed depends only on its index (key
@@ -541,9 +181,9 @@ def _warm_starts(warm: tuple[int, int], shape: tuple[int, ...], coords: np.ndarr
   Lanczos bases take about the fine chunk's memory.
 
   Returns:
-    ``((table, seeds), meta)``: for every grid point the row of ``seeds`` to
-    start from (valid for ``mine``), the seeds ``[max(1, n), num_params]``, and
-    the pass's record.
+    ``(WarmStarts(table, seeds), meta)``: for every grid point the row of
+    ``seeds`` to start from (valid for ``mine``), the seeds
+    ``[max(1, n), num_params]``, and the pass's record.
   """
   every, steps = warm
   coarse, table = _warm_start_plan(shape, every)
@@ -563,60 +203,66 @@ def _warm_starts(warm: tuple[int, int], shape: tuple[int, ...], coords: np.ndarr
     chunk = max(1, per_device * (lanczos_steps + 1) // (steps + 1)) * ngrid
     per_call = int(min(chunks_per_call, math.ceil(needed.size / chunk)))
     size = chunk * per_call
-    evaluate = _call_evaluator(mesh, per_call, _coarse_chunk_fn(steps))
-    grid_sharding, replicated = NamedSharding(mesh, P("grid")), NamedSharding(mesh, P())
-    ckey = jax.device_put(jax.random.fold_in(key, _COARSE_KEY), replicated)
+    evaluate = _call_evaluator(mesh, per_call, WarmStartSpec(steps))
+    replicated = NamedSharding(mesh, P())
+    coarse_key = jax.device_put(jax.random.fold_in(inputs.key, _COARSE_KEY), replicated)
+    coarse_inputs = dataclasses.replace(inputs, key=coarse_key, warm=None)
     for s in tqdm(range(0, needed.size, size), disable=quiet, desc="warm start", unit="call"):
       idx = coarse[needed[s:s + size]]
       c = np.zeros((size, coords.shape[1]), coords.dtype)
       c[: idx.size] = coords[idx]
       i = np.zeros(size, np.int32)
       i[: idx.size] = idx
-      out = evaluate(jax.device_put(jnp.asarray(c, dtype), grid_sharding),
-                     jax.device_put(jnp.asarray(i), grid_sharding), ckey, *args[1:])
+      out = evaluate(_chunk(c, i, dtype, mesh), coarse_inputs, objective)
       seeds[s:s + idx.size] = np.asarray(jax.device_get(out["warm_start"]))[: idx.size]
   rows = np.clip(np.searchsorted(needed, table), 0, max(needed.size - 1, 0)).astype(np.int32)
   meta = {"every": every, "lanczos_steps": steps, "coarse_points": int(coarse.size), "computed": int(needed.size),
           "hvps": int(needed.size * steps), "wall_time_s": time.perf_counter() - start, "bytes_per_device": int(nbytes)}
-  return (rows, seeds), meta
+  return WarmStarts(rows, seeds), meta
 
 
 def _without_batches(objective: Objective) -> Objective:
   return dataclasses.replace(objective, x=None, y=None, w=None)
 
 
+def _chunk(coords: np.ndarray, index: np.ndarray, dtype: Any, mesh: jax.sharding.Mesh) -> Chunk:
+  """A call's points on ``mesh``, sharded over its ``"grid"`` axis."""
+  grid_sharding = NamedSharding(mesh, P("grid"))
+  return Chunk(jax.device_put(jnp.asarray(coords, dtype), grid_sharding),
+               jax.device_put(jnp.asarray(index), grid_sharding))
+
+
 @functools.lru_cache(maxsize=32)
-def _call_evaluator(mesh: jax.sharding.Mesh, chunks_per_call: int, chunk_fn=_loss_chunk):
-  """Jitted ``(coords [P, n], index [P], key, params, vectors, objective) -> {name: [P]}`` sharded over ``mesh``.
+def _call_evaluator(mesh: jax.sharding.Mesh, chunks_per_call: int, spec: PointSpec | WarmStartSpec = PointSpec()):
+  """Jitted ``(chunk: Chunk [P points], inputs: PointInputs, objective) -> {name: [P]}`` sharded over ``mesh``.
 
   The points are sharded over the mesh's ``"grid"`` axis and the examples of
   every data batch (``objective.x/y/w``, axis 1) over its ``"data"`` axis.
   Each device splits its points into ``chunks_per_call`` chunks and
-  evaluates them one after another (``lax.map``) with ``chunk_fn`` on its
-  share of the data. ``chunk_fn``'s outputs are sums over examples divided
-  by ``N`` (linear in the data), so ``psum`` over ``"data"`` gives the
-  full-data values; :func:`_finish_maps` then adds the non-linear maps.
-  Cached per mesh; ``jit`` caches per shapes, so all calls of a run share
-  one compilation.
+  evaluates them one after another (``lax.map``) with the point function
+  ``spec`` on its share of the data. ``spec``'s outputs are sums over
+  examples divided by ``N`` (linear in the data), so ``psum`` over ``"data"``
+  gives the full-data values; :func:`~jaxscape.surface.points.finish_maps`
+  then adds the non-linear maps. Cached per mesh and (hashable) spec; ``jit``
+  caches per shapes, so all calls of a run share one compilation.
   """
 
-  def local(coords, index, key, params, vectors, objective, batches):
+  def local(chunk, inputs, objective, batches):
     objective = dataclasses.replace(objective, x=batches[0], y=batches[1], w=batches[2])
-    chunks = coords.reshape(chunks_per_call, -1, coords.shape[-1])
-    indices = index.reshape(chunks_per_call, -1)
-    out = jax.lax.map(lambda ci: chunk_fn(ci[0], ci[1], key, params, vectors, objective), (chunks, indices))
+    chunks = jax.tree.map(lambda a: a.reshape(chunks_per_call, -1, *a.shape[1:]), chunk)
+    out = jax.lax.map(lambda c: spec(c, inputs, objective), chunks)
     out = jax.lax.psum(out, "data")
-    return _finish_maps(jax.tree.map(lambda s: s.reshape(-1, *s.shape[2:]), out))
+    return finish_maps(jax.tree.map(lambda s: s.reshape(-1, *s.shape[2:]), out))
 
-  specs = (P("grid"), P("grid"), P(), P(), P(), P(), P(None, "data"))
+  specs = (P("grid"), P(), P(), P(None, "data"))
   # The only collective is the psum over "data": every device works on its
   # own points. Without the varying-axes check, any library code (scans with
   # zero-initialised carries, e.g. Lanczos) runs unchanged inside.
   sharded = jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=P("grid"), check_vma=False)
 
-  def evaluate(coords, index, key, params, vectors, objective):
+  def evaluate(chunk, inputs, objective):
     batches = (objective.x, objective.y, objective.w)
-    return sharded(coords, index, key, params, vectors, _without_batches(objective), batches)
+    return sharded(chunk, inputs, _without_batches(objective), batches)
 
   return jax.jit(evaluate)
 
@@ -635,10 +281,6 @@ def _curvature_spec(curvature: str | Sequence[str] | None, n: int, key: jax.Arra
   return tuple(sorted(set(maps)))
 
 
-def _key_list(key: jax.Array) -> list[int]:
-  return [int(v) for v in np.asarray(jax.random.key_data(key)).ravel()]
-
-
 def _mesh(devices: Sequence[jax.Device] | None, data_shards: int = 1) -> jax.sharding.Mesh:
   """A 2-D ``("grid", "data")`` mesh of ``len(devices) / data_shards`` x ``data_shards`` devices."""
   devices = list(jax.local_devices() if devices is None else devices)
@@ -653,7 +295,7 @@ def _mesh(devices: Sequence[jax.Device] | None, data_shards: int = 1) -> jax.sha
 
 def _check_data_shards(objective: Objective, data_shards: int, curvature: tuple[str, ...]) -> None:
   if objective.batch_size % data_shards:
-    from .objective import _balanced
+    from ..objective import _balanced
 
     n = objective.num_examples
     fits = [b for b in range(objective.batch_size, 0, -1) if _balanced(n, b) % data_shards == 0]
@@ -671,29 +313,6 @@ def _place(objective: Objective, mesh: jax.sharding.Mesh) -> Objective:
   batches = jax.device_put((objective.x, objective.y, objective.w), NamedSharding(mesh, P(None, "data")))
   rest = jax.device_put(_without_batches(objective), NamedSharding(mesh, P()))
   return dataclasses.replace(rest, x=batches[0], y=batches[1], w=batches[2])
-
-
-def part_indices(num_points: int, part: tuple[int, int]) -> np.ndarray:
-  """Flat grid indices of part ``i`` of ``n`` (0-based): the ``i``-th of ``n`` contiguous, near-equal slices.
-
-  Example:
-    >>> [part_indices(7, (i, 3)).tolist() for i in range(3)]
-    [[0, 1, 2], [3, 4], [5, 6]]
-  """
-  if not (isinstance(part, (tuple, list)) and len(part) == 2
-          and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in part)):
-    raise ValueError(f"part must be a pair (index, count) of integers; got {part!r}")
-  i, n = int(part[0]), int(part[1])
-  if n < 1 or not 0 <= i < n:
-    raise ValueError(f"part must be (index, count) with 0 <= index < count (0-based); got {part!r}")
-  if n > num_points:
-    raise ValueError(f"part count {n} exceeds the {num_points} grid points: every part needs at least one point")
-  return np.array_split(np.arange(num_points), n)[i]
-
-
-def part_directory(out_dir: str, index: int, count: int) -> str:
-  """Where part ``index`` of ``count`` writes: ``<out_dir>/part-0003-of-0008``."""
-  return os.path.join(out_dir, f"part-{int(index):04d}-of-{int(count):04d}")
 
 
 class NonFiniteOriginError(ValueError):
@@ -722,7 +341,17 @@ def _check_params(params: PyTree) -> None:
 
 @jax.jit
 def _origin_loss(objective: Objective, params: PyTree) -> jax.Array:
-  return objective.loss(params)[0]
+  """The full-data loss at ``params`` (:meth:`~jaxscape.Objective.full_sums`'s scan) through :func:`_batch_sums`,
+  whose trace it shares with the chunk-size probe."""
+  rest = _without_batches(objective)
+
+  def body(carry, batch):
+    return jax.tree.map(jnp.add, carry, _batch_sums(rest, params, batch)), None
+
+  batches = (objective.x, objective.y, objective.w)
+  first = _batch_sums(rest, params, jax.tree.map(lambda b: b[0], batches))
+  sums, _ = jax.lax.scan(body, first, jax.tree.map(lambda b: b[1:], batches))
+  return sums["loss"] / objective.num_examples
 
 
 def _check_data_dtype(objective: Objective, params: PyTree) -> None:
@@ -744,7 +373,22 @@ def _check_origin(objective: Objective, params: PyTree) -> None:
                                "points that diverge are recorded as NaN and counted, the centre is not)")
 
 
+def _key_first(fn):
+  """Also accepts the older call ``fn(objective, ..., key=k)`` (an :class:`Objective` first, the key by keyword)."""
+  @functools.wraps(fn)
+  def wrapper(*args, **kwargs):
+    if args and isinstance(args[0], Objective):
+      args = (kwargs.pop("key", None), *args)
+    elif not args and "key" not in kwargs:  # all by keyword, without a key
+      kwargs["key"] = None
+    return fn(*args, **kwargs)
+
+  return wrapper
+
+
+@_key_first
 def loss_surface(
+    key: jax.Array | None,
     objective: Objective,
     params: PyTree,
     directions: Directions | Sequence[PyTree],
@@ -759,7 +403,6 @@ def loss_surface(
     quiet: bool = False,
     config: dict[str, Any] | None = None,
     curvature: str | Sequence[str] | None = None,
-    key: jax.Array | None = None,
     lanczos_steps: int = 10,
     trace_probes: int = 10,
     warm_start: int | None = None,
@@ -770,7 +413,21 @@ def loss_surface(
 ) -> Surface:
   """Evaluates the full-data loss (and metrics) over a grid of directions.
 
+  For grid coordinates ``c`` and directions ``d_1 … d_n`` the surface is the
+  full-data loss at ``θ + Σ_j c_j d_j`` (Li et al. 2018). Two call forms:
+
+  * ``loss_surface(key, objective, params, directions, ...)``: the key first
+    (``None`` for a loss-only or ``plane`` surface, which use no randomness);
+  * ``loss_surface(objective, params, directions, ..., key=key)``: the older
+    form, an :class:`~jaxscape.Objective` first and the key by keyword (or
+    none at all for a loss-only surface).
+
   Args:
+    key: ``jax.random.key`` for the random parts of the work: the ``full``
+      curvature map's Lanczos and trace probes (point ``i`` uses
+      ``fold_in(key, i)``, so maps do not depend on chunking or devices) and
+      its warm start. Without one, those are a ``ValueError`` (never a silent
+      default key); a loss-only or ``plane`` surface needs none.
     objective: the :class:`~jaxscape.Objective` (data, model, loss).
     params: the centre of the plot ``θ`` (the grid's origin).
     directions: :class:`~jaxscape.Directions` or a list of pytrees like
@@ -794,8 +451,6 @@ def loss_surface(
       stored in the same result (``surf.metrics``). ``plane`` costs about
       three extra forward-over-forward passes per point; ``full`` costs
       ``lanczos_steps + trace_probes`` Hessian-vector products per point.
-    key: ``jax.random.key`` for ``full`` curvature (point ``i`` uses
-      ``fold_in(key, i)``, so maps do not depend on chunking or devices).
     lanczos_steps, trace_probes: sizes of the ``full`` curvature estimates.
     warm_start: ``k``: warm-start the ``full`` map's Lanczos runs. A coarse
       pass first runs a cold Lanczos of ``warm_start_steps`` HVPs at every
@@ -831,6 +486,23 @@ def loss_surface(
 
   Returns:
     A :class:`Surface` with arrays indexed ``[iy, ix]``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, numpy as np
+    >>> import jaxscape as js
+    >>> x = np.random.default_rng(0).normal(size=(32, 4)).astype(np.float32)
+    >>> y = (x[:, 0] > 0).astype(np.int32)
+    >>> params = {"w": jnp.ones((4, 2)), "b": jnp.zeros(2)}
+    >>> obj = js.Objective.from_apply(lambda p, x: x @ p["w"] + p["b"], params, data=(x, y))
+    >>> dirs = js.random_directions(jax.random.key(0), params, n=2)
+    >>> surf = js.loss_surface(jax.random.key(1), obj, params, dirs, x=(-1, 1, 5), y=(-1, 1, 3), quiet=True)
+    >>> surf.loss.shape                       # [ny, nx]
+    (3, 5)
+    >>> bool(np.isclose(surf.loss[1, 2], obj.value(params)))   # origin = trained loss
+    True
+    >>> old = js.loss_surface(obj, params, dirs, x=(-1, 1, 5), y=(-1, 1, 3), quiet=True)  # the older form
+    >>> bool(np.array_equal(old.loss, surf.loss))
+    True
 
   Raises:
     ValueError: on bad input (ranges, directions that do not match the
@@ -874,18 +546,23 @@ def loss_surface(
   call_size = chunk_size * chunks_per_call
 
   dtype = jnp.result_type(*jax.tree.leaves(params))
-  chunk_fn = _chunk_fn(curv, int(lanczos_steps), int(trace_probes), warm is not None)
-  key = jax.random.key(0) if key is None else key
+  spec = PointSpec(curv, int(lanczos_steps), int(trace_probes), warm is not None)
   if d.state_vectors is not None and jax.tree.structure(d.state_vectors) != jax.tree.structure(objective.state):
     raise ValueError("the directions' state_vectors do not have the structure of the objective's state: "
                      f"{jax.tree.structure(d.state_vectors)} vs {jax.tree.structure(objective.state)}")
-  vectors = (d.vectors, d.state_vectors)
-  no_seeds = () if warm is None else ((np.zeros(num_points, np.int32), np.zeros((1, tree.size(params)), dtype)),)
-  shapes = jax.eval_shape(lambda *a: _finish_maps(chunk_fn(*a)), jnp.zeros((1, d.n), dtype), jnp.zeros(1, jnp.int32),
-                          key, params, (*vectors, *no_seeds), objective)
-  names = ("loss",) + tuple(k for k in shapes if k != "loss")
   _check_data_dtype(objective, params)
   _check_origin(objective, params)
+  replicated = NamedSharding(mesh, P())
+  inputs = jax.device_put(PointInputs(key, params, d.vectors, d.state_vectors), replicated)
+  placed = _place(objective, mesh)
+  if warm is not None:  # the seeds' shapes are known after the coarse pass: stand-ins here, one more trace then
+    inputs = dataclasses.replace(inputs, warm=jax.device_put(
+        WarmStarts(np.zeros(num_points, np.int32), np.zeros((1, tree.size(params)), dtype)), replicated))
+  evaluate = _call_evaluator(mesh, chunks_per_call, spec)
+  # The output names from the evaluator's own trace, which the calls below reuse (same shapes).
+  shapes = jax.eval_shape(evaluate, _chunk(np.zeros((call_size, d.n)), np.zeros(call_size, np.int32), dtype, mesh),
+                          inputs, placed)
+  names = ("loss",) + tuple(k for k in shapes if k != "loss")
   run_config = {
       "kind": "surface",
       "axes": [[float(a[0]), float(a[-1]), int(a.size)] for a in axes],
@@ -898,7 +575,7 @@ def loss_surface(
       "state_fingerprint": _io.fingerprint(objective.state),
       "directions_fingerprint": _io.fingerprint((d.vectors, d.state_vectors)),
       "bn_policy": d.info.get("bn_policy", objective.describe().get("bn_policy", "none")),
-      **({"curvature": {"maps": list(curv), "key": _key_list(key), "lanczos_steps": int(lanczos_steps),
+      **({"curvature": {"maps": list(curv), "key": None if key is None else _io.key_record(key), "lanczos_steps": int(lanczos_steps),
                         "trace_probes": int(trace_probes),
                         **({"warm_start": {"every": warm[0], "lanczos_steps": warm[1]}} if warm else {})}}
          if curv else {}),
@@ -933,16 +610,13 @@ def loss_surface(
   # One call per process per round; with one process a round is one call.
   rounds = [todo[i:i + call_size * nproc] for i in range(0, todo.size, call_size * nproc)]
 
-  replicated = NamedSharding(mesh, P())
-  args = (*jax.device_put((key, params, vectors), replicated), _place(objective, mesh))
   start = time.perf_counter()
   warm_meta = None
   if warm is not None:  # the coarse pass, for this process's points only
     mine = np.concatenate([np.array_split(r, nproc)[pid] for r in rounds] + [np.zeros(0, np.int64)])
     seeds, warm_meta = _warm_starts(warm, shape, coords, mine, mesh, per_device, int(lanczos_steps), chunks_per_call,
-                                    key, args, dtype, tree.size(params), quiet or pid != 0)
-    args = (args[0], args[1], (*args[2], jax.device_put(seeds, replicated)), args[3])
-  evaluate = _call_evaluator(mesh, chunks_per_call, chunk_fn)
+                                    inputs, placed, dtype, tree.size(params), quiet or pid != 0)
+    inputs = dataclasses.replace(inputs, warm=jax.device_put(seeds, replicated))
   env = _io.environment()
   env["device_count"] = ndev
   env["mesh"] = {"grid": ngrid, "data": int(data_shards)}
@@ -971,9 +645,7 @@ def loss_surface(
     c[: idx.size] = coords[idx]
     i = np.zeros(call_size, np.int32)
     i[: idx.size] = idx
-    grid_sharding = NamedSharding(mesh, P("grid"))
-    out = jax.device_get(evaluate(jax.device_put(jnp.asarray(c, dtype), grid_sharding),
-                                  jax.device_put(jnp.asarray(i), grid_sharding), *args))
+    out = jax.device_get(evaluate(_chunk(c, i, dtype, mesh), inputs, placed))
     got = {"index": np.where(np.arange(call_size) < idx.size, i, -1), **{k: np.asarray(out[k]) for k in names}}
     got = {k: v.reshape(-1) for k, v in _dist.allgather(got).items()}  # [nproc * call_size]
     keep = got["index"] >= 0
