@@ -67,7 +67,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from matfree import stochtrace
 
-PyTree = Any
+from .tree import PyTree
 Matvec = Callable[[PyTree], PyTree]
 
 WHICH = ("largest", "smallest", "magnitude")

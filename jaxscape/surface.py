@@ -55,7 +55,7 @@ from . import tree
 from .directions import Directions, as_directions, move_state
 from .objective import Objective
 
-PyTree = Any
+from .tree import PyTree
 Range = tuple[float, float, int] | str
 
 __all__ = ["Surface", "loss_surface", "parse_range", "grid_coordinates", "default_chunk_size", "load_surface",
