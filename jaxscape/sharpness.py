@@ -201,7 +201,7 @@ def keskar(
     best = max(best, max(seen))
 
   if "sign" in maximizers:
-    y0 = jax.random.uniform(k_start, (int(num_starts), *b.shape), b.dtype, -1.0, 1.0) * b
+    y0 = jax.random.uniform(k_start, (int(num_starts), *b.shape), b.dtype, -1.0, 1.0) * b[None]  # one box per start
     v_best = float(_sign_ascent(target, params, y0, x, a, b, _sign_schedule(int(sign_steps), b.dtype)))
     phis["sign"], evals["sign"] = _phi(v_best, f0), num_starts * (sign_steps + 1)
     best = max(best, v_best)
