@@ -122,7 +122,8 @@ def index(eigenvalues: jax.typing.ArrayLike, eps: float | None = None) -> jax.Ar
   if lam.ndim == 0 or lam.shape[-1] == 0:
     raise ValueError(f"eigenvalues must have a non-empty last axis; got shape {lam.shape}")
   threshold = default_eps(lam) if eps is None else jnp.asarray(eps, lam.dtype)
-  return jnp.mean((lam < -jnp.expand_dims(threshold, -1)).astype(lam.dtype), axis=-1)
+  threshold = jnp.broadcast_to(threshold, lam.shape[:-1])[..., None]  # one threshold per eigenvalue list
+  return jnp.mean((lam < -threshold).astype(lam.dtype), axis=-1)
 
 
 # --------------------------------------------------- critical-point search
