@@ -8,7 +8,7 @@ from the factorisation: the origin is a critical point with negative
 curvature (a saddle) and whole manifolds of factorisations share one loss.
 Swapping the identity activation for a sigmoid in the same architecture adds
 the non-convexity of the non-linearity. Exact checks run in float64
-(``jax.enable_x64``); dense Hessians come from ``jaxscape.critical``; the 2-D
+(``jax.enable_x64``); dense Hessians come from ``jaxscape.hessian``; the 2-D
 slices and their projected curvature from ``loss_surface(curvature="plane")``.
 
 Run: ``make experiment NAME=linear_network [PRESET=smoke|cpu|full] [SEED=0]``.
@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jaxscape as js  # noqa: E402
-from jaxscape import cli, plot, critical, data, models, stats, train  # noqa: E402
+from jaxscape import cli, plot, critical, data, hessian, models, stats, train  # noqa: E402
 from jaxscape import io as jio  # noqa: E402
 from jaxscape.report import Report, fmt, table  # noqa: E402
 
@@ -115,7 +115,7 @@ def main(config: dict, out_dir: str) -> Report:
     obj_w = js.Objective.from_apply(lambda w, x: x @ w, data=(x64, y64), loss="mse", batch_size=None, name="product")
     # the loss as a function of the product W: its Hessian is 2 X^T X / N (x) I / k, positive semi-definite
     w_star = jnp.linalg.lstsq(jnp.asarray(x64), jnp.asarray(y64))[0]
-    lam_w = np.asarray(critical.hessian_eigh(obj_w, w_star)[0])
+    lam_w = np.asarray(hessian.dense_eigh(obj_w, w_star)[0])
     product_diffs = []
     for name in ("linear", "linear_deep"):
       obj, _ = js.Objective.from_nnx(nets[name], data=(x64, y64), loss="mse", batch_size=None, name=name)
@@ -132,7 +132,7 @@ def main(config: dict, out_dir: str) -> Report:
       # the origin: gradient, dense Hessian, index; and a descent direction found by sampling
       zero = js.tree.zeros_like(js.tree.astype(inits[name], jnp.float64))
       g0 = float(js.tree.norm(jax.grad(obj.value)(zero)))
-      lam0 = np.asarray(critical.hessian_eigh(obj, zero)[0])
+      lam0 = np.asarray(hessian.dense_eigh(obj, zero)[0])
       idx0 = float(critical.index(lam0, eps=1e-10))
       v = js.tree.normal_like(jax.random.fold_in(root, 30), zero)
       v = js.tree.scale(1.0 / js.tree.norm(v), v)
@@ -214,7 +214,7 @@ def main(config: dict, out_dir: str) -> Report:
       "Product check in float64: a second factorisation W_i -> A_{i-1}^-1 W_i A_i (random A = Q diag(s), s in "
       "[1/2, 2]) at the initial and the trained point, compared with each other and with the MSE of the product "
       f"matrix itself (tolerance {config['product_tol']:g}).",
-      "Origin: gradient norm, dense float64 Hessian (`critical.hessian_eigh`) and index (eigenvalues below -1e-10); "
+      "Origin: gradient norm, dense float64 Hessian (`hessian.dense_eigh`) and index (eigenvalues below -1e-10); "
       "the smallest L(t v) - L(0) over t in {+-0.03, +-0.1, +-0.3} along a random unit direction v.",
       f"Slices: two filter-normalised Gaussian directions through the trained point, {config['grid']}x{config['grid']} "
       f"grid on [-{config['span']}, {config['span']}]^2, exact projected 2x2 Hessian per point "

@@ -9,11 +9,11 @@ capped step where LM stalls in a gradient-flat basin. Only points with
 ``||grad f|| < 1e-6`` count; LM stalls that never reach that are counted as
 gradient-flat and excluded. The end of every training run is also refined into
 an exact minimum by saddle-free Newton with a line search
-(``critical.minimize_saddle_free``). Each point's loss and index (fraction of
+(``newton.minimize_saddle_free``). Each point's loss and index (fraction of
 negative Hessian eigenvalues) are recorded. From points next to saddles,
 saddle-free Newton (``|H|`` from the eigendecomposition, and its Krylov
 version), damped Newton and gradient descent are compared
-(``critical.escape_saddle``).
+(``newton.escape_saddle``).
 
 Run: ``make experiment NAME=saddle_points [PRESET=smoke|cpu|full] [SEED=0] [DATA_DIR=...]``.
 """
@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402  (a scikit-learn dependency)
 
 import jaxscape as js  # noqa: E402
-from jaxscape import cli, critical, data, features, models, plot, regularize, stats, train  # noqa: E402
+from jaxscape import cli, critical, data, features, models, newton, plot, regularize, stats, train  # noqa: E402
 from jaxscape import io as jio  # noqa: E402
 from jaxscape.report import Report, fmt, table  # noqa: E402
 
@@ -169,7 +169,7 @@ def main(config: dict, out_dir: str) -> Report:
 
     # ------------------------------------------------------------ the trained points, refined into minima
     t0 = time.perf_counter()
-    refined = [critical.minimize_saddle_free(obj, jax.tree.map(lambda a: a[s, -1], traj),
+    refined = [newton.minimize_saddle_free(obj, jax.tree.map(lambda a: a[s, -1], traj),
                                              max_steps=config["minimize_steps"], tol=tol) for s in range(n_seeds)]
     minimize_wall = time.perf_counter() - t0
 
@@ -216,7 +216,7 @@ def main(config: dict, out_dir: str) -> Report:
            "losses": {}, "steps": {}, "wall": {}}
       for m in METHODS:
         tm = time.perf_counter()
-        r = critical.escape_saddle(obj, p0, m, config["escape_steps"], lr=1.0 / lmax if m == "gd" else 1.0,
+        r = newton.escape_saddle(obj, p0, m, config["escape_steps"], lr=1.0 / lmax if m == "gd" else 1.0,
                                    damping=0.0 if m == "gd" else damping,
                                    krylov_dim=config["krylov_dim"] if m == "sfn_krylov" else None,
                                    threshold=config["escape_threshold"], line_search=True)
@@ -313,7 +313,7 @@ def main(config: dict, out_dir: str) -> Report:
       f"{config['step_cap']:g} and no monotone test, up to {config['max_steps']} steps in all; the best iterate is "
       f"kept iff ||grad f|| < {tol:g}; {search_wall:.1f} s.",
       f"Minima: the last snapshot of each run refined by saddle-free Newton with an Armijo line search "
-      f"(`critical.minimize_saddle_free`, <= {config['minimize_steps']} steps; {minimize_wall:.1f} s); these "
+      f"(`newton.minimize_saddle_free`, <= {config['minimize_steps']} steps; {minimize_wall:.1f} s); these "
       f"{n_seeds} points join the population (red stars).",
       "Index = share of Hessian eigenvalues below the numerical-rank threshold -n eps max|lambda| (`critical.index`); "
       "distinct points = one per (loss to 1e-9 relative, index) value (the same point from several starts, and "

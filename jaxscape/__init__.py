@@ -22,6 +22,7 @@ from . import spectral as spectral
 from . import hessian as hessian
 from . import sharpness as sharpness
 from . import critical as critical
+from . import newton as newton
 from . import data as data
 from . import models as models
 from . import train as train

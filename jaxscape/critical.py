@@ -1,41 +1,34 @@
-"""Critical points of an objective: search, index and saddle-free Newton.
+"""Critical points of an objective: search and index.
 
 Dauphin et al. (2014) argue that in high dimension the critical points of a
 training loss whose error is well above the minimum are saddles, and that the
 fraction of negative Hessian eigenvalues (the *index*) grows with the error
-(see also Pennington & Bahri 2017). Checking that needs three tools, all here:
+(see also Pennington & Bahri 2017). Checking that needs critical points of
+every index, located here, their index (:func:`index`, from the dense Hessian
+of :func:`jaxscape.hessian.dense_eigh`), and optimiser steps that leave saddles
+(saddle-free Newton, in :mod:`jaxscape.newton`).
 
-* **Locating critical points of any index.** Minimising the loss only finds
-  minima; minimising ``1/2 ||grad f||^2`` finds saddles too. The Jacobian of
-  ``grad f`` is the Hessian ``H``, so a Gauss-Newton / Levenberg-Marquardt step
-  on the gradient system solves ``(H^2 + mu I) delta = -H g``
-  (``method="newton_gradnorm"``), and Newton-MR (Roosta et al. 2018) takes the
-  minimum-residual step ``delta = -H^+ g`` with a backtracking line search on
-  ``||g||^2`` (``method="newton_mr"``). Both use the dense Hessian and reach
-  ``||grad f|| ~ 1e-12`` in float64 within a few steps of a non-degenerate point.
-  Frye et al. (2021) warn that such methods also stop in *gradient-flat*
-  regions, where ``||g||^2`` is locally minimal but not zero (``g`` in the
-  near-kernel of ``H``); those are reported with ``status="gradient_flat"``
-  and ``converged=False``, never as critical points. On neural-network losses
-  most monotone searches end there; ``method="hybrid"`` then switches to
-  Newton's iteration with a capped step and no monotone test, which leaves the
-  gradient-flat basin and converges quadratically once it enters the basin of
-  a critical point. :func:`find_critical_points` runs many starts in one
-  compiled call (``jax.lax.map``, optionally vmapped in batches).
-* **Dense curvature for small models** (a few hundred parameters):
-  :func:`dense_hessian` and :func:`index`.
-* **Saddle-free Newton** (SFN; Dauphin et al. 2014): ``delta = -|H|^-1 g`` with
-  ``|H| = V |Lambda| V^T``, dense or restricted to the ``k``-dimensional
-  Krylov subspace ``K_k(H, g)`` built by Lanczos on Hessian-vector products
-  (``jax.jvp`` of ``jax.grad``), next to damped Newton and gradient descent,
-  :func:`escape_saddle` to count how many steps each needs to leave a
-  saddle (optionally with an Armijo line search), and
-  :func:`minimize_saddle_free` to refine a trained point into an exact minimum.
+Minimising the loss only finds minima; minimising ``1/2 ||grad f||^2`` finds
+saddles too. The Jacobian of ``grad f`` is the Hessian ``H``, so a
+Gauss-Newton / Levenberg-Marquardt step on the gradient system solves
+``(H^2 + mu I) delta = -H g`` (``method="newton_gradnorm"``), and Newton-MR
+(Roosta et al. 2018) takes the minimum-residual step ``delta = -H^+ g`` with a
+backtracking line search on ``||g||^2`` (``method="newton_mr"``). Both use the
+dense Hessian and reach ``||grad f|| ~ 1e-12`` in float64 within a few steps of
+a non-degenerate point. Frye et al. (2021) warn that such methods also stop in
+*gradient-flat* regions, where ``||g||^2`` is locally minimal but not zero
+(``g`` in the near-kernel of ``H``); those are reported with
+``status="gradient_flat"`` and ``converged=False``, never as critical points.
+On neural-network losses most monotone searches end there; ``method="hybrid"``
+then switches to Newton's iteration with a capped step and no monotone test,
+which leaves the gradient-flat basin and converges quadratically once it enters
+the basin of a critical point. :func:`find_critical_points` runs many starts in
+one compiled call (``jax.lax.map``, optionally vmapped in batches).
 
-Parameters are flattened with ``jax.flatten_util.ravel_pytree``; dense
-matrices and eigenvectors are in that order. When 64-bit mode is on
-(``jax.enable_x64``), parameters are cast to float64 before any dense
-computation, so the Hessian, the search and the steps run in float64.
+Parameters are flattened by :func:`jaxscape.hessian.flat_objective`
+(``ravel_pytree`` order); dense matrices and eigenvectors are in that order.
+When 64-bit mode is on (``jax.enable_x64``), parameters are cast to float64
+before any dense computation, so the Hessian and the search run in float64.
 
 References:
   Dauphin, Pascanu, Gulcehre, Cho, Ganguli, Bengio. Identifying and attacking
@@ -66,126 +59,42 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
+from .hessian import flat_objective
 from .objective import Objective
-
-PyTree = Any
+from .tree import PyTree
 
 __all__ = [
     "METHODS",
-    "STEP_METHODS",
+    "STATUSES",
     "CriticalPoint",
     "CriticalPoints",
-    "EscapeResult",
-    "dense_hessian",
-    "hessian_eigh",
     "index",
+    "default_eps",
+    "flatness",
     "find_critical_point",
     "find_critical_points",
-    "minimize_saddle_free",
     "solve_gradient_system",
-    "gradient_descent_step",
-    "newton_step",
-    "saddle_free_newton_step",
-    "saddle_free_newton_step_krylov",
-    "escape_saddle",
 ]
 
 METHODS = ("newton_gradnorm", "newton_mr", "hybrid")
 """Critical-point search methods of :func:`find_critical_point`."""
 
-STEP_METHODS = ("gd", "newton", "sfn", "sfn_krylov")
-"""Optimiser steps compared by :func:`escape_saddle`."""
-
-_STATUS = ("running", "converged", "gradient_flat", "max_steps")
+STATUSES = ("running", "converged", "gradient_flat", "max_steps")
+"""How a search ended; ``status`` codes of :func:`solve_gradient_system` index this tuple."""
 
 
-# ----------------------------------------------------------------- utilities
-def _working_dtype(flat: jax.Array) -> jnp.dtype:
-  """float64 under ``jax.enable_x64``, else the parameters' own float dtype."""
-  if jax.config.jax_enable_x64:
-    return jnp.dtype(jnp.float64)
-  return flat.dtype if jnp.issubdtype(flat.dtype, jnp.floating) else jnp.dtype(jnp.float32)
+def default_eps(eigenvalues: jax.typing.ArrayLike) -> jax.Array:
+  """The numerical-rank threshold ``n * machine_eps * max|lambda|`` of ``[..., n]`` eigenvalues.
 
-
-def _flatten(params: PyTree) -> jax.Array:
-  """Ravels ``params`` (``ravel_pytree`` order) into the working dtype."""
-  flat, _ = ravel_pytree(params)
-  if flat.size == 0:
-    raise ValueError("params has no array leaves: expected a pytree with at least one parameter")
-  return flat.astype(_working_dtype(flat))
-
-
-def _unflatten_like(v: jax.Array, params: PyTree) -> PyTree:
-  """Splits a flat vector into ``params``' structure, keeping ``v``'s dtype.
-
-  (``ravel_pytree``'s inverse would cast back to the leaves' original dtypes;
-  this keeps float64 when the search runs in float64.)
+  As ``numpy.linalg.matrix_rank``: eigenvalues within it of zero are rounding
+  noise; the default ``eps`` of :func:`index`.
   """
-  leaves, treedef = jax.tree.flatten(params)
-  out, start = [], 0
-  for leaf in leaves:
-    size = int(jnp.size(leaf))
-    out.append(v[start:start + size].reshape(jnp.shape(leaf)))
-    start += size
-  return jax.tree.unflatten(treedef, out)
-
-
-def _flat_value(obj: Objective, params: PyTree) -> Callable[[jax.Array], jax.Array]:
-  """``obj.value`` as a function of the flat parameter vector."""
-  return lambda v: obj.value(_unflatten_like(v, params))
-
-
-def _sym_eigh(h: jax.Array) -> tuple[jax.Array, jax.Array]:
-  lam, vecs = jnp.linalg.eigh(0.5 * (h + h.T))
-  return lam, vecs
-
-
-# ----------------------------------------------------------- dense curvature
-@jax.jit
-def _dense_hessian(obj: Objective, params: PyTree) -> jax.Array:
-  flat = _flatten(params)
-  h = jax.hessian(_flat_value(obj, params))(flat)
-  return 0.5 * (h + h.T)
-
-
-def dense_hessian(obj: Objective, params: PyTree) -> jax.Array:
-  """The full Hessian of ``obj.value`` at ``params``, as an ``[n, n]`` matrix.
-
-  Computed with ``jax.hessian`` (forward-over-reverse: ``n`` Hessian-vector
-  products) on the parameters flattened by ``ravel_pytree``, and symmetrised
-  (``(H + H^T)/2``). In float64 when 64-bit mode is on. Meant for small models
-  (a few hundred to a few thousand parameters).
-
-  Args:
-    obj: the objective.
-    params: parameter pytree.
-
-  Returns:
-    ``[n, n]`` array, rows and columns in ``ravel_pytree(params)`` order.
-
-  Example:
-    >>> import jax.numpy as jnp, jaxscape as js
-    >>> apply = lambda p, x: x @ p
-    >>> obj = js.Objective.from_apply(apply, data=(jnp.eye(2), jnp.zeros(2)), loss="mse")
-    >>> dense_hessian(obj, jnp.zeros(2)).tolist()   # mean of (x.p)^2: H = 2 X^T X / N
-    [[1.0, 0.0], [0.0, 1.0]]
-  """
-  return _dense_hessian(obj, params)
-
-
-def hessian_eigh(obj: Objective, params: PyTree) -> tuple[jax.Array, jax.Array]:
-  """Eigenvalues (ascending) and eigenvectors (columns) of :func:`dense_hessian`."""
-  return _sym_eigh(dense_hessian(obj, params))
-
-
-def _default_eps(eigenvalues: jax.Array) -> jax.Array:
   lam = jnp.asarray(eigenvalues)
   return lam.shape[-1] * jnp.finfo(lam.dtype).eps * jnp.max(jnp.abs(lam), axis=-1)
 
@@ -212,17 +121,23 @@ def index(eigenvalues: jax.typing.ArrayLike, eps: float | None = None) -> jax.Ar
   lam = jnp.asarray(eigenvalues)
   if lam.ndim == 0 or lam.shape[-1] == 0:
     raise ValueError(f"eigenvalues must have a non-empty last axis; got shape {lam.shape}")
-  threshold = _default_eps(lam) if eps is None else jnp.asarray(eps, lam.dtype)
-  return jnp.mean((lam < -jnp.expand_dims(threshold, -1)).astype(lam.dtype), axis=-1)
+  threshold = default_eps(lam) if eps is None else jnp.asarray(eps, lam.dtype)
+  threshold = jnp.broadcast_to(threshold, lam.shape[:-1])[..., None]  # one threshold per eigenvalue list
+  return jnp.mean((lam < -threshold).astype(lam.dtype), axis=-1)
 
 
 # --------------------------------------------------- critical-point search
-def _flatness(lam: jax.Array, vecs: jax.Array, g: jax.Array) -> jax.Array:
+def flatness(lam: jax.Array, vecs: jax.Array, g: jax.Array) -> jax.Array:
   """``||H g|| / (max|lambda| ||g||)`` from the eigendecomposition of ``H``.
 
   In ``[0, 1]``; near 0 where ``g`` lies in the near-kernel of ``H``, the
   signature of a gradient-flat point (Frye et al. 2021), at least
   ``min|lambda| / max|lambda|`` next to a non-degenerate critical point.
+
+  Args:
+    lam: ``[n]`` eigenvalues of ``H``.
+    vecs: ``[n, n]`` its eigenvectors (columns).
+    g: ``[n]`` the gradient.
   """
   tiny = jnp.finfo(lam.dtype).tiny
   return jnp.linalg.norm(lam * (vecs.T @ g)) / (jnp.max(jnp.abs(lam)) * jnp.linalg.norm(g) + tiny)
@@ -272,7 +187,7 @@ def _solve_hybrid(f, x0, *, max_steps, lm_steps, tol, window, step_cap, max_damp
     in_lm = (~newton) & (gn >= tol)
     stalled = in_lm & ((mu > max_damping) | (since >= window))
     switch = stalled | (in_lm & (step >= lm_steps))
-    stall_flat = jax.lax.cond(switch, lambda: _flatness(*_sym_eigh(h), g), lambda: s["stall_flatness"])
+    stall_flat = jax.lax.cond(switch, lambda: flatness(*jnp.linalg.eigh(h), g), lambda: s["stall_flatness"])
     better = gn < s["best_gn"]
     return {"x": x, "g": g, "h": h, "gn": gn, "mu": mu, "nu": nu, "ref": ref, "since": since, "step": step,
             "newton": newton | switch,
@@ -291,13 +206,13 @@ def _solve_hybrid(f, x0, *, max_steps, lm_steps, tol, window, step_cap, max_damp
            "lm_steps": jnp.asarray(0, jnp.int32), "stall_grad_norm": nan, "stall_flatness": nan,
            "best_x": x0, "best_g": g0, "best_h": h0, "best_gn": gn0}
   s = jax.lax.while_loop(lambda s: (s["best_gn"] >= tol) & (s["step"] < max_steps), body, state)
-  lam, vecs = _sym_eigh(s["best_h"])
+  lam, vecs = jnp.linalg.eigh(s["best_h"])
   converged = s["best_gn"] < tol
   # steps spent in the LM phase (all of them when the search never left it)
   lm_used = jnp.where(s["newton"] & (lm_steps > 0), s["lm_steps"], jnp.where(lm_steps > 0, s["step"], 0))
   return {"x": s["best_x"], "value": f(s["best_x"]), "grad_norm": s["best_gn"], "eigenvalues": lam,
           "eigenvectors": vecs, "steps": s["step"], "status": jnp.where(converged, 1, s["lm_status"]),
-          "flatness": _flatness(lam, vecs, s["best_g"]), "lm_steps": lm_used,
+          "flatness": flatness(lam, vecs, s["best_g"]), "lm_steps": lm_used,
           "stall_grad_norm": s["stall_grad_norm"], "stall_flatness": s["stall_flatness"]}
 
 
@@ -401,7 +316,7 @@ def solve_gradient_system(
   tol = jnp.asarray(tol, dtype)
 
   def eig(x):
-    return _sym_eigh(hess(x))
+    return tuple(jnp.linalg.eigh(hess(x)))  # a plain pair, as the lax.cond branches that keep the old one
 
   def status_of(gn, mu, step, flat):
     return jnp.where(gn < tol, 1, jnp.where(flat | (mu > max_damping), 2, jnp.where(step >= max_steps, 3, 0)))
@@ -466,7 +381,7 @@ def solve_gradient_system(
   x, g, lam, vecs, _, step, status = jax.lax.while_loop(lambda s: s[-1] == 0, body, state)
   gn = jnp.linalg.norm(g)
   nan = jnp.asarray(jnp.nan, dtype)
-  flat = _flatness(lam, vecs, g)
+  flat = flatness(lam, vecs, g)
   return {"x": x, "value": f(x), "grad_norm": gn, "eigenvalues": lam, "eigenvectors": vecs, "steps": step,
           "status": status, "flatness": flat, "lm_steps": step if method == "newton_gradnorm" else jnp.zeros_like(step),
           "stall_grad_norm": jnp.where(status == 2, gn, nan), "stall_flatness": jnp.where(status == 2, flat, nan)}
@@ -474,7 +389,7 @@ def solve_gradient_system(
 
 @dataclasses.dataclass(frozen=True)
 class CriticalPoint:
-  """Result of :func:`find_critical_point` (and :func:`minimize_saddle_free`).
+  """Result of :func:`find_critical_point` (and :func:`jaxscape.newton.minimize_saddle_free`).
 
   Attributes:
     params: the final parameters (a pytree like the input, in the working dtype).
@@ -569,13 +484,13 @@ def _check_search_args(method, max_steps, tol, lm_steps, window, step_cap):
 @functools.partial(jax.jit, static_argnames=("method", "batch_size"))
 def _find_many(obj, starts, tol, max_damping, step_cap, method, max_steps, lm_steps, window, batch_size):
   template = jax.tree.map(lambda a: a[0], starts)
-  f = _flat_value(obj, template)
-  flat = jax.vmap(_flatten)(starts)
+  f, _, unravel = flat_objective(obj, template)
+  flat = jax.vmap(lambda p: flat_objective(obj, p)[1])(starts)
   solve = lambda x: solve_gradient_system(f, x, method=method, max_steps=max_steps, tol=tol, max_damping=max_damping,
                                           lm_steps=lm_steps, window=window, step_cap=step_cap)
   out = jax.lax.map(solve, flat, batch_size=batch_size)
   out.pop("eigenvectors")
-  out["params"] = jax.vmap(lambda v: _unflatten_like(v, template))(out.pop("x"))
+  out["params"] = jax.vmap(unravel)(out.pop("x"))
   return out
 
 
@@ -643,12 +558,12 @@ def find_critical_points(
     lm_steps = max_steps // 4
   out = _find_many(obj, starts, tol, max_damping, step_cap, method, max_steps, lm_steps, window, batch_size)
   lam = np.asarray(out["eigenvalues"])
-  eps_values = np.asarray(_default_eps(lam)) if eps is None else np.full(lam.shape[0], float(eps))
+  eps_values = np.asarray(default_eps(lam)) if eps is None else np.full(lam.shape[0], float(eps))
   gn = np.asarray(out["grad_norm"])
   return CriticalPoints(
       params=out["params"], loss=np.asarray(out["value"]), grad_norm=gn,
       index=np.mean(lam < -eps_values[:, None], axis=-1), eigenvalues=lam, steps=np.asarray(out["steps"]),
-      converged=gn < tol, status=np.array([_STATUS[int(s)] for s in np.asarray(out["status"])]),
+      converged=gn < tol, status=np.array([STATUSES[int(s)] for s in np.asarray(out["status"])]),
       flatness=np.asarray(out["flatness"]), lm_steps=np.asarray(out["lm_steps"]),
       stall_grad_norm=np.asarray(out["stall_grad_norm"]), stall_flatness=np.asarray(out["stall_flatness"]),
       method=method, tol=float(tol), eps=eps_values)
@@ -712,363 +627,3 @@ def find_critical_point(
       converged=bool(cps.converged[0]), status=str(cps.status[0]), method=method, tol=float(tol),
       eps=float(cps.eps[0]), flatness=float(cps.flatness[0]))
 
-
-@jax.jit
-def _sfn_minimize(obj, params, max_steps, tol, damping, step_cap):
-  flat = _flatten(params)
-  f = _flat_value(obj, params)
-  vg = jax.value_and_grad(f)
-  dtype = flat.dtype
-  slack = 4 * jnp.finfo(dtype).eps
-
-  def body(s):
-    x, value, g, _, step, _ = s
-    lam, vecs = _sym_eigh(jax.hessian(f)(x))
-    delta = -vecs @ ((vecs.T @ g) / (jnp.abs(lam) + damping))
-    length = jnp.linalg.norm(delta)
-    delta = jnp.where(jnp.isfinite(length), delta * jnp.minimum(1.0, step_cap / length),
-                      -step_cap * g / jnp.linalg.norm(g))
-    slope = g @ delta  # < 0: |H| + damping is positive definite
-    armijo = lambda t, v: v <= value + 1e-4 * t * slope + slack * jnp.abs(value)
-    t, v = jax.lax.while_loop(lambda c: ~armijo(*c) & (c[0] > 2.0**-30),
-                              lambda c: (c[0] / 2, f(x + c[0] / 2 * delta)), (jnp.asarray(1.0, dtype), f(x + delta)))
-    ok = armijo(t, v) & jnp.isfinite(v)
-    x = jnp.where(ok, x + t * delta, x)
-    value, g = vg(x)
-    return x, value, g, jnp.linalg.norm(g), step + 1, ~ok
-
-  value0, g0 = vg(flat)
-  state = (flat, value0, g0, jnp.linalg.norm(g0), jnp.asarray(0, jnp.int32), jnp.asarray(False))
-  x, value, g, gn, step, stuck = jax.lax.while_loop(
-      lambda s: (s[3] >= tol) & (s[4] < max_steps) & ~s[5], body, state)
-  lam, vecs = _sym_eigh(jax.hessian(f)(x))
-  status = jnp.where(gn < tol, 1, jnp.where(stuck, 2, 3))
-  return {"params": _unflatten_like(x, params), "value": value, "grad_norm": gn, "eigenvalues": lam, "steps": step,
-          "status": status, "flatness": _flatness(lam, vecs, g)}
-
-
-def minimize_saddle_free(
-    obj: Objective,
-    params: PyTree,
-    *,
-    max_steps: int = 100,
-    tol: float = 1e-6,
-    damping: float = 0.0,
-    step_cap: float = 1.0,
-    eps: float | None = None,
-) -> CriticalPoint:
-  """Minimises ``obj.value`` with saddle-free Newton and a line search, to a minimum.
-
-  Each step is ``delta = -(|H| + damping I)^-1 g`` (dense eigendecomposition,
-  Dauphin et al. 2014), capped at ``step_cap`` in norm, then halved until
-  Armijo's condition ``f(x + t delta) <= f(x) + 1e-4 t g.delta`` holds (up to
-  ``4 eps |f|`` of rounding). ``|H|`` is positive definite, so every step
-  descends; negative curvature is followed away from saddles, and next to a
-  minimum the step is Newton's (quadratic convergence). Used to refine the end
-  of a training run into an exact minimum (index 0 when it converges).
-
-  Args:
-    obj: the objective (dense Hessian: a small model).
-    params: starting parameters.
-    max_steps: step budget.
-    tol: stop when ``||grad f|| < tol``.
-    damping: added to every ``|lambda|``.
-    step_cap: largest step (Euclidean norm of the flat parameters).
-    eps: eigenvalue threshold for the index (default: see :func:`index`).
-
-  Returns:
-    A :class:`CriticalPoint` with ``method="sfn_minimize"``; ``status`` is
-    ``"gradient_flat"`` when no step length passed the line search.
-
-  Example:
-    >>> import jax, jax.numpy as jnp, jaxscape as js
-    >>> apply = lambda p, x: p[0] ** 4 / 4 - p[0] ** 2 / 2 + p[1] ** 2 / 2 + 0 * x[:, 0]
-    >>> obj = js.Objective.from_apply(apply, data=(jnp.zeros((1, 1)), jnp.zeros(1)),
-    ...                               loss=lambda out, t: out)
-    >>> with jax.enable_x64(True):   # starts next to the saddle at the origin
-    ...   cp = minimize_saddle_free(obj, jnp.array([1e-3, 0.5]))
-    >>> cp.converged, float(cp.index), round(cp.loss, 6)
-    (True, 0.0, -0.25)
-  """
-  if not isinstance(max_steps, int) or max_steps < 0:
-    raise ValueError(f"max_steps must be a non-negative int; got {max_steps!r}")
-  if not tol > 0:
-    raise ValueError(f"tol must be positive; got {tol!r}")
-  if not damping >= 0 or not step_cap > 0:
-    raise ValueError(f"damping must be >= 0 and step_cap > 0; got damping={damping!r}, step_cap={step_cap!r}")
-  out = _sfn_minimize(obj, params, max_steps, tol, damping, step_cap)
-  lam = out["eigenvalues"]
-  eps_value = float(_default_eps(lam)) if eps is None else float(eps)
-  gn = float(out["grad_norm"])
-  return CriticalPoint(
-      params=out["params"], loss=float(out["value"]), grad_norm=gn, index=float(index(lam, eps_value)),
-      eigenvalues=lam, steps=int(out["steps"]), converged=bool(gn < tol), status=_STATUS[int(out["status"])],
-      method="sfn_minimize", tol=float(tol), eps=eps_value, flatness=float(out["flatness"]))
-
-
-# ------------------------------------------------------------------- steps
-def _gd_flat(f, x, lr, damping, krylov_dim):
-  del damping, krylov_dim
-  return -lr * jax.grad(f)(x)
-
-
-def _newton_flat(f, x, lr, damping, krylov_dim):
-  del krylov_dim
-  g, h = jax.grad(f)(x), jax.hessian(f)(x)
-  h = 0.5 * (h + h.T)
-  return -lr * jnp.linalg.solve(h + damping * jnp.eye(x.shape[0], dtype=x.dtype), g)
-
-
-def _sfn_flat(f, x, lr, damping, krylov_dim):
-  del krylov_dim
-  g = jax.grad(f)(x)
-  lam, vecs = _sym_eigh(jax.hessian(f)(x))
-  return -lr * (vecs @ ((vecs.T @ g) / (jnp.abs(lam) + damping)))
-
-
-def _lanczos(matvec: Callable[[jax.Array], jax.Array], q0: jax.Array, k: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """``k`` Lanczos steps with full reorthogonalisation.
-
-  Returns ``(Q, alpha, beta)``: orthonormal rows ``Q [k, n]`` spanning
-  ``K_k(A, q0)`` and the tridiagonal ``T = Q A Q^T`` (diagonal ``alpha``,
-  off-diagonal ``beta[:-1]``). On breakdown (an invariant subspace found
-  early) the remaining rows are zero.
-  """
-  n = q0.shape[0]
-  dtype = q0.dtype
-  small = jnp.sqrt(jnp.finfo(dtype).eps)
-
-  def body(i, carry):
-    qs, alpha, beta, q, q_prev, b_prev = carry
-    qs = qs.at[i].set(q)
-    w = matvec(q)
-    a = q @ w
-    w = w - a * q - b_prev * q_prev
-    w = w - qs.T @ (qs @ w)
-    w = w - qs.T @ (qs @ w)
-    b = jnp.linalg.norm(w)
-    ok = b > small * (jnp.abs(a) + b_prev + jnp.finfo(dtype).tiny) * 1e-3
-    q_next = jnp.where(ok, w / jnp.where(ok, b, 1), 0)
-    b = jnp.where(ok, b, 0)
-    return qs, alpha.at[i].set(a), beta.at[i].set(b), q_next, q, b
-
-  init = (jnp.zeros((k, n), dtype), jnp.zeros(k, dtype), jnp.zeros(k, dtype), q0, jnp.zeros_like(q0),
-          jnp.zeros((), dtype))
-  qs, alpha, beta, *_ = jax.lax.fori_loop(0, k, body, init)
-  return qs, alpha, beta
-
-
-def _sfn_krylov_flat(f, x, lr, damping, krylov_dim):
-  grad = jax.grad(f)
-  g = grad(x)
-  gn = jnp.linalg.norm(g)
-  q0 = jnp.where(gn > 0, g / jnp.where(gn > 0, gn, 1), 0)
-  hvp = lambda v: jax.jvp(grad, (x,), (v,))[1]
-  qs, alpha, beta = _lanczos(hvp, q0, krylov_dim)
-  t = jnp.diag(alpha) + jnp.diag(beta[:-1], 1) + jnp.diag(beta[:-1], -1)
-  mu, u = jnp.linalg.eigh(t)
-  denom = jnp.abs(mu) + damping
-  coef = gn * u[0, :]  # U^T (Q g) with Q g = ||g|| e_1
-  y = u @ jnp.where(denom > 0, coef / jnp.where(denom > 0, denom, 1), 0)
-  return -lr * (qs.T @ y)
-
-
-_STEPS = {"gd": _gd_flat, "newton": _newton_flat, "sfn": _sfn_flat, "sfn_krylov": _sfn_krylov_flat}
-
-
-@functools.partial(jax.jit, static_argnames=("method", "krylov_dim"))
-def _step(obj, params, lr, damping, method, krylov_dim):
-  flat = _flatten(params)
-  return _unflatten_like(_STEPS[method](_flat_value(obj, params), flat, lr, damping, krylov_dim), params)
-
-
-def gradient_descent_step(obj: Objective, params: PyTree, lr: float) -> PyTree:
-  """The gradient-descent update ``-lr * grad f`` (a pytree like ``params``)."""
-  return _step(obj, params, lr, 0.0, "gd", None)
-
-
-def newton_step(obj: Objective, params: PyTree, damping: float = 0.0) -> PyTree:
-  """The damped Newton update ``-(H + damping I)^-1 grad f``.
-
-  Newton's method rescales each eigen-direction by ``1/lambda``, which flips
-  the sign of the step along negative-curvature directions: near a saddle it
-  moves *towards* the saddle (Dauphin et al. 2014, Sec. 4).
-  """
-  return _step(obj, params, 1.0, damping, "newton", None)
-
-
-def saddle_free_newton_step(obj: Objective, params: PyTree, damping: float = 0.0) -> PyTree:
-  """The saddle-free Newton update ``-(|H| + damping I)^-1 grad f`` (dense).
-
-  ``|H| = V |Lambda| V^T`` from the eigendecomposition of the dense Hessian:
-  Newton's rescaling by the curvature magnitude, but always downhill, so
-  negative-curvature directions are followed away from a saddle (Dauphin et
-  al. 2014, Eq. 6 / Algorithm 1 without the Krylov restriction).
-
-  Args:
-    obj: the objective.
-    params: parameter pytree.
-    damping: added to every ``|lambda|`` (must make them all positive).
-
-  Returns:
-    The update, a pytree like ``params``.
-
-  Example:
-    >>> import jax.numpy as jnp, jaxscape as js
-    >>> apply = lambda p, x: p[0] ** 2 - p[1] ** 2 + 0 * x[:, 0]
-    >>> obj = js.Objective.from_apply(apply, data=(jnp.zeros((1, 1)), jnp.zeros(1)),
-    ...                               loss=lambda out, t: out)
-    >>> saddle_free_newton_step(obj, jnp.array([0.5, 0.25])).tolist()  # |H| = 2 I
-    [-0.5, 0.25]
-  """
-  return _step(obj, params, 1.0, damping, "sfn", None)
-
-
-def saddle_free_newton_step_krylov(obj: Objective, params: PyTree, damping: float, krylov_dim: int) -> PyTree:
-  """Matrix-free saddle-free Newton in the Krylov subspace ``K_k(H, g)``.
-
-  ``k = krylov_dim`` Lanczos steps (full reorthogonalisation) on
-  Hessian-vector products ``jax.jvp(jax.grad(f), (x,), (v,))``, started from
-  the gradient, give an orthonormal basis ``Q`` and ``T = Q H Q^T``; the step
-  is ``-Q^T |T + 0|^-1 Q g`` with ``|T| = U (|mu| + damping) U^T``
-  (Dauphin et al. 2014, Algorithm 1). It costs ``k`` HVPs and never forms
-  ``H``; with ``k = n`` it equals the dense :func:`saddle_free_newton_step`.
-
-  Args:
-    obj: the objective.
-    params: parameter pytree.
-    damping: added to every Ritz value's magnitude.
-    krylov_dim: ``k``, the subspace dimension (static; at most ``n``).
-
-  Returns:
-    The update, a pytree like ``params``.
-  """
-  n = sum(int(jnp.size(leaf)) for leaf in jax.tree.leaves(params))
-  if not isinstance(krylov_dim, int) or not 1 <= krylov_dim <= n:
-    raise ValueError(f"krylov_dim must be an int in [1, {n}] (the number of parameters); got {krylov_dim!r}")
-  return _step(obj, params, 1.0, damping, "sfn_krylov", krylov_dim)
-
-
-# --------------------------------------------------------- saddle escape
-@dataclasses.dataclass(frozen=True)
-class EscapeResult:
-  """Result of :func:`escape_saddle`.
-
-  Attributes:
-    method: the step method.
-    losses: ``[steps + 1]`` loss before each step and after the last.
-    grad_norms: ``[steps + 1]`` gradient norms at the same points.
-    params: the final parameters.
-    escape_step: the first step count ``t`` with
-      ``losses[t] <= losses[0] - threshold``, or ``-1`` if the run never
-      dropped that far.
-    threshold: the loss drop that counts as an escape.
-    lr: the step size used.
-    damping: the damping used (Newton-type methods).
-    line_search: whether steps were backtracked (Armijo).
-  """
-
-  method: str
-  losses: jax.Array
-  grad_norms: jax.Array
-  params: PyTree
-  escape_step: int
-  threshold: float
-  lr: float
-  damping: float
-  line_search: bool = False
-
-
-@functools.partial(jax.jit, static_argnames=("method", "steps", "krylov_dim", "line_search"))
-def _run(obj, params, lr, damping, method, steps, krylov_dim, line_search):
-  flat = _flatten(params)
-  f = _flat_value(obj, params)
-  step = _STEPS[method]
-  dtype = flat.dtype
-  slack = 4 * jnp.finfo(dtype).eps
-
-  def body(x, _):
-    value, g = jax.value_and_grad(f)(x)
-    delta = step(f, x, lr, damping, krylov_dim)
-    if line_search:
-      # backtracking (Armijo) along descent directions; a non-descent direction takes the full step
-      slope = g @ delta
-      armijo = lambda t, v: (slope >= 0) | (v <= value + 1e-4 * t * slope + slack * jnp.abs(value))
-      t, _ = jax.lax.while_loop(lambda c: ~armijo(*c) & (c[0] > 2.0**-30),
-                                lambda c: (c[0] / 2, f(x + c[0] / 2 * delta)), (jnp.asarray(1.0, dtype), f(x + delta)))
-      delta = t * delta
-    return x + delta, (value, jnp.linalg.norm(g))
-
-  x, (losses, gns) = jax.lax.scan(body, flat, None, length=steps)
-  value, g = jax.value_and_grad(f)(x)
-  return (_unflatten_like(x, params), jnp.append(losses, value), jnp.append(gns, jnp.linalg.norm(g)))
-
-
-def escape_saddle(
-    obj: Objective,
-    params: PyTree,
-    method: str,
-    steps: int,
-    *,
-    lr: float | None = None,
-    damping: float = 0.0,
-    krylov_dim: int | None = None,
-    threshold: float = 1e-3,
-    line_search: bool = False,
-) -> EscapeResult:
-  """Runs ``steps`` optimiser steps from ``params`` and records the loss.
-
-  Used to compare how fast methods leave a saddle (Dauphin et al. 2014,
-  Fig. 3): gradient descent slows down near a saddle because the gradient
-  vanishes, Newton's method is attracted to it, saddle-free Newton is
-  repelled along negative curvature at a rate set by ``|lambda|``.
-
-  Args:
-    obj: the objective.
-    params: starting parameters (e.g. a saddle plus a small perturbation).
-    method: one of :data:`STEP_METHODS`: ``"gd"`` (``-lr g``), ``"newton"``
-      (``-lr (H + damping I)^-1 g``), ``"sfn"`` (``-lr (|H| + damping I)^-1 g``)
-      or ``"sfn_krylov"`` (the same in a ``krylov_dim``-dimensional Krylov
-      subspace).
-    steps: number of steps (static).
-    lr: step size; defaults to 0.1 for ``"gd"`` and 1.0 for the others.
-    damping: Newton / SFN damping.
-    krylov_dim: subspace dimension for ``"sfn_krylov"``.
-    threshold: the loss drop from the start that counts as an escape.
-    line_search: halve each step until Armijo's condition
-      ``f(x + t d) <= f(x) + 1e-4 t g.d`` holds (up to 30 times) when ``d``
-      is a descent direction; steps that do not descend (Newton's, next to a
-      saddle) are taken in full. Keeps saddle-free Newton from overshooting
-      once it has left the saddle (``|H|^-1`` is huge along near-flat
-      directions); with ``lr <= 1/max|lambda|`` gradient descent is unaffected.
-
-  Returns:
-    An :class:`EscapeResult`.
-
-  Example:
-    >>> import jax.numpy as jnp, jaxscape as js
-    >>> apply = lambda p, x: p[0] ** 2 - p[1] ** 2 + 0 * x[:, 0]
-    >>> obj = js.Objective.from_apply(apply, data=(jnp.zeros((1, 1)), jnp.zeros(1)),
-    ...                               loss=lambda out, t: out)
-    >>> p0 = jnp.array([0.1, 1e-3])
-    >>> [escape_saddle(obj, p0, m, 40, threshold=0.1).escape_step for m in ("gd", "sfn", "newton")]
-    [32, 9, -1]
-  """
-  if method not in STEP_METHODS:
-    raise ValueError(f"unknown method {method!r}: expected one of {STEP_METHODS}")
-  if not isinstance(steps, int) or steps < 1:
-    raise ValueError(f"steps must be a positive int; got {steps!r}")
-  if method == "sfn_krylov":
-    n = sum(int(jnp.size(leaf)) for leaf in jax.tree.leaves(params))
-    if not isinstance(krylov_dim, int) or not 1 <= krylov_dim <= n:
-      raise ValueError(f"method 'sfn_krylov' needs krylov_dim, an int in [1, {n}]; got {krylov_dim!r}")
-  else:
-    krylov_dim = None
-  if lr is None:
-    lr = 0.1 if method == "gd" else 1.0
-  final, losses, gns = _run(obj, params, lr, damping, method, steps, krylov_dim, bool(line_search))
-  dropped = jnp.asarray(losses) <= losses[0] - threshold
-  escape_step = int(jnp.argmax(dropped)) if bool(jnp.any(dropped)) else -1
-  return EscapeResult(method=method, losses=losses, grad_norms=gns, params=final, escape_step=escape_step,
-                      threshold=float(threshold), lr=float(lr), damping=float(damping),
-                      line_search=bool(line_search))

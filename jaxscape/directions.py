@@ -40,7 +40,7 @@ import numpy as np
 
 from . import tree
 
-PyTree = Any
+from .tree import PyTree
 
 NORMS = ("filter", "layer", "model", "none")
 IGNORES = (None, "biasbn")

@@ -14,10 +14,13 @@ leaves (names from :func:`jaxscape.tree.leaf_names`), i.e. it is the diagonal
 block of the full matrix for those leaves.
 
 The user-facing calls (:func:`eigenvalues`, :func:`trace`, :func:`density`,
-:func:`power_iteration`) build the operator and run the matrix-free
+:func:`power_iteration`; PRNG key first, ``key=`` as a keyword works too) build the operator and run the matrix-free
 algorithms of :mod:`jaxscape.spectral` under one ``jit``;
 :func:`point_curvature` and :func:`projected_hessian` are small pure
-functions meant to be ``vmap``-ed over grid points.
+functions meant to be ``vmap``-ed over grid points. For small models (a few
+hundred to a few thousand parameters) :func:`dense_hessian` and
+:func:`dense_eigh` form the whole matrix in the flat coordinates of
+:func:`flat_objective` (float64 under ``jax.enable_x64``).
 
 Example:
   >>> import jax, jax.numpy as jnp, numpy as np
@@ -26,7 +29,7 @@ Example:
   >>> t = x @ np.array([1.0, -2.0, 0.5], np.float32)
   >>> obj = js.Objective.from_apply(lambda p, x: x @ p["w"], data=(x, t), loss="mse", batch_size=8)
   >>> params = {"w": jnp.zeros(3)}
-  >>> res = js.hessian.eigenvalues(obj, params, k=1, key=jax.random.key(0))
+  >>> res = js.hessian.eigenvalues(jax.random.key(0), obj, params, k=1)
   >>> top = np.linalg.eigvalsh(2 * x.T @ x / 20)[-1]
   >>> bool(np.isclose(res.values[0], top, rtol=1e-4)), bool(res.converged[0])
   (True, True)
@@ -52,7 +55,7 @@ from . import spectral
 from . import tree as tree_lib
 from .objective import Objective
 
-PyTree = Any
+from .tree import PyTree
 Leaves = str | Sequence[str] | Callable[[str], bool] | None
 
 KINDS = ("hessian", "ggn")
@@ -60,6 +63,9 @@ KINDS = ("hessian", "ggn")
 
 __all__ = [
     "KINDS",
+    "flat_objective",
+    "dense_hessian",
+    "dense_eigh",
     "operator",
     "hvp",
     "select",
@@ -109,6 +115,95 @@ def _merge(params: PyTree, sub: dict[str, jax.Array]) -> PyTree:
   names = tree_lib.leaf_names(params)
   leaves, treedef = jax.tree.flatten(params)
   return jax.tree.unflatten(treedef, [sub.get(n, x) for n, x in zip(names, leaves)])
+
+
+# ------------------------------------------------------- dense, flat coordinates
+def _working_dtype(flat: jax.Array) -> jnp.dtype:
+  """float64 under ``jax.enable_x64``, else the parameters' own float dtype."""
+  if jax.config.jax_enable_x64:
+    return jnp.dtype(jnp.float64)
+  return flat.dtype if jnp.issubdtype(flat.dtype, jnp.floating) else jnp.dtype(jnp.float32)
+
+
+def flat_objective(obj: Objective, params: PyTree) -> tuple[Callable[[jax.Array], jax.Array], jax.Array,
+                                                             Callable[[jax.Array], PyTree]]:
+  """``obj.value`` as a function of one flat parameter vector: ``(f, x, unravel)``.
+
+  ``x`` is ``params`` flattened in ``ravel_pytree`` order and cast to the
+  working dtype (float64 when 64-bit mode is on, so dense curvature and the
+  searches of :mod:`jaxscape.critical` run in float64); ``f(v) =
+  obj.value(unravel(v))``; ``unravel`` splits a flat vector into ``params``'
+  structure keeping the vector's dtype (``ravel_pytree``'s inverse would cast
+  back to the leaves' original dtypes). Pure; traceable.
+
+  Example:
+    >>> import jax.numpy as jnp, jaxscape as js
+    >>> obj = js.Objective.from_apply(lambda p, x: x @ p["w"], data=(jnp.eye(2), jnp.zeros(2)), loss="mse")
+    >>> f, x, unravel = flat_objective(obj, {"w": jnp.ones(2)})
+    >>> float(f(x)), unravel(2 * x)["w"].tolist()
+    (1.0, [2.0, 2.0])
+  """
+  flat, _ = ravel_pytree(params)
+  if flat.size == 0:
+    raise ValueError("params has no array leaves: expected a pytree with at least one parameter")
+  flat = flat.astype(_working_dtype(flat))
+  leaves, treedef = jax.tree.flatten(params)
+  sizes = [int(jnp.size(leaf)) for leaf in leaves]
+  shapes = [jnp.shape(leaf) for leaf in leaves]
+
+  def unravel(v: jax.Array) -> PyTree:
+    out, start = [], 0
+    for size, shape in zip(sizes, shapes):
+      out.append(v[start:start + size].reshape(shape))
+      start += size
+    return jax.tree.unflatten(treedef, out)
+
+  return (lambda v: obj.value(unravel(v))), flat, unravel
+
+
+@jax.jit
+def _dense_hessian(obj: Objective, params: PyTree) -> jax.Array:
+  f, flat, _ = flat_objective(obj, params)
+  h = jax.hessian(f)(flat)
+  return 0.5 * (h + h.T)
+
+
+def dense_hessian(obj: Objective, params: PyTree) -> jax.Array:
+  """The full Hessian of ``obj.value`` at ``params``, as an ``[n, n]`` matrix.
+
+  Computed with ``jax.hessian`` (forward-over-reverse: ``n`` Hessian-vector
+  products) on the parameters flattened by :func:`flat_objective`, and
+  symmetrised (``(H + H^T)/2``). In float64 when 64-bit mode is on. Meant for
+  small models (a few hundred to a few thousand parameters).
+
+  Args:
+    obj: the objective.
+    params: parameter pytree.
+
+  Returns:
+    ``[n, n]`` array, rows and columns in ``ravel_pytree(params)`` order.
+
+  Example:
+    >>> import jax.numpy as jnp, jaxscape as js
+    >>> apply = lambda p, x: x @ p
+    >>> obj = js.Objective.from_apply(apply, data=(jnp.eye(2), jnp.zeros(2)), loss="mse")
+    >>> dense_hessian(obj, jnp.zeros(2)).tolist()   # mean of (x.p)^2: H = 2 X^T X / N
+    [[1.0, 0.0], [0.0, 1.0]]
+  """
+  return _dense_hessian(obj, params)
+
+
+def dense_eigh(obj: Objective, params: PyTree) -> tuple[jax.Array, jax.Array]:
+  """Eigenvalues (ascending) and eigenvectors (columns) of :func:`dense_hessian`.
+
+  Example:
+    >>> import jax.numpy as jnp, jaxscape as js
+    >>> obj = js.Objective.from_apply(lambda p, x: x @ p, data=(jnp.diag(jnp.array([1.0, 2.0])), jnp.zeros(2)),
+    ...                               loss="mse")
+    >>> dense_eigh(obj, jnp.zeros(2))[0].tolist()   # H = 2 X^T X / N = diag(1, 4)
+    [1.0, 4.0]
+  """
+  return jnp.linalg.eigh(dense_hessian(obj, params))
 
 
 # ------------------------------------------------------------- operators
@@ -205,13 +300,14 @@ def _eigenvalues(obj, params, key, v0, tol, which, *, k, num_steps, kind, leaves
   return spectral.eigh(key, mv, like, k, which=which, num_steps=num_steps, tol=tol, v0=v0, dtype=dtype)
 
 
+@tree_lib.key_first()
 def eigenvalues(
+    key: jax.Array,
     obj: Objective,
     params: PyTree,
     k: int = 5,
     which: str = "largest",
     *,
-    key: jax.Array,
     num_steps: int | None = None,
     tol: float = 1e-3,
     v0: PyTree | None = None,
@@ -228,11 +324,11 @@ def eigenvalues(
   converged.
 
   Args:
+    key: PRNG key (start vector); ``eigenvalues(obj, params, ..., key=key)`` works too.
     obj: the objective.
     params: the point.
     k: number of eigenpairs.
     which: ``largest`` / ``smallest`` (algebraic) or ``magnitude``.
-    key: PRNG key (start vector).
     num_steps: Lanczos steps (default ``max(2k + 20, 40)``, at most n).
     tol: relative residual tolerance for ``converged``.
     v0: optional start vector shaped like the operator's vectors.
@@ -248,7 +344,7 @@ def eigenvalues(
     ``num_hvps``.
 
   Example:
-    >>> res = js.hessian.eigenvalues(obj, params, k=5, which="largest", key=key)  # doctest: +SKIP
+    >>> res = js.hessian.eigenvalues(key, obj, params, k=5, which="largest")  # doctest: +SKIP
     >>> res.values, res.residuals, res.converged, res.num_hvps  # doctest: +SKIP
   """
   if which not in spectral.WHICH:
@@ -264,11 +360,12 @@ def _power(obj, params, key, v0, deflate, tol, *, k, max_iters, kind, leaves):
   return spectral.power_iteration(key, mv, like, k=k, v0=v0, deflate=deflate, max_iters=max_iters, tol=tol)
 
 
+@tree_lib.key_first()
 def power_iteration(
+    key: jax.Array,
     obj: Objective,
     params: PyTree,
     *,
-    key: jax.Array,
     k: int = 1,
     v0: PyTree | None = None,
     deflate: PyTree | None = None,
@@ -296,11 +393,12 @@ def _trace(obj, params, key, rtol, *, min_probes, max_probes, block_size, method
                         block_size=block_size, method=method, sketch_size=sketch_size, batch_size=batch_size)
 
 
+@tree_lib.key_first()
 def trace(
+    key: jax.Array,
     obj: Objective,
     params: PyTree,
     *,
-    key: jax.Array,
     rtol: float = 0.01,
     min_probes: int = 10,
     max_probes: int = 1000,
@@ -320,7 +418,7 @@ def trace(
   the diagonal estimate, both from the same probes and shaped like ``params``.
 
   Example:
-    >>> tr = js.hessian.trace(obj, params, key=key, rtol=0.01)  # doctest: +SKIP
+    >>> tr = js.hessian.trace(key, obj, params, rtol=0.01)  # doctest: +SKIP
     >>> tr.estimate, tr.stderr, tr.num_hvps, tr.per_leaf, tr.diagonal  # doctest: +SKIP
   """
   return _trace(obj, params, key, rtol, min_probes=min_probes, max_probes=max_probes, block_size=block_size,
@@ -337,11 +435,12 @@ def _density(obj, params, key, sigma, *, num_probes, num_steps, reortho, num_gri
   return d.smooth(sigma, num_grid=num_grid) if has_sigma else d
 
 
+@tree_lib.key_first()
 def density(
+    key: jax.Array,
     obj: Objective,
     params: PyTree,
     *,
-    key: jax.Array,
     num_probes: int = 4,
     num_steps: int = 90,
     reortho: bool = False,
@@ -362,7 +461,7 @@ def density(
   estimates the fraction of eigenvalues below ``-eps`` without new HVPs.
 
   Example:
-    >>> dens = js.hessian.density(obj, params, key=key, num_probes=4, num_steps=90)  # doctest: +SKIP
+    >>> dens = js.hessian.density(key, obj, params, num_probes=4, num_steps=90)  # doctest: +SKIP
     >>> dens.grid, dens.density, dens.nodes, dens.weights, dens.negative_mass(1e-3)  # doctest: +SKIP
   """
   if sigma is not None and sigma <= 0:
@@ -398,7 +497,8 @@ def projected_hessian(obj: Objective, params: PyTree, d1: PyTree, d2: PyTree) ->
   return jnp.stack([jnp.stack([h11, h12]), jnp.stack([h12, h22])])
 
 
-def point_curvature(obj: Objective, params: PyTree, key: jax.Array, *, num_steps: int = 10,
+@tree_lib.key_first(legacy_position=2)
+def point_curvature(key: jax.Array, obj: Objective, params: PyTree, *, num_steps: int = 10,
                     num_probes: int = 10, kind: str = "hessian", v0: PyTree | None = None) -> dict[str, jax.Array]:
   """Curvature summary at one point, for maps over a loss surface.
 
@@ -414,7 +514,8 @@ def point_curvature(obj: Objective, params: PyTree, key: jax.Array, *, num_steps
   ``estimator_monte_carlo_mean_and_sem``).
 
   Pure and ``vmap``-able over ``params`` (and ``key``, ``v0``); the number of
-  steps and probes is static.
+  steps and probes is static. The earlier order ``point_curvature(obj, params,
+  key)`` works too.
 
   ``v0`` warm-starts the Lanczos run (default: a random start from ``key``),
   e.g. from a nearby point's extreme Ritz vectors (:func:`extreme_ritz`):
@@ -442,7 +543,8 @@ def point_curvature(obj: Objective, params: PyTree, key: jax.Array, *, num_steps
   return {"lambda_max": lmax, "lambda_min": lmin, "convexity_ratio": ratio, "trace": tr, "trace_stderr": se}
 
 
-def extreme_ritz(obj: Objective, params: PyTree, key: jax.Array, *, num_steps: int = 40,
+@tree_lib.key_first(legacy_position=2)
+def extreme_ritz(key: jax.Array, obj: Objective, params: PyTree, *, num_steps: int = 40,
                  v0: PyTree | None = None, kind: str = "hessian") -> tuple[jax.Array, PyTree]:
   """The extreme Ritz pairs of the Hessian (or GGN) at one point, from ``num_steps`` HVPs.
 
@@ -450,7 +552,8 @@ def extreme_ritz(obj: Objective, params: PyTree, key: jax.Array, *, num_steps: i
   :func:`point_curvature` (the same ``key`` and ``num_steps`` give the same
   ``lambda_min``/``lambda_max``), that also returns the Ritz vectors: the
   warm starts of nearby points' runs (``loss_surface(..., warm_start=k)``).
-  Pure and ``vmap``-able over ``params``, ``key`` and ``v0``.
+  Pure and ``vmap``-able over ``params``, ``key`` and ``v0``. The earlier
+  order ``extreme_ritz(obj, params, key)`` works too.
 
   Returns:
     ``(values, vectors)``: ``values = [lambda_min, lambda_max]`` (Ritz values,
@@ -461,7 +564,7 @@ def extreme_ritz(obj: Objective, params: PyTree, key: jax.Array, *, num_steps: i
     >>> import jax, jax.numpy as jnp, numpy as np, jaxscape as js
     >>> x = np.diag([1.0, 2.0, 3.0]).astype(np.float32); t = np.zeros(3, np.float32)
     >>> obj = js.Objective.from_apply(lambda p, x: x @ p, data=(x, t), loss="mse")
-    >>> vals, vecs = extreme_ritz(obj, jnp.ones(3), jax.random.key(0), num_steps=3)
+    >>> vals, vecs = extreme_ritz(jax.random.key(0), obj, jnp.ones(3), num_steps=3)
     >>> np.round(np.asarray(vals) * 3 / 2, 4).tolist()   # H = (2/3) diag(1, 4, 9)
     [1.0, 9.0]
   """

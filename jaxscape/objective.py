@@ -56,7 +56,7 @@ import optax
 from . import tree
 from .directions import move_state
 
-PyTree = Any
+from .tree import PyTree
 Apply = Callable[[PyTree, PyTree, jax.Array], jax.Array]
 PerExample = Callable[[jax.Array, jax.Array], jax.Array]
 

@@ -45,7 +45,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -55,7 +55,7 @@ import optax
 from . import tree
 from .objective import Objective
 
-PyTree = Any
+from .tree import PyTree
 
 __all__ = [
     "CURVE_KINDS",
@@ -516,11 +516,12 @@ def _train(obj, curve, key, lr, steps, num_samples):
   return dataclasses.replace(curve, bends=bends), losses
 
 
+@tree.key_first(legacy_position=3)
 def train_curve(
+    key: jax.Array,
     obj: Objective,
     params_a: PyTree,
     params_b: PyTree,
-    key: jax.Array,
     num_bends: int = 1,
     steps: int = 1000,
     lr: float = 1e-2,
@@ -537,10 +538,11 @@ def train_curve(
   loss) and follows the averaged gradient. The endpoints stay fixed.
 
   Args:
+    key: ``jax.random`` key (bend noise, ``t`` samples, batch choice); the
+      earlier order ``train_curve(obj, params_a, params_b, key)`` works too.
     obj: the objective.
     params_a: ``phi(0)``.
     params_b: ``phi(1)``.
-    key: ``jax.random`` key (bend noise, ``t`` samples, batch choice).
     num_bends: number of bends (Garipov et al. use 1 for Bezier, 3 for chains).
     steps: Adam steps (static).
     lr: Adam learning rate.
@@ -558,7 +560,7 @@ def train_curve(
     >>> f = lambda p: (p[1] - 1 + p[0] ** 2) ** 2 + 0.1 * (p[0] ** 2 - 1) ** 2
     >>> obj = js.Objective.from_apply(lambda p, x: f(p) + 0 * x[:, 0], data=(jnp.zeros((1, 1)), jnp.zeros(1)),
     ...                               loss=lambda out, t: out)
-    >>> fit = train_curve(obj, jnp.array([-1.0, 0.0]), jnp.array([1.0, 0.0]), jax.random.key(0), steps=300, lr=0.05)
+    >>> fit = train_curve(jax.random.key(0), obj, jnp.array([-1.0, 0.0]), jnp.array([1.0, 0.0]), steps=300, lr=0.05)
     >>> ts = jnp.linspace(0, 1, 21)
     >>> bool(curve_losses(obj, fit.curve, ts).losses.max() < 0.2)   # the straight line peaks at 1.1
     True

@@ -35,7 +35,7 @@ from . import tree as tree_lib
 from .objective import Objective
 from .train import split_train
 
-PyTree = Any
+from .tree import PyTree
 
 __all__ = ["num_runs", "select", "objective", "distances"]
 

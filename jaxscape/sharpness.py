@@ -33,7 +33,7 @@ Example:
   >>> import jax, jax.numpy as jnp
   >>> from jaxscape import sharpness
   >>> f = lambda p: 0.5 * jnp.sum(p["w"] ** 2)
-  >>> res = sharpness.keskar(f, {"w": jnp.array([1.0, -2.0])}, eps=0.1, key=jax.random.key(0))
+  >>> res = sharpness.keskar(jax.random.key(0), f, {"w": jnp.array([1.0, -2.0])}, eps=0.1)
   >>> round(res.phi, 2)   # box |y_i| <= 0.1 (|w_i| + 1): max at w = (1.2, -2.3), f 3.365 vs 2.5
   24.71
 """
@@ -49,9 +49,10 @@ import numpy as np
 import scipy.optimize
 from jax.flatten_util import ravel_pytree
 
+from . import tree as tree_lib
 from .objective import Objective
 
-PyTree = Any
+from .tree import PyTree
 
 MAXIMIZERS = ("lbfgsb", "sign")
 """Inner maximisers of :func:`keskar`."""
@@ -113,12 +114,13 @@ def _phi(value: float, f0: float) -> float:
   return 100.0 * (value - f0) / (1.0 + f0)
 
 
+@tree_lib.key_first()
 def keskar(
+    key: jax.Array,
     obj: Objective | Callable[[PyTree], jax.Array],
     params: PyTree,
     eps: float = 1e-3,
     *,
-    key: jax.Array,
     subspace_dim: int | None = None,
     maximizers: tuple[str, ...] = MAXIMIZERS,
     maxiter: int = 10,
@@ -129,11 +131,12 @@ def keskar(
   """Keskar et al.'s epsilon-sharpness ``phi(eps, A)`` at ``params``.
 
   Args:
+    key: PRNG key (random subspace, sign-ascent start, corners);
+      ``keskar(obj, params, eps, key=key)`` works too.
     obj: an :class:`~jaxscape.objective.Objective` (its full-data loss
       ``obj.value``) or any function ``f(params) -> scalar``.
     params: the point x (a pytree; flattened internally).
     eps: box size epsilon (the paper uses 1e-3 and 5e-4).
-    key: PRNG key (random subspace, sign-ascent start, corners).
     subspace_dim: None for A = I (full space); p for a random ``n x p`` A
       (:func:`random_subspace`; the paper uses p = 100).
     maximizers: any of :data:`MAXIMIZERS`.
@@ -147,7 +150,7 @@ def keskar(
     A :class:`KeskarResult`.
 
   Example:
-    >>> phi = js.sharpness.keskar(obj, params, eps=1e-3, key=key)  # doctest: +SKIP
+    >>> phi = js.sharpness.keskar(key, obj, params, eps=1e-3)  # doctest: +SKIP
     >>> phi.phi, phi.phi_by_maximizer, phi.corners, phi.corners_ok  # doctest: +SKIP
   """
   if eps <= 0:
@@ -198,7 +201,7 @@ def keskar(
     best = max(best, max(seen))
 
   if "sign" in maximizers:
-    y0 = jax.random.uniform(k_start, (int(num_starts), *b.shape), b.dtype, -1.0, 1.0) * b
+    y0 = jax.random.uniform(k_start, (int(num_starts), *b.shape), b.dtype, -1.0, 1.0) * b[None]  # one box per start
     v_best = float(_sign_ascent(target, params, y0, x, a, b, _sign_schedule(int(sign_steps), b.dtype)))
     phis["sign"], evals["sign"] = _phi(v_best, f0), num_starts * (sign_steps + 1)
     best = max(best, v_best)

@@ -67,7 +67,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from matfree import stochtrace
 
-PyTree = Any
+from .tree import PyTree
 Matvec = Callable[[PyTree], PyTree]
 
 WHICH = ("largest", "smallest", "magnitude")
@@ -743,6 +743,7 @@ def trace(
 
   def stats(c):
     cnt, s1, s2, _, l1, l2 = c
+    cnt = cnt.astype(cd)  # the probe count, exactly, in the recurrence dtype
     mean = s1 / cnt
     var = jnp.maximum(s2 / cnt - mean**2, 0) * cnt / jnp.maximum(cnt - 1, 1)
     lmean = l1 / cnt
@@ -765,7 +766,7 @@ def trace(
   c = jax.lax.while_loop(cond, body, init)
   est, se, lmean, lse = stats(c)
   cnt = c[0]
-  diag = c[3] / cnt + diag_offset
+  diag = c[3] / cnt.astype(cd) + diag_offset
   leaf_offset = jax.ops.segment_sum(diag_offset, seg, nleaves)
   return TraceResult(
       estimate=est,

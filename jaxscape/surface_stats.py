@@ -33,7 +33,7 @@ import numpy as np
 from . import stats as _stats
 from .objective import Objective
 
-PyTree = Any
+from .tree import PyTree
 
 __all__ = ["surface_stats", "finite_difference_plane_hessian", "seed_summary", "is_increasing", "pure_objective",
            "surface_error"]

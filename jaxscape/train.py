@@ -47,7 +47,7 @@ import optax
 from .data import Dataset
 from .objective import LOSSES, Objective, per_example_loss
 
-PyTree = Any
+from .tree import PyTree
 
 __all__ = [
     "TrainConfig",

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -22,8 +23,10 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 PyTree = Any
+"""Any pytree of arrays (parameters, directions, gradients): the one alias every module imports."""
 
 __all__ = [
+    "PyTree",
     "add",
     "sub",
     "scale",
@@ -42,6 +45,8 @@ __all__ = [
     "leaf_names",
     "allclose",
     "assert_allclose",
+    "is_key",
+    "key_first",
 ]
 
 
@@ -177,3 +182,57 @@ def assert_allclose(actual: PyTree, desired: PyTree, rtol: float = 1e-6, atol: f
   names = leaf_names(actual)
   for name, x, y in zip(names, jax.tree.leaves(actual), jax.tree.leaves(desired)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol, err_msg=f"leaf {name!r}")
+
+
+# ------------------------------------------------------------ PRNG-key calls
+def is_key(x: Any) -> bool:
+  """True for a ``jax.random`` key: a typed key array, or a raw ``uint32`` key (``jax.random.PRNGKey``).
+
+  Works on tracers (under ``jit`` / ``vmap``), since it only looks at the dtype.
+  """
+  dtype = getattr(x, "dtype", None)
+  if dtype is None:
+    return False
+  return jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) or (dtype == jnp.uint32 and np.ndim(x) >= 1)
+
+
+def key_first(legacy_position: int | None = None) -> Callable[[Callable], Callable]:
+  """Lets a function whose PRNG key is its first positional argument also take its earlier call styles.
+
+  The decorated function is written key-first, ``fn(key, obj, params, ...)``.
+  Calls that pass ``key=`` as a keyword, ``fn(obj, params, ..., key=k)``, put
+  the key in front; with ``legacy_position`` a call whose first argument is not
+  a key but whose argument at that position is, ``fn(obj, params, k)``
+  (``legacy_position=2``), does the same. The result is the same function
+  call, so both styles give identical results.
+
+  Args:
+    legacy_position: where an earlier signature took the key positionally
+      (``None``: only the keyword form).
+
+  Example:
+    >>> @key_first(legacy_position=1)
+    ... def draw(key, n):
+    ...   return jax.random.normal(key, (n,))
+    >>> k = jax.random.key(0)
+    >>> bool((draw(k, 2) == draw(2, key=k)).all() and (draw(k, 2) == draw(2, k)).all())
+    True
+  """
+
+  def wrap(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+      if "key" in kwargs:
+        if args and is_key(args[0]):
+          raise TypeError(f"{fn.__name__}() got a key both as its first argument and as key=")
+        args = (kwargs.pop("key"), *args)
+      elif (args and not is_key(args[0]) and legacy_position is not None and len(args) > legacy_position
+            and is_key(args[legacy_position])):
+        args = (args[legacy_position], *args[:legacy_position], *args[legacy_position + 1:])
+      elif not args or not is_key(args[0]):
+        raise TypeError(f"{fn.__name__}() needs a jax.random key as its first argument (or key=...)")
+      return fn(*args, **kwargs)
+
+    return call
+
+  return wrap

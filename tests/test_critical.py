@@ -1,4 +1,4 @@
-"""critical: critical-point search, dense curvature, saddle-free Newton.
+"""critical and newton: critical-point search, dense curvature, saddle-free Newton.
 
 All numerical checks run in float64 (``x64`` fixture) against closed forms or
 numpy references; each states its tolerance.
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import jaxscape as js
-from jaxscape import critical, regularize, testfns
+from jaxscape import critical, hessian, newton, regularize, testfns
 
 
 def _scalar_objective(fn):
@@ -120,7 +120,7 @@ def test_gradient_flat_point_is_not_reported_as_critical(x64):
 def test_dense_hessian_matches_finite_differences(x64):
   obj = _mlp_obj()
   p = _mlp_params()
-  h = critical.dense_hessian(obj, p)
+  h = hessian.dense_hessian(obj, p)
   assert h.shape == (17, 17) and h.dtype == jnp.float64
   flat = jax.flatten_util.ravel_pytree(jax.tree.map(lambda a: a.astype(jnp.float64), p))[0]
   _, unravel = jax.flatten_util.ravel_pytree(jax.tree.map(lambda a: a.astype(jnp.float64), p))
@@ -131,7 +131,7 @@ def test_dense_hessian_matches_finite_differences(x64):
   # central differences: O(step^2) = 1e-10 truncation plus 1e-11 round-off
   np.testing.assert_allclose(h, fd, atol=1e-8)
   np.testing.assert_allclose(h, h.T, atol=0)
-  lam, vecs = critical.hessian_eigh(obj, p)
+  lam, vecs = hessian.dense_eigh(obj, p)
   np.testing.assert_allclose(lam, np.linalg.eigvalsh(np.asarray(h)), atol=1e-12)
   np.testing.assert_allclose(vecs @ np.diag(lam) @ vecs.T, h, atol=1e-12)
 
@@ -155,36 +155,53 @@ def test_saddle_free_newton_step_on_quadratic_is_minus_abs_h_inverse_g(x64):
   g = a @ np.asarray(x) + b
   for damping in (0.0, 0.3):
     expected = -q @ np.diag(1 / (np.abs(_A_EIGS) + damping)) @ q.T @ g
-    np.testing.assert_allclose(critical.saddle_free_newton_step(obj, x, damping), expected, rtol=1e-12, atol=1e-14)
-  np.testing.assert_allclose(critical.newton_step(obj, x, 0.2), -np.linalg.solve(a + 0.2 * np.eye(4), g), rtol=1e-12)
-  np.testing.assert_allclose(critical.gradient_descent_step(obj, x, 0.1), -0.1 * g, rtol=1e-14)
+    np.testing.assert_allclose(newton.saddle_free_newton_step(obj, x, damping), expected, rtol=1e-12, atol=1e-14)
+  np.testing.assert_allclose(newton.newton_step(obj, x, 0.2), -np.linalg.solve(a + 0.2 * np.eye(4), g), rtol=1e-12)
+  np.testing.assert_allclose(newton.gradient_descent_step(obj, x, 0.1), -0.1 * g, rtol=1e-14)
   # Krylov SFN with k = n = 4 spans the whole space: equals the dense step
-  np.testing.assert_allclose(critical.saddle_free_newton_step_krylov(obj, x, 0.0, 4),
+  np.testing.assert_allclose(newton.saddle_free_newton_step_krylov(obj, x, 0.0, 4),
                              -q @ np.diag(1 / np.abs(_A_EIGS)) @ q.T @ g, rtol=1e-10)
 
 
 def test_krylov_sfn_equals_dense_sfn_when_k_is_n(x64):
   obj = _mlp_obj()
   p = _mlp_params(seed=2)
-  dense = critical.saddle_free_newton_step(obj, p, 0.1)
-  krylov = critical.saddle_free_newton_step_krylov(obj, p, 0.1, 17)
+  dense = newton.saddle_free_newton_step(obj, p, 0.1)
+  krylov = newton.saddle_free_newton_step_krylov(obj, p, 0.1, 17)
   # 17 Lanczos steps with full reorthogonalisation: agreement to 1e-8 relative
   js.tree.assert_allclose(krylov, dense, rtol=1e-8, atol=1e-10)
   assert js.tree.leaf_names(krylov) == js.tree.leaf_names(p)
   # a smaller subspace gives a different, still downhill step
-  small = critical.saddle_free_newton_step_krylov(obj, p, 0.1, 3)
-  minus_g = critical.gradient_descent_step(obj, p, 1.0)
+  small = newton.saddle_free_newton_step_krylov(obj, p, 0.1, 3)
+  minus_g = newton.gradient_descent_step(obj, p, 1.0)
   assert float(js.tree.dot(small, minus_g)) > 0
   assert not js.tree.allclose(small, dense, rtol=1e-3)
+
+
+def test_krylov_sfn_matches_dense_krylov_reference_for_k_below_n(x64):
+  # reference: Q from numpy QR of [g, Hg, ..., H^(k-1) g] (the Krylov space K_k(H, g)), T = Q^T H Q and the step
+  # -Q |T + damping|^-1 Q^T g, all dense float64; spectral.lanczos builds the same space by HVPs
+  obj, p = _mlp_obj(), _mlp_params(seed=2)
+  h = np.asarray(hessian.dense_hessian(obj, p))
+  f, x, _ = hessian.flat_objective(obj, p)
+  g = np.asarray(jax.grad(f)(x))
+  for k, damping in ((3, 0.1), (6, 0.0), (8, 0.3)):
+    krylov = np.stack([np.linalg.matrix_power(h, i) @ g for i in range(k)], axis=1)
+    q, _ = np.linalg.qr(krylov)
+    mu, u = np.linalg.eigh(q.T @ h @ q)
+    expected = -q @ u @ np.diag(1 / (np.abs(mu) + damping)) @ u.T @ q.T @ g
+    step = jax.flatten_util.ravel_pytree(newton.saddle_free_newton_step_krylov(obj, p, damping, k))[0]
+    # the monomial Krylov basis is ill-conditioned (cond ~ (max|lambda| / min|lambda|)^k): agreement to 1e-6
+    np.testing.assert_allclose(step, expected, rtol=1e-6, atol=1e-9 * np.linalg.norm(expected))
 
 
 def test_sfn_escapes_saddle_faster_than_gd_and_newton_is_attracted(x64):
   obj = _saddle_obj()
   p0 = jnp.array([0.1, 1e-3])
-  gd = critical.escape_saddle(obj, p0, "gd", 60, lr=0.1, threshold=0.1)
-  sfn = critical.escape_saddle(obj, p0, "sfn", 60, threshold=0.1)
-  krylov = critical.escape_saddle(obj, p0, "sfn_krylov", 60, krylov_dim=2, threshold=0.1)
-  newton = critical.escape_saddle(obj, p0, "newton", 60, threshold=0.1)
+  gd = newton.escape_saddle(obj, p0, "gd", 60, lr=0.1, threshold=0.1)
+  sfn = newton.escape_saddle(obj, p0, "sfn", 60, threshold=0.1)
+  krylov = newton.escape_saddle(obj, p0, "sfn_krylov", 60, krylov_dim=2, threshold=0.1)
+  attracted = newton.escape_saddle(obj, p0, "newton", 60, threshold=0.1)
   # closed forms: GD multiplies y by 1.2 per step, SFN by 2; the loss drops by
   # 0.1 once y^2 - x^2 >= 0.1 - 0.01 + 1e-6: step 32 for GD, step 9 for SFN
   assert gd.escape_step == 32
@@ -192,17 +209,17 @@ def test_sfn_escapes_saddle_faster_than_gd_and_newton_is_attracted(x64):
   assert sfn.escape_step < gd.escape_step
   np.testing.assert_allclose(krylov.losses[:12], sfn.losses[:12], rtol=1e-10)
   # Newton jumps onto the saddle in one step and stays there
-  assert newton.escape_step == -1
-  np.testing.assert_allclose(newton.params, [0.0, 0.0], atol=1e-15)
-  assert newton.grad_norms[-1] < 1e-15
+  assert attracted.escape_step == -1
+  np.testing.assert_allclose(attracted.params, [0.0, 0.0], atol=1e-15)
+  assert attracted.grad_norms[-1] < 1e-15
   assert gd.losses.shape == (61,) and gd.grad_norms.shape == (61,)
 
 
 def test_escape_from_planted_saddle_of_linear_net(x64):
   obj = _linear_net_obj()
   p0 = {"w1": jnp.array(1e-3), "w2": jnp.array(2e-3)}
-  gd = critical.escape_saddle(obj, p0, "gd", 100, lr=0.05, threshold=0.5)
-  sfn = critical.escape_saddle(obj, p0, "sfn", 100, damping=0.1, threshold=0.5)
+  gd = newton.escape_saddle(obj, p0, "gd", 100, lr=0.05, threshold=0.5)
+  sfn = newton.escape_saddle(obj, p0, "sfn", 100, damping=0.1, threshold=0.5)
   assert 0 < sfn.escape_step < gd.escape_step
   assert sfn.losses[-1] < 1e-6  # SFN ends at the minimum w1 w2 = 1
 
@@ -212,13 +229,13 @@ def test_errors_name_what_was_expected():
   with pytest.raises(ValueError, match="unknown method 'bfgs'"):
     critical.find_critical_point(obj, jnp.array([0.1, 0.1]), method="bfgs")
   with pytest.raises(ValueError, match=r"krylov_dim must be an int in \[1, 2\]"):
-    critical.saddle_free_newton_step_krylov(obj, jnp.array([0.1, 0.1]), 0.0, 3)
+    newton.saddle_free_newton_step_krylov(obj, jnp.array([0.1, 0.1]), 0.0, 3)
   with pytest.raises(ValueError, match="needs krylov_dim"):
-    critical.escape_saddle(obj, jnp.array([0.1, 0.1]), "sfn_krylov", 5)
+    newton.escape_saddle(obj, jnp.array([0.1, 0.1]), "sfn_krylov", 5)
   with pytest.raises(ValueError, match="unknown method 'adam'"):
-    critical.escape_saddle(obj, jnp.array([0.1, 0.1]), "adam", 5)
+    newton.escape_saddle(obj, jnp.array([0.1, 0.1]), "adam", 5)
   with pytest.raises(ValueError, match="no array leaves"):
-    critical.dense_hessian(obj, {})
+    hessian.dense_hessian(obj, {})
 
 
 # ----------------------------------------------------- hybrid search, minimiser, line search
@@ -322,30 +339,30 @@ def test_find_critical_points_batched_matches_sequential_and_single(x64):
   assert one.status == seq.status[3] and one.index == seq.index[3]
   # index and eigenvalues agree with numpy on the dense Hessian at every converged end point
   for i in np.flatnonzero(seq.converged):
-    h = np.asarray(critical.dense_hessian(obj, jax.tree.map(lambda a: a[i], seq.params)))
+    h = np.asarray(hessian.dense_hessian(obj, jax.tree.map(lambda a: a[i], seq.params)))
     lam = np.linalg.eigvalsh(h)
     np.testing.assert_allclose(seq.eigenvalues[i], lam, atol=1e-10)
     assert seq.index[i] == np.mean(lam < -seq.eps[i])
 
 
 def test_minimize_saddle_free_leaves_a_saddle_for_a_minimum(x64):
-  cp = critical.minimize_saddle_free(_double_well_obj(), jnp.array([1e-3, 0.5]), tol=1e-12)
+  cp = newton.minimize_saddle_free(_double_well_obj(), jnp.array([1e-3, 0.5]), tol=1e-12)
   assert cp.converged and cp.status == "converged" and cp.index == 0.0 and cp.method == "sfn_minimize"
   np.testing.assert_allclose(cp.params, [1.0, 0.0], atol=1e-12)
   np.testing.assert_allclose(cp.loss, -0.25, rtol=1e-14)
   # a small MLP: the end point's dense Hessian (numpy) has no eigenvalue below -1e-10
-  mlp = critical.minimize_saddle_free(_mlp_l2_obj(), jax.tree.map(lambda a: a.astype(jnp.float64), _mlp_params(3)),
+  mlp = newton.minimize_saddle_free(_mlp_l2_obj(), jax.tree.map(lambda a: a.astype(jnp.float64), _mlp_params(3)),
                                       max_steps=200, tol=1e-9)
   assert mlp.converged and mlp.index == 0.0
-  lam = np.linalg.eigvalsh(np.asarray(critical.dense_hessian(_mlp_l2_obj(), mlp.params)))
+  lam = np.linalg.eigvalsh(np.asarray(hessian.dense_hessian(_mlp_l2_obj(), mlp.params)))
   assert lam.min() > 1e-3  # a strict minimum: the L2 term alone contributes 1e-2
 
 
 def test_escape_line_search_keeps_sfn_monotone_after_the_saddle(x64):
   obj = _double_well_obj()
   p0 = jnp.array([1e-3, 0.5])
-  plain = critical.escape_saddle(obj, p0, "sfn", 30, threshold=0.1)
-  searched = critical.escape_saddle(obj, p0, "sfn", 30, threshold=0.1, line_search=True)
+  plain = newton.escape_saddle(obj, p0, "sfn", 30, threshold=0.1)
+  searched = newton.escape_saddle(obj, p0, "sfn", 30, threshold=0.1, line_search=True)
   # both double x while |x| << 1 (|H_xx| = 1): the same escape step
   assert searched.escape_step == plain.escape_step > 0
   # unit SFN steps overshoot once |H_xx| = |3x^2 - 1| is small; the line search never lets the loss rise
@@ -353,7 +370,7 @@ def test_escape_line_search_keeps_sfn_monotone_after_the_saddle(x64):
   assert np.max(np.diff(searched.losses)) <= 1e-15
   np.testing.assert_allclose(searched.losses[-1], -0.25, rtol=1e-10)
   # closed form on x^2 - y^2 unchanged by the line search (every unit SFN step descends)
-  assert critical.escape_saddle(_saddle_obj(), jnp.array([0.1, 1e-3]), "sfn", 40, threshold=0.1,
+  assert newton.escape_saddle(_saddle_obj(), jnp.array([0.1, 1e-3]), "sfn", 40, threshold=0.1,
                                 line_search=True).escape_step == 9
 
 
@@ -368,4 +385,4 @@ def test_search_argument_errors():
   with pytest.raises(ValueError, match="lm_steps must be None or a non-negative int"):
     critical.find_critical_points(obj, jnp.zeros((2, 2)), lm_steps=-1)
   with pytest.raises(ValueError, match="damping must be >= 0"):
-    critical.minimize_saddle_free(obj, jnp.zeros(2), damping=-1.0)
+    newton.minimize_saddle_free(obj, jnp.zeros(2), damping=-1.0)

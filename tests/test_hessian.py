@@ -126,9 +126,9 @@ def test_eigenvalues_match_eigh_on_mlp(x64, problem, dense):
   lam = np.linalg.eigvalsh(h)
   n = lam.size
   key = jax.random.key(0)
-  top = hessian.eigenvalues(obj, p, k=3, which="largest", key=key, num_steps=n, tol=1e-8)
-  bottom = hessian.eigenvalues(obj, p, k=3, which="smallest", key=key, num_steps=n, tol=1e-8)
-  mag = hessian.eigenvalues(obj, p, k=3, which="magnitude", key=key, num_steps=n, tol=1e-8)
+  top = hessian.eigenvalues(key, obj, p, k=3, which="largest", num_steps=n, tol=1e-8)
+  bottom = hessian.eigenvalues(key, obj, p, k=3, which="smallest", num_steps=n, tol=1e-8)
+  mag = hessian.eigenvalues(key, obj, p, k=3, which="magnitude", num_steps=n, tol=1e-8)
   # full Krylov space (num_steps = n) in float64: exact to 1e-9 relative to ||H||
   scale = np.abs(lam).max()
   np.testing.assert_allclose(top.values, lam[::-1][:3], atol=1e-9 * scale)
@@ -142,13 +142,13 @@ def test_eigenvalues_match_eigh_on_mlp(x64, problem, dense):
   hv = _jhvp(obj, p, v0)
   js.tree.assert_allclose(hv, js.tree.scale(top.values[0], v0), atol=1e-8 * scale)
   # per-layer block: top eigenvalue of the l1 block
-  blk = hessian.eigenvalues(obj, p, k=1, key=key, leaves="l1", num_steps=16, tol=1e-8)
+  blk = hessian.eigenvalues(key, obj, p, k=1, leaves="l1", num_steps=16, tol=1e-8)
   names = js.tree.leaf_names(p)
   start = np.cumsum([0] + [int(np.size(a)) for a in jax.tree.leaves(p)])
   idx = np.concatenate([np.arange(start[i], start[i + 1]) for i, nm in enumerate(names) if nm.startswith("l1/")])
   np.testing.assert_allclose(blk.values[0], np.linalg.eigvalsh(h[np.ix_(idx, idx)])[-1], rtol=1e-9)
   # power iteration finds the largest-magnitude eigenvalue, warm start from Lanczos' vector
-  pw = hessian.power_iteration(obj, p, key=key, v0=jax.tree.map(lambda a: a[0], mag.vectors), tol=1e-6)
+  pw = hessian.power_iteration(key, obj, p, v0=jax.tree.map(lambda a: a[0], mag.vectors), tol=1e-6)
   np.testing.assert_allclose(pw.values[0], mag.values[0], rtol=1e-9)
   assert int(pw.num_hvps) <= 2
 
@@ -170,12 +170,12 @@ def test_closed_form_linear_and_logistic_regression(x64):
   for kind in hessian.KINDS:
     np.testing.assert_allclose(_dense_operator(*hessian.operator(obj, w, kind=kind)), ref, rtol=1e-12, atol=1e-14)
   # and the Lanczos path on top of it
-  res = hessian.eigenvalues(obj, w, k=2, key=jax.random.key(0), num_steps=4, tol=1e-10)
+  res = hessian.eigenvalues(jax.random.key(0), obj, w, k=2, num_steps=4, tol=1e-10)
   np.testing.assert_allclose(res.values, np.linalg.eigvalsh(ref)[::-1][:2], rtol=1e-10)
   # mixed precision: float32 model and HVPs, float64 Lanczos recurrence
   obj32 = js.Objective.from_apply(lambda w, x: x @ w, data=(x.astype(np.float32), t.astype(np.float32)),
                                   loss="binary_cross_entropy", batch_size=4)
-  res = hessian.eigenvalues(obj32, w.astype(jnp.float32), k=2, key=jax.random.key(0), num_steps=4, dtype=jnp.float64)
+  res = hessian.eigenvalues(jax.random.key(0), obj32, w.astype(jnp.float32), k=2, num_steps=4, dtype=jnp.float64)
   assert res.values.dtype == jnp.float64 and res.vectors.dtype == jnp.float32
   np.testing.assert_allclose(res.values, np.linalg.eigvalsh(ref)[::-1][:2], rtol=1e-5)  # float32 HVP accuracy
 
@@ -184,7 +184,7 @@ def test_trace_and_density_on_mlp(x64, problem):
   obj, p, _, _ = problem
   h, _, _ = _dense_hessian(obj, p)
   # the indefinite MLP Hessian has a small trace next to its spread: 10 % needs ~300 probes
-  tr = hessian.trace(obj, p, key=jax.random.key(0), rtol=0.1, max_probes=2000)
+  tr = hessian.trace(jax.random.key(0), obj, p, rtol=0.1, max_probes=2000)
   assert bool(tr.converged) and abs(float(tr.estimate) - np.trace(h)) < 3 * float(tr.stderr)
   assert int(tr.num_hvps) == int(tr.num_probes)
   names = js.tree.leaf_names(p)
@@ -197,7 +197,7 @@ def test_trace_and_density_on_mlp(x64, problem):
   assert jax.tree.structure(tr.diagonal) == jax.tree.structure(p)
 
   lam = np.linalg.eigvalsh(h)
-  dens = hessian.density(obj, p, key=jax.random.key(1), num_probes=20, num_steps=31, sigma=0.05 * np.ptp(lam))
+  dens = hessian.density(jax.random.key(1), obj, p, num_probes=20, num_steps=31, sigma=0.05 * np.ptp(lam))
   grid = np.asarray(dens.grid)
   np.testing.assert_allclose(np.trapezoid(dens.density, grid), 1.0, atol=1e-4)
   sigma = float(dens.sigma)
@@ -243,7 +243,7 @@ def test_point_curvature_vmaps_over_points(x64, problem):
   d1 = js.tree.normal_like(jax.random.key(4), p)
   points = jax.vmap(lambda a: js.tree.axpy(a, d1, p))(jnp.array([0.0, 0.2, -0.3]))
   key = jax.random.key(5)
-  curv = jax.jit(jax.vmap(lambda q: hessian.point_curvature(obj, q, key, num_steps=31, num_probes=50)))(points)
+  curv = jax.jit(jax.vmap(lambda q: hessian.point_curvature(key, obj, q, num_steps=31, num_probes=50)))(points)
   assert set(curv) == {"lambda_max", "lambda_min", "convexity_ratio", "trace", "trace_stderr"}
   for i in range(3):
     pi = jax.tree.map(lambda a: a[i], points)
@@ -286,7 +286,7 @@ def test_extreme_ritz_pairs_and_warm_starts_against_dense_eigh(x64, problem):
   assert steps["warm"] < steps["cold"], steps  # measured: 8 vs 16 steps of 31
   # point_curvature from the warm start with that many HVP steps: the same Ritz values as with the dense operator
   m = steps["warm"]
-  curv = jax.jit(lambda q, v0: hessian.point_curvature(obj, q, key, num_steps=m, num_probes=1, v0=v0))(
+  curv = jax.jit(lambda q, v0: hessian.point_curvature(key, obj, q, num_steps=m, num_probes=1, v0=v0))(
       p, unravel(jnp.asarray(starts["warm"])))
   np.testing.assert_allclose([curv["lambda_min"], curv["lambda_max"]], ritz["warm"][m - 1], rtol=1e-9)
   np.testing.assert_allclose([curv["lambda_min"], curv["lambda_max"]], lam[[0, -1]], atol=1e-8 * scale)
@@ -303,9 +303,35 @@ def test_point_curvature_memory_does_not_grow_with_trace_probes():
   points = jax.tree.map(lambda a: jnp.stack([a] * 2), p)
   temp = {}
   for probes in (2, 16):
-    f = jax.jit(jax.vmap(lambda q: hessian.point_curvature(obj, q, jax.random.key(0), num_steps=3, num_probes=probes)))
+    f = jax.jit(jax.vmap(lambda q: hessian.point_curvature(jax.random.key(0), obj, q, num_steps=3, num_probes=probes)))
     analysis = f.lower(points).compile().memory_analysis()
     # The CPU backend the suite runs on reports it (default_chunk_size relies on it too): no silent skip.
     assert analysis is not None and getattr(analysis, "temp_size_in_bytes", 0) > 0, "no compiler memory analysis"
     temp[probes] = analysis.temp_size_in_bytes
   assert temp[16] <= 1.5 * temp[2], temp
+
+
+def test_key_first_and_keyword_calls_agree(x64, problem):
+  # the PRNG key is the first positional argument; the earlier call styles (key=..., or the key after params for
+  # the vmapped point functions) are the same call and give identical results
+  obj, p, _, _ = problem
+  key = jax.random.key(3)
+  same = lambda a, b: jax.tree.map(np.testing.assert_array_equal, a, b)
+  same(hessian.eigenvalues(key, obj, p, 2, "smallest", num_steps=8),
+       hessian.eigenvalues(obj, p, 2, "smallest", key=key, num_steps=8))
+  same(hessian.power_iteration(key, obj, p, max_iters=5), hessian.power_iteration(obj, p, key=key, max_iters=5))
+  same(hessian.trace(key, obj, p, max_probes=20), hessian.trace(obj, p, key=key, max_probes=20))
+  same(hessian.density(key, obj, p, num_probes=2, num_steps=8), hessian.density(obj, p, key=key, num_probes=2,
+                                                                                num_steps=8))
+  for fn in (hessian.point_curvature, hessian.extreme_ritz):
+    same(fn(key, obj, p, num_steps=5), fn(obj, p, key, num_steps=5))
+    same(fn(key, obj, p, num_steps=5), fn(obj, p, key=key, num_steps=5))
+  # under vmap the key is a tracer: still recognised in either position
+  keys = jax.random.split(key, 2)
+  same(jax.vmap(lambda k: hessian.extreme_ritz(k, obj, p, num_steps=5))(keys),
+       jax.vmap(lambda k: hessian.extreme_ritz(obj, p, k, num_steps=5))(keys))
+  with pytest.raises(TypeError, match="needs a jax.random key"):
+    hessian.trace(obj, p)
+  with pytest.raises(TypeError, match="both as its first argument and as key="):
+    hessian.trace(key, obj, p, key=key)
+

@@ -198,7 +198,7 @@ def test_trained_curve_avoids_the_barrier_of_the_straight_line():
   b = {"u": jnp.array(1.0), "v": jnp.array(0.0)}
   ts = jnp.linspace(0.0, 1.0, 41)
   line = paths.interpolate(obj, a, b, ts)
-  fit = paths.train_curve(obj, a, b, jax.random.key(0), num_bends=1, steps=400, lr=0.05, num_samples=8)
+  fit = paths.train_curve(jax.random.key(0), obj, a, b, num_bends=1, steps=400, lr=0.05, num_samples=8)
   curve = paths.curve_losses(obj, fit.curve, ts)
   np.testing.assert_allclose(line.losses.max(), 1.1, rtol=1e-6)
   # E_t L is minimised by the bend (0, 2) exactly: max loss 0.1 on the curve
@@ -218,10 +218,16 @@ def test_polychain_curve_also_trains():
   obj = _valley_obj()
   a = {"u": jnp.array(-1.0), "v": jnp.array(0.0)}
   b = {"u": jnp.array(1.0), "v": jnp.array(0.0)}
-  fit = paths.train_curve(obj, a, b, jax.random.key(1), num_bends=3, steps=300, lr=0.05, kind="polychain")
+  fit = paths.train_curve(jax.random.key(1), obj, a, b, num_bends=3, steps=300, lr=0.05, kind="polychain")
   ts = jnp.linspace(0.0, 1.0, 41)
   # a 4-segment chain cannot follow the parabola exactly; it must still stay far below the ridge
   assert float(paths.curve_losses(obj, fit.curve, ts).losses.max()) < 0.5
+  # the earlier order (key after the endpoints) and key= are the same call
+  for legacy in (paths.train_curve(obj, a, b, jax.random.key(1), num_bends=3, steps=300, lr=0.05, kind="polychain"),
+                 paths.train_curve(obj, a, b, key=jax.random.key(1), num_bends=3, steps=300, lr=0.05,
+                                   kind="polychain")):
+    jax.tree.map(np.testing.assert_array_equal, legacy.curve.bends, fit.curve.bends)
+    np.testing.assert_array_equal(legacy.train_losses, fit.train_losses)
 
 
 def test_interpolate_rejects_mismatched_endpoints():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import jaxscape as js
-from jaxscape import critical, regularize
+from jaxscape import hessian, regularize
 
 
 def _objective(batch_size):
@@ -29,7 +29,7 @@ def test_value_gradient_and_hessian_gain_the_penalty(x64, batch_size):
   g, g0 = jax.grad(reg.value)(params), jax.grad(obj.value)(params)
   for a, b, p in zip(jax.tree.leaves(g), jax.tree.leaves(g0), jax.tree.leaves(params)):
     np.testing.assert_allclose(a, b + wd * p, rtol=1e-12, atol=1e-14)
-  h, h0 = critical.dense_hessian(reg, params), critical.dense_hessian(obj, params)
+  h, h0 = hessian.dense_hessian(reg, params), hessian.dense_hessian(obj, params)
   np.testing.assert_allclose(h, h0 + wd * np.eye(h.shape[0]), rtol=1e-10, atol=1e-12)
   # metrics are the unregularised model's
   np.testing.assert_allclose(reg.loss(params)[1]["accuracy"], obj.loss(params)[1]["accuracy"])

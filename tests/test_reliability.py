@@ -419,7 +419,7 @@ def test_unknown_policy_names_and_impossible_requests_are_clear_errors():
     Objective.from_nnx(_net(), data=(np.zeros((4, 64), np.float32), np.zeros(4, np.int32)), bn_policy="nope")
   n = js.tree.size(p)
   with pytest.raises(ValueError, match=f"k must be an integer in \\[1, n={n}\\]; got {n + 1}"):
-    hessian.eigenvalues(obj, p, k=n + 1, key=jax.random.key(0))
+    hessian.eigenvalues(jax.random.key(0), obj, p, k=n + 1)
   with pytest.raises(ValueError, match="chunk_size must be a positive integer; got 0"):
     js.loss_surface(obj, p, dirs, x=(-1, 1, 3), y=(-1, 1, 3), chunk_size=0)
 

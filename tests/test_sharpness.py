@@ -31,7 +31,7 @@ def test_both_maximizers_reach_the_closed_form_box_maximum(x64):
   f = lambda p: 0.5 * p["w"] @ q @ p["w"] + c
   x = jnp.asarray(np.random.default_rng(1).normal(size=6))
   eps = 0.05
-  res = sharpness.keskar(f, {"w": x}, eps=eps, key=jax.random.key(0))
+  res = sharpness.keskar(jax.random.key(0), f, {"w": x}, eps=eps)
   b = eps * (np.abs(np.asarray(x)) + 1)
   f0 = float(f({"w": x}))
   fmax = _vertex_max(lambda y: f({"w": x + y}), b)
@@ -58,7 +58,7 @@ def test_at_a_minimiser_lbfgsb_stalls_and_sign_ascent_does_not(x64):
   q, c = jnp.asarray(10.0 * np.outer(u, u) + 0.1 * np.eye(6)), 0.7
   f = lambda w: 0.5 * w @ q @ w + c
   eps = 1e-3
-  res = sharpness.keskar(f, jnp.zeros(6), eps=eps, key=jax.random.key(1))
+  res = sharpness.keskar(jax.random.key(1), f, jnp.zeros(6), eps=eps)
   f0 = c
   fmax = _vertex_max(f, eps * np.ones(6))
   phi_exact = 100 * (fmax - f0) / (1 + f0)
@@ -71,7 +71,7 @@ def test_at_a_minimiser_lbfgsb_stalls_and_sign_ascent_does_not(x64):
   np.testing.assert_allclose(res.phi_by_maximizer["sign"], phi_exact, rtol=1e-9)
   assert res.phi == res.phi_by_maximizer["sign"]
   # the corner check catches a stalled maximiser: L-BFGS-B alone loses to random corners
-  alone = sharpness.keskar(f, jnp.zeros(6), eps=eps, key=jax.random.key(1), maximizers=("lbfgsb",))
+  alone = sharpness.keskar(jax.random.key(1), f, jnp.zeros(6), eps=eps, maximizers=("lbfgsb",))
   assert not alone.corners_ok and alone.phi < max(alone.corners) and "sign" not in alone.phi_by_maximizer
 
 
@@ -83,7 +83,7 @@ def test_random_subspace_with_objective(x64):
   x = jnp.asarray(np.random.default_rng(4).normal(size=8))
   key = jax.random.key(2)
   eps = 0.05
-  res = sharpness.keskar(obj, x, eps=eps, key=key, subspace_dim=3)
+  res = sharpness.keskar(key, obj, x, eps=eps, subspace_dim=3)
   # rebuild A from the same key split and solve the 3-dim box problem exactly
   a = sharpness.random_subspace(jax.random.split(key, 3)[0], 8, 3, jnp.float64)
   pinv = np.linalg.pinv(np.asarray(a))
@@ -96,17 +96,26 @@ def test_random_subspace_with_objective(x64):
   np.testing.assert_allclose(res.phi_by_maximizer["sign"], phi_exact, rtol=1e-9)
   assert res.subspace_dim == 3 and res.corners_ok
   # the subspace box is a subset of the directions: phi(A) <= phi(I) for the same eps here
-  full = sharpness.keskar(obj, x, eps=eps, key=key)
+  full = sharpness.keskar(key, obj, x, eps=eps)
   assert res.phi <= full.phi
 
 
 def test_errors():
   f = lambda w: jnp.sum(w**2)
   with pytest.raises(ValueError, match="eps"):
-    sharpness.keskar(f, jnp.ones(3), eps=0.0, key=jax.random.key(0))
+    sharpness.keskar(jax.random.key(0), f, jnp.ones(3), eps=0.0)
   with pytest.raises(ValueError, match="maximizers"):
-    sharpness.keskar(f, jnp.ones(3), key=jax.random.key(0), maximizers=("adam",))
+    sharpness.keskar(jax.random.key(0), f, jnp.ones(3), maximizers=("adam",))
   with pytest.raises(ValueError, match="subspace_dim"):
-    sharpness.keskar(f, jnp.ones(3), key=jax.random.key(0), subspace_dim=4)
+    sharpness.keskar(jax.random.key(0), f, jnp.ones(3), subspace_dim=4)
   with pytest.raises(ValueError, match="callable"):
-    sharpness.keskar(3.0, jnp.ones(3), key=jax.random.key(0))
+    sharpness.keskar(jax.random.key(0), 3.0, jnp.ones(3))
+
+
+def test_keskar_key_first_and_keyword_calls_agree():
+  f = lambda p: jnp.sum(p**2) + jnp.sum(jnp.sin(3 * p))
+  key = jax.random.key(4)
+  a = sharpness.keskar(key, f, jnp.ones(4), 1e-2, num_starts=2, sign_steps=4)
+  b = sharpness.keskar(f, jnp.ones(4), 1e-2, key=key, num_starts=2, sign_steps=4)
+  assert a == b
+

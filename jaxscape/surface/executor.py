@@ -42,7 +42,7 @@ from ..objective import Objective
 from .grid import Range, Surface, grid_coordinates, parse_range, part_directory, part_indices
 from .points import CURVATURES, Chunk, PointInputs, PointSpec, WarmStarts, WarmStartSpec, finish_maps
 
-PyTree = Any
+from ..tree import PyTree
 
 
 def default_chunk_size(objective: Objective, params: PyTree, num_devices: int = 1, *,

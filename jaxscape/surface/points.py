@@ -34,7 +34,7 @@ from .. import tree
 from ..directions import move_state
 from ..objective import Objective
 
-PyTree = Any
+from ..tree import PyTree
 
 CURVATURES = ("plane", "full")
 """Curvature maps: ``plane`` = the exact 2x2 Hessian projected on the plot

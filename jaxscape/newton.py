@@ -1,0 +1,391 @@
+"""Newton-type optimiser steps: gradient descent, damped Newton and saddle-free Newton.
+
+Dauphin et al. (2014) show that Newton's method is attracted to saddles (it
+rescales each eigen-direction of the Hessian ``H`` by ``1/lambda``, which
+flips the step along negative curvature) and that gradient descent slows down
+next to them, and propose saddle-free Newton (SFN): ``delta = -|H|^-1 g`` with
+``|H| = V |Lambda| V^T``, Newton's rescaling by the curvature magnitude but
+always downhill. Here:
+
+* the steps (:func:`gradient_descent_step`, :func:`newton_step`,
+  :func:`saddle_free_newton_step` on the dense Hessian, and
+  :func:`saddle_free_newton_step_krylov` in the ``k``-dimensional Krylov
+  subspace ``K_k(H, g)`` built by :func:`jaxscape.spectral.lanczos` on
+  Hessian-vector products, ``jax.jvp`` of ``jax.grad``);
+* :func:`escape_saddle`, which counts how many steps each method needs to
+  leave a saddle (optionally with an Armijo line search);
+* :func:`minimize_saddle_free`, which refines a trained point into an exact
+  minimum (a :class:`jaxscape.critical.CriticalPoint` of index 0).
+
+Parameters are flattened by :func:`jaxscape.hessian.flat_objective`; under
+``jax.enable_x64`` every step runs in float64.
+
+References:
+  Dauphin, Pascanu, Gulcehre, Cho, Ganguli, Bengio. Identifying and attacking
+  the saddle point problem in high-dimensional non-convex optimization.
+  NeurIPS 2014.
+
+Example:
+  >>> import jax.numpy as jnp, jaxscape as js
+  >>> from jaxscape import newton
+  >>> apply = lambda p, x: p[0] ** 2 - p[1] ** 2 + 0 * x[:, 0]   # saddle at the origin
+  >>> obj = js.Objective.from_apply(apply, data=(jnp.zeros((1, 1)), jnp.zeros(1)), loss=lambda out, t: out)
+  >>> newton.saddle_free_newton_step(obj, jnp.array([0.5, 0.25])).tolist()   # away from the saddle along y
+  [-0.5, 0.25]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from . import spectral
+from .critical import STATUSES, CriticalPoint, default_eps, flatness, index
+from .hessian import flat_objective
+from .objective import Objective
+from .tree import PyTree
+
+__all__ = [
+    "STEP_METHODS",
+    "EscapeResult",
+    "gradient_descent_step",
+    "newton_step",
+    "saddle_free_newton_step",
+    "saddle_free_newton_step_krylov",
+    "escape_saddle",
+    "minimize_saddle_free",
+]
+
+STEP_METHODS = ("gd", "newton", "sfn", "sfn_krylov")
+"""Optimiser steps compared by :func:`escape_saddle`."""
+
+
+# ------------------------------------------------------------------- steps
+def _gd_flat(f, x, lr, damping, krylov_dim):
+  del damping, krylov_dim
+  return -lr * jax.grad(f)(x)
+
+
+def _newton_flat(f, x, lr, damping, krylov_dim):
+  del krylov_dim
+  g, h = jax.grad(f)(x), jax.hessian(f)(x)
+  h = 0.5 * (h + h.T)
+  return -lr * jnp.linalg.solve(h + damping * jnp.eye(x.shape[0], dtype=x.dtype), g)
+
+
+def _sfn_flat(f, x, lr, damping, krylov_dim):
+  del krylov_dim
+  g = jax.grad(f)(x)
+  lam, vecs = jnp.linalg.eigh(jax.hessian(f)(x))
+  return -lr * (vecs @ ((vecs.T @ g) / (jnp.abs(lam) + damping)))
+
+
+def _sfn_krylov_flat(f, x, lr, damping, krylov_dim):
+  grad = jax.grad(f)
+  g = grad(x)
+  gn = jnp.linalg.norm(g)
+  hvp = lambda v: jax.jvp(grad, (x,), (v,))[1]
+  # Lanczos started from g: its key only draws the restart vectors after a breakdown, which span a block of T
+  # decoupled from e_1 and so add nothing to the step; a fixed key keeps the step a deterministic function of x
+  lz = spectral.lanczos(jax.random.key(0), hvp, x, krylov_dim, v0=g)
+  mu, u = jnp.linalg.eigh(lz.tridiagonal())
+  denom = jnp.abs(mu) + damping
+  coef = gn * u[0, :]  # U^T (Q g) with Q g = ||g|| e_1
+  y = u @ jnp.where(denom > 0, coef / jnp.where(denom > 0, denom, 1), 0)
+  return -lr * (lz.basis.T @ y)
+
+
+_STEPS = {"gd": _gd_flat, "newton": _newton_flat, "sfn": _sfn_flat, "sfn_krylov": _sfn_krylov_flat}
+
+
+@functools.partial(jax.jit, static_argnames=("method", "krylov_dim"))
+def _step(obj, params, lr, damping, method, krylov_dim):
+  f, flat, unravel = flat_objective(obj, params)
+  return unravel(_STEPS[method](f, flat, lr, damping, krylov_dim))
+
+
+def gradient_descent_step(obj: Objective, params: PyTree, lr: float) -> PyTree:
+  """The gradient-descent update ``-lr * grad f`` (a pytree like ``params``)."""
+  return _step(obj, params, lr, 0.0, "gd", None)
+
+
+def newton_step(obj: Objective, params: PyTree, damping: float = 0.0) -> PyTree:
+  """The damped Newton update ``-(H + damping I)^-1 grad f``.
+
+  Newton's method rescales each eigen-direction by ``1/lambda``, which flips
+  the sign of the step along negative-curvature directions: near a saddle it
+  moves *towards* the saddle (Dauphin et al. 2014, Sec. 4).
+  """
+  return _step(obj, params, 1.0, damping, "newton", None)
+
+
+def saddle_free_newton_step(obj: Objective, params: PyTree, damping: float = 0.0) -> PyTree:
+  """The saddle-free Newton update ``-(|H| + damping I)^-1 grad f`` (dense).
+
+  ``|H| = V |Lambda| V^T`` from the eigendecomposition of the dense Hessian:
+  Newton's rescaling by the curvature magnitude, but always downhill, so
+  negative-curvature directions are followed away from a saddle (Dauphin et
+  al. 2014, Eq. 6 / Algorithm 1 without the Krylov restriction).
+
+  Args:
+    obj: the objective.
+    params: parameter pytree.
+    damping: added to every ``|lambda|`` (must make them all positive).
+
+  Returns:
+    The update, a pytree like ``params``.
+
+  Example:
+    >>> import jax.numpy as jnp, jaxscape as js
+    >>> apply = lambda p, x: p[0] ** 2 - p[1] ** 2 + 0 * x[:, 0]
+    >>> obj = js.Objective.from_apply(apply, data=(jnp.zeros((1, 1)), jnp.zeros(1)),
+    ...                               loss=lambda out, t: out)
+    >>> saddle_free_newton_step(obj, jnp.array([0.5, 0.25])).tolist()  # |H| = 2 I
+    [-0.5, 0.25]
+  """
+  return _step(obj, params, 1.0, damping, "sfn", None)
+
+
+def saddle_free_newton_step_krylov(obj: Objective, params: PyTree, damping: float, krylov_dim: int) -> PyTree:
+  """Matrix-free saddle-free Newton in the Krylov subspace ``K_k(H, g)``.
+
+  ``k = krylov_dim`` Lanczos steps (:func:`jaxscape.spectral.lanczos`, full reorthogonalisation) on
+  Hessian-vector products ``jax.jvp(jax.grad(f), (x,), (v,))``, started from
+  the gradient, give an orthonormal basis ``Q`` and ``T = Q H Q^T``; the step
+  is ``-Q^T |T + 0|^-1 Q g`` with ``|T| = U (|mu| + damping) U^T``
+  (Dauphin et al. 2014, Algorithm 1). It costs ``k`` HVPs and never forms
+  ``H``; with ``k = n`` it equals the dense :func:`saddle_free_newton_step`.
+
+  Args:
+    obj: the objective.
+    params: parameter pytree.
+    damping: added to every Ritz value's magnitude.
+    krylov_dim: ``k``, the subspace dimension (static; at most ``n``).
+
+  Returns:
+    The update, a pytree like ``params``.
+  """
+  n = sum(int(jnp.size(leaf)) for leaf in jax.tree.leaves(params))
+  if not isinstance(krylov_dim, int) or not 1 <= krylov_dim <= n:
+    raise ValueError(f"krylov_dim must be an int in [1, {n}] (the number of parameters); got {krylov_dim!r}")
+  return _step(obj, params, 1.0, damping, "sfn_krylov", krylov_dim)
+
+
+# --------------------------------------------------------- saddle escape
+@dataclasses.dataclass(frozen=True)
+class EscapeResult:
+  """Result of :func:`escape_saddle`.
+
+  Attributes:
+    method: the step method.
+    losses: ``[steps + 1]`` loss before each step and after the last.
+    grad_norms: ``[steps + 1]`` gradient norms at the same points.
+    params: the final parameters.
+    escape_step: the first step count ``t`` with
+      ``losses[t] <= losses[0] - threshold``, or ``-1`` if the run never
+      dropped that far.
+    threshold: the loss drop that counts as an escape.
+    lr: the step size used.
+    damping: the damping used (Newton-type methods).
+    line_search: whether steps were backtracked (Armijo).
+  """
+
+  method: str
+  losses: jax.Array
+  grad_norms: jax.Array
+  params: PyTree
+  escape_step: int
+  threshold: float
+  lr: float
+  damping: float
+  line_search: bool = False
+
+
+@functools.partial(jax.jit, static_argnames=("method", "steps", "krylov_dim", "line_search"))
+def _run(obj, params, lr, damping, method, steps, krylov_dim, line_search):
+  f, flat, unravel = flat_objective(obj, params)
+  step = _STEPS[method]
+  dtype = flat.dtype
+  slack = 4 * jnp.finfo(dtype).eps
+
+  def body(x, _):
+    value, g = jax.value_and_grad(f)(x)
+    delta = step(f, x, lr, damping, krylov_dim)
+    if line_search:
+      # backtracking (Armijo) along descent directions; a non-descent direction takes the full step
+      slope = g @ delta
+      armijo = lambda t, v: (slope >= 0) | (v <= value + 1e-4 * t * slope + slack * jnp.abs(value))
+      t, _ = jax.lax.while_loop(lambda c: ~armijo(*c) & (c[0] > 2.0**-30),
+                                lambda c: (c[0] / 2, f(x + c[0] / 2 * delta)), (jnp.asarray(1.0, dtype), f(x + delta)))
+      delta = t * delta
+    return x + delta, (value, jnp.linalg.norm(g))
+
+  x, (losses, gns) = jax.lax.scan(body, flat, None, length=steps)
+  value, g = jax.value_and_grad(f)(x)
+  return (unravel(x), jnp.append(losses, value), jnp.append(gns, jnp.linalg.norm(g)))
+
+
+def escape_saddle(
+    obj: Objective,
+    params: PyTree,
+    method: str,
+    steps: int,
+    *,
+    lr: float | None = None,
+    damping: float = 0.0,
+    krylov_dim: int | None = None,
+    threshold: float = 1e-3,
+    line_search: bool = False,
+) -> EscapeResult:
+  """Runs ``steps`` optimiser steps from ``params`` and records the loss.
+
+  Used to compare how fast methods leave a saddle (Dauphin et al. 2014,
+  Fig. 3): gradient descent slows down near a saddle because the gradient
+  vanishes, Newton's method is attracted to it, saddle-free Newton is
+  repelled along negative curvature at a rate set by ``|lambda|``.
+
+  Args:
+    obj: the objective.
+    params: starting parameters (e.g. a saddle plus a small perturbation).
+    method: one of :data:`STEP_METHODS`: ``"gd"`` (``-lr g``), ``"newton"``
+      (``-lr (H + damping I)^-1 g``), ``"sfn"`` (``-lr (|H| + damping I)^-1 g``)
+      or ``"sfn_krylov"`` (the same in a ``krylov_dim``-dimensional Krylov
+      subspace).
+    steps: number of steps (static).
+    lr: step size; defaults to 0.1 for ``"gd"`` and 1.0 for the others.
+    damping: Newton / SFN damping.
+    krylov_dim: subspace dimension for ``"sfn_krylov"``.
+    threshold: the loss drop from the start that counts as an escape.
+    line_search: halve each step until Armijo's condition
+      ``f(x + t d) <= f(x) + 1e-4 t g.d`` holds (up to 30 times) when ``d``
+      is a descent direction; steps that do not descend (Newton's, next to a
+      saddle) are taken in full. Keeps saddle-free Newton from overshooting
+      once it has left the saddle (``|H|^-1`` is huge along near-flat
+      directions); with ``lr <= 1/max|lambda|`` gradient descent is unaffected.
+
+  Returns:
+    An :class:`EscapeResult`.
+
+  Example:
+    >>> import jax.numpy as jnp, jaxscape as js
+    >>> apply = lambda p, x: p[0] ** 2 - p[1] ** 2 + 0 * x[:, 0]
+    >>> obj = js.Objective.from_apply(apply, data=(jnp.zeros((1, 1)), jnp.zeros(1)),
+    ...                               loss=lambda out, t: out)
+    >>> p0 = jnp.array([0.1, 1e-3])
+    >>> [escape_saddle(obj, p0, m, 40, threshold=0.1).escape_step for m in ("gd", "sfn", "newton")]
+    [32, 9, -1]
+  """
+  if method not in STEP_METHODS:
+    raise ValueError(f"unknown method {method!r}: expected one of {STEP_METHODS}")
+  if not isinstance(steps, int) or steps < 1:
+    raise ValueError(f"steps must be a positive int; got {steps!r}")
+  if method == "sfn_krylov":
+    n = sum(int(jnp.size(leaf)) for leaf in jax.tree.leaves(params))
+    if not isinstance(krylov_dim, int) or not 1 <= krylov_dim <= n:
+      raise ValueError(f"method 'sfn_krylov' needs krylov_dim, an int in [1, {n}]; got {krylov_dim!r}")
+  else:
+    krylov_dim = None
+  if lr is None:
+    lr = 0.1 if method == "gd" else 1.0
+  final, losses, gns = _run(obj, params, lr, damping, method, steps, krylov_dim, bool(line_search))
+  dropped = jnp.asarray(losses) <= losses[0] - threshold
+  escape_step = int(jnp.argmax(dropped)) if bool(jnp.any(dropped)) else -1
+  return EscapeResult(method=method, losses=losses, grad_norms=gns, params=final, escape_step=escape_step,
+                      threshold=float(threshold), lr=float(lr), damping=float(damping),
+                      line_search=bool(line_search))
+
+
+# ---------------------------------------------------- minimisation to a minimum
+@jax.jit
+def _sfn_minimize(obj, params, max_steps, tol, damping, step_cap):
+  f, flat, unravel = flat_objective(obj, params)
+  vg = jax.value_and_grad(f)
+  dtype = flat.dtype
+  slack = 4 * jnp.finfo(dtype).eps
+
+  def body(s):
+    x, value, g, _, step, _ = s
+    lam, vecs = jnp.linalg.eigh(jax.hessian(f)(x))
+    delta = -vecs @ ((vecs.T @ g) / (jnp.abs(lam) + damping))
+    length = jnp.linalg.norm(delta)
+    delta = jnp.where(jnp.isfinite(length), delta * jnp.minimum(1.0, step_cap / length),
+                      -step_cap * g / jnp.linalg.norm(g))
+    slope = g @ delta  # < 0: |H| + damping is positive definite
+    armijo = lambda t, v: v <= value + 1e-4 * t * slope + slack * jnp.abs(value)
+    t, v = jax.lax.while_loop(lambda c: ~armijo(*c) & (c[0] > 2.0**-30),
+                              lambda c: (c[0] / 2, f(x + c[0] / 2 * delta)), (jnp.asarray(1.0, dtype), f(x + delta)))
+    ok = armijo(t, v) & jnp.isfinite(v)
+    x = jnp.where(ok, x + t * delta, x)
+    value, g = vg(x)
+    return x, value, g, jnp.linalg.norm(g), step + 1, ~ok
+
+  value0, g0 = vg(flat)
+  state = (flat, value0, g0, jnp.linalg.norm(g0), jnp.asarray(0, jnp.int32), jnp.asarray(False))
+  x, value, g, gn, step, stuck = jax.lax.while_loop(
+      lambda s: (s[3] >= tol) & (s[4] < max_steps) & ~s[5], body, state)
+  lam, vecs = jnp.linalg.eigh(jax.hessian(f)(x))
+  status = jnp.where(gn < tol, 1, jnp.where(stuck, 2, 3))
+  return {"params": unravel(x), "value": value, "grad_norm": gn, "eigenvalues": lam, "steps": step,
+          "status": status, "flatness": flatness(lam, vecs, g)}
+
+
+def minimize_saddle_free(
+    obj: Objective,
+    params: PyTree,
+    *,
+    max_steps: int = 100,
+    tol: float = 1e-6,
+    damping: float = 0.0,
+    step_cap: float = 1.0,
+    eps: float | None = None,
+) -> CriticalPoint:
+  """Minimises ``obj.value`` with saddle-free Newton and a line search, to a minimum.
+
+  Each step is ``delta = -(|H| + damping I)^-1 g`` (dense eigendecomposition,
+  Dauphin et al. 2014), capped at ``step_cap`` in norm, then halved until
+  Armijo's condition ``f(x + t delta) <= f(x) + 1e-4 t g.delta`` holds (up to
+  ``4 eps |f|`` of rounding). ``|H|`` is positive definite, so every step
+  descends; negative curvature is followed away from saddles, and next to a
+  minimum the step is Newton's (quadratic convergence). Used to refine the end
+  of a training run into an exact minimum (index 0 when it converges).
+
+  Args:
+    obj: the objective (dense Hessian: a small model).
+    params: starting parameters.
+    max_steps: step budget.
+    tol: stop when ``||grad f|| < tol``.
+    damping: added to every ``|lambda|``.
+    step_cap: largest step (Euclidean norm of the flat parameters).
+    eps: eigenvalue threshold for the index (default: see :func:`jaxscape.critical.index`).
+
+  Returns:
+    A :class:`CriticalPoint` with ``method="sfn_minimize"``; ``status`` is
+    ``"gradient_flat"`` when no step length passed the line search.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxscape as js
+    >>> apply = lambda p, x: p[0] ** 4 / 4 - p[0] ** 2 / 2 + p[1] ** 2 / 2 + 0 * x[:, 0]
+    >>> obj = js.Objective.from_apply(apply, data=(jnp.zeros((1, 1)), jnp.zeros(1)),
+    ...                               loss=lambda out, t: out)
+    >>> with jax.enable_x64(True):   # starts next to the saddle at the origin
+    ...   cp = minimize_saddle_free(obj, jnp.array([1e-3, 0.5]))
+    >>> cp.converged, float(cp.index), round(cp.loss, 6)
+    (True, 0.0, -0.25)
+  """
+  if not isinstance(max_steps, int) or max_steps < 0:
+    raise ValueError(f"max_steps must be a non-negative int; got {max_steps!r}")
+  if not tol > 0:
+    raise ValueError(f"tol must be positive; got {tol!r}")
+  if not damping >= 0 or not step_cap > 0:
+    raise ValueError(f"damping must be >= 0 and step_cap > 0; got damping={damping!r}, step_cap={step_cap!r}")
+  out = _sfn_minimize(obj, params, max_steps, tol, damping, step_cap)
+  lam = out["eigenvalues"]
+  eps_value = float(default_eps(lam)) if eps is None else float(eps)
+  gn = float(out["grad_norm"])
+  return CriticalPoint(
+      params=out["params"], loss=float(out["value"]), grad_norm=gn, index=float(index(lam, eps_value)),
+      eigenvalues=lam, steps=int(out["steps"]), converged=bool(gn < tol), status=STATUSES[int(out["status"])],
+      method="sfn_minimize", tol=float(tol), eps=eps_value, flatness=float(out["flatness"]))
