@@ -53,6 +53,7 @@ __all__ = [
     "ResultStore",
     "environment",
     "fingerprint",
+    "sha256_file",
     "to_jsonable",
     "write_json",
     "export_vtk",
@@ -107,10 +108,18 @@ def _sha256(data: bytes) -> str:
   return hashlib.sha256(data).hexdigest()
 
 
+def sha256_file(path: str) -> str:
+  """The SHA-256 hex digest of a file, read in blocks (``OSError`` if it cannot be read)."""
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
 def _file_sha256(path: str) -> str | None:
   try:
-    with open(path, "rb") as f:
-      return _sha256(f.read())
+    return sha256_file(path)
   except OSError:
     return None
 
@@ -249,6 +258,8 @@ def fingerprint(tree: Any) -> str:
   """A short SHA-1 of a pytree's leaves (shapes, dtypes and bytes)."""
   h = hashlib.sha1()
   for leaf in jax.tree.leaves(tree):
+    if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
+      leaf = jax.random.key_data(leaf)  # typed PRNG keys (e.g. Dropout's RNG state) by their raw bits
     arr = np.ascontiguousarray(np.asarray(leaf))
     h.update(f"{arr.shape}{arr.dtype}".encode())
     h.update(arr.tobytes())
