@@ -12,7 +12,7 @@ Example:
   >>> import jaxscape as js
   >>> from jaxscape import data, models, runs, train
   >>> ds = data.load("synthetic", train_size=64, test_size=32, dim=4)
-  >>> init = lambda k: models.build("mlp", k, in_features=4, widths=[8], out_features=3)
+  >>> init = lambda k: models.build("mlp", k, in_features=4, widths=[8], out_features=3, batch_norm=True)
   >>> p, s, h = train.train_many(jax.random.split(jax.random.key(0), 2), init, ds,
   ...                            optimizer="adam", learning_rate=1e-2, batch_size=16, epochs=2)
   >>> apply = js.adapters.split(init(jax.random.key(0))).apply

@@ -149,7 +149,7 @@ def test_sigkilled_training_resumes_from_its_last_checkpoint(tmp_path, capsys):
   assert cli.main(TRAIN_ARGS + ["--out", whole]) == 0
   capsys.readouterr()
   models_ = [checkpoint.load_model(d)[0] for d in (killed, whole)]
-  (_, p1, s1), (_, p2, s2) = (js.adapters.split(m) for m in models_)
+  (_, p1, s1, _), (_, p2, s2, _) = (js.adapters.split(m) for m in models_)
   for a, b in zip(jax.tree.leaves((p1, s1)), jax.tree.leaves((p2, s2))):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   with np.load(os.path.join(killed, "history.npz")) as h1, np.load(os.path.join(whole, "history.npz")) as h2:
