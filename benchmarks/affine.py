@@ -42,7 +42,7 @@ def setup(n: int = 2000, steps: int = 200):
   teacher = rng.normal(size=(784, 10))
   y = np.argmax((x.reshape(n, -1) - 0.5) @ teacher, axis=1).astype(np.int32)
   net = js.models.build("mlp", 0, in_features=784, widths=[256], out_features=10)
-  obj, params = js.Objective.from_nnx(net, data=(x, y), batch_size=512, name="synthetic-mnist")
+  obj, params = js.Objective.from_model(net, data=(x, y), batch_size=512, name="synthetic-mnist")
   params = train(obj, params, steps)
   dirs = js.random_directions(jax.random.key(1), params, n=2, norm="filter", ignore="biasbn")
   return obj, params, dirs

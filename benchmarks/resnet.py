@@ -99,9 +99,9 @@ def setup(num_train: int, data_dir: str | None, batch_size: int):
   ds = load_data(num_train, data_dir)
   net = models.build("resnet", 0, depth=20, num_classes=10, in_channels=3)
   calibrate_batchnorm(net, ds.x_train[:batch_size])
-  obj, params = js.Objective.from_nnx(net, data=ds.train, batch_size=batch_size, name=ds.name, bn_policy="frozen")
+  obj, params = js.Objective.from_model(net, data=ds.train, batch_size=batch_size, name=ds.name, bn_policy="frozen")
   dirs = js.random_directions(jax.random.key(1), params, n=2, norm="filter", ignore="biasbn")
-  apply, _, state = js.split_nnx(net)
+  apply, _, state, _ = js.adapters.split(net)
   flops = models.flops_per_example(apply, params, state, ds.x_train[0])
   return obj, params, dirs, flops
 

@@ -36,7 +36,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxscape import cli, data, hessian, io, models, runs, sharpness, surface, train  # noqa: E402
+from jaxscape import adapters, cli, data, hessian, io, models, runs, sharpness, surface, train  # noqa: E402
+from jaxscape.objective import Objective  # noqa: E402
 from jaxscape.directions import interpolation_direction  # noqa: E402
 from jaxscape.report import Report, fmt, table  # noqa: E402
 
@@ -152,14 +153,17 @@ def _run_net(key, net: dict, cfg: dict) -> dict:
   trained = {r: _train_regime(keys, init, ds, cfg, net[r]) for r in REGIMES}
 
   t0 = time.perf_counter()
-  template = init(jax.random.fold_in(key, 1))
+  apply = adapters.split(init(jax.random.fold_in(key, 1))).apply
+  run_state = lambda s, i: runs.select(s, i) if jax.tree.leaves(s) else s  # noqa: E731
   mkey = jax.random.fold_in(key, 2)
   per = {r: [] for r in REGIMES}
   for ri, r in enumerate(REGIMES):
     p, s = trained[r]["params"], trained[r]["state"]
     for i in range(int(cfg["runs"])):
-      o_tr = runs.objective(template, ds.train, s, run=i, batch_size=cfg["eval_batch_size"], name=f"{ds.name}-train")
-      o_te = runs.objective(template, ds.test, s, run=i, batch_size=cfg["eval_batch_size"], name=f"{ds.name}-test")
+      o_tr = Objective.from_stateful(apply, run_state(s, i), data=ds.train, batch_size=cfg["eval_batch_size"],
+                                     name=f"{ds.name}-train")
+      o_te = Objective.from_stateful(apply, run_state(s, i), data=ds.test, batch_size=cfg["eval_batch_size"],
+                                     name=f"{ds.name}-test")
       per[r].append(_measure(jax.random.fold_in(jax.random.fold_in(mkey, ri), i), o_tr, o_te, runs.select(p, i), cfg))
   measure_s = time.perf_counter() - t0
 
@@ -170,7 +174,7 @@ def _run_net(key, net: dict, cfg: dict) -> dict:
     p_sb, p_lb = runs.select(trained["sb"]["params"], i), runs.select(trained["lb"]["params"], i)
     # the line is evaluated with the SB run's BatchNorm statistics frozen (no-op for BN-free nets)
     for split, d in (("train", ds.train), ("test", ds.test)):
-      o = runs.objective(template, d, trained["sb"]["state"], run=i, batch_size=cfg["eval_batch_size"])
+      o = Objective.from_stateful(apply, run_state(trained["sb"]["state"], i), data=d, batch_size=cfg["eval_batch_size"])
       loss, acc = _line(o, p_sb, p_lb, alpha)
       line[f"{split}_loss"].append(loss)
       line[f"{split}_acc"].append(acc)

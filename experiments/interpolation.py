@@ -85,7 +85,7 @@ def main(config: dict, out_dir: str) -> Report:
                                     snapshot_every=steps)
   train_wall = time.perf_counter() - t0
   initial = _pick(hist.trajectory, (slice(None), 0))  # [S, ...] snapshot at step 0
-  obj, _ = js.Objective.from_nnx(init(jax.random.key(0)), data=ds.train, batch_size=2048, name=f"{ds.name}-train")
+  obj, _ = js.Objective.from_model(init(jax.random.key(0)), data=ds.train, batch_size=2048, name=f"{ds.name}-train")
   alphas = jnp.linspace(0.0, 1.0, config["points"])
 
   t0 = time.perf_counter()

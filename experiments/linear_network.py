@@ -104,7 +104,7 @@ def main(config: dict, out_dir: str) -> Report:
   t0 = time.perf_counter()
   trained, inits, hists = {}, {}, {}
   for i, (name, net) in enumerate(nets.items()):
-    _, inits[name] = js.Objective.from_nnx(net, data=ds.train, loss="mse")
+    _, inits[name] = js.Objective.from_model(net, data=ds.train, loss="mse")
     trained[name], hists[name] = _train(jax.random.fold_in(root, 10 + i), net, ds, config)
   train_wall = time.perf_counter() - t0
 
@@ -118,7 +118,7 @@ def main(config: dict, out_dir: str) -> Report:
     lam_w = np.asarray(hessian.dense_eigh(obj_w, w_star)[0])
     product_diffs = []
     for name in ("linear", "linear_deep"):
-      obj, _ = js.Objective.from_nnx(nets[name], data=(x64, y64), loss="mse", batch_size=None, name=name)
+      obj, _ = js.Objective.from_model(nets[name], data=(x64, y64), loss="mse", batch_size=None, name=name)
       for where, p in (("init", inits[name]), ("trained", trained[name])):
         p = js.tree.astype(p, jnp.float64)
         q = _refactor(jax.random.fold_in(root, 20 + len(rows_product)), p)
@@ -149,7 +149,7 @@ def main(config: dict, out_dir: str) -> Report:
   t0 = time.perf_counter()
   surfs, fracs, wide_rows = {}, {}, []
   for i, name in enumerate(("linear", "sigmoid")):
-    obj, _ = js.Objective.from_nnx(nets[name], data=ds.train, loss="mse", name=f"{ds.name}-train")
+    obj, _ = js.Objective.from_model(nets[name], data=ds.train, loss="mse", name=f"{ds.name}-train")
     surfs[name] = _surface(obj, trained[name], jax.random.fold_in(root, 40 + i), config, f"surface_{name}", out_dir)
     lo, hi = surfs[name].metrics["plane_lambda_min"], surfs[name].metrics["plane_lambda_max"]
     fracs[name] = stats.nonconvex_fraction(lo, hi, rel=config["rel_curvature"])

@@ -153,7 +153,7 @@ def main(config: dict, out_dir: str) -> Report:
   # single-threaded BLAS/LAPACK for the 226 x 226 factorisations: OpenBLAS threads only synchronise at this size,
   # and on a loaded 2-core machine they made each eigh / Cholesky 20-300x slower (busy-waiting)
   with jax.enable_x64(True), threadpool_limits(limits=1, user_api="blas"):
-    base, _ = js.Objective.from_nnx(init(jax.random.key(0)), data=(np.asarray(ds.x_train, np.float64), ds.y_train),
+    base, _ = js.Objective.from_model(init(jax.random.key(0)), data=(np.asarray(ds.x_train, np.float64), ds.y_train),
                                     batch_size=None, name=f"{ds.name}-train")
     obj = regularize.with_l2(base, wd)
     traj = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), hist.trajectory)

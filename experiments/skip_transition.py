@@ -120,14 +120,14 @@ def _run_family(key: jax.Array, fam: dict, ds: data.Dataset, rel: float) -> dict
       params, state, hist = train.train_many(train_keys, init, ds, cfg)
       jax.block_until_ready(params)
       train_s = time.perf_counter() - t0
-      _, apply, _, _ = train.split_train(init(jax.random.key(0)))
+      _, apply, _, _ = js.adapters.nnx.split_train(init(jax.random.key(0)))
       seeds, surfaces, ratios = [], [], []
       t0 = time.perf_counter()
       chunk = None
       for s in range(int(fam["seeds"])):
         p, st = _take(params, s), _take(state, s)
-        obj = sstats.pure_objective(apply, st, ds.train, batch_size=int(fam["eval_batch_size"]),
-                                    name=f"{ds.name}-train")
+        obj = js.Objective.from_stateful(apply, st, data=ds.train, batch_size=int(fam["eval_batch_size"]),
+                                         name=f"{ds.name}-train")
         chunk = chunk or jsurface.default_chunk_size(obj, p)   # once per model: its probe compiles
         dirs = js.random_directions(jax.random.fold_in(jax.random.fold_in(k_depth, 1), s), p, n=2, norm="filter",
                                     ignore="biasbn")

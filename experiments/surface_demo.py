@@ -32,7 +32,7 @@ CONFIGS = {
 def main(config: dict, out_dir: str) -> Report:
   seed = config["seed"]
   model, ds, history = cli.demo_network(seed, widths=config["widths"], epochs=config["epochs"])
-  obj, params = js.Objective.from_nnx(model, data=ds.train, batch_size=512, name="digits-train")
+  obj, params = js.Objective.from_model(model, data=ds.train, batch_size=512, name="digits-train")
   trained_loss, trained_metrics = jax.jit(obj.loss)(params)
   dirs = js.random_directions(jax.random.fold_in(jax.random.key(seed), 1), params, n=2, norm="filter", ignore="biasbn")
   s, g, n1 = config["span"], config["grid"], config["line"]

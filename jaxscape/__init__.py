@@ -2,11 +2,11 @@
 
 from . import tree as tree
 from .objective import Objective as Objective
-from .objective import split_nnx as split_nnx
 from .objective import FirstLayer as FirstLayer
-from .objective import nnx_first_layer as nnx_first_layer
+from . import adapters as adapters
 from . import directions as directions
 from .directions import Directions as Directions
+from .directions import LeafRule as LeafRule
 from .directions import random_directions as random_directions
 from .directions import interpolation_direction as interpolation_direction
 from .directions import plane_directions as plane_directions

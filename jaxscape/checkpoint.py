@@ -26,10 +26,11 @@ other tools) rely on orbax's own checks.
 
 Example:
   >>> import tempfile, jax
-  >>> from jaxscape import checkpoint, models, train
+  >>> import jaxscape as js
+  >>> from jaxscape import checkpoint, models
   >>> d = tempfile.mkdtemp()
   >>> net = models.build("mlp", 0, in_features=4, widths=[8], out_features=3)
-  >>> _, _, p, s = train.split_train(net)
+  >>> _, p, s, _ = js.adapters.split(net)
   >>> checkpoint.save(d + "/p", p)
   >>> q = checkpoint.restore(d + "/p", like=p)
   >>> bool(jax.tree.all(jax.tree.map(lambda a, b: (a == b).all(), p, q)))
@@ -38,7 +39,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import Any, Mapping
@@ -47,6 +47,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .adapters import nnx as _nnx
+from .io import sha256_file, to_jsonable
 from .tree import PyTree
 
 __all__ = [
@@ -167,14 +169,6 @@ def _corrupt(where: str, e: BaseException | str, hint: str = "") -> CorruptCheck
                                 f"{hint or 'Delete it and save or train again.'}")
 
 
-def _file_sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()
-
-
 def _write_checksums(directory: str) -> None:
   """Records the SHA-256 of every file of a finished checkpoint in ``CHECKSUM_FILE`` (atomically)."""
   sums = {}
@@ -183,7 +177,7 @@ def _write_checksums(directory: str) -> None:
       full = os.path.join(root, name)
       rel = os.path.relpath(full, directory)
       if rel != CHECKSUM_FILE:
-        sums[rel] = _file_sha256(full)
+        sums[rel] = sha256_file(full)
   tmp = os.path.join(directory, CHECKSUM_FILE + ".tmp")
   with open(tmp, "w") as f:
     json.dump(sums, f, indent=1, sort_keys=True)
@@ -207,7 +201,7 @@ def _verify_checksums(directory: str, where: str, hint: str = "") -> None:
     full = os.path.join(directory, rel)
     if not os.path.isfile(full):
       bad.append(f"{rel} (missing)")
-    elif _file_sha256(full) != digest:
+    elif sha256_file(full) != digest:
       bad.append(f"{rel} (changed)")
   if bad:
     raise _corrupt(where, f"{len(bad)} of its {len(sums)} files differ from the checksums recorded when it was "
@@ -413,25 +407,13 @@ def load_trajectory(run_dir: str | os.PathLike, like: PyTree, max_step: int | No
   return np.asarray(steps, np.int64), jax.tree.map(lambda *a: np.stack([np.asarray(x) for x in a]), *snaps)
 
 
-def _jsonable(x: Any) -> Any:
-  if isinstance(x, Mapping):
-    return {str(k): _jsonable(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_jsonable(v) for v in x]
-  if isinstance(x, np.generic):
-    return x.item()
-  if isinstance(x, (str, int, float, bool)) or x is None:
-    return x
-  raise TypeError(f"spec values must be JSON values (str, int, float, bool, None, lists, dicts); got {type(x).__name__}: {x!r}")
-
-
 def write_spec(run_dir: str | os.PathLike, spec: Mapping) -> None:
   """Writes ``spec.json`` (model name + kwargs, dataset name + kwargs, training settings) atomically."""
   rd = _abs(run_dir)
   os.makedirs(rd, exist_ok=True)
   tmp = os.path.join(rd, SPEC_FILE + ".tmp")
   with open(tmp, "w") as f:
-    json.dump(_jsonable(spec), f, indent=2, sort_keys=True)
+    json.dump(to_jsonable(spec), f, indent=2, sort_keys=True)
   os.replace(tmp, os.path.join(rd, SPEC_FILE))
 
 
@@ -468,14 +450,13 @@ def load_model(run_dir: str | os.PathLike, step: int | None = None) -> tuple[Any
   import orbax.checkpoint as ocp
 
   from . import models
-  from .train import split_train, update_model
 
   spec = read_spec(run_dir)
   m = spec.get("model")
   if not isinstance(m, Mapping) or "name" not in m:
     raise ValueError(f"{SPEC_FILE} in {_abs(run_dir)!r} needs a 'model' entry {{'name': ..., 'kwargs': {{...}}}}; got {m!r}")
   model = models.build(m["name"], 0, **m.get("kwargs", {}))
-  _, _, params, state = split_train(model)
+  _, params, state, _ = _nnx.split(model)
   d = os.path.join(_abs(run_dir), "checkpoints")
   with _manager(d) as mngr:
     step = mngr.latest_step() if step is None else step
@@ -487,7 +468,7 @@ def load_model(run_dir: str | os.PathLike, step: int | None = None) -> tuple[Any
       items["state"] = ocp.args.StandardRestore(_abstract(state))
       expected["state"] = state
     r = _restore_step(mngr, d, step, items, expected)
-  update_model(model, _decode(r["params"], params), _decode(r["state"], state) if _has_leaves(state) else None)
+  _nnx.update(model, _decode(r["params"], params), _decode(r["state"], state) if _has_leaves(state) else None)
   return model, spec
 
 

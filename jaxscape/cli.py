@@ -51,19 +51,20 @@ def demo_network(seed: int = 0, *, widths: Sequence[int] = (32, 32), epochs: int
   import jax
 
   from . import data, models, train
+  from .adapters.nnx import update
 
   ds = data.load("digits", flatten=True)
   model = models.build("mlp", seed, in_features=int(ds.x_train.shape[1]), widths=list(widths), out_features=ds.num_classes)
   params, state, history = train.train(jax.random.key(seed), model, ds, optimizer="adam", learning_rate=learning_rate,
                                        batch_size=batch_size, epochs=epochs)
-  return train.update_model(model, params, state), ds, history
+  return update(model, params, state), ds, history
 
 
 def _objective(model: Any, ds: Any, split: str, batch_size: int):
   from .objective import Objective
 
   pair = ds.train if split == "train" else ds.test
-  return Objective.from_nnx(model, data=pair, batch_size=batch_size, name=f"{ds.name}-{split}")
+  return Objective.from_model(model, data=pair, batch_size=batch_size, name=f"{ds.name}-{split}")
 
 
 def _add_source_flags(p: argparse.ArgumentParser) -> None:
@@ -191,7 +192,7 @@ def _surface(args: argparse.Namespace) -> int:
   else:
     n = 1 if args.y is None else 2
     dirs = directions.random_directions(jax.random.key(args.seed), params, n, norm=args.norm, ignore=ignore,
-                                        orthogonalize=args.orthogonalize)
+                                        orthogonalize=args.orthogonalize, layout=obj.layout)
   y = args.y if dirs.n == 2 else None
   if dirs.n == 2 and y is None:
     raise SystemExit("error: a plane needs --y start:stop:num")

@@ -293,6 +293,8 @@ def fingerprint(tree: Any) -> str:
   """A short SHA-1 of a pytree's leaves (shapes, dtypes and bytes)."""
   h = hashlib.sha1()
   for leaf in jax.tree.leaves(tree):
+    if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
+      leaf = jax.random.key_data(leaf)  # typed PRNG keys (e.g. Dropout's RNG state) by their raw bits
     arr = np.ascontiguousarray(np.asarray(leaf))
     h.update(f"{arr.shape}{arr.dtype}".encode())
     h.update(arr.tobytes())

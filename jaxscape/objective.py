@@ -53,18 +53,30 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import tree
+from . import directions, tree
 from .directions import move_state
 
 from .tree import PyTree
 Apply = Callable[[PyTree, PyTree, jax.Array], jax.Array]
 PerExample = Callable[[jax.Array, jax.Array], jax.Array]
 
-BN_POLICIES = ("frozen",)
-"""BatchNorm policies. ``frozen``: eval mode, running statistics fixed at
-their trained values while the weights move (Li et al. 2018's ``weights``)."""
+BN_POLICIES = ("frozen", "interpolate", "recompute")
+"""BatchNorm policies (Li et al. 2018's three choices), the one place they are defined.
 
-__all__ = ["Objective", "FirstLayer", "nnx_first_layer", "split_nnx", "per_example_loss", "LOSSES", "BN_POLICIES"]
+* ``frozen``: eval mode, running statistics fixed at their trained values
+  while the weights move (Li et al.'s ``weights``). The default.
+* ``interpolate``: the statistics move with the parameters along the
+  directions (Li et al.'s ``states``): set by the directions, not the
+  objective (:func:`jaxscape.interpolation_direction` /
+  :func:`jaxscape.plane_directions` given the models' states), recorded in
+  the directions' ``bn_policy``.
+* ``recompute``: at every evaluated parameter point, the running statistics
+  are re-estimated from a fixed set of training batches in train mode, then
+  the model runs in eval mode (:meth:`Objective.from_model` with
+  ``bn_policy="recompute"``; recorded with ``recompute_batches``).
+"""
+
+__all__ = ["Objective", "FirstLayer", "per_example_loss", "LOSSES", "BN_POLICIES"]
 
 
 def _cross_entropy(outputs: jax.Array, targets: jax.Array) -> jax.Array:
@@ -164,7 +176,13 @@ class FirstLayer:
       name: recorded name (default: the path joined by dots).
     """
     path = tuple(path)
-    return cls(_Select(path), _dense_linear, rest, name or ".".join(str(k) for k in path))
+    return cls.at(path, _dense_linear, rest, name or ".".join(str(k) for k in path))
+
+  @classmethod
+  def at(cls, path: tuple[Any, ...], linear: Callable[[PyTree, jax.Array], jax.Array], rest: Apply,
+         name: str = "custom") -> "FirstLayer":
+    """A first layer whose parameters are ``params[path[0]][path[1]]...`` (a hashable selector)."""
+    return cls(_Select(tuple(path)), linear, rest, name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,58 +200,6 @@ class _Select:
 def _dense_linear(first: PyTree, x: jax.Array) -> jax.Array:
   z = x.reshape(x.shape[0], -1) @ first["kernel"]
   return z + first["bias"] if first.get("bias") is not None else z
-
-
-def nnx_first_layer(model: Any) -> FirstLayer | None:
-  """The :class:`FirstLayer` of a ``flax.nnx`` module that declares one, else ``None``.
-
-  A module declares its first layer with two methods: ``first_layer()``
-  returning ``(path, prepare)`` (the attribute path of a linear sub-module,
-  e.g. ``("layers", 0)``, and a parameter-free function applied to the inputs
-  before it, e.g. flattening) or ``None``, and ``after_first_layer(z)``
-  running the rest of the network. jaxscape's ``MLP`` (with or without
-  BatchNorm), ``ResidualMLP``, ``KeskarF1`` and ``ResNet`` do. The sub-module
-  must hold only ``nnx.Param`` variables (a Dense or Conv layer).
-
-  Example:
-    >>> import jaxscape as js
-    >>> net = js.models.build("mlp", 0, in_features=64, widths=[32], out_features=10)
-    >>> nnx_first_layer(net).name
-    'MLP.layers.0'
-  """
-  from flax import nnx
-
-  spec = getattr(model, "first_layer", None)
-  found = spec() if callable(spec) and callable(getattr(model, "after_first_layer", None)) else None
-  if found is None:
-    return None
-  path, prepare = found
-  sub = model
-  for k in path:
-    sub = getattr(sub, k) if isinstance(k, str) else sub[k]
-  sub_view = nnx.view(sub, deterministic=True, use_running_average=True, raise_if_not_found=False)
-  sub_graphdef, sub_params, sub_other = nnx.split(sub_view, nnx.Param, ...)
-  if jax.tree.leaves(sub_other):
-    return None  # a first layer with state (e.g. a normalisation) is not a linear map of its parameters
-  view = nnx.view(model, deterministic=True, use_running_average=True, raise_if_not_found=False)
-  graphdef, params, _ = nnx.split(view, nnx.Param, ...)
-  name = ".".join([type(model).__name__, *(str(k) for k in path)])
-  return _nnx_first_layer(graphdef, jax.tree.structure(params), sub_graphdef, jax.tree.structure(sub_params),
-                          tuple(path), prepare, name)
-
-
-@functools.lru_cache(maxsize=256)
-def _nnx_first_layer(graphdef, treedef, sub_graphdef, sub_treedef, path, prepare, name) -> FirstLayer:
-  """One :class:`FirstLayer` per model structure (stable identity for jit caches)."""
-  from flax import nnx
-
-  def linear(first: PyTree, x: jax.Array) -> jax.Array:
-    return nnx.merge(sub_graphdef, jax.tree.unflatten(sub_treedef, jax.tree.leaves(first)))(prepare(x))
-
-  def rest(p: PyTree, s: PyTree, z: jax.Array) -> jax.Array:
-    return nnx.merge(graphdef, jax.tree.unflatten(treedef, jax.tree.leaves(p)), s).after_first_layer(z)
-
-  return FirstLayer(_Select(path), linear, rest, name)
 
 
 def _check_first_layer(fl: FirstLayer, apply: Apply, params: PyTree, state: PyTree, x: jax.Array) -> None:
@@ -284,8 +250,10 @@ def _dtype_name(dtype: Any) -> str | None:
 class Objective:
   """Full-data loss of a model as a pure function of its trainable parameters.
 
-  Build one with :meth:`from_apply` (any pure ``apply(params, x)``) or
-  :meth:`from_nnx` (a ``flax.nnx`` module); the constructor itself takes the
+  Build one with :meth:`from_apply` (any pure ``apply(params, x)``),
+  :meth:`from_stateful` (a pure ``apply(params, state, x)`` with closed-over
+  state) or :meth:`from_model` (a ``flax.nnx``, ``flax.linen`` or ``equinox``
+  model, through :mod:`jaxscape.adapters`); the constructor itself takes the
   already-batched arrays.
 
   Attributes:
@@ -298,13 +266,16 @@ class Objective:
     state: non-trainable model state (BatchNorm statistics), closed over.
     num_examples: N, the number of real examples (static).
     info: static description recorded with every result
-      (dataset name, loss name, BatchNorm policy).
+      (dataset name, loss name, BatchNorm policy: see :data:`BN_POLICIES`).
     first_layer_spec: ``(FirstLayer, apply)``: the model's first layer and the
       ``apply`` it describes (static); read it through :attr:`first_layer`,
       which ignores it once ``apply`` has been replaced (e.g. by
       :func:`jaxscape.regularize.with_l2`). Set with :meth:`with_first_layer`.
     compute_dtype: name of the dtype of the forward pass (static; ``None``:
       the parameters' own). Set with :meth:`with_compute_dtype`.
+    layout: the per-leaf rule of the parameters for filter normalisation
+      (static; :func:`jaxscape.directions.flax_layout` unless the adapter
+      declares another): ``random_directions(key, params, layout=obj.layout)``.
   """
 
   apply: Apply
@@ -318,6 +289,7 @@ class Objective:
   info: tuple[tuple[str, Any], ...] = ()
   first_layer_spec: tuple[FirstLayer, Apply] | None = None
   compute_dtype: str | None = None
+  layout: Any = directions.flax_layout
 
   # ---------------------------------------------------------------- building
   @classmethod
@@ -354,13 +326,15 @@ class Objective:
         losses are computed from outputs cast back to the parameters' dtype
         and summed in it. ``None``: the parameters' dtype.
     """
-    obj = cls._build(lambda p, s, x: apply_fn(p, x), (), params, data, loss, batch_size, name, metrics, ())
+    obj = cls._build(_Stateless(apply_fn), (), params, data, loss, batch_size, name, metrics, (), None)
     return obj.with_first_layer(first_layer, params).with_compute_dtype(compute_dtype)
 
   @classmethod
-  def from_nnx(
+  def from_stateful(
       cls,
-      model: Any,
+      apply_fn: Apply,
+      state: PyTree,
+      params: PyTree | None = None,
       *,
       data: tuple[jax.typing.ArrayLike, jax.typing.ArrayLike],
       loss: str | PerExample = "cross_entropy",
@@ -368,23 +342,103 @@ class Objective:
       name: str = "data",
       metrics: Mapping[str, PerExample] | None = None,
       bn_policy: str = "frozen",
+      first_layer: FirstLayer | None = None,
+      compute_dtype: Any = None,
+      layout: Any = None,
+      recompute_stats: Callable[[PyTree, PyTree, jax.Array], PyTree] | None = None,
+      recompute_batches: int = 1,
+  ) -> "Objective":
+    """Objective of a pure ``apply_fn(params, state, x) -> outputs`` with closed-over state.
+
+    ``state`` (BatchNorm statistics, RNG state: anything not trained) is a
+    data leaf of the objective, ``apply_fn`` its static function: pass one
+    hashable function object per architecture (a module-level function, a
+    frozen dataclass, or the cached apply of :mod:`jaxscape.adapters`), not a
+    fresh lambda, so that objectives of several trained seeds or checkpoints
+    share every compiled surface and curvature call.
+
+    Args:
+      apply_fn: eval-mode ``apply(params, state, x) -> outputs``.
+      state: the model's non-trainable state (``{}`` if none).
+      params: optional example parameters, to check the outputs fit the loss.
+      data, loss, batch_size, name, metrics, first_layer, compute_dtype: as in
+        :meth:`from_apply`.
+      bn_policy: ``frozen`` or ``recompute`` (see :data:`BN_POLICIES`);
+        recorded in :meth:`describe`.
+      layout: the per-leaf rule of the parameters for filter normalisation
+        (default :func:`jaxscape.directions.flax_layout`).
+      recompute_stats: with ``bn_policy="recompute"``, a hashable
+        ``stats(params, state, xs) -> state`` re-estimating the state from
+        calibration batches ``xs`` ``[k, B, ...]`` in train mode
+        (:func:`jaxscape.adapters.recompute_stats` gives it for nnx models).
+      recompute_batches: ``k``: the first ``k`` batches of ``data`` (of
+        ``batch_size`` examples, no padding) are the calibration set.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxscape as js
+      >>> apply = lambda p, s, x: (x - s["mean"]) @ p
+      >>> obj = js.Objective.from_stateful(apply, {"mean": jnp.ones(2)}, data=(jnp.ones((4, 2)), jnp.zeros(4, jnp.int32)))
+      >>> float(obj.value(jnp.ones((2, 3))))  # uniform logits
+      1.0986...
+    """
+    if bn_policy not in ("frozen", "recompute"):
+      hint = (": 'interpolate' is set by the directions (interpolation_direction / plane_directions given the "
+              "models' states)") if bn_policy == "interpolate" else ""
+      raise ValueError(f"unknown bn_policy {bn_policy!r}: expected one of ('frozen', 'recompute'){hint}")
+    extra: tuple[tuple[str, Any], ...] = (("bn_policy", bn_policy),)
+    if bn_policy == "recompute":
+      if recompute_stats is None:
+        raise ValueError("bn_policy='recompute' needs recompute_stats=stats(params, state, xs) -> state (the "
+                         "train-mode re-estimation; Objective.from_model gives it for flax.nnx models)")
+      if first_layer is not None:
+        raise ValueError("bn_policy='recompute' re-estimates the statistics through the whole network: "
+                         "pass first_layer=None")
+      extra += (("recompute_batches", int(recompute_batches)),)
+      obj = cls._build(_Recompute(apply_fn, recompute_stats), {"state": state, "calibration": jnp.zeros(())},
+                       None, data, loss, batch_size, name, metrics, extra, layout)
+      obj = dataclasses.replace(obj, state={"state": state, "calibration": _calibration(obj, recompute_batches)})
+      if params is not None:
+        obj._check(params)
+    else:
+      obj = cls._build(apply_fn, state, params, data, loss, batch_size, name, metrics, extra, layout)
+    return obj.with_first_layer(first_layer, params).with_compute_dtype(compute_dtype)
+
+  @classmethod
+  def from_model(
+      cls,
+      model: Any,
+      *,
+      data: tuple[jax.typing.ArrayLike, jax.typing.ArrayLike],
+      variables: PyTree | None = None,
+      loss: str | PerExample = "cross_entropy",
+      batch_size: int | None = 512,
+      name: str = "data",
+      metrics: Mapping[str, PerExample] | None = None,
+      bn_policy: str = "frozen",
+      recompute_batches: int = 1,
       first_layer: FirstLayer | str | None = "auto",
       compute_dtype: Any = None,
   ) -> tuple["Objective", PyTree]:
-    """Objective of a ``flax.nnx`` module, and its trainable parameters.
+    """Objective of a ``flax.nnx``, ``flax.linen`` or ``equinox`` model, and its trainable parameters.
 
-    The module is evaluated in eval mode (``use_running_average=True``,
-    ``deterministic=True``); ``nnx.Param`` variables become the parameter
-    pytree (a plain nested dict), everything else (BatchNorm statistics, RNG
-    counters) is closed over as state. The module itself is not modified.
+    The model is split by its library's adapter (:func:`jaxscape.adapters.split`):
+    evaluated in eval mode (Dropout off, BatchNorm on running statistics),
+    trainable parameters as the argument, everything else closed over as
+    state; the model itself is not modified. The objective's ``layout``
+    (``obj.layout``) is the adapter's, for
+    ``random_directions(key, params, layout=obj.layout)``.
 
     Args:
-      model: the module.
+      model: an ``nnx.Module``, a linen ``Module`` (with ``variables``) or an
+        equinox ``Module``.
       data, loss, batch_size, name, metrics: as in :meth:`from_apply`.
-      bn_policy: BatchNorm policy (see :data:`BN_POLICIES`).
+      variables: the linen variables (``module.init(...)``); linen only.
+      bn_policy: ``frozen`` or ``recompute`` (nnx models; see :data:`BN_POLICIES`).
+      recompute_batches: with ``recompute``, the number of training batches
+        (the first ones of ``data``) the statistics are re-estimated from.
       first_layer: ``"auto"``: the module's own first layer when it declares
-        one (:func:`nnx_first_layer`: jaxscape's MLPs and ResNets), a
-        :class:`FirstLayer`, or ``None`` (always the plain path).
+        one (:func:`jaxscape.adapters.nnx.first_layer`: jaxscape's MLPs and
+        ResNets), a :class:`FirstLayer`, or ``None`` (always the plain path).
       compute_dtype: dtype of the forward pass, as in :meth:`from_apply`.
 
     Returns:
@@ -394,23 +448,30 @@ class Objective:
       >>> import numpy as np, jaxscape as js
       >>> net = js.models.build("mlp", 0, in_features=4, widths=[8], out_features=3)
       >>> x, y = np.ones((10, 4), np.float32), np.zeros(10, np.int32)
-      >>> obj, params = js.Objective.from_nnx(net, data=(x, y))
-      >>> obj.describe()["first_layer"]
-      'MLP.layers.0'
+      >>> obj, params = js.Objective.from_model(net, data=(x, y))
+      >>> obj.describe()["first_layer"], obj.describe()["bn_policy"]
+      ('MLP.layers.0', 'frozen')
     """
-    apply, params, state = split_nnx(model)
-    if bn_policy not in BN_POLICIES:
-      raise ValueError(f"unknown bn_policy {bn_policy!r}: expected one of {BN_POLICIES}")
-    extra = (("bn_policy", bn_policy),)
+    from . import adapters
+
+    split = adapters.split(model, variables)
     if isinstance(first_layer, str):
       if first_layer != "auto":
         raise ValueError(f"first_layer must be 'auto', a FirstLayer or None; got {first_layer!r}")
-      first_layer = nnx_first_layer(model)
-    obj = cls._build(apply, state, params, data, loss, batch_size, name, metrics, extra)
-    return obj.with_first_layer(first_layer, params).with_compute_dtype(compute_dtype), params
+      first_layer = None
+      if bn_policy != "recompute" and adapters.library(model) == "nnx":
+        from .adapters import nnx as _nnx
+
+        first_layer = _nnx.first_layer(model)
+    stats = adapters.recompute_stats(model, variables) if bn_policy == "recompute" else None
+    obj = cls.from_stateful(split.apply, split.state, split.params, data=data, loss=loss, batch_size=batch_size,
+                            name=name, metrics=metrics, bn_policy=bn_policy, first_layer=first_layer,
+                            compute_dtype=compute_dtype, layout=split.layout, recompute_stats=stats,
+                            recompute_batches=recompute_batches)
+    return obj, split.params
 
   @classmethod
-  def _build(cls, apply, state, params, data, loss, batch_size, name, metrics, extra) -> "Objective":
+  def _build(cls, apply, state, params, data, loss, batch_size, name, metrics, extra, layout) -> "Objective":
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
       raise ValueError(f"data must be a pair (x, y) of arrays; got {type(data).__name__}")
     x, y = jnp.asarray(data[0]), jnp.asarray(data[1])
@@ -429,7 +490,8 @@ class Objective:
     batch_size = _balanced(n, int(batch_size))
     xb, yb, wb = _batch(x, y, batch_size)
     info = (("dataset", name), ("num_examples", n), ("batch_size", batch_size), ("loss", loss_name)) + extra
-    obj = cls(apply, per_example, metric_fns, xb, yb, wb, state, n, info)
+    obj = cls(apply, per_example, metric_fns, xb, yb, wb, state, n, info,
+              layout=directions.flax_layout if layout is None else layout)
     if params is not None:
       obj._check(params)
     return obj
@@ -573,7 +635,7 @@ class Objective:
       >>> import jax, jax.numpy as jnp, numpy as np, jaxscape as js
       >>> net = js.models.build("mlp", 0, in_features=4, widths=[8], out_features=3)
       >>> x, y = np.ones((6, 4), np.float32), np.arange(6) % 3
-      >>> obj, params = js.Objective.from_nnx(net, data=(x, y))
+      >>> obj, params = js.Objective.from_model(net, data=(x, y))
       >>> dirs = js.random_directions(jax.random.key(0), params, n=2)
       >>> coords = jnp.array([[0.0, 0.0], [0.5, -1.0], [1.0, 1.0]])
       >>> batch = (obj.x[0], obj.y[0], obj.w[0])
@@ -635,8 +697,59 @@ class Objective:
 jax.tree_util.register_dataclass(
     Objective,
     data_fields=["x", "y", "w", "state"],
-    meta_fields=["apply", "per_example", "metric_fns", "num_examples", "info", "first_layer_spec", "compute_dtype"],
+    meta_fields=["apply", "per_example", "metric_fns", "num_examples", "info", "first_layer_spec", "compute_dtype",
+                 "layout"],
 )
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Stateless:
+  """``apply(params, state, x) = fn(params, x)``: hashable and equal for one ``fn``, so two objectives
+  of the same function share one jit compilation (a fresh lambda per objective would not)."""
+
+  fn: Callable[[PyTree, jax.Array], jax.Array]
+
+  def __call__(self, params: PyTree, state: PyTree, x: jax.Array) -> jax.Array:
+    return self.fn(params, x)
+
+  def __eq__(self, other: Any) -> bool:
+    return isinstance(other, _Stateless) and (other.fn is self.fn or other.fn == self.fn)
+
+  def __hash__(self) -> int:
+    try:
+      return hash(self.fn)
+    except TypeError:  # an unhashable callable: equal only to itself
+      return id(self.fn)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Recompute:
+  """BatchNorm policy ``recompute``: the state is ``{"state", "calibration"}``; at every call the
+  statistics are re-estimated at ``params`` from the calibration batches (train mode), then the
+  model runs in eval mode on them.
+
+  It lives in the objective's ``apply``, so everything built on it (full-data
+  values, surfaces vmapped over points, gradients, HVPs) sees the statistics of
+  the point it evaluates. The cost is one train-mode pass over the calibration
+  set per evaluated batch.
+  """
+
+  apply: Apply
+  stats: Callable[[PyTree, PyTree, jax.Array], PyTree]
+
+  def __call__(self, params: PyTree, state: PyTree, x: jax.Array) -> jax.Array:
+    return self.apply(params, self.stats(params, state["state"], state["calibration"]), x)
+
+
+def _calibration(obj: "Objective", k: int) -> jax.Array:
+  """The first ``k`` full batches of the objective's data, ``[k, B, ...]`` (no padded examples)."""
+  if not isinstance(k, (int, np.integer)) or k < 1:
+    raise ValueError(f"recompute_batches must be a positive integer; got {k!r}")
+  full = obj.num_examples // obj.batch_size
+  if k > full:
+    raise ValueError(f"recompute_batches={k} needs {k} full batches of {obj.batch_size} examples; the data "
+                     f"({obj.num_examples} examples) has {full}")
+  return obj.x[:k]
 
 
 def _balanced(n: int, batch_size: int) -> int:
@@ -662,42 +775,3 @@ def _batch(x: jax.Array, y: jax.Array, batch_size: int) -> tuple[jax.Array, jax.
     idx = jnp.concatenate([jnp.arange(n), jnp.arange(pad) % n])
     x, y = x[idx], y[idx]
   return (x.reshape(nb, batch_size, *x.shape[1:]), y.reshape(nb, batch_size, *y.shape[1:]), w.reshape(nb, batch_size))
-
-
-def split_nnx(model: Any) -> tuple[Apply, PyTree, PyTree]:
-  """Splits a ``flax.nnx`` module into a pure ``(apply, params, state)``.
-
-  The module is viewed in eval mode (``use_running_average=True`` for
-  BatchNorm, ``deterministic=True`` for Dropout) without modifying it.
-  ``params`` is a plain nested dict of the ``nnx.Param`` arrays (Flax layout:
-  Dense kernels ``(in, out)``, Conv kernels HWIO); ``state`` holds everything
-  else; ``apply(params, state, x)`` runs the module.
-
-  Example:
-    >>> from flax import nnx
-    >>> import jax.numpy as jnp
-    >>> apply, params, state = split_nnx(nnx.Linear(3, 2, rngs=nnx.Rngs(0)))
-    >>> apply(params, state, jnp.ones((4, 3))).shape
-    (4, 2)
-  """
-  from flax import nnx
-
-  view = nnx.view(model, deterministic=True, use_running_average=True, raise_if_not_found=False)
-  graphdef, param_state, state = nnx.split(view, nnx.Param, ...)
-  treedef = jax.tree.structure(param_state)
-  params = nnx.to_pure_dict(param_state)
-  if len(jax.tree.leaves(params)) != treedef.num_leaves:
-    raise ValueError("could not convert the module's parameters to a plain dict")
-  return _nnx_apply(graphdef, treedef), params, state
-
-
-@functools.lru_cache(maxsize=256)
-def _nnx_apply(graphdef: Any, treedef: Any) -> Apply:
-  """One ``apply`` per model structure, so that objectives of models that differ
-  only in their weights (seeds, checkpoints) share jit compilations."""
-  from flax import nnx
-
-  def apply(p: PyTree, s: PyTree, x: jax.Array) -> jax.Array:
-    return nnx.merge(graphdef, jax.tree.unflatten(treedef, jax.tree.leaves(p)), s)(x)
-
-  return apply

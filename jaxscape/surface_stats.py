@@ -4,12 +4,8 @@ A :class:`~jaxscape.Surface` holds a loss map and, when asked for, curvature
 maps (``plane_lambda_min/max`` of the 2x2 Hessian projected on the plot plane,
 ``lambda_min/max`` and ``convexity_ratio`` = |λmin/λmax| of the full Hessian).
 This module turns one surface into a flat dict of scalars (Li et al. 2018's
-"how chaotic is this landscape" numbers), aggregates those dicts over seeds,
-and builds the eval-mode :class:`~jaxscape.Objective` of a trained pure model
-so that surfaces of several seeds share one compilation.
-
-Everything here runs on the host on already computed maps (NumPy), except
-:func:`pure_objective`, which only builds an Objective.
+"how chaotic is this landscape" numbers) and aggregates those dicts over seeds,
+on the host, on already computed maps (NumPy).
 
 Example:
   >>> import numpy as np
@@ -24,19 +20,15 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-import jax
 import numpy as np
 
 from . import stats as _stats
-from .objective import Objective
 
 from .tree import PyTree
 
-__all__ = ["surface_stats", "finite_difference_plane_hessian", "seed_summary", "is_increasing", "pure_objective",
-           "surface_error"]
+__all__ = ["surface_stats", "finite_difference_plane_hessian", "seed_summary", "is_increasing", "surface_error"]
 
 
 def _finite(z: np.ndarray) -> np.ndarray:
@@ -216,38 +208,3 @@ def is_increasing(values: Sequence[float], *, strict: bool = True) -> bool:
     return False
   d = np.diff(v)
   return bool(np.all(d > 0) if strict else np.all(d >= 0))
-
-
-def pure_objective(apply: Callable[[PyTree, PyTree, Any], Any], state: PyTree, data: tuple[Any, Any], *,
-                   loss: str = "cross_entropy", batch_size: int | None = 512, name: str = "data",
-                   params: PyTree | None = None) -> Objective:
-  """Eval-mode Objective of a pure ``apply(params, state, x)``, with ``state`` as data.
-
-  Unlike ``Objective.from_apply(lambda p, x: apply(p, state, x), ...)``, the
-  Objective's static function is ``apply`` itself and ``state`` (e.g. frozen
-  BatchNorm statistics) is a data leaf, so objectives of several trained seeds
-  of one architecture (``apply`` from :func:`jaxscape.train.split_train`, which
-  is cached per structure) compare equal as static arguments and share every
-  compiled surface and curvature call.
-
-  Args:
-    apply: eval-mode ``apply(params, state, x) -> outputs``.
-    state: the model's non-trainable state (``{}`` if none); held fixed
-      (BatchNorm policy ``frozen``).
-    data: ``(x, y)``.
-    loss, batch_size, name: as in :meth:`jaxscape.Objective.from_apply`.
-    params: optional example parameters, to check the outputs fit the loss.
-
-  Returns:
-    The :class:`~jaxscape.Objective`.
-  """
-  obj = Objective.from_apply(lambda p, x: apply(p, state, x), None, data=data, loss=loss, batch_size=batch_size,
-                             name=name)
-  obj = dataclasses.replace(obj, apply=apply, state=state, info=obj.info + (("bn_policy", "frozen"),))
-  if params is not None:
-    try:
-      jax.eval_shape(lambda p: obj.loss(p, (obj.x[0], obj.y[0], obj.w[0])), params)
-    except Exception as e:  # re-raised with the shapes a user needs to see
-      raise ValueError(f"the model's outputs do not fit the loss {loss!r} on inputs {tuple(obj.x.shape[2:])} and "
-                       f"targets {tuple(obj.y.shape[2:])}: {type(e).__name__}: {e}") from e
-  return obj

@@ -1,6 +1,7 @@
 """Training on the pure ``(params, state, apply)`` form: optax loops, vmapped seeds.
 
-The model is split once into pure functions (:func:`split_train`):
+The model is split once into pure functions (:func:`jaxscape.adapters.nnx.split_train`,
+the one nnx splitter, shared with checkpoints and analysis):
 ``train_apply(params, state, x) -> (outputs, new_state)`` runs it in train
 mode (BatchNorm uses batch statistics and returns updated running averages;
 Dropout is active) and ``apply(params, state, x) -> outputs`` runs it in eval
@@ -44,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from .adapters.nnx import as_pure, split_train, update
 from .data import Dataset
 from .objective import LOSSES, Objective, per_example_loss
 
@@ -52,8 +54,6 @@ from .tree import PyTree
 __all__ = [
     "TrainConfig",
     "History",
-    "split_train",
-    "update_model",
     "make_optimizer",
     "train",
     "train_many",
@@ -180,85 +180,6 @@ class History:
     return int(self.epoch.shape[0])
 
 
-# ----------------------------------------------------------------------------- the pure model
-
-
-def split_train(model: Any) -> tuple[Callable, Callable, PyTree, PyTree]:
-  """Splits an ``nnx.Module`` into train- and eval-mode pure functions.
-
-  Returns:
-    ``(train_apply, apply, params, state)`` with
-    ``train_apply(params, state, x) -> (outputs, new_state)`` (BatchNorm on
-    batch statistics, running averages updated in ``new_state``; Dropout
-    on), ``apply(params, state, x) -> outputs`` (eval mode), and ``params`` /
-    ``state`` plain nested dicts of the ``nnx.Param`` variables and of all
-    other variables (BatchNorm statistics, RNG counters). The module is not
-    modified.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> from jaxscape import models
-    >>> net = models.build("mlp", 0, in_features=3, widths=[4], out_features=2, batch_norm=True)
-    >>> train_apply, apply, params, state = split_train(net)
-    >>> out, new_state = train_apply(params, state, jnp.ones((5, 3)))
-    >>> sorted(new_state["norms"][0])
-    ['mean', 'var']
-  """
-  from flax import nnx
-
-  tr_view = nnx.view(model, deterministic=False, use_running_average=False, raise_if_not_found=False)
-  ev_view = nnx.view(model, deterministic=True, use_running_average=True, raise_if_not_found=False)
-  g_tr, p_st, s_st = nnx.split(tr_view, nnx.Param, ...)
-  g_ev, _, _ = nnx.split(ev_view, nnx.Param, ...)
-  params, state = nnx.to_pure_dict(p_st), nnx.to_pure_dict(s_st)
-  train_apply, apply = _pure_fns(g_tr, g_ev, jax.tree.structure(p_st), jax.tree.structure(s_st))
-  return train_apply, apply, params, state
-
-
-@functools.lru_cache(maxsize=128)
-def _pure_fns(g_tr, g_ev, p_def, s_def) -> tuple[Callable, Callable]:
-  """Pure functions of one module structure, cached so equal structures share them (and their jit caches)."""
-  from flax import nnx
-
-  def _states(p, s):
-    return jax.tree.unflatten(p_def, jax.tree.leaves(p)), jax.tree.unflatten(s_def, jax.tree.leaves(s))
-
-  def train_apply(p: PyTree, s: PyTree, x: jax.Array) -> tuple[jax.Array, PyTree]:
-    m = nnx.merge(g_tr, *_states(p, s))
-    out = m(x)
-    _, _, new_s = nnx.split(m, nnx.Param, ...)
-    return out, jax.tree.unflatten(jax.tree.structure(s), jax.tree.leaves(new_s))
-
-  def apply(p: PyTree, s: PyTree, x: jax.Array) -> jax.Array:
-    return nnx.merge(g_ev, *_states(p, s))(x)
-
-  return train_apply, apply
-
-
-def update_model(model: Any, params: PyTree, state: PyTree | None = None) -> Any:
-  """Writes trained ``params`` (and ``state``) back into an ``nnx.Module`` in place; returns it."""
-  from flax import nnx
-
-  _, p_st, s_st = nnx.split(model, nnx.Param, ...)
-  nnx.replace_by_pure_dict(p_st, params)
-  nnx.update(model, p_st)
-  if state is not None:
-    nnx.replace_by_pure_dict(s_st, state)
-    nnx.update(model, s_st)
-  return model
-
-
-def _as_pure(model: Any) -> tuple[Callable, Callable, PyTree, PyTree]:
-  if isinstance(model, tuple):
-    if len(model) == 4:
-      return model
-    if len(model) == 3:
-      apply, params, state = model
-      return (lambda p, s, x: (apply(p, s, x), s)), apply, params, state
-    raise ValueError(f"a pure model is (apply, params, state) or (train_apply, apply, params, state); got a tuple of {len(model)}")
-  return split_train(model)
-
-
 # ----------------------------------------------------------------------------- optimiser
 
 
@@ -368,17 +289,17 @@ class _Engine:
     return out
 
 
-def _objective(engine: "_Engine", data, name):
-  """Eval-mode Objective over ``(params, state)`` pairs; its apply is the engine's cached function."""
+def _eval_objective(engine: "_Engine", data, name: str) -> Objective | None:
+  """Eval-mode Objective over ``(params, state)`` pairs (the state varies per run, so it is an argument)."""
   if data is None:
     return None
-  obj = Objective.from_apply(lambda ps, x: engine.apply(ps[0], ps[1], x), data=data, loss=engine.config.loss,
-                             batch_size=engine.config.eval_batch_size, name=name)
-  return dataclasses.replace(obj, apply=_pair_apply(engine.apply))
+  return Objective.from_stateful(_pair_apply(engine.apply), (), data=data, loss=engine.config.loss,
+                                 batch_size=engine.config.eval_batch_size, name=name)
 
 
 @functools.lru_cache(maxsize=128)
 def _pair_apply(apply: Callable) -> Callable:
+  """``apply`` over a ``(params, state)`` pair, one function object per ``apply`` (one jit cache)."""
   return lambda ps, _, x: apply(ps[0], ps[1], x)
 
 
@@ -439,8 +360,8 @@ def _run(engine: _Engine, carry, hyper, key, data_train, data_test, name: str, *
   only over segments (epochs, cut at snapshot/checkpoint steps), never over runs.
   """
   x, y = jnp.asarray(data_train[0]), jnp.asarray(data_train[1])
-  obj_tr = _objective(engine, data_train, name)
-  obj_te = _objective(engine, data_test, name + "_test")
+  obj_tr = _eval_objective(engine, data_train, name)
+  obj_te = _eval_objective(engine, data_test, name + "_test")
   seg, ev = _compiled(engine, len(vmapped), runs)
 
   spe, total = engine.steps_per_epoch, engine.total_steps
@@ -529,7 +450,7 @@ def train(key: jax.Array, model: Any, data: Dataset | tuple, config: TrainConfig
   Args:
     key: ``jax.random.key`` (or int seed) of the data order (the model's
       initialisation is whatever ``model`` holds).
-    model: an ``nnx.Module`` (split with :func:`split_train`), or a pure
+    model: an ``nnx.Module`` (split with :func:`jaxscape.adapters.nnx.split_train`), or a pure
       ``(apply, params, state)`` / ``(train_apply, apply, params, state)``.
     data: a :class:`~jaxscape.data.Dataset` or an ``(x, y)`` training pair.
     config: a :class:`TrainConfig` or dict; keyword ``overrides`` replace its fields.
@@ -558,7 +479,7 @@ def train(key: jax.Array, model: Any, data: Dataset | tuple, config: TrainConfig
   """
   config = _config(config, overrides)
   key = jax.random.key(key) if isinstance(key, (int, np.integer)) else key
-  train_apply, apply, params, state = _as_pure(model)
+  train_apply, apply, params, state = as_pure(model)
   data_train, data_test, name = _split_data(data)
   engine = _engine(train_apply, apply, config, int(np.shape(data_train[0])[0]))
   carry = engine.init(params, state, {})
@@ -761,4 +682,4 @@ def train_from_spec(spec: Mapping, out_dir: str | os.PathLike, *, resume: bool =
   model = models.build(m_name, k_init, **m_kwargs)
   params, state, hist = train(k_data, model, ds, config, snapshot_every=snapshot_every, checkpoint_dir=out,
                               checkpoint_every=checkpoint_every, resume=resume, spec=full)
-  return update_model(model, params, state), hist
+  return update(model, params, state), hist

@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +42,7 @@ __all__ = [
     "astype",
     "size",
     "ravel",
+    "path_name",
     "leaf_names",
     "allclose",
     "assert_allclose",
@@ -142,6 +143,25 @@ def ravel(a: PyTree) -> tuple[jax.Array, Callable[[jax.Array], PyTree]]:
   return ravel_pytree(a)
 
 
+def path_name(path: Sequence[Any]) -> str:
+  """The readable ``/``-joined name of one key path (``jax.tree_util`` keys).
+
+  Example:
+    >>> import jax
+    >>> path_name(jax.tree_util.tree_flatten_with_path({"dense": [0, 1]})[0][1][0])
+    'dense/1'
+  """
+  parts = []
+  for p in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(p, attr):
+        parts.append(str(getattr(p, attr)))
+        break
+    else:
+      parts.append(str(p))
+  return "/".join(parts)
+
+
 def leaf_names(a: PyTree) -> list[str]:
   """Readable ``/``-joined paths of the leaves, in flattening order.
 
@@ -150,18 +170,7 @@ def leaf_names(a: PyTree) -> list[str]:
     >>> leaf_names({"dense": {"kernel": jnp.ones(1), "bias": jnp.ones(1)}})
     ['dense/bias', 'dense/kernel']
   """
-  out = []
-  for path, _ in jax.tree_util.tree_flatten_with_path(a)[0]:
-    parts = []
-    for p in path:
-      for attr in ("key", "name", "idx"):
-        if hasattr(p, attr):
-          parts.append(str(getattr(p, attr)))
-          break
-      else:
-        parts.append(str(p))
-    out.append("/".join(parts))
-  return out
+  return [path_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(a)[0]]
 
 
 def allclose(a: PyTree, b: PyTree, rtol: float = 1e-6, atol: float = 0.0) -> bool:

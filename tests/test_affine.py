@@ -33,7 +33,7 @@ def _problem(shape, dtype, nnx=False):
   y = rng.integers(0, 10, n)
   if nnx:
     net = js.models.build("mlp", 0, in_features=d_in, widths=[hidden], out_features=10, activation="tanh")
-    obj, params = js.Objective.from_nnx(net, data=(x, y), batch_size=bs)  # ragged: balanced batches with padding
+    obj, params = js.Objective.from_model(net, data=(x, y), batch_size=bs)  # ragged: balanced batches with padding
     params = js.tree.astype(params, dtype)
   else:
     params = {"l1": {"kernel": rng.normal(size=(d_in, hidden)) / np.sqrt(d_in), "bias": rng.normal(size=hidden) / 4},
@@ -108,7 +108,7 @@ def test_affine_path_moves_batchnorm_state_with_the_point():
     net = js.models.build("mlp", seed, in_features=6, widths=[5], out_features=3, batch_norm=True)
     net.norms[0].mean[...] = jnp.asarray(rng.normal(size=5), jnp.float32)
     net.norms[0].var[...] = jnp.asarray(rng.uniform(0.5, 2.0, size=5), jnp.float32)
-    o, p = js.Objective.from_nnx(net, data=(x, y), batch_size=16)
+    o, p = js.Objective.from_model(net, data=(x, y), batch_size=16)
     objs.append(o); params.append(p)
   assert objs[0].first_layer is not None
   d = js.interpolation_direction(params[0], params[1], objs[0].state, objs[1].state)
@@ -165,20 +165,20 @@ def test_first_layer_contract_is_checked():
     js.Objective.from_apply(_pure_mlp, p, data=(x, y), first_layer=js.FirstLayer.dense(("l3",), _pure_rest))
   net = js.models.build("mlp", 0, in_features=5, widths=[4], out_features=3)
   with pytest.raises(ValueError, match="'auto', a FirstLayer or None"):
-    js.Objective.from_nnx(net, data=(x, y), first_layer="yes")
+    js.Objective.from_model(net, data=(x, y), first_layer="yes")
   with pytest.raises(ValueError, match="floating dtype"):
-    js.Objective.from_nnx(net, data=(x, y), compute_dtype=jnp.int32)
+    js.Objective.from_model(net, data=(x, y), compute_dtype=jnp.int32)
 
 
 def test_zoo_models_declare_an_exact_first_layer():
-  # from_nnx checks rest(linear(x)) == apply(x) on two examples; here also affine == plain at a few points.
+  # from_model checks rest(linear(x)) == apply(x) on two examples; here also affine == plain at a few points.
   # (ResNet and KeskarC1: tests/test_models.py.)
   rng = np.random.default_rng(0)
   x, y = rng.normal(size=(6, 64)).astype(np.float32), rng.integers(0, 10, 6)
   linear = js.models.build("mlp", 0, in_features=64, widths=[], out_features=10)
-  assert js.Objective.from_nnx(linear, data=(x, y))[0].describe()["first_layer"] == "MLP.head"
+  assert js.Objective.from_model(linear, data=(x, y))[0].describe()["first_layer"] == "MLP.head"
   net = js.models.build("residual_mlp", 0, in_features=64, width=8, depth=2, out_features=10)
-  obj, params = js.Objective.from_nnx(net, data=(x, y))
+  obj, params = js.Objective.from_model(net, data=(x, y))
   assert obj.describe()["first_layer"] == "ResidualMLP.inp"
   vectors = js.tree.stack(_directions(params, 1, scale=0.1))
   coords = jnp.array([[0.0], [0.7]])

@@ -23,7 +23,7 @@ def _bn_mlp(key=0):
 
 
 def test_round_trip_params_and_optimizer_state(tmp_path):
-  _, _, params, state = train.split_train(_bn_mlp())
+  _, _, params, state = js.adapters.nnx.split_train(_bn_mlp())
   tx = optax.adam(1e-3)
   opt_state = tx.init(params)
   g = jax.tree.map(jnp.ones_like, params)
@@ -44,7 +44,7 @@ def test_training_checkpoint_round_trip(tmp_path, digits_small):
   cfg = train.TrainConfig(optimizer="sgd", learning_rate=0.05, momentum=0.9, batch_size=32, epochs=1)
   params, state, hist = train.train(0, _bn_mlp(), digits_small, cfg, checkpoint_dir=tmp_path)
   assert checkpoint.latest_step(tmp_path) == 6
-  train_apply, apply, p0, s0 = train.split_train(_bn_mlp())
+  train_apply, apply, p0, s0 = js.adapters.nnx.split_train(_bn_mlp())
   engine = train._engine(train_apply, apply, cfg, 192)
   like = engine.init(p0, s0, {})
   carry, key, rows = checkpoint.restore_training(tmp_path, like)
@@ -84,7 +84,7 @@ def test_trajectory_snapshots(tmp_path, digits_small):
                                     epochs=2, snapshot_every=4, checkpoint_dir=tmp_path)
   np.testing.assert_array_equal(hist.trajectory_step, [0, 4, 8, 12])
   assert hist.trajectory["head"]["kernel"].shape == (4, 16, 10)
-  np.testing.assert_array_equal(hist.trajectory["head"]["kernel"][0], train.split_train(_bn_mlp())[2]["head"]["kernel"])
+  np.testing.assert_array_equal(hist.trajectory["head"]["kernel"][0], js.adapters.nnx.split_train(_bn_mlp())[2]["head"]["kernel"])
   np.testing.assert_array_equal(hist.trajectory["head"]["kernel"][-1], params["head"]["kernel"])  # step 12 = end
   steps, stacked = checkpoint.load_trajectory(tmp_path, params)
   np.testing.assert_array_equal(steps, hist.trajectory_step)
@@ -109,13 +109,13 @@ def test_train_from_spec_and_load_model(tmp_path):
   np.testing.assert_array_equal(ds_back.x_test, data.load("digits", num_train=64, num_test=32).x_test)
   rebuilt, spec2 = checkpoint.load_model(tmp_path / "run")
   assert spec2 == saved
-  a, p, s = js.split_nnx(model)
-  a2, p2, s2 = js.split_nnx(rebuilt)
+  a, p, s, _ = js.adapters.split(model)
+  a2, p2, s2, _ = js.adapters.split(rebuilt)
   js.tree.assert_allclose(p2, p, rtol=0)
   js.tree.assert_allclose(s2, s, rtol=0)  # BatchNorm running statistics restored
   assert float(jnp.abs(jax.tree.leaves(s2)[0]).max()) > 0
   ds = data.load("digits", num_train=64, num_test=32)
-  obj, _ = js.Objective.from_nnx(rebuilt, data=ds.test, batch_size=32)
+  obj, _ = js.Objective.from_model(rebuilt, data=ds.test, batch_size=32)
   np.testing.assert_allclose(obj.value(p2), hist.test_loss[-1], rtol=1e-5)
   # A second call with the same spec resumes (nothing left to do); a different spec is refused.
   _, again = train.train_from_spec(spec, tmp_path / "run")

@@ -126,7 +126,7 @@ def test_train_then_surface_and_hessian_from_checkpoints(tmp_path, capsys):
   losses = []
   for run in runs:
     model, _ = checkpoint.load_model(run)
-    obj, params = Objective.from_nnx(model, data=checkpoint.load_dataset(run).train)
+    obj, params = Objective.from_model(model, data=checkpoint.load_dataset(run).train)
     losses.append(float(jax.jit(obj.value)(params)))
   with np.load(os.path.join(surf_dir, "results.npz")) as f:
     np.testing.assert_allclose(f["loss"][1, 1], losses[0], rtol=1e-5)  # the origin is checkpoint A

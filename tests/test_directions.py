@@ -116,23 +116,23 @@ def test_pca_directions_match_sklearn_and_recover_a_planar_trajectory():
   from sklearn.decomposition import PCA
 
   rng = np.random.default_rng(2)
-  final = {"w": rng.normal(size=(4, 3)), "b": rng.normal(size=3)}
+  final = {"kernel": rng.normal(size=(4, 3)), "bias": rng.normal(size=3)}
   u, v = rng.normal(size=12), rng.normal(size=12)
   t = np.linspace(0, 1, 9)
   snaps = []
   for ti in t:
     off = (1 - ti) * 3 * u + np.sin(3 * ti) * v
-    snaps.append({"w": final["w"] + off.reshape(4, 3), "b": final["b"]})
+    snaps.append({"kernel": final["kernel"] + off.reshape(4, 3), "bias": final["bias"]})
   pca = js.pca_directions(snaps, n=2)
-  rows = np.stack([(s["w"] - final["w"]).ravel() for s in snaps])
+  rows = np.stack([(s["kernel"] - final["kernel"]).ravel() for s in snaps])
   ref = PCA(n_components=2).fit(rows)
   np.testing.assert_allclose(pca.explained_variance_ratio, ref.explained_variance_ratio_, rtol=1e-5)
   np.testing.assert_allclose(pca.explained_variance_ratio.sum(), 1.0, rtol=1e-5)  # trajectory lies in a plane
   np.testing.assert_allclose(pca.residuals, 0.0, atol=1e-4)
   for i, d in enumerate(pca.directions):
-    np.testing.assert_allclose(np.linalg.norm(np.asarray(d["w"])), 1.0, rtol=1e-5)
-    assert np.all(np.asarray(d["b"]) == 0.0)  # biasbn: 1-D leaves left out
-    np.testing.assert_allclose(abs(np.dot(np.asarray(d["w"]).ravel(), ref.components_[i])), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(d["kernel"])), 1.0, rtol=1e-5)
+    assert np.all(np.asarray(d["bias"]) == 0.0)  # biasbn: biases left out (by role)
+    np.testing.assert_allclose(abs(np.dot(np.asarray(d["kernel"]).ravel(), ref.components_[i])), 1.0, rtol=1e-5)
   np.testing.assert_allclose(pca.coords[-1], 0.0, atol=1e-6)  # the final point is the origin
   with pytest.raises(ValueError, match="at least 3 snapshots"):
     js.pca_directions(snaps[:2], n=2)
@@ -168,7 +168,7 @@ def test_interpolating_batchnorm_statistics_reaches_the_second_model():
     m.bn.mean[...] = jnp.asarray(rng.normal(size=6), jnp.float32)
     m.bn.var[...] = jnp.asarray(rng.uniform(0.5, 2.0, size=6), jnp.float32)
     models.append(m)
-  (oa, pa), (ob, pb) = (js.Objective.from_nnx(m, data=(x, y)) for m in models)
+  (oa, pa), (ob, pb) = (js.Objective.from_model(m, data=(x, y)) for m in models)
   line = js.loss_surface(oa, pa, js.interpolation_direction(pa, pb, oa.state, ob.state), x=(0, 1, 3), quiet=True)
   np.testing.assert_allclose(line.loss[[0, 2]], [oa.value(pa), ob.value(pb)], rtol=1e-5)
   assert line.meta["config"]["bn_policy"] == "interpolate"

@@ -17,7 +17,7 @@ def _dense_count(sizes, bias=True):
 @pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid", "linear"])
 def test_mlp_shapes_and_counts(activation):
   net = models.build("mlp", 0, in_features=64, widths=[32, 16], out_features=10, activation=activation)
-  apply, params, state = js.split_nnx(net)
+  apply, params, state, _ = js.adapters.split(net)
   assert apply(params, state, jnp.ones((5, 8, 8, 1))).shape == (5, 10)
   assert models.count_params(params) == _dense_count([64, 32, 16, 10]) == 2778
   assert params["layers"][0]["kernel"].shape == (64, 32)  # Flax layout (in, out)
@@ -25,15 +25,15 @@ def test_mlp_shapes_and_counts(activation):
 
 def test_mlp_batchnorm_counts_and_state():
   net = models.build("mlp", 0, in_features=64, widths=[32, 16], out_features=10, batch_norm=True)
-  apply, params, state = js.split_nnx(net)
+  apply, params, state, _ = js.adapters.split(net)
   assert models.count_params(params) == _dense_count([64, 32, 16, 10]) + 2 * (32 + 16)
-  assert sorted(nnx.to_pure_dict(state)["norms"][0]) == ["mean", "var"]
+  assert sorted(state["norms"][0]) == ["mean", "var"]
 
 
 def test_mlp_activation_is_applied():
   x = jax.random.normal(jax.random.key(0), (4, 3))
   nets = {a: models.build("mlp", 1, in_features=3, widths=[5], out_features=2, activation=a) for a in ("relu", "tanh", "linear")}
-  p = js.split_nnx(nets["relu"])[1]
+  p = js.adapters.split(nets["relu"]).params
   h = x @ p["layers"][0]["kernel"] + p["layers"][0]["bias"]
   for name, f in (("relu", jax.nn.relu), ("tanh", jnp.tanh), ("linear", lambda z: z)):
     ref = f(h) @ p["head"]["kernel"] + p["head"]["bias"]
@@ -48,9 +48,9 @@ def test_registry_errors_and_keys():
     models.build("mlp", 0, in_features=2, widths=[2], out_features=2, depthh=3)
   with pytest.raises(ValueError, match="unknown activation"):
     models.build("mlp", 0, in_features=2, widths=[2], out_features=2, activation="swishy")
-  a = js.split_nnx(models.build("mlp", jax.random.key(3), in_features=2, widths=[2], out_features=2))[1]
-  b = js.split_nnx(models.build("mlp", jax.random.key(3), in_features=2, widths=[2], out_features=2))[1]
-  c = js.split_nnx(models.build("mlp", 4, in_features=2, widths=[2], out_features=2))[1]
+  a = js.adapters.split(models.build("mlp", jax.random.key(3), in_features=2, widths=[2], out_features=2)).params
+  b = js.adapters.split(models.build("mlp", jax.random.key(3), in_features=2, widths=[2], out_features=2)).params
+  c = js.adapters.split(models.build("mlp", 4, in_features=2, widths=[2], out_features=2)).params
   js.tree.assert_allclose(a, b, rtol=0)
   assert not js.tree.allclose(a, c)
 
@@ -59,8 +59,8 @@ def test_residual_mlp_skip_switch_keeps_parameters(x64):
   kw = dict(in_features=6, width=8, depth=3, out_features=4, branch_scale="1/sqrt(depth)")
   res = models.build("residual_mlp", 0, **kw)
   plain = models.build("residual_mlp", 0, skips=False, **kw)
-  a_res, p_res, s_res = js.split_nnx(res)
-  a_pl, p_pl, s_pl = js.split_nnx(plain)
+  a_res, p_res, s_res, _ = js.adapters.split(res)
+  a_pl, p_pl, s_pl, _ = js.adapters.split(plain)
   js.tree.assert_allclose(p_res, p_pl, rtol=0)
   assert models.count_params(p_res) == 6 * 8 + 8 + 3 * (64 + 8) + 8 * 4 + 4
   x = np.random.default_rng(0).normal(size=(3, 6))
@@ -78,15 +78,15 @@ def test_residual_mlp_skip_switch_keeps_parameters(x64):
 
 
 def test_residual_branch_scale():
-  k1 = js.split_nnx(models.build("residual_mlp", 0, in_features=4, width=8, depth=16, out_features=2))[1]
-  k2 = js.split_nnx(models.build("residual_mlp", 0, in_features=4, width=8, depth=16, out_features=2, branch_scale=True))[1]
+  k1 = js.adapters.split(models.build("residual_mlp", 0, in_features=4, width=8, depth=16, out_features=2)).params
+  k2 = js.adapters.split(models.build("residual_mlp", 0, in_features=4, width=8, depth=16, out_features=2, branch_scale=True)).params
   np.testing.assert_allclose(k2["blocks"][5]["kernel"], k1["blocks"][5]["kernel"] / 4.0, rtol=1e-6)
   np.testing.assert_array_equal(k2["inp"]["kernel"], k1["inp"]["kernel"])
 
 
 def test_deep_linear_loss_is_loss_of_end_to_end_product(x64):
   net = models.build("linear", 0, in_features=2, widths=[3], out_features=1)
-  apply, params, state = js.split_nnx(net)
+  apply, params, state, _ = js.adapters.split(net)
   params = js.tree.astype(params, jnp.float64)
   assert models.count_params(params) == 2 * 3 + 3 * 1
   rng = np.random.default_rng(0)
@@ -102,14 +102,14 @@ def test_deep_linear_loss_is_loss_of_end_to_end_product(x64):
   q["head"]["kernel"] = params["head"]["kernel"] / c[:, None]
   np.testing.assert_allclose(obj.value(q), obj.value(params), rtol=1e-12)
   deep = models.build("linear", 1, in_features=3, widths=[4, 5, 2], out_features=2)
-  a2, p2, s2 = js.split_nnx(deep)
+  a2, p2, s2, _ = js.adapters.split(deep)
   xx = jnp.ones((2, 3))
   np.testing.assert_allclose(a2(p2, s2, xx), xx @ models.end_to_end(p2), rtol=1e-5)
 
 
 def test_flops_per_example_dense():
   net = models.build("mlp", 0, in_features=64, widths=[32], out_features=10, activation="linear", use_bias=False)
-  apply, params, state = js.split_nnx(net)
+  apply, params, state, _ = js.adapters.split(net)
   # XLA counts 2 FLOPs per multiply-add: 2 * (64*32 + 32*10)
   assert models.flops_per_example(apply, params, state, jnp.zeros(64)) == 2 * (64 * 32 + 32 * 10)
 
@@ -144,8 +144,8 @@ def test_resnet_parameter_counts(depth):
 
 
 def test_resnet_noshort_keeps_main_path_parameters():
-  full = js.split_nnx(models.build("resnet", 0, depth=8, in_channels=1))[1]
-  nosc = js.split_nnx(models.build("resnet", 0, depth=8, in_channels=1, shortcuts=False))[1]
+  full = js.adapters.split(models.build("resnet", 0, depth=8, in_channels=1)).params
+  nosc = js.adapters.split(models.build("resnet", 0, depth=8, in_channels=1, shortcuts=False)).params
   names_full, names_no = set(js.tree.leaf_names(full)), set(js.tree.leaf_names(nosc))
   removed = names_full - names_no
   assert names_no <= names_full and removed and all("proj" in n for n in removed)
@@ -157,15 +157,15 @@ def test_resnet_noshort_keeps_main_path_parameters():
 
 def test_resnet_shapes_on_any_image_size():
   for size, ch in ((8, 1), (28, 1), (32, 3)):
-    a, p, s = js.split_nnx(nnx.eval_shape(lambda ch=ch: models.build("resnet", 0, depth=8, in_channels=ch, num_classes=7, width=2)))
+    a, p, s, _ = js.adapters.split(nnx.eval_shape(lambda ch=ch: models.build("resnet", 0, depth=8, in_channels=ch, num_classes=7, width=2)))
     out = jax.eval_shape(a, p, s, jax.ShapeDtypeStruct((3, size, size, ch), jnp.float32))
     assert out.shape == (3, 7)
   net = models.build("resnet", 1, depth=8, in_channels=1, shortcuts=False)
-  apply, params, state = js.split_nnx(net)
+  apply, params, state, _ = js.adapters.split(net)
   y = apply(params, state, jnp.ones((2, 8, 8, 1)))
   assert y.shape == (2, 10) and bool(jnp.all(jnp.isfinite(y)))
   assert params["stem"]["kernel"].shape == (3, 3, 1, 16)  # HWIO
-  fl = js.nnx_first_layer(net)  # the affine surface path: stem conv, then the rest (float32: 1e-5)
+  fl = js.adapters.nnx.first_layer(net)  # the affine surface path: stem conv, then the rest (float32: 1e-5)
   assert fl.name == "ResNet.stem"
   np.testing.assert_allclose(fl.rest(params, state, fl.linear(fl.select(params), jnp.ones((2, 8, 8, 1)))), y, rtol=1e-5)
   with pytest.raises(ValueError, match="6n \\+ 2"):
@@ -173,8 +173,8 @@ def test_resnet_shapes_on_any_image_size():
 
 
 def test_resnet_shortcut_changes_function_not_parameters():
-  a, p, s = js.split_nnx(models.build("resnet", 0, depth=8, in_channels=1, shortcut_type="pad"))
-  b, q, t = js.split_nnx(models.build("resnet", 0, depth=8, in_channels=1, shortcut_type="pad", shortcuts=False))
+  a, p, s, _ = js.adapters.split(models.build("resnet", 0, depth=8, in_channels=1, shortcut_type="pad"))
+  b, q, t, _ = js.adapters.split(models.build("resnet", 0, depth=8, in_channels=1, shortcut_type="pad", shortcuts=False))
   js.tree.assert_allclose(p, q, rtol=0)
   x = jax.random.uniform(jax.random.key(0), (4, 8, 8, 1))
   assert not np.allclose(a(p, s, x), b(q, t, x))
@@ -183,13 +183,13 @@ def test_resnet_shortcut_changes_function_not_parameters():
 def test_keskar_models():
   f1 = nnx.eval_shape(lambda: models.build("keskar_f1", 0, in_features=64, width=32, depth=3, num_classes=10))
   assert models.count_params(f1) == _dense_count([64, 32, 32, 32, 10]) + 3 * 64
-  a, p, s = js.split_nnx(f1)
+  a, p, s, _ = js.adapters.split(f1)
   assert jax.eval_shape(a, p, s, jax.ShapeDtypeStruct((2, 8, 8, 1), jnp.float32)).shape == (2, 10)
   c1 = models.build("keskar_c1", 0, image_size=8, in_channels=1, channels=[8, 12], dense=[16, 8], dropout=0.5)
   # conv 5x5 with bias, BN after each conv and hidden dense; 8x8 -> 4x4 -> 2x2 after two SAME 3x3/2 pools
   expected = (25 * 1 * 8 + 8) + 16 + (25 * 8 * 12 + 12) + 24 + (2 * 2 * 12 * 16 + 16) + 32 + (16 * 8 + 8) + 16 + (8 * 10 + 10)
   assert models.count_params(c1) == expected
-  train_apply, apply, params, state = js.train.split_train(c1)
+  train_apply, apply, params, state = js.adapters.nnx.split_train(c1)
   train_apply, apply = jax.jit(train_apply), jax.jit(apply)
   # Distinct examples: identical ones make train-mode BatchNorm output zeros, hiding the dropout.
   x = jax.random.normal(jax.random.key(1), (3, 8, 8, 1))
@@ -198,14 +198,14 @@ def test_keskar_models():
   assert not np.allclose(out1, out2)  # dropout active in train mode, its RNG state advances
   np.testing.assert_array_equal(apply(params, state, x), apply(params, state, x))  # eval mode: deterministic
   assert apply(params, state, x).shape == (3, 10)
-  fl = js.nnx_first_layer(c1)  # the affine surface path: conv1, then the rest in eval mode (float32: 1e-5)
+  fl = js.adapters.nnx.first_layer(c1)  # the affine surface path: conv1, then the rest in eval mode (float32: 1e-5)
   assert fl.name == "KeskarC1.conv1"
   via = jax.jit(lambda p, s, x: fl.rest(p, s, fl.linear(fl.select(p), x)))(params, state, x)
   np.testing.assert_allclose(via, apply(params, state, x), rtol=1e-5, atol=1e-6)
 
 
 def test_flops_per_example_conv():
-  a, p, s = js.split_nnx(models.build("resnet", 0, depth=8, in_channels=1))
+  a, p, s, _ = js.adapters.split(models.build("resnet", 0, depth=8, in_channels=1))
   f = models.flops_per_example(a, p, s, jnp.zeros((8, 8, 1)))
   f2 = models.flops_per_example(a, p, s, jnp.zeros((16, 16, 1)))
   # Analytic multiply-adds (x2) of the convs and the classifier if every padded product counted:

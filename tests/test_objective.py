@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 import jaxscape as js
+from jaxscape import data, models, runs, train
 
 
 def _data(n=13, d=3, classes=4, seed=0):
@@ -78,7 +79,7 @@ def test_nnx_adapter_uses_eval_mode_and_keeps_model_unchanged():
   model.bn.mean[...] = jnp.arange(5.0) * 0.1
   model.bn.var[...] = jnp.arange(1.0, 6.0)
   x, y = _data()
-  obj, params = js.Objective.from_nnx(model, data=(x, y), batch_size=4)
+  obj, params = js.Objective.from_model(model, data=(x, y), batch_size=4)
   assert set(params) == {"dense", "bn", "out"}
   assert model.bn.use_running_average is False  # the module was not switched to eval
   assert obj.describe()["bn_policy"] == "frozen"
@@ -112,11 +113,63 @@ def test_with_data_and_errors():
 
 def test_nnx_objectives_of_one_structure_share_compilations():
   x, y = _data()
-  a, pa = js.Objective.from_nnx(_BNNet(nnx.Rngs(0)), data=(x, y), batch_size=4)
-  b, pb = js.Objective.from_nnx(_BNNet(nnx.Rngs(1)), data=(x, y), batch_size=4)
+  a, pa = js.Objective.from_model(_BNNet(nnx.Rngs(0)), data=(x, y), batch_size=4)
+  b, pb = js.Objective.from_model(_BNNet(nnx.Rngs(1)), data=(x, y), batch_size=4)
   assert a.apply is b.apply  # same static function: one jit cache entry
   value = jax.jit(lambda o, p: o.value(p))
   value(a, pa)
   before = value._cache_size()
   np.testing.assert_allclose(value(b, pb), b.value(pb), rtol=1e-6)
   assert value._cache_size() == before
+
+
+def test_from_stateful_uses_each_runs_state_and_matches_training_history():
+  ds = data.load("synthetic", train_size=96, test_size=32, dim=4)
+  init = lambda k: models.build("mlp", k, in_features=4, widths=[8], out_features=3, batch_norm=True)  # noqa: E731
+  p, s, h = train.train_many(jax.random.split(jax.random.key(3), 2), init, ds, optimizer="adam", learning_rate=1e-2,
+                             batch_size=32, epochs=2)
+  apply = js.adapters.split(init(jax.random.key(99))).apply  # any initialisation: only the structure is used
+  objs = [js.Objective.from_stateful(apply, runs.select(s, i), data=ds.train, batch_size=40) for i in range(2)]
+  for i, obj in enumerate(objs):
+    loss, metrics = obj.loss(runs.select(p, i))
+    # train_many's history is the exact eval-mode full-data loss with the run's own BN statistics (rtol 1e-5)
+    np.testing.assert_allclose(loss, h.train_loss[i, -1], rtol=1e-5)
+    np.testing.assert_allclose(metrics["accuracy"], h.train_accuracy[i, -1], rtol=1e-6)
+  # same static fields: jitted measurements compile once for all runs
+  assert jax.tree.structure(objs[0]) == jax.tree.structure(objs[1])
+  # the other run's BN statistics give another loss: the state really is per run
+  swapped = js.Objective.from_stateful(apply, runs.select(s, 1), data=ds.train, batch_size=40)
+  assert abs(float(swapped.value(runs.select(p, 0))) - float(h.train_loss[0, -1])) > 1e-4
+  test_obj = js.Objective.from_stateful(apply, runs.select(s, 1), data=ds.test, batch_size=1024)
+  np.testing.assert_allclose(test_obj.value(runs.select(p, 1)), h.test_loss[1, -1], rtol=1e-5)
+
+
+def test_from_model_of_a_stateless_model_is_its_own_loss():
+  ds = data.load("synthetic", train_size=16, test_size=8, dim=4)
+  net = models.build("mlp", 0, in_features=4, widths=[5], out_features=3)
+  obj, params = js.Objective.from_model(net, data=ds.train, batch_size=None)
+  logits = net(jnp.asarray(ds.x_train))
+  ref = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), jnp.asarray(ds.y_train)[:, None], 1))
+  np.testing.assert_allclose(obj.value(params), ref, rtol=1e-6)
+
+
+def test_from_stateful_matches_from_model_and_shares_the_static_apply():
+  ds = data.load("digits", num_train=64, num_test=32)
+  nets = [models.build("resnet", k, depth=8, num_classes=10, in_channels=1) for k in (0, 1)]
+  objs, params = [], []
+  for net in nets:
+    _, apply, p, st = js.adapters.nnx.split_train(net)
+    # perturb the BatchNorm statistics so that the state matters
+    st = jax.tree.map(lambda a: a + 0.1 if jnp.issubdtype(a.dtype, jnp.floating) else a, st)
+    js.adapters.nnx.update(net, p, st)
+    objs.append(js.Objective.from_stateful(apply, st, p, data=ds.train, batch_size=24))
+    params.append(p)
+    ref, ref_p = js.Objective.from_model(net, data=ds.train, batch_size=24)
+    np.testing.assert_allclose(objs[-1].value(p), ref.value(ref_p), rtol=1e-5)
+  # same architecture: the static parts are equal, so compiled calls are shared
+  s0 = jax.tree.structure(objs[0])
+  assert s0 == jax.tree.structure(objs[1])
+  assert dict(objs[0].describe())["bn_policy"] == "frozen"
+  with pytest.raises(ValueError, match="do not fit the loss"):
+    js.Objective.from_stateful(apply, st, params[1], data=(ds.x_train, ds.y_train[:, None].astype(np.float32) * np.ones((1, 3))),
+                               loss="mse")

@@ -142,7 +142,7 @@ def test_permutation_works_on_nnx_mlp_params_and_checks_input():
 
   net = js.models.MLP(3, [4], 2, activation="tanh", rngs=nnx.Rngs(0))
   rng = np.random.default_rng(0)
-  obj, p = js.Objective.from_nnx(net, data=(rng.normal(size=(6, 3)).astype(np.float32), rng.integers(0, 2, 6)))
+  obj, p = js.Objective.from_model(net, data=(rng.normal(size=(6, 3)).astype(np.float32), rng.integers(0, 2, 6)))
   # flax.nnx names: layers/0/{kernel,bias} -> head/{kernel,bias}
   assert sorted(js.tree.leaf_names(p)) == ["head/bias", "head/kernel", "layers/0/bias", "layers/0/kernel"]
   outs, ins = paths.dense_layer_paths("layers/0", "head")

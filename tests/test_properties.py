@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import jaxscape as js
 from jaxscape import checkpoint, data
 from jaxscape import io as jio
-from jaxscape.directions import _filter_norms, normalize
+from jaxscape.directions import _filter_norms, flax_layout, normalize
 from jaxscape.surface import part_indices
 
 SETTINGS = dict(deadline=None, derandomize=True, database=None,
@@ -23,7 +23,9 @@ SETTINGS = dict(deadline=None, derandomize=True, database=None,
 # ----------------------------------------------------------------------------- filter normalisation
 
 shapes = st.lists(st.integers(1, 4), min_size=0, max_size=4).map(tuple)
-pytree_shapes = st.dictionaries(st.sampled_from(list("abcdef")), shapes, min_size=1, max_size=4)
+# leaf names: plain names are weights under the default (Flax) layout, "bias" / "scale" are ignored by biasbn
+pytree_shapes = st.dictionaries(st.sampled_from([*"abcd", "bias", "scale"]), shapes, min_size=1, max_size=4).filter(
+    lambda t: any(k not in ("bias", "scale") for k in t))
 
 
 def _draw(shape_tree, seed):
@@ -31,10 +33,11 @@ def _draw(shape_tree, seed):
   return {k: jnp.asarray(rng.normal(size=s) + 0.1, jnp.float32) for k, s in shape_tree.items()}
 
 
-def _filters(x):
-  """Filter norms in NumPy (float64): the norm over all but the last axis, or of the whole leaf when ndim <= 1."""
+def _filters(x, whole=False):
+  """Filter norms in NumPy (float64): the norm over all but the last axis, or of the whole leaf when ndim <= 1
+  (or for biases and norm scales)."""
   x = np.asarray(x, np.float64)
-  return np.atleast_1d(np.linalg.norm(x) if x.ndim <= 1 else np.sqrt((x**2).sum(axis=tuple(range(x.ndim - 1))))).ravel()
+  return np.atleast_1d(np.linalg.norm(x) if x.ndim <= 1 or whole else np.sqrt((x**2).sum(axis=tuple(range(x.ndim - 1))))).ravel()
 
 
 @jax.jit
@@ -43,7 +46,7 @@ def _normalisations(d, p, a, b):
   return {"filter": normalize(d, p, "filter", None), "scaled_draw": normalize(js.tree.scale(a, d), p, "filter", None),
           "scaled_weights": normalize(d, js.tree.scale(b, p), "filter", None),
           "biasbn": normalize(d, p, "filter", "biasbn"), "layer": normalize(d, p, "layer", None),
-          "model": normalize(d, p, "model", None), "filter_norms": jax.tree.map(_filter_norms, p)}
+          "model": normalize(d, p, "model", None), "filter_norms": {k: _filter_norms(v, flax_layout(k, v).out_axes) for k, v in p.items()}}
 
 
 @settings(max_examples=12, **SETTINGS)
@@ -55,13 +58,14 @@ def test_filter_normalisation_invariants_on_random_pytrees(shape_tree, seed, a, 
   # float32 norms: 1e-4 relative
   for k in p:
     # every filter (slice along the last axis; a whole leaf when ndim <= 1) takes its weight filter's norm
-    np.testing.assert_allclose(_filters(n[k]), out["filter_norms"][k].ravel(), rtol=1e-4, err_msg=k)
+    np.testing.assert_allclose(_filters(n[k], k in ("bias", "scale")), out["filter_norms"][k].ravel(), rtol=1e-4,
+                               err_msg=k)
   # invariant to the scale of the raw draw, equivariant to the scale of the weights
   js.tree.assert_allclose(out["scaled_draw"], n, rtol=1e-4, atol=1e-6)
   js.tree.assert_allclose(out["scaled_weights"], js.tree.scale(b, n), rtol=1e-4, atol=1e-6)
-  # biasbn zeroes exactly the leaves with ndim <= 1 and leaves the others as filter-normalised
+  # biasbn zeroes exactly the biases and norm scales (by role, not ndim) and leaves the others as filter-normalised
   for k in p:
-    if p[k].ndim <= 1:
+    if k in ("bias", "scale"):
       assert not np.any(out["biasbn"][k]), k
     else:
       np.testing.assert_allclose(out["biasbn"][k], n[k], rtol=1e-6, err_msg=k)

@@ -149,7 +149,7 @@ def test_sigkilled_training_resumes_from_its_last_checkpoint(tmp_path, capsys):
   assert cli.main(TRAIN_ARGS + ["--out", whole]) == 0
   capsys.readouterr()
   models_ = [checkpoint.load_model(d)[0] for d in (killed, whole)]
-  (_, p1, s1), (_, p2, s2) = (js.split_nnx(m) for m in models_)
+  (_, p1, s1, _), (_, p2, s2, _) = (js.adapters.split(m) for m in models_)
   for a, b in zip(jax.tree.leaves((p1, s1)), jax.tree.leaves((p2, s2))):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   with np.load(os.path.join(killed, "history.npz")) as h1, np.load(os.path.join(whole, "history.npz")) as h2:
@@ -416,7 +416,7 @@ def test_unknown_policy_names_and_impossible_requests_are_clear_errors():
   with pytest.raises(ValueError, match="unknown ignore policy 'bn'"):
     normalize(dirs[0], p, "filter", "bn")
   with pytest.raises(ValueError, match="unknown bn_policy 'nope': expected one of"):
-    Objective.from_nnx(_net(), data=(np.zeros((4, 64), np.float32), np.zeros(4, np.int32)), bn_policy="nope")
+    Objective.from_model(_net(), data=(np.zeros((4, 64), np.float32), np.zeros(4, np.int32)), bn_policy="nope")
   n = js.tree.size(p)
   with pytest.raises(ValueError, match=f"k must be an integer in \\[1, n={n}\\]; got {n + 1}"):
     hessian.eigenvalues(jax.random.key(0), obj, p, k=n + 1)

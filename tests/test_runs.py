@@ -1,4 +1,4 @@
-"""Stacked runs: selection, per-run eval-mode objectives (BatchNorm state), distances."""
+"""Stacked runs: selection and distances."""
 
 import jax
 import jax.numpy as jnp
@@ -29,36 +29,6 @@ def test_select_and_num_runs():
     runs.num_runs({"a": jnp.zeros((3, 2)), "b": jnp.zeros(4)})
   with pytest.raises(ValueError, match="no leaves"):
     runs.num_runs({})
-
-
-def test_objective_uses_each_runs_state_and_matches_training_history(trained_bn):
-  ds, init, p, s, h = trained_bn
-  template = init(jax.random.key(99))  # any initialisation: only the structure is used
-  objs = [runs.objective(template, ds.train, s, run=i, batch_size=40) for i in range(2)]
-  for i, obj in enumerate(objs):
-    loss, metrics = obj.loss(runs.select(p, i))
-    # train_many's history is the exact eval-mode full-data loss with the run's own BN statistics (rtol 1e-5)
-    np.testing.assert_allclose(loss, h.train_loss[i, -1], rtol=1e-5)
-    np.testing.assert_allclose(metrics["accuracy"], h.train_accuracy[i, -1], rtol=1e-6)
-  # same static fields: jitted measurements compile once for all runs
-  assert jax.tree.structure(objs[0]) == jax.tree.structure(objs[1])
-  # the other run's BN statistics give another loss: the state really is per run
-  swapped = runs.objective(template, ds.train, runs.select(s, 1), batch_size=40)
-  assert abs(float(swapped.value(runs.select(p, 0))) - float(h.train_loss[0, -1])) > 1e-4
-  test_obj = runs.objective(template, ds.test, s, run=1)
-  np.testing.assert_allclose(test_obj.value(runs.select(p, 1)), h.test_loss[1, -1], rtol=1e-5)
-  with pytest.raises(ValueError, match="state structure"):
-    runs.objective(template, ds.train, s)  # stacked state without run=
-
-
-def test_objective_of_a_stateless_model_defaults_to_its_own_state():
-  ds = data.load("synthetic", train_size=16, test_size=8, dim=4)
-  net = models.build("mlp", 0, in_features=4, widths=[5], out_features=3)
-  obj = runs.objective(net, ds.train, batch_size=None)
-  logits = net(jnp.asarray(ds.x_train))
-  ref = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), jnp.asarray(ds.y_train)[:, None], 1))
-  _, _, params, _ = train.split_train(net)
-  np.testing.assert_allclose(obj.value(params), ref, rtol=1e-6)
 
 
 def test_distances_match_numpy(trained_bn):

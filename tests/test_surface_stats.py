@@ -55,28 +55,6 @@ def test_seed_summary_and_increasing():
   assert not sstats.is_increasing([0.2, 0.2]) and sstats.is_increasing([0.2, 0.2], strict=False)
 
 
-def test_pure_objective_matches_from_nnx_and_shares_the_static_apply():
-  ds = js.data.load("digits", num_train=64, num_test=32)
-  nets = [models.build("resnet", k, depth=8, num_classes=10, in_channels=1) for k in (0, 1)]
-  objs, params = [], []
-  for net in nets:
-    _, apply, p, st = train.split_train(net)
-    # perturb the BatchNorm statistics so that the state matters
-    st = jax.tree.map(lambda a: a + 0.1 if jnp.issubdtype(a.dtype, jnp.floating) else a, st)
-    train.update_model(net, p, st)
-    objs.append(sstats.pure_objective(apply, st, ds.train, batch_size=24, params=p))
-    params.append(p)
-    ref, ref_p = js.Objective.from_nnx(net, data=ds.train, batch_size=24)
-    np.testing.assert_allclose(objs[-1].value(p), ref.value(ref_p), rtol=1e-5)
-  # same architecture: the static parts are equal, so compiled calls are shared
-  s0 = jax.tree.structure(objs[0])
-  assert s0 == jax.tree.structure(objs[1])
-  assert dict(objs[0].describe())["bn_policy"] == "frozen"
-  with pytest.raises(ValueError, match="do not fit the loss"):
-    sstats.pure_objective(apply, st, (ds.x_train, ds.y_train[:, None].astype(np.float32) * np.ones((1, 3))),
-                          loss="mse", params=params[1])
-
-
 def test_finite_difference_plane_hessian_is_exact_on_quadratics():
   x, y = np.linspace(-1, 1, 7), np.linspace(-0.5, 0.5, 5)
   h = np.array([[2.0, -1.5], [-1.5, -0.5]])          # indefinite, with a cross term

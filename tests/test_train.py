@@ -21,14 +21,14 @@ def _mlp(key, bn=False):
 @pytest.mark.parametrize("opt", [dict(optimizer="sgd", learning_rate=0.2, momentum=0.9, nesterov=True),
                                  dict(optimizer="adam", learning_rate=1e-2, weight_decay=1e-4)])
 def test_train_reduces_loss_and_history(digits_small, opt):
-  p0 = js.split_nnx(_mlp(0))[1]
+  p0 = js.adapters.split(_mlp(0)).params
   params, state, hist = train.train(jax.random.key(0), _mlp(0), digits_small, batch_size=32, epochs=4, **opt)
   assert len(hist) == 4 and hist.train_loss.shape == (4,)
   np.testing.assert_array_equal(hist.step, [8, 16, 24, 32])  # 256 // 32 = 8 steps per epoch
   assert hist.train_loss[-1] < 0.5 * np.log(10)
   assert hist.test_accuracy[-1] > 0.6
   # The history's train loss is the exact full-data eval-mode loss at the final parameters.
-  apply, _, _ = js.split_nnx(_mlp(0))
+  apply, _, _, _ = js.adapters.split(_mlp(0))
   obj = js.Objective.from_apply(lambda p, x: apply(p, {}, x), data=digits_small.train, batch_size=100)
   np.testing.assert_allclose(hist.train_loss[-1], obj.value(params), rtol=1e-5)
   assert not js.tree.allclose(params, p0)
@@ -50,7 +50,7 @@ def test_shuffling_depends_on_key_and_full_batch_does_not(digits_small):
 def test_full_batch_gd_matches_hand_written_loop(digits_small, x64):
   ds = data.astype(digits_small, np.float64)
   net = _mlp(0)
-  apply, p0, s0 = js.split_nnx(net)
+  apply, p0, s0, _ = js.adapters.split(net)
   p0 = js.tree.astype(p0, jnp.float64)
   x, y = ds.train
   loss = lambda p: js.objective.per_example_loss("cross_entropy")(apply(p, s0, x), y).mean()
@@ -64,7 +64,7 @@ def test_full_batch_gd_matches_hand_written_loop(digits_small, x64):
 
 def test_batchnorm_running_stats_update_in_training_and_are_used_in_eval(digits_small):
   net = _mlp(0, bn=True)
-  train_apply, apply, params, state = train.split_train(net)
+  train_apply, apply, params, state = js.adapters.nnx.split_train(net)
   np.testing.assert_array_equal(state["norms"][0]["mean"], 0.0)
   # One train-mode call moves the running mean by (1 - momentum) * batch mean.
   x = jnp.asarray(digits_small.x_train[:32])
@@ -84,8 +84,8 @@ def test_batchnorm_running_stats_update_in_training_and_are_used_in_eval(digits_
   assert not np.allclose(apply(params, state, xb), apply(params, shifted, xb))
   np.testing.assert_allclose(train_apply(params, state, xb)[0], train_apply(params, shifted, xb)[0], rtol=1e-6)
   # ... and the eval-mode history uses those statistics.
-  model = train.update_model(net, params, state)
-  obj, p = js.Objective.from_nnx(model, data=digits_small.test, batch_size=64)
+  model = js.adapters.nnx.update(net, params, state)
+  obj, p = js.Objective.from_model(model, data=digits_small.test, batch_size=64)
   np.testing.assert_allclose(obj.value(p), hist.test_loss[-1], rtol=1e-5)
 
 
@@ -112,7 +112,7 @@ def test_train_many_sweeps_learning_rates(digits_small):
                              sweep={"learning_rate": [0.0, 0.05, 0.5]})
   assert H.train_loss.shape == (3, 2, 1)
   k_init, k_data = jax.random.split(keys[1])
-  js.tree.assert_allclose(jax.tree.map(lambda a: a[0, 1], P), js.split_nnx(init(k_init))[1], rtol=0)  # lr 0: unchanged
+  js.tree.assert_allclose(jax.tree.map(lambda a: a[0, 1], P), js.adapters.split(init(k_init)).params, rtol=0)  # lr 0: unchanged
   p, _, h = train.train(k_data, init(k_init), digits_small, optimizer="sgd", learning_rate=0.5, batch_size=64, epochs=1)
   js.tree.assert_allclose(jax.tree.map(lambda a: a[2, 1], P), p, rtol=1e-4, atol=1e-5)
   with pytest.raises(ValueError, match="cannot sweep"):

@@ -5,13 +5,13 @@
 
 Every model is an ``nnx.Module`` taking batched inputs ``[B, ...]`` (images
 NHWC); Dense kernels are ``(in, out)`` and Conv kernels HWIO. Split any of
-them into a pure ``(apply, params, state)`` with :func:`jaxscape.split_nnx`.
+them into a pure ``(apply, params, state)`` with :func:`jaxscape.adapters.split`.
 
 Example:
   >>> import jax.numpy as jnp
   >>> import jaxscape as js
   >>> model = js.models.build("mlp", 0, in_features=64, widths=[32], out_features=10)
-  >>> apply, params, state = js.split_nnx(model)
+  >>> apply, params, state, _ = js.adapters.split(model)
   >>> js.models.count_params(params)
   2410
   >>> js.models.flops_per_example(apply, params, state, jnp.zeros(64)) > 0

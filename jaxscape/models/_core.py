@@ -53,7 +53,7 @@ def flops_per_example(apply: Callable, params: PyTree, state: PyTree, x_example:
   with ``SAME`` padding count only the products that touch real pixels.
 
   Args:
-    apply: ``apply(params, state, x) -> outputs`` (e.g. from :func:`jaxscape.split_nnx`).
+    apply: ``apply(params, state, x) -> outputs`` (e.g. from :func:`jaxscape.adapters.split`).
     params, state: the model's parameters and state.
     x_example: one example, *without* a batch axis (e.g. ``(8, 8, 1)``).
 

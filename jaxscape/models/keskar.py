@@ -100,7 +100,7 @@ class KeskarC1(nnx.Module):
     return self.after_first_layer(self.conv1(x))
 
   def first_layer(self) -> tuple[tuple[str, ...], Callable[[jax.Array], jax.Array]]:
-    """Path of the first convolution and the input transform before it (see :func:`jaxscape.nnx_first_layer`)."""
+    """Path of the first convolution and the input transform before it (see :func:`jaxscape.adapters.nnx.first_layer`)."""
     return ("conv1",), _identity
 
   def after_first_layer(self, z: jax.Array) -> jax.Array:

@@ -10,7 +10,7 @@ Example:
   >>> from flax import nnx
   >>> import jaxscape as js
   >>> net = js.models.DeepLinear(2, [3], 1, rngs=nnx.Rngs(0))
-  >>> apply, params, state = js.split_nnx(net)
+  >>> apply, params, state, _ = js.adapters.split(net)
   >>> W = js.models.end_to_end(params)
   >>> x = jnp.ones((4, 2))
   >>> bool(jnp.allclose(apply(params, state, x), x @ W, atol=1e-6))
@@ -50,7 +50,7 @@ def end_to_end(params: Any) -> jax.Array:
   """The end-to-end matrix ``W_1 W_2 ... W_L`` of a :class:`DeepLinear` (or linear MLP) parameter dict.
 
   Args:
-    params: plain parameter dict as returned by :func:`jaxscape.split_nnx`
+    params: plain parameter dict as returned by :func:`jaxscape.adapters.split`
       (``{"layers": {0: {"kernel": ...}, ...}, "head": {"kernel": ...}}``).
 
   Returns:

@@ -62,7 +62,7 @@ class MLP(nnx.Module):
     self.head = nnx.Linear(sizes[-1], int(out_features), use_bias=use_bias, rngs=rngs)
 
   def first_layer(self) -> tuple[tuple[str | int, ...], Callable[[jax.Array], jax.Array]]:
-    """Path of the first Dense layer and the input transform before it (see :func:`jaxscape.nnx_first_layer`)."""
+    """Path of the first Dense layer and the input transform before it (see :func:`jaxscape.adapters.nnx.first_layer`)."""
     return (("layers", 0) if len(self.layers) else ("head",)), _flatten
 
   def after_first_layer(self, z: jax.Array) -> jax.Array:
@@ -138,7 +138,7 @@ class ResidualMLP(nnx.Module):
     self.head = nnx.Linear(int(width), int(out_features), rngs=rngs)
 
   def first_layer(self) -> tuple[tuple[str | int, ...], Callable[[jax.Array], jax.Array]]:
-    """Path of the input Dense layer and the input transform before it (see :func:`jaxscape.nnx_first_layer`)."""
+    """Path of the input Dense layer and the input transform before it (see :func:`jaxscape.adapters.nnx.first_layer`)."""
     return ("inp",), _flatten
 
   def __call__(self, x: jax.Array) -> jax.Array:

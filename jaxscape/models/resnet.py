@@ -126,7 +126,7 @@ class ResNet(nnx.Module):
     self.head = nnx.Linear(chans[-1], int(num_classes), rngs=rngs)
 
   def first_layer(self) -> tuple[tuple[str, ...], Callable[[jax.Array], jax.Array]]:
-    """Path of the stem convolution and the input transform before it (see :func:`jaxscape.nnx_first_layer`)."""
+    """Path of the stem convolution and the input transform before it (see :func:`jaxscape.adapters.nnx.first_layer`)."""
     return ("stem",), _identity
 
   def __call__(self, x: jax.Array) -> jax.Array:
