@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import tree
+from .io import key_record
 
 from .tree import PyTree
 
@@ -382,7 +383,7 @@ def random_directions(
       d = tree.scale(length / (tree.norm(d) + _EPS), d)
     _check_nonzero(d, i)
     out.append(d)
-  info = {"kind": "random", "key": _key_record(key), "norm": norm, "ignore": ignore, "orthogonalize": orthogonalize,
+  info = {"kind": "random", "key": key_record(key), "norm": norm, "ignore": ignore, "orthogonalize": orthogonalize,
           **_layout_record(layout, filter_axes)}
   return Directions(tree.stack(out), info)
 
@@ -395,11 +396,6 @@ def _check_nonzero(d: PyTree, i: int) -> None:
   raise ValueError(f"direction {i} is all zero on every leaf {tree.leaf_names(d)}: the weights it is normalised to "
                    "are zero where it may move; the surface would be flat. Pass norm='none' or 'model', "
                    "or other parameters")
-
-
-def _key_record(key: jax.Array) -> list[int]:
-  data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
-  return [int(v) for v in np.asarray(data).ravel()]
 
 
 def _state_difference(state_b: PyTree, state_a: PyTree) -> PyTree:
