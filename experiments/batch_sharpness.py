@@ -36,9 +36,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxscape import cli, data, hessian, io, models, runs, sharpness, surface, train  # noqa: E402
+from jaxscape import experiment, data, hessian, io, models, runs, sharpness, surface, train  # noqa: E402
 from jaxscape.directions import interpolation_direction  # noqa: E402
-from jaxscape.report import Report, fmt, table  # noqa: E402
+from jaxscape.experiment import Report, fmt, table  # noqa: E402
 
 _MEASURE = {"eps": [1e-3, 5e-4], "subspace_dim": 100, "maxiter": 10, "sign_steps": 20, "num_starts": 4,
             "num_corners": 8, "lanczos_steps": 40, "alpha": [-1.0, 2.0, 25]}
@@ -433,4 +433,4 @@ def main(config: dict, out_dir: str) -> Report:
 
 
 if __name__ == "__main__":
-  sys.exit(cli.run_experiment(sys.modules[__name__]))
+  sys.exit(experiment.run(sys.modules[__name__]))

@@ -29,9 +29,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxscape import cli, plot, data, io, minima, models, stats, train  # noqa: E402
+from jaxscape import experiment, plot, data, io, minima, models, stats, train  # noqa: E402
 from jaxscape.models import spin_glass as sg  # noqa: E402
-from jaxscape.report import Report, fmt, table  # noqa: E402
+from jaxscape.experiment import Report, fmt, table  # noqa: E402
 
 P = 3
 E_INF = sg.e_infinity(P)
@@ -289,4 +289,4 @@ def main(config: dict, out_dir: str) -> Report:
 
 
 if __name__ == "__main__":
-  sys.exit(cli.run_experiment(sys.modules[__name__]))
+  sys.exit(experiment.run(sys.modules[__name__]))

@@ -28,9 +28,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jaxscape as js  # noqa: E402
-from jaxscape import cli, plot, data, models, paths, stats, train  # noqa: E402
+from jaxscape import experiment, plot, data, models, paths, stats, train  # noqa: E402
 from jaxscape import io as jio  # noqa: E402
-from jaxscape.report import Report, fmt, table  # noqa: E402
+from jaxscape.experiment import Report, fmt, table  # noqa: E402
 
 CONFIGS = {
     "smoke": {"dataset": "digits", "widths": [16, 16], "seeds": 2, "epochs": 2, "learning_rate": 0.05,
@@ -202,4 +202,4 @@ def main(config: dict, out_dir: str) -> Report:
 
 
 if __name__ == "__main__":
-  sys.exit(cli.run_experiment(sys.modules[__name__]))
+  sys.exit(experiment.run(sys.modules[__name__]))

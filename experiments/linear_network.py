@@ -29,9 +29,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jaxscape as js  # noqa: E402
-from jaxscape import cli, plot, critical, data, models, stats, train  # noqa: E402
+from jaxscape import experiment, plot, critical, data, models, stats, train  # noqa: E402
 from jaxscape import io as jio  # noqa: E402
-from jaxscape.report import Report, fmt, table  # noqa: E402
+from jaxscape.experiment import Report, fmt, table  # noqa: E402
 
 CONFIGS = {
     "smoke": {"dim": 4, "out_dim": 2, "train_size": 64, "test_size": 32, "widths": [4], "deep_widths": [4, 4],
@@ -280,4 +280,4 @@ def main(config: dict, out_dir: str) -> Report:
 
 
 if __name__ == "__main__":
-  sys.exit(cli.run_experiment(sys.modules[__name__]))
+  sys.exit(experiment.run(sys.modules[__name__]))

@@ -34,9 +34,9 @@ import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402  (a scikit-learn dependency)
 
 import jaxscape as js  # noqa: E402
-from jaxscape import cli, critical, data, features, models, plot, regularize, stats, train  # noqa: E402
+from jaxscape import experiment, critical, data, features, models, plot, regularize, stats, train  # noqa: E402
 from jaxscape import io as jio  # noqa: E402
-from jaxscape.report import Report, fmt, table  # noqa: E402
+from jaxscape.experiment import Report, fmt, table  # noqa: E402
 
 _SNAPS = [0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 18, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 58, 60]
 CONFIGS = {
@@ -416,4 +416,4 @@ def main(config: dict, out_dir: str) -> Report:
 
 
 if __name__ == "__main__":
-  sys.exit(cli.run_experiment(sys.modules[__name__]))
+  sys.exit(experiment.run(sys.modules[__name__]))

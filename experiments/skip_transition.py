@@ -31,10 +31,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jaxscape as js  # noqa: E402
-from jaxscape import cli, plot, data, models, train  # noqa: E402
+from jaxscape import experiment, plot, data, models, train  # noqa: E402
 from jaxscape import surface as jsurface  # noqa: E402
 from jaxscape import surface_stats as sstats  # noqa: E402
-from jaxscape.report import Report, fmt, table  # noqa: E402
+from jaxscape.experiment import Report, fmt, table  # noqa: E402
 
 _ADAM = {"optimizer": "adam", "learning_rate": 1e-3, "batch_size": 64, "eval_batch_size": 1024}
 _MLP_VARIANTS = {"plain": {"skips": False}, "residual": {"skips": True, "branch_scale": "1/sqrt(depth)"}}
@@ -432,4 +432,4 @@ def main(config: dict, out_dir: str) -> Report:
 
 
 if __name__ == "__main__":
-  sys.exit(cli.run_experiment(sys.modules[__name__]))
+  sys.exit(experiment.run(sys.modules[__name__]))

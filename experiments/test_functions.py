@@ -25,9 +25,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxscape import cli, testfns  # noqa: E402
+from jaxscape import experiment, testfns  # noqa: E402
 from jaxscape import io as jio  # noqa: E402
-from jaxscape.report import Report, fmt, table  # noqa: E402
+from jaxscape.experiment import Report, fmt, table  # noqa: E402
 
 CONFIGS = {
     "smoke": {"num_starts": 128, "grid": 41, "match_tol": 1e-6, "max_steps": 100},
@@ -199,4 +199,4 @@ def main(config: dict, out_dir: str) -> Report:
 
 
 if __name__ == "__main__":
-  sys.exit(cli.run_experiment(sys.modules[__name__]))
+  sys.exit(experiment.run(sys.modules[__name__]))

@@ -30,7 +30,7 @@ from . import paths as paths
 
 __version__ = "0.1.0"
 
-_LAZY = ("plot", "cli", "report", "stats", "checkpoint", "paths", "runs", "surface_stats", "minima", "features", "regularize")
+_LAZY = ("plot", "cli", "experiment", "stats", "checkpoint", "paths", "runs", "surface_stats", "minima", "features", "regularize")
 
 
 def __getattr__(name: str):

@@ -35,6 +35,7 @@ __all__ = [
     "Dataset",
     "load",
     "LOADERS",
+    "ON_DISK",
     "digits",
     "mnist1d",
     "synthetic",
@@ -506,7 +507,8 @@ LOADERS: dict[str, Callable[..., Dataset]] = {
 }
 """Dataset loaders by name."""
 
-_FROM_DIR = ("mnist", "fashion_mnist", "cifar10", "cifar100")
+ON_DISK = ("mnist", "fashion_mnist", "cifar10", "cifar100")
+"""Datasets read from a ``data_dir`` (never downloaded); the others are built in."""
 _TRANSFORMS = {"downsample": downsample, "normalize": normalize, "flatten": flatten}
 
 
@@ -540,7 +542,7 @@ def load(name: str, *, data_dir: str | os.PathLike | None = None, flatten: bool 
   """
   if name not in LOADERS:
     raise ValueError(f"unknown dataset {name!r}: expected one of {sorted(LOADERS)}")
-  if name in _FROM_DIR:
+  if name in ON_DISK:
     ds = LOADERS[name](data_dir, **kwargs)
   else:
     if data_dir is not None:

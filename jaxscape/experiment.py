@@ -1,0 +1,218 @@
+"""The experiment harness: presets, dataset specs, the run directory, ``report.md`` and the index.
+
+An experiment is a module ``experiments/<name>.py`` with ``CONFIGS`` (presets
+``smoke``, ``cpu``, ``full``) and ``main(config, out_dir) -> Report``.
+:func:`run` parses the flags, writes ``config.json``, calls ``main`` and
+writes the :class:`Report` it returns as ``report.md``; :func:`load_dataset`
+turns a dataset spec of a config into a :class:`~jaxscape.data.Dataset`.
+
+A report is built in memory and rendered to a string. Checks are fixed before
+running and reported whatever the verdict: a FAIL is a result, never hidden.
+
+Example:
+  >>> r = Report("demo", claim="The origin is a minimum.", seed=0, preset="smoke")
+  >>> r.check("origin is the grid minimum", 0.1 <= 0.2, "loss(0) = 0.1 <= min grid loss 0.2")
+  True
+  >>> r.verdict
+  'PASS'
+  >>> "| origin is the grid minimum | PASS |" in r.render()
+  True
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import data
+
+__all__ = ["Report", "table", "fmt", "load_dataset", "run", "write_index"]
+
+
+# ----------------------------------------------------------------------------- reports
+
+
+def fmt(x: Any, digits: int = 4) -> str:
+  """Short human formatting of numbers (and passthrough of strings)."""
+  if isinstance(x, (bool, np.bool_)):
+    return "yes" if x else "no"
+  if isinstance(x, (int, np.integer)):
+    return str(int(x))
+  if isinstance(x, (float, np.floating)):
+    x = float(x)
+    if not np.isfinite(x):
+      return str(x)
+    if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5):
+      return f"{x:.{digits - 1}e}"
+    return f"{x:.{digits}g}"
+  return str(x)
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  """A Markdown table."""
+  lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+  lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class Report:
+  """A run report: the claim in one sentence, setup, figures, tables, checks."""
+
+  name: str
+  claim: str
+  seed: int
+  preset: str
+  setup: list[str] = dataclasses.field(default_factory=list)
+  sections: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+  figures: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+  checks: list[tuple[str, bool, str]] = dataclasses.field(default_factory=list)
+  notes: list[str] = dataclasses.field(default_factory=list)
+
+  def check(self, name: str, passed: bool, evidence: str) -> bool:
+    """Records a pass/fail criterion with the numbers that decided it."""
+    self.checks.append((name, bool(passed), evidence))
+    return bool(passed)
+
+  def figure(self, path: str, caption: str) -> None:
+    self.figures.append((path, caption))
+
+  def section(self, title: str, body: str) -> None:
+    self.sections.append((title, body))
+
+  @property
+  def verdict(self) -> str:
+    return "PASS" if self.checks and all(p for _, p, _ in self.checks) else "FAIL"
+
+  def render(self) -> str:
+    out = [f"# {self.name}: {self.verdict}", "", f"**Claim.** {self.claim}", "",
+           f"Preset `{self.preset}`, seed {self.seed}.", ""]
+    if self.setup:
+      out += ["## Setup", ""] + [f"- {s}" for s in self.setup] + [""]
+    if self.checks:
+      out += ["## Check", "", table(["criterion", "result", "numbers"],
+                                    [(n, "PASS" if p else "FAIL", e) for n, p, e in self.checks]), ""]
+    for title, body in self.sections:
+      out += [f"## {title}", "", body, ""]
+    if self.figures:
+      out += ["## Figures", ""]
+      for path, caption in self.figures:
+        out += [f"![{caption}]({path})", "", f"*{caption}*", ""]
+    if self.notes:
+      out += ["## Notes", ""] + [f"- {n}" for n in self.notes] + [""]
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- dataset specs
+
+_FILES = {
+    "mnist": "the MNIST IDX files (train-images-idx3-ubyte[.gz], ...)",
+    "fashion_mnist": "the Fashion-MNIST IDX files (train-images-idx3-ubyte[.gz], ...)",
+    "cifar10": "cifar-10-batches-py/",
+    "cifar100": "cifar-100-python/",
+}
+
+
+def load_dataset(spec: dict[str, Any], data_dir: str | None) -> data.Dataset:
+  """Loads the dataset a config names: ``{"name": ..., "subdir": ..., **data.load kwargs}``.
+
+  Built-in datasets (``digits``, ``mnist1d``, ``synthetic``, ``mnist5k``) load
+  directly and ignore ``data_dir``. On-disk datasets (``mnist``,
+  ``fashion_mnist``, ``cifar10``, ``cifar100``) are read from ``data_dir``
+  (``--data-dir``; nothing is downloaded), or from ``data_dir/subdir`` when
+  the spec names a ``subdir`` that exists there.
+
+  Args:
+    spec: a JSON dict: ``name`` plus keyword arguments of :func:`jaxscape.data.load`
+      (``flatten``, ``downsample``, ``num_train``, ...) and an optional ``subdir``.
+    data_dir: the experiment's ``--data-dir`` (``None`` when not given).
+
+  Returns:
+    The dataset.
+
+  Raises:
+    FileNotFoundError: an on-disk dataset without an existing ``data_dir``;
+      the message names the dataset, the flag and the files it expects.
+
+  Example:
+    >>> from jaxscape import experiment
+    >>> ds = experiment.load_dataset({"name": "digits", "flatten": True}, None)
+    >>> ds.train[0].shape
+    (1257, 64)
+  """
+  spec = dict(spec)
+  name, subdir = spec.pop("name"), spec.pop("subdir", None)
+  if name not in data.ON_DISK:
+    return data.load(name, **spec)
+  if not data_dir or not os.path.isdir(data_dir):
+    raise FileNotFoundError(
+        f"dataset {name!r} is read from local files: pass --data-dir DIR (make experiment ... DATA_DIR=DIR), a "
+        f"directory holding {_FILES[name]}{f' (in DIR or DIR/{subdir}/)' if subdir else ''}; nothing is downloaded; "
+        f"got data_dir={data_dir!r}")
+  if subdir and os.path.isdir(os.path.join(data_dir, subdir)):
+    data_dir = os.path.join(data_dir, subdir)
+  return data.load(name, data_dir=data_dir, **spec)
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def run(module: Any, argv: Sequence[str] | None = None) -> int:
+  """Runs ``experiments/<name>.py``: ``CONFIGS[preset]`` -> ``main(config, out_dir)`` -> report.
+
+  Flags: ``--preset smoke|cpu|full`` (default ``cpu``), ``--seed`` (default 0;
+  changes every random choice of the run), ``--data-dir`` (datasets on disk,
+  for ``full``), ``--out`` (default ``runs/<name>-<preset>``, or the module's
+  ``RUN_DIR``). Writes ``config.json`` first and ``report.md`` from the
+  :class:`Report` that ``main`` returns, then refreshes ``runs/index.md``.
+  A missing dataset or a bad config is a one-line error naming the
+  experiment and preset (exit code 2).
+  """
+  from . import io as jio
+
+  spec = getattr(module, "__spec__", None)
+  name = (spec.name if spec is not None else module.__name__).rsplit(".", 1)[-1]
+  parser = argparse.ArgumentParser(prog=f"experiments.{name}", description=(module.__doc__ or "").strip().splitlines()[0])
+  parser.add_argument("--preset", default="cpu", choices=sorted(module.CONFIGS))
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--data-dir", default=None)
+  parser.add_argument("--out", default=None)
+  args = parser.parse_args(argv)
+  config = {**module.CONFIGS[args.preset], "preset": args.preset, "seed": args.seed, "data_dir": args.data_dir}
+  out = args.out or getattr(module, "RUN_DIR", None) or os.path.join("runs", f"{name}-{args.preset}")
+  os.makedirs(out, exist_ok=True)
+  jio.write_json(os.path.join(out, "config.json"), config)
+  try:
+    report = module.main(config, out)
+  except (FileNotFoundError, ValueError) as e:
+    print(f"{name} [{args.preset}]: error: {e}", file=sys.stderr)
+    return 2
+  with open(os.path.join(out, "report.md"), "w") as f:
+    f.write(report.render())
+  parent = os.path.dirname(os.path.abspath(out))
+  if os.path.basename(parent) == "runs":
+    write_index(parent)
+  print(f"{name} [{args.preset}, seed {args.seed}]: {report.verdict} -> {os.path.join(out, 'report.md')}")
+  for check, passed, evidence in report.checks:
+    print(f"  {'PASS' if passed else 'FAIL'}  {check}: {evidence}")
+  return 0
+
+
+def write_index(runs_dir: str) -> str:
+  """Writes ``runs_dir/index.md`` linking every run's ``report.md`` with its verdict."""
+  rows = []
+  for entry in sorted(os.listdir(runs_dir)):
+    report = os.path.join(runs_dir, entry, "report.md")
+    if os.path.isfile(report):
+      with open(report) as f:
+        first = f.readline().strip().lstrip("# ")
+      rows.append(f"- [{entry}]({entry}/report.md): {first}")
+  path = os.path.join(runs_dir, "index.md")
+  with open(path, "w") as f:
+    f.write("# jaxscape runs\n\n" + "\n".join(rows) + "\n")
+  return path

@@ -1,0 +1,90 @@
+"""The experiment harness: reports, dataset specs, running every experiment at its smoke preset."""
+
+import importlib
+import json
+import os
+import pkgutil
+
+import numpy as np
+import pytest
+
+import experiments
+from jaxscape import data, experiment
+from jaxscape.experiment import Report, fmt, table
+
+
+def test_report_verdict_and_rendering():
+  r = Report("demo", claim="The origin is a minimum.", seed=3, preset="smoke")
+  assert r.verdict == "FAIL"  # no checks: nothing was shown
+  assert r.check("origin is the grid minimum", True, "0.1 <= 0.2")
+  assert not r.check("second", np.bool_(False), "1 > 0")
+  r.figure("a.png", "the surface")
+  r.section("Numbers", table(["x", "y"], [(1, 0.5)]))
+  r.notes.append("a note")
+  text = r.render()
+  assert r.verdict == "FAIL" and text.startswith("# demo: FAIL")
+  assert "Preset `smoke`, seed 3." in text and "| second | FAIL | 1 > 0 |" in text
+  assert "![the surface](a.png)" in text and "| 1 | 0.5 |" in text and "- a note" in text
+
+
+def test_fmt():
+  assert fmt(True) == "yes" and fmt(np.int64(3)) == "3" and fmt("s") == "s"
+  assert fmt(0.5) == "0.5" and fmt(1e-5) == "1.000e-05" and fmt(2e6) == "2.000e+06" and fmt(0.0) == "0"
+  assert fmt(float("inf")) == "inf" and fmt(float("nan")) == "nan"
+
+
+def test_load_dataset_built_in_ignores_data_dir():
+  ds = experiment.load_dataset({"name": "digits", "flatten": True}, "/nonexistent")
+  ref = data.load("digits", flatten=True)
+  np.testing.assert_array_equal(ds.train[0], ref.train[0])
+
+
+@pytest.mark.parametrize("data_dir", [None, "", "/nonexistent/jaxscape"])
+def test_load_dataset_on_disk_needs_an_existing_data_dir(data_dir):
+  with pytest.raises(FileNotFoundError, match=r"'mnist'.*--data-dir.*IDX.*DIR/mnist/"):
+    experiment.load_dataset({"name": "mnist", "subdir": "mnist", "flatten": True}, data_dir)
+
+
+def test_load_dataset_reads_the_subdir(tmp_path):
+  with pytest.raises(FileNotFoundError, match="mnist"):  # data.load's own message, in DIR/mnist
+    experiment.load_dataset({"name": "mnist", "subdir": "mnist"}, str(tmp_path))
+  (tmp_path / "mnist").mkdir()
+  with pytest.raises(FileNotFoundError, match=str(tmp_path / "mnist")):
+    experiment.load_dataset({"name": "mnist", "subdir": "mnist"}, str(tmp_path))
+
+
+def test_write_index(tmp_path):
+  (tmp_path / "a").mkdir()
+  (tmp_path / "a" / "report.md").write_text("# a: PASS\n")
+  (tmp_path / "b").mkdir()  # no report: not listed
+  path = experiment.write_index(str(tmp_path))
+  with open(path) as f:
+    assert f.read() == "# jaxscape runs\n\n- [a](a/report.md): a: PASS\n"
+
+
+EXPERIMENTS = sorted(m.name for m in pkgutil.iter_modules(experiments.__path__) if not m.name.startswith("_"))
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_smoke(name, tmp_path):
+  module = importlib.import_module(f"experiments.{name}")
+  assert {"smoke", "cpu", "full"} <= set(module.CONFIGS)
+  out = str(tmp_path / name)
+  assert experiment.run(module, ["--preset", "smoke", "--out", out, "--seed", "1"]) == 0
+  with open(os.path.join(out, "report.md")) as f:
+    report = f.read()
+  assert report.startswith(f"# {name}: ") and ("PASS" in report.splitlines()[0] or "FAIL" in report.splitlines()[0])
+  assert "seed 1" in report
+  with open(os.path.join(out, "config.json")) as f:
+    assert json.load(f)["seed"] == 1
+  assert os.path.isfile(os.path.join(out, "results.npz")) and os.path.isfile(os.path.join(out, "meta.json"))
+  assert any(f.endswith(".png") for f in os.listdir(out))
+
+
+def test_full_preset_without_data_dir_is_a_one_line_error(capsys):
+  module = importlib.import_module("experiments.interpolation")
+  if "full" not in module.CONFIGS:
+    pytest.fail("interpolation has no full preset")
+  assert experiment.run(module, ["--preset", "full", "--out", "/tmp/jaxscape-no-data"]) == 2
+  err = capsys.readouterr().err
+  assert "interpolation [full]: error:" in err and "Traceback" not in err
