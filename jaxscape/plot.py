@@ -24,6 +24,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 __all__ = ["contour", "contourf", "heatmap", "surface3d", "curve", "trajectory", "density", "save_figures", "save", "close"]
+__all__ += ["panels", "critical_points", "path_losses", "curvature_slice", "spectrum", "signed_log_histogram",
+            "loss_vs_index", "escape"]
 
 
 def _field(surf: Any, field: str) -> np.ndarray:
@@ -214,4 +216,200 @@ def density(dens: Any, *, ax=None, log: bool = False, title: str | None = None):
   ax.axvline(0.0, color="k", lw=0.5)
   ax.set_xlabel("eigenvalue"), ax.set_ylabel("density")
   ax.set_title(title or f"Hessian spectral density (Gaussian σ = {float(np.asarray(dens.sigma)):.3g})")
+  return fig, ax
+
+
+# --- figures: critical points, paths, test functions (experiments-b)
+
+
+def panels(n: int, *, cols: int | None = None, size: tuple[float, float] = (5.0, 4.0), title: str | None = None):
+  """A figure of ``n`` panels in rows of ``cols`` (default: one row); unused axes are hidden.
+
+  Returns ``(fig, axes)`` with ``axes`` a flat list of the ``n`` panels;
+  ``size`` is one panel's size in inches.
+
+  Example:
+    >>> fig, axes = panels(5, cols=3, title="five")
+    >>> len(axes), len(fig.axes)
+    (5, 5)
+  """
+  cols = min(n, cols or n)
+  rows = -(-n // cols)
+  fig, grid = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False)
+  flat = list(grid.ravel())
+  for ax in flat[n:]:
+    fig.delaxes(ax)
+  if title:
+    fig.suptitle(title)
+  return fig, flat[:n]
+
+
+_KIND_STYLE = {"minimum": ("o", "tab:green"), "saddle": ("x", "tab:orange"), "maximum": ("^", "tab:red"),
+               "degenerate": ("s", "tab:purple")}
+
+
+def critical_points(x: np.ndarray, y: np.ndarray, z: np.ndarray, points: Any, *, known: Any = (), ax=None,
+                    title: str | None = None):
+  """Contours of ``log(1 + f - min f)`` on a grid with critical points marked by kind.
+
+  Args:
+    x, y: grid coordinates (``[nx]``, ``[ny]``).
+    z: function values ``[ny, nx]``.
+    points: critical points, each with ``.x`` (coordinates) and ``.kind``
+      (``minimum``, ``saddle``, ``maximum``, ``degenerate``), e.g.
+      :func:`jaxscape.testfns.find_critical_points`'s result.
+    known: points to ring in white (e.g. a landscape's tabulated points).
+  """
+  fig, ax = _axes(ax)
+  zz = np.log1p(z - np.min(z))  # log scale relative to the lowest grid value
+  ax.contourf(x, y, zz, levels=30, cmap="viridis")
+  ax.contour(x, y, zz, levels=12, colors="k", linewidths=0.3, alpha=0.5)
+  small = len(points) > 40
+  for kind, (marker, color) in _KIND_STYLE.items():
+    pts = np.array([p.x for p in points if p.kind == kind]).reshape(-1, 2)
+    if pts.size:
+      ax.scatter(pts[:, 0], pts[:, 1], marker=marker, c=color, s=10 if small else 40, linewidths=1.5,
+                 label=f"{kind} ({len(pts)})", zorder=3)
+  if len(known):
+    ring = np.array([p.x for p in known]).reshape(-1, 2)
+    ax.scatter(ring[:, 0], ring[:, 1], facecolors="none", edgecolors="white", s=110, linewidths=1.0,
+               label="tabulated", zorder=2)
+  ax.set_xlim(x[0], x[-1])
+  ax.set_ylim(y[0], y[-1])
+  ax.set_title(title or f"{len(points)} critical points", fontsize=10)
+  ax.legend(fontsize=6, loc="upper right", framealpha=0.7)
+  return fig, ax
+
+
+def path_losses(alphas: np.ndarray, losses: np.ndarray, *, colors: Any = None, labels: Any = None, ax=None,
+                log: bool = True, title: str | None = None):
+  """Loss along paths: one line per row of ``losses`` ``[paths, len(alphas)]`` (log scale by default)."""
+  fig, ax = _axes(ax)
+  for i, line in enumerate(np.asarray(losses)):
+    ax.plot(alphas, line, lw=1, color=None if colors is None else colors[i], label=None if labels is None else labels[i])
+  ax.set(xlabel="alpha", title=title or "loss along paths")
+  if log:
+    ax.set_yscale("log")
+  if labels is not None:
+    ax.legend(fontsize=6, ncol=2)
+  return fig, ax
+
+
+def curvature_slice(surf: Any, *, rel: float = 0.01, ax=None, title: str | None = None):
+  """Filled contours of ``log10 loss`` on a 2-D surface, red where the plane curvature is significantly negative.
+
+  Needs a surface computed with ``curvature="plane"``: a point is marked when
+  ``plane_lambda_min < -rel |plane_lambda_max|`` (as
+  :func:`jaxscape.stats.nonconvex_fraction` counts); the white star is the origin.
+  """
+  _need_2d(surf, "curvature_slice")
+  fig, ax = _axes(ax)
+  lo, hi = _field(surf, "plane_lambda_min"), _field(surf, "plane_lambda_max")
+  cs = ax.contourf(surf.x, surf.y, np.log10(surf.loss), levels=25, cmap="viridis")
+  fig.colorbar(cs, ax=ax, label="log10 loss")
+  bad = lo < -rel * np.abs(hi)
+  yy, xx = np.meshgrid(surf.y, surf.x, indexing="ij")
+  ax.scatter(xx[bad], yy[bad], s=6, c="tab:red", label=f"lambda_min < -{rel:g}|lambda_max|")
+  ax.plot(0, 0, "w*", ms=10)
+  ax.set_title(title or "negative plane curvature", fontsize=9)
+  ax.legend(fontsize=7, loc="lower right")
+  return fig, ax
+
+
+def spectrum(eigenvalues: np.ndarray, *, ax=None, title: str | None = None):
+  """Eigenvalues in ascending order against their rank (a stem plot)."""
+  fig, ax = _axes(ax)
+  lam = np.sort(np.asarray(eigenvalues))
+  ax.stem(np.arange(lam.size), lam, markerfmt=".", basefmt="k-")
+  ax.set(xlabel="eigenvalue rank", ylabel="eigenvalue")
+  ax.set_title(title or "spectrum", fontsize=9)
+  return fig, ax
+
+
+def _signed_log(lam: np.ndarray, floor: float) -> np.ndarray:
+  return np.sign(lam) * np.log10(1 + np.abs(lam) / floor)
+
+
+def signed_log_histogram(eigenvalues: Any, *, labels: Any = None, bins: Any = 40, floor: float = 1e-4, ax=None,
+                         title: str | None = None):
+  """Histograms of eigenvalues on the signed log scale ``sign(l) log10(1 + |l| / floor)``.
+
+  ``eigenvalues`` is one array (a filled histogram) or a list of arrays with
+  ``labels`` (one outlined histogram each).
+  """
+  fig, ax = _axes(ax)
+  if labels is None:
+    ax.hist(_signed_log(np.asarray(eigenvalues), floor), bins=bins, color="tab:blue")
+  else:
+    for lam, label in zip(eigenvalues, labels):
+      ax.hist(_signed_log(np.asarray(lam), floor), bins=bins, histtype="step", lw=1.5, label=label)
+    ax.legend(fontsize=7)
+  ax.axvline(0, color="k", lw=0.8)
+  ax.set(xlabel=f"sign(lambda) log10(1 + |lambda| / {floor:g})", ylabel="count",
+         title=title or "Hessian eigenvalues")
+  return fig, ax
+
+
+def loss_vs_index(loss: np.ndarray, index: np.ndarray, *, color: np.ndarray | None = None,
+                  marked: np.ndarray | None = None, cutoff: float | None = None, zoom: float = 0.2, ax=None,
+                  title: str | None = None, color_label: str = "epoch of the start snapshot",
+                  marked_label: str = "trained point refined by SFN"):
+  """Loss against index of critical points (Dauphin et al. 2014, Fig. 1), with a zoomed inset.
+
+  Args:
+    loss, index: one value per critical point.
+    color: values that colour the points (e.g. the epoch a search started from).
+    marked: boolean mask of points drawn as red stars instead.
+    cutoff: a loss drawn as a dotted vertical line.
+    zoom: the inset shows the lowest ``zoom`` of the loss range (when it holds
+      at least 3 points and not all of them).
+  """
+  fig, ax = _axes(ax)
+  loss, index = np.asarray(loss), np.asarray(index)
+  color = np.zeros(loss.size) if color is None else np.asarray(color)
+  marked = np.zeros(loss.size, bool) if marked is None else np.asarray(marked, bool)
+  vmax = max(1, int(color.max()) if color.size else 1)
+
+  def draw(a, size):
+    sc = a.scatter(loss[~marked], index[~marked], c=color[~marked], cmap="viridis", s=size, vmin=0, vmax=vmax)
+    if marked.any():
+      a.scatter(loss[marked], index[marked], marker="*", s=5 * size, facecolor="none", edgecolor="tab:red",
+                label=marked_label)
+    if cutoff is not None:
+      a.axvline(cutoff, color="k", ls=":", lw=1, label="lowest 10% of the loss range")
+    return sc
+
+  fig.colorbar(draw(ax, 22), ax=ax, label=color_label)
+  ax.set(xlabel="loss at the critical point (train CE + L2)", ylabel="index (fraction of negative eigenvalues)",
+         title=title or "loss vs index")
+  if marked.any() or cutoff is not None:
+    ax.legend(fontsize=7, loc="lower right")
+  # most points crowd the bottom of the loss range: zoom into it
+  lo, hi = (loss.min(), loss.max()) if loss.size else (0.0, 0.0)
+  near = loss <= lo + zoom * (hi - lo)
+  if loss.size and near.sum() >= 3 and (~near).any():
+    inset = ax.inset_axes([0.12, 0.42, 0.5, 0.5])
+    draw(inset, 10)
+    pad = 0.05 * (loss[near].max() - lo) + 1e-12
+    inset.set_xlim(lo - pad, loss[near].max() + pad)
+    inset.set_ylim(-0.05 * index[near].max() - 1e-3, 1.1 * index[near].max() + 1e-3)
+    inset.tick_params(labelsize=6)
+    inset.set_title(f"zoom: lowest {100 * zoom:g}% of the loss range", fontsize=7)
+  return fig, ax
+
+
+def escape(losses: dict[str, np.ndarray], steps: dict[str, int], *, threshold: float, ax=None,
+           title: str | None = None):
+  """Loss change from a start next to a saddle, one line per method (symlog scale).
+
+  ``steps[m]`` is the step at which method ``m`` dropped by ``threshold``
+  (``-1``: never); the dotted line marks ``-threshold``.
+  """
+  fig, ax = _axes(ax)
+  for m, line in losses.items():
+    ax.plot(line - line[0], label=f"{m} (escape {steps[m]})")
+  ax.axhline(-threshold, color="k", ls=":", lw=0.8)
+  ax.set(xlabel="step", ylabel="loss - loss at start", title=title or "escaping a saddle")
+  ax.set_yscale("symlog", linthresh=1e-4)
+  ax.legend(fontsize=7)
   return fig, ax

@@ -1,0 +1,76 @@
+"""plot: every figure function draws on a new or a given axis and returns (fig, ax) (or a path)."""
+
+import types
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+
+from jaxscape import plot
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+  yield
+  plt.close("all")
+
+
+# --- figures: critical points, paths, test functions (experiments-b)
+
+
+def test_panels_hides_unused_axes_and_titles_the_figure():
+  fig, axes = plot.panels(5, cols=3, size=(2, 2), title="five")
+  assert len(axes) == 5 and len(fig.axes) == 5
+  np.testing.assert_allclose(fig.get_size_inches(), [6, 4])
+  assert fig._suptitle.get_text() == "five"
+
+
+def test_critical_points_marks_each_kind_and_the_known_points():
+  x = y = np.linspace(-1, 1, 9)
+  z = np.add.outer(y**2, -(x**2))
+  pt = lambda x, kind: types.SimpleNamespace(x=x, kind=kind)
+  fig, ax = plot.critical_points(x, y, z, [pt((0.0, 0.0), "saddle"), pt((0.5, 0.5), "minimum")],
+                                 known=[pt((0.0, 0.0), "saddle")], title="t")
+  labels = ax.get_legend_handles_labels()[1]
+  assert labels == ["minimum (1)", "saddle (1)", "tabulated"] and ax.get_title() == "t"
+
+
+def test_path_losses_draws_one_line_per_path_on_a_log_axis():
+  fig, ax = plot.path_losses(np.linspace(0, 1, 5), np.ones((3, 5)), colors=["r", "g", "b"], labels=["a", "b", "c"])
+  assert len(ax.lines) == 3 and ax.get_yscale() == "log"
+
+
+def test_curvature_slice_marks_points_with_negative_plane_curvature():
+  x = np.linspace(-1, 1, 5)
+  lo = np.where(np.add.outer(x, x) > 0, -1.0, 1.0)
+  surf = types.SimpleNamespace(x=x, y=x, ndim=2, loss=np.exp(np.add.outer(x**2, x**2)),
+                               metrics={"plane_lambda_min": lo, "plane_lambda_max": np.full((5, 5), 2.0)})
+  fig, ax = plot.curvature_slice(surf, rel=0.01, title="slice")
+  assert len(ax.collections[-1].get_offsets()) == int(np.sum(lo < 0)) == 10
+  with pytest.raises(ValueError, match="plane_lambda_min"):
+    plot.curvature_slice(types.SimpleNamespace(x=x, y=x, ndim=2, loss=surf.loss, metrics={}))
+
+
+def test_spectrum_and_signed_log_histogram():
+  fig, ax = plot.spectrum(np.array([3.0, -1.0, 0.5]))
+  np.testing.assert_allclose(ax.containers[0].markerline.get_ydata(), [-1.0, 0.5, 3.0])
+  lam = np.array([-1.0, -1e-4, 0.0, 1e-4, 1.0])
+  fig, ax = plot.signed_log_histogram(lam, bins=np.linspace(-5, 5, 11))
+  assert sum(p.get_height() for p in ax.patches) == 5
+  fig, ax = plot.signed_log_histogram([lam, lam], labels=["a", "b"], bins=10, ax=ax)
+  assert ax.get_legend_handles_labels()[1] == ["a", "b"]
+
+
+def test_loss_vs_index_adds_an_inset_when_points_crowd_the_bottom():
+  loss = np.array([0.1, 0.11, 0.12, 0.13, 1.0, 2.0])
+  fig, ax = plot.loss_vs_index(loss, np.linspace(0, 0.5, 6), color=np.arange(6), marked=loss < 0.105, cutoff=0.3)
+  assert len(ax.child_axes) == 1
+  fig, ax = plot.loss_vs_index(loss[-2:], np.array([0.1, 0.2]))
+  assert not ax.child_axes
+
+
+def test_escape_plots_loss_change_per_method():
+  fig, ax = plot.escape({"gd": np.array([1.0, 0.9]), "sfn": np.array([1.0, 0.5])}, {"gd": -1, "sfn": 1},
+                        threshold=1e-3)
+  np.testing.assert_allclose(ax.lines[1].get_ydata(), [0.0, -0.5])
+  assert ax.get_legend_handles_labels()[1] == ["gd (escape -1)", "sfn (escape 1)"]
