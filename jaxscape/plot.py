@@ -282,12 +282,14 @@ def critical_points(x: np.ndarray, y: np.ndarray, z: np.ndarray, points: Any, *,
 
 
 def path_losses(alphas: np.ndarray, losses: np.ndarray, *, colors: Any = None, labels: Any = None, ax=None,
-                log: bool = True, title: str | None = None):
+                log: bool = True, ylabel: str | None = None, title: str | None = None):
   """Loss along paths: one line per row of ``losses`` ``[paths, len(alphas)]`` (log scale by default)."""
   fig, ax = _axes(ax)
   for i, line in enumerate(np.asarray(losses)):
     ax.plot(alphas, line, lw=1, color=None if colors is None else colors[i], label=None if labels is None else labels[i])
   ax.set(xlabel="alpha", title=title or "loss along paths")
+  if ylabel:
+    ax.set_ylabel(ylabel)
   if log:
     ax.set_yscale("log")
   if labels is not None:
