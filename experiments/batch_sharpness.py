@@ -36,7 +36,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxscape import experiment, data, hessian, io, models, runs, sharpness, surface, train  # noqa: E402
+from jaxscape import experiment, data, hessian, io, models, sharpness, surface, train, tree  # noqa: E402
+from jaxscape.objective import Objective  # noqa: E402
 from jaxscape.directions import interpolation_direction  # noqa: E402
 from jaxscape.experiment import Report, fmt, table  # noqa: E402
 
@@ -153,24 +154,27 @@ def _run_net(key, net: dict, cfg: dict) -> dict:
 
   t0 = time.perf_counter()
   template = init(jax.random.fold_in(key, 1))
+  _, apply, _, _ = train.split_train(template)
   mkey = jax.random.fold_in(key, 2)
   per = {r: [] for r in REGIMES}
   for ri, r in enumerate(REGIMES):
     p, s = trained[r]["params"], trained[r]["state"]
     for i in range(int(cfg["runs"])):
-      o_tr = runs.objective(template, ds.train, s, run=i, batch_size=cfg["eval_batch_size"], name=f"{ds.name}-train")
-      o_te = runs.objective(template, ds.test, s, run=i, batch_size=cfg["eval_batch_size"], name=f"{ds.name}-test")
-      per[r].append(_measure(jax.random.fold_in(jax.random.fold_in(mkey, ri), i), o_tr, o_te, runs.select(p, i), cfg))
+      o_tr = Objective.from_stateful(apply, tree.select(s, i), data=ds.train, batch_size=cfg["eval_batch_size"],
+                                     name=f"{ds.name}-train")
+      o_te = Objective.from_stateful(apply, tree.select(s, i), data=ds.test, batch_size=cfg["eval_batch_size"],
+                                     name=f"{ds.name}-test")
+      per[r].append(_measure(jax.random.fold_in(jax.random.fold_in(mkey, ri), i), o_tr, o_te, tree.select(p, i), cfg))
   measure_s = time.perf_counter() - t0
 
   t0 = time.perf_counter()
   alpha = surface.parse_range(tuple(cfg["alpha"]), "alpha")
   line = {k: [] for k in ("train_loss", "train_acc", "test_loss", "test_acc")}
   for i in range(int(cfg["runs"])):
-    p_sb, p_lb = runs.select(trained["sb"]["params"], i), runs.select(trained["lb"]["params"], i)
+    p_sb, p_lb = tree.select(trained["sb"]["params"], i), tree.select(trained["lb"]["params"], i)
     # the line is evaluated with the SB run's BatchNorm statistics frozen (no-op for BN-free nets)
     for split, d in (("train", ds.train), ("test", ds.test)):
-      o = runs.objective(template, d, trained["sb"]["state"], run=i, batch_size=cfg["eval_batch_size"])
+      o = Objective.from_stateful(apply, tree.select(trained["sb"]["state"], i), data=d, batch_size=cfg["eval_batch_size"])
       loss, acc = _line(o, p_sb, p_lb, alpha)
       line[f"{split}_loss"].append(loss)
       line[f"{split}_acc"].append(acc)
@@ -181,7 +185,7 @@ def _run_net(key, net: dict, cfg: dict) -> dict:
   for r in REGIMES:
     for k in per[r][0]:
       arrays[f"{r}_{k}"] = np.asarray([m[k] for m in per[r]])
-    arrays[f"{r}_distance"] = np.asarray(runs.distances(trained[r]["params"], trained[r]["x0"]))
+    arrays[f"{r}_distance"] = np.asarray(tree.distances(trained[r]["params"], trained[r]["x0"]))
     h = trained[r]["hist"]
     arrays[f"{r}_hist_step"] = h.step
     for k in ("train_loss", "test_loss", "train_accuracy", "test_accuracy"):
@@ -190,7 +194,7 @@ def _run_net(key, net: dict, cfg: dict) -> dict:
             "measure_s": measure_s, "line_s": line_s}
   return {"net": net, "ds": ds, "arrays": arrays, "timing": timing,
           "steps": {r: trained[r]["steps"] for r in REGIMES},
-          "num_params": int(models.count_params(runs.select(trained["sb"]["params"], 0)))}
+          "num_params": int(models.count_params(tree.select(trained["sb"]["params"], 0)))}
 
 
 def _at(alpha: np.ndarray, values: np.ndarray, a: float) -> float:

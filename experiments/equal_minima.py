@@ -9,7 +9,7 @@ ensembles of descents:
   (the paper's histograms and Table 1);
 * the H = 3 spherical spin glass of growing size N, several disorder samples
   x random starts of Riemannian gradient descent (``models.spin_glass``,
-  ``minima.descend_ensemble``): energies per spin concentrate, their
+  ``spin_glass.descend_ensemble``): energies per spin concentrate, their
   N^(-2/3) extrapolation lands in the band [-E0, -E_inf] and the end points
   are minima (no negative tangent-space Hessian eigenvalue, float64).
 
@@ -29,7 +29,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxscape import experiment, plot, data, io, minima, models, stats, train  # noqa: E402
+from jaxscape import experiment, plot, data, io, models, stats, train  # noqa: E402
 from jaxscape.models import spin_glass as sg  # noqa: E402
 from jaxscape.experiment import Report, fmt, table  # noqa: E402
 
@@ -94,9 +94,9 @@ def _spin_glass(key: jax.Array, config: dict) -> dict[str, np.ndarray]:
     X = jax.vmap(lambda k: sg.disorder(k, n, P))(jax.random.split(kx, config["disorder"]))
     w0 = jax.vmap(jax.vmap(lambda k: sg.random_point(k, n)))(
         jax.random.split(kw, (config["disorder"], config["starts"])))
-    out = minima.descend_ensemble(w0, X, lr=config["sg_lr"], tol=config["sg_tol"],
+    out = sg.descend_ensemble(w0, X, lr=config["sg_lr"], tol=config["sg_tol"],
                                   max_steps=config["sg_max_steps"], round_steps=config["sg_round_steps"])
-    ev = minima.tangent_spectrum(out.w, X, batch_size=config["hessian_batch"])
+    ev = sg.tangent_spectrum(out.w, X, batch_size=config["hessian_batch"])
     for k in ("energy", "grad_norm", "steps", "converged"):
       res[k].append(np.asarray(getattr(out, k)).ravel())
     res["min_eig"].append(ev[..., 0].ravel())
@@ -183,10 +183,10 @@ def main(config: dict, out_dir: str) -> Report:
   t_sg = time.perf_counter() - t0
 
   # networks: spread, Table-1 correlations, poor runs
-  spread = minima.spread_by_group(net["test_loss"])
-  train_spread = minima.spread_by_group(net["train_loss"])
+  spread = stats.spread_by_group(net["test_loss"])
+  train_spread = stats.spread_by_group(net["train_loss"])
   corr = np.asarray([stats.pearson(a, b) for a, b in zip(net["train_loss"], net["test_loss"])])
-  poor = minima.poor_fraction(net["train_loss"], net["train_loss"][-1])
+  poor = stats.poor_fraction(net["train_loss"], net["train_loss"][-1])
   w_small, w_large = config["ratio_widths"]
   std_small, std_large = spread["std"][hidden.index(w_small)], spread["std"][hidden.index(w_large)]
   rho_std = stats.spearman(hidden, spread["std"])
@@ -195,7 +195,7 @@ def main(config: dict, out_dir: str) -> Report:
   # spin glass: concentration, extrapolation, low outliers, index
   e = sgr["sg_energy"]
   e_mean, e_std = e.mean(1), e.std(1, ddof=1)
-  fit = minima.finite_size_fit(ns, e_mean, -2 / 3)
+  fit = stats.finite_size_fit(ns, e_mean, -2 / 3)
   floor = -E_0 - 0.02
   below = e < floor
   band = (-E_0 - 0.02, -E_INF + 0.03)

@@ -34,7 +34,8 @@ import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402  (a scikit-learn dependency)
 
 import jaxscape as js  # noqa: E402
-from jaxscape import experiment, critical, data, features, models, plot, regularize, stats, train  # noqa: E402
+from jaxscape import experiment, critical, data, models, plot, stats, train  # noqa: E402
+from jaxscape.objective import with_l2  # noqa: E402
 from jaxscape import io as jio  # noqa: E402
 from jaxscape.experiment import Report, fmt, table  # noqa: E402
 
@@ -72,7 +73,7 @@ def _dataset(config: dict) -> data.Dataset:
                               "--data-dir DIR (make ... DATA_DIR=DIR) with the MNIST IDX files in DIR")
     ds = data.load(config["dataset"], data_dir=config["data_dir"], flatten=True, num_train=config["num_train"],
                    subset_seed=config["seed"])
-  return features.pca(ds, config["pca"], whiten=True)
+  return data.pca(ds, config["pca"], whiten=True)
 
 
 def _distinct(loss: np.ndarray, idx: np.ndarray) -> list[int]:
@@ -155,7 +156,7 @@ def main(config: dict, out_dir: str) -> Report:
   with jax.enable_x64(True), threadpool_limits(limits=1, user_api="blas"):
     base, _ = js.Objective.from_nnx(init(jax.random.key(0)), data=(np.asarray(ds.x_train, np.float64), ds.y_train),
                                     batch_size=None, name=f"{ds.name}-train")
-    obj = regularize.with_l2(base, wd)
+    obj = with_l2(base, wd)
     traj = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), hist.trajectory)
 
     # ------------------------------------------------------------ critical points from trajectory snapshots
@@ -299,9 +300,9 @@ def main(config: dict, out_dir: str) -> Report:
   n_par = js.tree.size(point(0))
   rep.setup += [
       f"Data: {ds.name} ({ds.num_train} train examples, subset seed = run seed; {config['pca']} whitened principal "
-      f"components fitted on them, `features.pca`, explained variance {ds.info['pca']['explained_variance_ratio']:.3f}).",
+      f"components fitted on them, `data.pca`, explained variance {ds.info['pca']['explained_variance_ratio']:.3f}).",
       f"Model: MLP {n_in}-{'-'.join(map(str, widths))}-{ds.num_classes}, tanh, {n_par} parameters; objective = mean "
-      f"cross-entropy + ({wd:g}/2)||theta||^2 (`regularize.with_l2`: bounded sublevel sets, so critical points exist "
+      f"cross-entropy + ({wd:g}/2)||theta||^2 (`objective.with_l2`: bounded sublevel sets, so critical points exist "
       "at finite weights); float64 for everything after training.",
       f"Trajectories: {n_seeds} SGD runs (lr {config['learning_rate']}, batch {config['batch_size']}, weight decay "
       f"{wd:g}, {config['epochs']} epochs, `train.train_many`, {train_wall:.1f} s); starts = snapshots at epochs "

@@ -33,7 +33,8 @@ import numpy as np  # noqa: E402
 import jaxscape as js  # noqa: E402
 from jaxscape import experiment, plot, data, models, train  # noqa: E402
 from jaxscape import surface as jsurface  # noqa: E402
-from jaxscape import surface_stats as sstats  # noqa: E402
+from jaxscape import stats  # noqa: E402
+from jaxscape.objective import Objective  # noqa: E402
 from jaxscape.experiment import Report, fmt, table  # noqa: E402
 
 _ADAM = {"optimizer": "adam", "learning_rate": 1e-3, "batch_size": 64, "eval_batch_size": 1024}
@@ -126,20 +127,20 @@ def _run_family(key: jax.Array, fam: dict, ds: data.Dataset, rel: float) -> dict
       chunk = None
       for s in range(int(fam["seeds"])):
         p, st = _take(params, s), _take(state, s)
-        obj = sstats.pure_objective(apply, st, ds.train, batch_size=int(fam["eval_batch_size"]),
-                                    name=f"{ds.name}-train")
+        obj = Objective.from_stateful(apply, st, data=ds.train, batch_size=int(fam["eval_batch_size"]),
+                                      name=f"{ds.name}-train")
         chunk = chunk or jsurface.default_chunk_size(obj, p)   # once per model: its probe compiles
         dirs = js.random_directions(jax.random.fold_in(jax.random.fold_in(k_depth, 1), s), p, n=2, norm="filter",
                                     ignore="biasbn")
         surf = js.loss_surface(obj, p, dirs, x=(-span, span, g), y=(-span, span, g), curvature="plane", quiet=True,
                                chunk_size=chunk)
-        row = sstats.surface_stats(surf, rel=rel)
+        row = stats.surface_stats(surf, rel=rel)
         if s < int(fam["ratio_seeds"]) and rg > 0:
           rsurf = js.loss_surface(obj, p, dirs, x=(-span, span, rg), y=(-span, span, rg), curvature="full",
                                   key=jax.random.fold_in(jax.random.fold_in(k_depth, 2), s),
                                   lanczos_steps=int(fam["lanczos_steps"]), trace_probes=int(fam["trace_probes"]),
                                   quiet=True, chunk_size=chunk)
-          rstats = sstats.surface_stats(rsurf, rel=rel)
+          rstats = stats.surface_stats(rsurf, rel=rel)
           row.update({k: v for k, v in rstats.items() if k.startswith(("ratio_", "full_"))})
           ratios.append(rsurf)
         row.update(test_accuracy=float(hist.test_accuracy[s, -1]), test_loss=float(hist.test_loss[s, -1]),
@@ -148,7 +149,7 @@ def _run_family(key: jax.Array, fam: dict, ds: data.Dataset, rel: float) -> dict
         surfaces.append(surf)
       surface_s = time.perf_counter() - t0
       out[(variant, int(depth))] = {
-          "seeds": seeds, "summary": sstats.seed_summary(seeds), "surfaces": surfaces, "ratios": ratios,
+          "seeds": seeds, "summary": stats.seed_summary(seeds), "surfaces": surfaces, "ratios": ratios,
           "history": hist, "train_s": train_s, "surface_s": surface_s,
           "num_params": int(models.count_params(_take(params, 0))),
       }
@@ -169,7 +170,7 @@ def _checks(rep: Report, res: dict, depths: list[int], c: dict) -> None:
   deep_plain = [_mean(res, "plain", d, GATED) for d in deep]
   rep.check("(i) plain non-convex fraction increases with depth and is >= "
             f"{c['plain_nonconvex_min']} at depth >= {c['deep_from']}",
-            sstats.is_increasing(nc["plain"]) and bool(deep) and all(x >= c["plain_nonconvex_min"] for x in deep_plain),
+            stats.is_increasing(nc["plain"]) and bool(deep) and all(x >= c["plain_nonconvex_min"] for x in deep_plain),
             f"plain seed means {nc_txt['plain']}")
   deep_res = [_mean(res, "residual", d, GATED) for d in deep]
   below = all(r <= p for r, p in zip(nc["residual"], nc["plain"]))
@@ -213,7 +214,7 @@ def _landscape_figure(res: dict, depths: list[int], label: str, rel: float, path
       stats0 = res[(variant, depth)]["seeds"][0]
       ax = fig.add_subplot(2, ncol, r * ncol + 2 * c + 1)
       ax.contour(surf.x, surf.y, np.ma.masked_invalid(z), levels=levels, norm=norm, cmap="viridis", linewidths=0.8)
-      lmin, lmax = sstats.finite_difference_plane_hessian(z, surf.x, surf.y)
+      lmin, lmax = stats.finite_difference_plane_hessian(z, surf.x, surf.y)
       bad = np.zeros_like(z, bool)
       bad[1:-1, 1:-1] = (lmin < -rel * np.abs(lmax))[1:-1, 1:-1]
       xx, yy = np.meshgrid(surf.x, surf.y)

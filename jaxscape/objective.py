@@ -64,7 +64,8 @@ BN_POLICIES = ("frozen",)
 """BatchNorm policies. ``frozen``: eval mode, running statistics fixed at
 their trained values while the weights move (Li et al. 2018's ``weights``)."""
 
-__all__ = ["Objective", "FirstLayer", "nnx_first_layer", "split_nnx", "per_example_loss", "LOSSES", "BN_POLICIES"]
+__all__ = ["Objective", "FirstLayer", "nnx_first_layer", "split_nnx", "per_example_loss", "LOSSES", "BN_POLICIES",
+           "with_l2", "l2_penalty"]
 
 
 def _cross_entropy(outputs: jax.Array, targets: jax.Array) -> jax.Array:
@@ -302,7 +303,7 @@ class Objective:
     first_layer_spec: ``(FirstLayer, apply)``: the model's first layer and the
       ``apply`` it describes (static); read it through :attr:`first_layer`,
       which ignores it once ``apply`` has been replaced (e.g. by
-      :func:`jaxscape.regularize.with_l2`). Set with :meth:`with_first_layer`.
+      :func:`with_l2`). Set with :meth:`with_first_layer`.
     compute_dtype: name of the dtype of the forward pass (static; ``None``:
       the parameters' own). Set with :meth:`with_compute_dtype`.
   """
@@ -355,6 +356,42 @@ class Objective:
         and summed in it. ``None``: the parameters' dtype.
     """
     obj = cls._build(lambda p, s, x: apply_fn(p, x), (), params, data, loss, batch_size, name, metrics, ())
+    return obj.with_first_layer(first_layer, params).with_compute_dtype(compute_dtype)
+
+  @classmethod
+  def from_stateful(
+      cls,
+      apply_fn: Apply,
+      state: PyTree,
+      params: PyTree | None = None,
+      *,
+      data: tuple[jax.typing.ArrayLike, jax.typing.ArrayLike],
+      loss: str | PerExample = "cross_entropy",
+      batch_size: int | None = 512,
+      name: str = "data",
+      metrics: Mapping[str, PerExample] | None = None,
+      bn_policy: str = "frozen",
+      first_layer: FirstLayer | None = None,
+      compute_dtype: Any = None,
+  ) -> "Objective":
+    """Objective of a pure ``apply_fn(params, state, x) -> outputs`` with ``state`` closed over.
+
+    ``apply_fn`` is the static part and ``state`` (e.g. BatchNorm statistics)
+    a data leaf, so objectives of several trained runs of one architecture
+    (same hashable ``apply_fn``, e.g. :func:`jaxscape.train.split_train`'s)
+    compare equal as static arguments and share every compilation.
+
+    Args:
+      apply_fn: pure, hashable function of parameters, state and a batch of
+        inputs; reuse one object for every run.
+      state: the non-trainable state (``{}`` if none).
+      params, data, loss, batch_size, name, metrics, first_layer, compute_dtype:
+        as in :meth:`from_apply`.
+      bn_policy: BatchNorm policy (see :data:`BN_POLICIES`), recorded in results.
+    """
+    if bn_policy not in BN_POLICIES:
+      raise ValueError(f"unknown bn_policy {bn_policy!r}: expected one of {BN_POLICIES}")
+    obj = cls._build(apply_fn, state, params, data, loss, batch_size, name, metrics, (("bn_policy", bn_policy),))
     return obj.with_first_layer(first_layer, params).with_compute_dtype(compute_dtype)
 
   @classmethod
@@ -701,3 +738,82 @@ def _nnx_apply(graphdef: Any, treedef: Any) -> Apply:
     return nnx.merge(graphdef, jax.tree.unflatten(treedef, jax.tree.leaves(p)), s)(x)
 
   return apply
+
+
+# ----------------------------------------------------------------------------- L2 penalties
+# Critical-point studies of small networks need critical points at finite
+# parameters: with cross-entropy on (nearly) separable data the loss keeps
+# falling as the weights grow, so Newton-type searches on ||grad f||^2 drift
+# along ever flatter valleys. An L2 penalty (weight decay) makes every sublevel
+# set bounded. It is carried per example (every example's loss gets the same
+# (weight_decay / 2) ||theta||^2), so the exact 1/N full-data mean and the batch
+# means both equal L + penalty.
+
+
+def l2_penalty(params: PyTree, weight_decay: float) -> jax.Array:
+  """``(weight_decay / 2) * sum of squares of every leaf``."""
+  return 0.5 * weight_decay * sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree.leaves(params))
+
+
+@dataclasses.dataclass(frozen=True)
+class _PenalisedApply:
+  """``apply`` that also returns the penalty broadcast to the batch (hashable, so jit caches are shared)."""
+
+  apply: Callable
+  weight_decay: float
+
+  def __call__(self, params, state, x):
+    out = self.apply(params, state, x)
+    pen = l2_penalty(params, self.weight_decay).astype(jnp.result_type(out))
+    return out, jnp.broadcast_to(pen, (x.shape[0],))
+
+
+@dataclasses.dataclass(frozen=True)
+class _PenalisedLoss:
+  per_example: Callable
+
+  def __call__(self, outputs, targets):
+    out, pen = outputs
+    return self.per_example(out, targets) + pen
+
+
+@dataclasses.dataclass(frozen=True)
+class _OnOutputs:
+  fn: Callable
+
+  def __call__(self, outputs, targets):
+    return self.fn(outputs[0], targets)
+
+
+def with_l2(obj: Objective, weight_decay: float) -> Objective:
+  """The objective ``obj.value(theta) + (weight_decay / 2) ||theta||^2``.
+
+  Everything that takes an Objective (dense Hessians, critical-point search,
+  saddle-free Newton, surfaces) then sees the regularised function; metrics
+  (accuracy) are those of the unregularised model.
+
+  Args:
+    obj: any objective (its data, model state and metrics are kept).
+    weight_decay: the penalty coefficient, ``>= 0``; its gradient is
+      ``weight_decay * theta`` and it adds ``weight_decay`` to every Hessian
+      eigenvalue.
+
+  Returns:
+    A new :class:`Objective`; ``describe()`` records ``weight_decay``.
+
+  Example:
+    >>> import jax.numpy as jnp, jaxscape as js
+    >>> obj = js.Objective.from_apply(lambda p, x: x @ p, data=(jnp.eye(2), jnp.zeros(2)), loss="mse")
+    >>> reg = js.objective.with_l2(obj, 0.5)
+    >>> p = jnp.array([1.0, 2.0])
+    >>> float(reg.value(p)), float(obj.value(p) + 0.25 * 5.0)
+    (3.75, 3.75)
+  """
+  weight_decay = float(weight_decay)
+  if not weight_decay >= 0:
+    raise ValueError(f"weight_decay must be >= 0; got {weight_decay!r}")
+  info = dict(obj.info)
+  info["weight_decay"] = weight_decay
+  return dataclasses.replace(
+      obj, apply=_PenalisedApply(obj.apply, weight_decay), per_example=_PenalisedLoss(obj.per_example),
+      metric_fns=tuple((name, _OnOutputs(fn)) for name, fn in obj.metric_fns), info=tuple(info.items()))
