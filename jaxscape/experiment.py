@@ -25,13 +25,19 @@ import argparse
 import dataclasses
 import os
 import sys
-from typing import Any, Sequence
+import time
+from typing import Any, Callable, Mapping, Sequence
 
+import jax
 import numpy as np
 
-from . import data
+from . import data, models, stats, train, tree
+from .directions import random_directions
+from .objective import Objective
+from .surface import default_chunk_size, loss_surface
 
-__all__ = ["Report", "table", "fmt", "load_dataset", "run", "write_index"]
+__all__ = ["Report", "table", "fmt", "mean_std", "load_dataset", "run", "write_index", "seed_surfaces",
+           "stack_surfaces", "seed_surface_arrays"]
 
 
 # ----------------------------------------------------------------------------- reports
@@ -51,6 +57,14 @@ def fmt(x: Any, digits: int = 4) -> str:
       return f"{x:.{digits - 1}e}"
     return f"{x:.{digits}g}"
   return str(x)
+
+
+def mean_std(summary: Mapping[str, Mapping[str, float]], name: str, digits: int = 3) -> str:
+  """``"mean ± std"`` of one entry of :func:`jaxscape.stats.seed_summary` (``"-"`` when absent; the mean alone for one seed)."""
+  if name not in summary or summary[name]["count"] == 0:
+    return "-"
+  sm = summary[name]
+  return f"{sm['mean']:.{digits}f} ± {sm['std']:.{digits}f}" if sm["count"] > 1 else f"{sm['mean']:.{digits}f}"
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -216,3 +230,107 @@ def write_index(runs_dir: str) -> str:
   with open(path, "w") as f:
     f.write("# jaxscape runs\n\n" + "\n".join(rows) + "\n")
   return path
+
+
+# ----------------------------------------------------------------------------- studies over trained seeds
+
+
+def seed_surfaces(key: jax.Array, init: Callable[[jax.Array], Any], ds: data.Dataset, train_config: Any, *,
+                  seeds: int, grid: int, span: float = 1.0, eval_batch_size: int | None = 512, rel: float = 0.01,
+                  ratio_grid: int = 0, ratio_seeds: int = 0, lanczos_steps: int = 10,
+                  trace_probes: int = 2) -> dict[str, Any]:
+  """Trains ``seeds`` runs of one model together, then one filter-normalised 2-D surface per trained run.
+
+  Training is :func:`jaxscape.train.train_many` with keys split from
+  ``fold_in(key, 0)``; run ``s`` gets its directions (two Gaussian,
+  filter-normalised, biases and norm scales ignored) from
+  ``fold_in(fold_in(key, 1), s)``, so two models given the same ``key`` share
+  initialisation keys, data order and directions (paired comparisons). Each
+  surface holds the projected plane curvature (``curvature="plane"``) on a
+  ``grid x grid`` grid over ``[-span, span]^2`` of the training loss (eval
+  mode, BatchNorm statistics of that run frozen); the first ``ratio_seeds``
+  runs also get a coarse ``ratio_grid`` map of the full Hessian
+  (``curvature="full"``, probes from ``fold_in(fold_in(key, 2), s)``). All runs
+  share one compiled surface function.
+
+  Args:
+    key: the key of this model.
+    init: ``init(key) -> nnx.Module``.
+    ds: the dataset.
+    train_config: a :class:`~jaxscape.train.TrainConfig` or its dict.
+    seeds: number of runs.
+    grid, span: the surface grid.
+    eval_batch_size: examples per batch of the full-data loss.
+    rel: non-convexity threshold of :func:`jaxscape.stats.surface_stats`.
+    ratio_grid, ratio_seeds: the full-Hessian map (0: none).
+    lanczos_steps, trace_probes: its Lanczos steps and trace probes.
+
+  Returns:
+    ``{"seeds": [per-run surface_stats + final train/test loss and accuracy], "summary": seed_summary,
+    "surfaces", "ratios", "history", "train_s", "surface_s", "num_params"}``.
+  """
+  cfg = train_config if isinstance(train_config, train.TrainConfig) else train.TrainConfig.from_dict(train_config)
+  t0 = time.perf_counter()
+  params, state, hist = train.train_many(jax.random.split(jax.random.fold_in(key, 0), int(seeds)), init, ds, cfg)
+  jax.block_until_ready(params)
+  train_s = time.perf_counter() - t0
+  _, apply, _, _ = train.split_train(init(jax.random.key(0)))
+  rows, surfaces, ratios = [], [], []
+  t0 = time.perf_counter()
+  chunk = None
+  for s in range(int(seeds)):
+    p, st = tree.select(params, s), tree.select(state, s)
+    obj = Objective.from_stateful(apply, st, data=ds.train, batch_size=eval_batch_size, name=f"{ds.name}-train")
+    chunk = chunk or default_chunk_size(obj, p)   # once per model: its probe compiles
+    dirs = random_directions(jax.random.fold_in(jax.random.fold_in(key, 1), s), p, n=2, norm="filter", ignore="biasbn")
+    surf = loss_surface(obj, p, dirs, x=(-span, span, grid), y=(-span, span, grid), curvature="plane", quiet=True,
+                        chunk_size=chunk)
+    row = stats.surface_stats(surf, rel=rel)
+    if s < int(ratio_seeds) and ratio_grid > 0:
+      rsurf = loss_surface(obj, p, dirs, x=(-span, span, ratio_grid), y=(-span, span, ratio_grid), curvature="full",
+                           key=jax.random.fold_in(jax.random.fold_in(key, 2), s), lanczos_steps=int(lanczos_steps),
+                           trace_probes=int(trace_probes), quiet=True, chunk_size=chunk)
+      row.update({k: v for k, v in stats.surface_stats(rsurf, rel=rel).items() if k.startswith(("ratio_", "full_"))})
+      ratios.append(rsurf)
+    row.update(test_accuracy=float(hist.test_accuracy[s, -1]), test_loss=float(hist.test_loss[s, -1]),
+               train_accuracy=float(hist.train_accuracy[s, -1]), train_loss=float(hist.train_loss[s, -1]))
+    rows.append(row)
+    surfaces.append(surf)
+  return {"seeds": rows, "summary": stats.seed_summary(rows), "surfaces": surfaces, "ratios": ratios,
+          "history": hist, "train_s": train_s, "surface_s": time.perf_counter() - t0,
+          "num_params": int(models.count_params(tree.select(params, 0)))}
+
+
+def stack_surfaces(prefix: str, surfaces: Sequence[Any], maps: Sequence[str], *, axes: Sequence[str] = ("x", "y"),
+                   loss: bool = True) -> dict[str, np.ndarray]:
+  """Arrays for ``results.npz`` of several surfaces on one grid: ``{prefix + name: stacked maps}``.
+
+  Holds the first surface's ``axes`` (``prefix + "x"``, ...), the stacked
+  ``loss`` (when ``loss``) and every map in ``maps``, each ``[len(surfaces), ...]``.
+  """
+  out = {prefix + a: getattr(surfaces[0], a) for a in axes}
+  if loss:
+    out[prefix + "loss"] = np.stack([s.loss for s in surfaces])
+  for m in maps:
+    out[prefix + m] = np.stack([s.metrics[m] for s in surfaces])
+  return out
+
+
+def seed_surface_arrays(prefix: str, study: Mapping[str, Any],
+                        maps: Sequence[str] = ("accuracy", "plane_lambda_min", "plane_lambda_max", "h_xx", "h_xy",
+                                               "h_yy"),
+                        ratio_maps: Sequence[str] = ("convexity_ratio", "lambda_min", "lambda_max", "trace")
+                        ) -> dict[str, np.ndarray]:
+  """Arrays for ``results.npz`` of one :func:`seed_surfaces` result, every name prefixed.
+
+  The surfaces (``x``, ``y``, ``loss`` and ``maps``, stacked over seeds), the
+  full-Hessian maps (``ratio_x`` and ``ratio_<map>``) when there are any, and
+  the training histories (``history_<quantity>``, ``[seeds, evaluations]``).
+  """
+  out = stack_surfaces(prefix, study["surfaces"], maps)
+  if study["ratios"]:
+    out.update(stack_surfaces(prefix + "ratio_", study["ratios"], ratio_maps, axes=("x",), loss=False))
+  hist = study["history"]
+  out.update({f"{prefix}history_{m}": getattr(hist, m) for m in ("train_loss", "train_accuracy", "test_loss",
+                                                                  "test_accuracy")})
+  return out

@@ -415,3 +415,138 @@ def escape(losses: dict[str, np.ndarray], steps: dict[str, int], *, threshold: f
   ax.set_yscale("symlog", linthresh=1e-4)
   ax.legend(fontsize=7)
   return fig, ax
+
+
+# --- figures: surfaces and training (house)
+__all__ += ["landscape_grid", "ratio_maps", "seed_trends"]
+
+
+def landscape_grid(surfaces: Any, *, titles: Any = None, rel: float = 0.01, title: str = "",
+                   num_levels: int = 30):
+  """Rows x columns of 2-D surfaces, each a contour panel and a 3-D log-loss panel (Li et al. 2018, Fig. 5).
+
+  All panels share ``num_levels`` log-spaced contour levels and one 3-D
+  height range, so walls of different heights compare at a glance. Red dots
+  mark the interior points whose finite-difference 2x2 Hessian has
+  ``lambda_min < -rel |lambda_max|`` (:func:`jaxscape.stats.finite_difference_plane_hessian`);
+  the star marks the origin.
+
+  Args:
+    surfaces: a nested sequence ``[row][col]`` of :class:`~jaxscape.Surface`.
+    titles: the same nesting of panel titles (``None``: none).
+    rel: the non-convexity threshold of the red dots.
+    title: the figure title; the shared levels are appended to it.
+    num_levels: contour levels.
+
+  Returns:
+    ``(fig, axes)`` with ``axes[row][2 * col]`` the contour and ``axes[row][2 * col + 1]`` the 3-D panel.
+  """
+  import math
+
+  from matplotlib.colors import LogNorm
+
+  from .stats import finite_difference_plane_hessian
+
+  rows = [list(r) for r in surfaces]
+  vals = np.concatenate([np.asarray(s.loss).ravel() for r in rows for s in r])
+  vals = vals[np.isfinite(vals) & (vals > 0)]
+  lo, hi = float(vals.min()), float(vals.max())
+  levels, norm = np.geomspace(lo, hi, num_levels), LogNorm(vmin=lo, vmax=hi)
+  ncol = 2 * max(len(r) for r in rows)
+  fig = plt.figure(figsize=(3.6 * ncol, 3.6 * len(rows)))
+  axes = []
+  for i, row in enumerate(rows):
+    axes.append([])
+    for j, surf in enumerate(row):
+      z = np.asarray(surf.loss)
+      ax = fig.add_subplot(len(rows), ncol, i * ncol + 2 * j + 1)
+      ax.contour(surf.x, surf.y, np.ma.masked_invalid(z), levels=levels, norm=norm, cmap="viridis", linewidths=0.8)
+      lmin, lmax = finite_difference_plane_hessian(z, surf.x, surf.y)
+      bad = np.zeros_like(z, bool)
+      bad[1:-1, 1:-1] = (lmin < -rel * np.abs(lmax))[1:-1, 1:-1]
+      xx, yy = np.meshgrid(surf.x, surf.y)
+      ax.plot(xx[bad], yy[bad], "r.", markersize=3)
+      ax.plot(0, 0, "k*", markersize=8)
+      if titles is not None:
+        ax.set_title(titles[i][j], fontsize=9)
+      ax.set_aspect("equal")
+      ax.tick_params(labelsize=7)
+      ax3 = fig.add_subplot(len(rows), ncol, i * ncol + 2 * j + 2, projection="3d")
+      ax3.plot_surface(xx, yy, np.ma.masked_invalid(np.log10(np.maximum(z, 1e-12))), cmap="viridis", linewidth=0,
+                       antialiased=True, vmin=math.log10(lo), vmax=math.log10(hi))
+      ax3.set_zlim(math.log10(lo), math.log10(hi))
+      ax3.set_zlabel("log10 loss", fontsize=7)
+      ax3.tick_params(labelsize=6)
+      axes[-1] += [ax, ax3]
+  fig.suptitle(f"{title}{'; ' if title else ''}contours at {num_levels} log-spaced levels {lo:.2g}..{hi:.2g}; "
+               f"red dots: finite-difference plane lambda_min < -{rel}|lambda_max|", fontsize=10)
+  return fig, axes
+
+
+def ratio_maps(surfaces: Any, *, titles: Any = None, field: str = "convexity_ratio", title: str = "",
+               label: str = "|lambda_min / lambda_max| (full Hessian)"):
+  """Rows x columns of heat maps of one curvature map in [0, 1] with a shared colour bar (Li et al. 2018, Fig. 7).
+
+  Args:
+    surfaces: a nested sequence ``[row][col]`` of 2-D surfaces holding ``field``.
+    titles: panel titles in the same nesting; ``None``: the map's median.
+    field: the map to show.
+    title: the figure title.
+    label: the colour bar label.
+
+  Returns:
+    ``(fig, axes)``, ``axes`` a 2-D array.
+  """
+  rows = [list(r) for r in surfaces]
+  fig, axes = plt.subplots(len(rows), max(len(r) for r in rows), figsize=(3.4 * max(len(r) for r in rows),
+                                                                           3.2 * len(rows)), squeeze=False)
+  for i, row in enumerate(rows):
+    for j, s in enumerate(row):
+      m = _field(s, field)
+      im = axes[i, j].imshow(m, origin="lower", extent=(s.x[0], s.x[-1], s.y[0], s.y[-1]), cmap="viridis",
+                             vmin=0.0, vmax=1.0)
+      axes[i, j].set_title(titles[i][j] if titles is not None else f"median {np.nanmedian(m):.2f}", fontsize=9)
+  fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label=label)
+  if title:
+    fig.suptitle(title, fontsize=10)
+  return fig, axes
+
+
+def seed_trends(x: Any, panels: dict[str, dict[str, Any]], *, colors: Any = None, dashed: Any = None,
+                xlabel: str = "", title: str = ""):
+  """One panel per quantity against ``x``: every seed (dots) and the seed mean (line), one colour per group.
+
+  Args:
+    x: the shared abscissa (e.g. depths), length ``n``.
+    panels: ``{ylabel: {group: values [n, seeds]}}``.
+    colors: ``{group: colour}`` (default: the colour cycle).
+    dashed: ``{ylabel: {group: (label, means [n])}}``: extra dashed lines (diagnostics) in the group's colour.
+    xlabel: the abscissa label.
+    title: the figure title.
+
+  Returns:
+    ``(fig, axes)``.
+
+  Example:
+    >>> fig, axes = seed_trends([1, 2], {"loss": {"a": np.array([[1.0, 2.0], [3.0, 4.0]])}})
+  """
+  fig, axes = plt.subplots(1, len(panels), figsize=(13 / 3 * len(panels), 3.8), squeeze=False)
+  axes = axes[0]
+  dashed = dashed or {}
+  for ax, (ylabel, groups) in zip(axes, panels.items()):
+    for n, (group, values) in enumerate(groups.items()):
+      color = (colors or {}).get(group, f"C{n}")
+      per = np.asarray(values, np.float64)
+      for s in range(per.shape[1]):
+        ax.plot(x, per[:, s], ".", color=color, alpha=0.5)
+      ax.plot(x, np.nanmean(per, axis=1), "-o", color=color, label=group)
+      if group in dashed.get(ylabel, {}):
+        label, means = dashed[ylabel][group]
+        ax.plot(x, means, "--x", color=color, alpha=0.7, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_xticks(list(x))
+  axes[0].legend()
+  if title:
+    fig.suptitle(title, fontsize=10)
+  return fig, axes

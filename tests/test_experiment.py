@@ -88,3 +88,28 @@ def test_full_preset_without_data_dir_is_a_one_line_error(capsys):
   assert experiment.run(module, ["--preset", "full", "--out", "/tmp/jaxscape-no-data"]) == 2
   err = capsys.readouterr().err
   assert "interpolation [full]: error:" in err and "Traceback" not in err
+
+
+def test_mean_std_of_a_seed_summary():
+  from jaxscape import stats
+
+  sm = stats.seed_summary([{"a": 1.0, "b": 2.0}, {"a": 3.0}])
+  assert experiment.mean_std(sm, "a") == "2.000 ± 1.414" and experiment.mean_std(sm, "b", 1) == "2.0"
+  assert experiment.mean_std(sm, "c") == "-"
+
+
+def test_seed_surface_arrays_stacks_surfaces_ratios_and_histories():
+  import types
+
+  from jaxscape.surface import Surface
+
+  x = np.linspace(-1, 1, 3)
+  surf = lambda v: Surface((x, x), np.full((3, 3), v), {"accuracy": np.zeros((3, 3))}, 0, {})  # noqa: E731
+  ratio = Surface((x, x), np.ones((3, 3)), {"convexity_ratio": np.full((3, 3), 0.5)}, 0, {})
+  hist = types.SimpleNamespace(train_loss=np.ones((2, 4)), train_accuracy=np.ones((2, 4)), test_loss=np.ones((2, 4)),
+                               test_accuracy=np.ones((2, 4)))
+  out = experiment.seed_surface_arrays("m_", {"surfaces": [surf(1.0), surf(2.0)], "ratios": [ratio], "history": hist},
+                                       maps=("accuracy",), ratio_maps=("convexity_ratio",))
+  assert sorted(out) == ["m_accuracy", "m_history_test_accuracy", "m_history_test_loss", "m_history_train_accuracy",
+                         "m_history_train_loss", "m_loss", "m_ratio_convexity_ratio", "m_ratio_x", "m_x", "m_y"]
+  assert out["m_loss"].shape == (2, 3, 3) and out["m_loss"][1, 0, 0] == 2.0 and out["m_ratio_convexity_ratio"].shape == (1, 3, 3)

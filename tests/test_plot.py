@@ -74,3 +74,44 @@ def test_escape_plots_loss_change_per_method():
                         threshold=1e-3)
   np.testing.assert_allclose(ax.lines[1].get_ydata(), [0.0, -0.5])
   assert ax.get_legend_handles_labels()[1] == ["gd (escape -1)", "sfn (escape 1)"]
+
+
+# --- figures: surfaces and training (house)
+
+
+def _bowl(n=5, scale=1.0):
+  from jaxscape.surface import Surface
+
+  x = np.linspace(-1, 1, n)
+  loss = scale * (np.add.outer(x**2, -0.5 * x**2) + 1.0)   # a saddle: every interior point is non-convex
+  ratio = np.full((n, n), 0.25)
+  return Surface((x, x), loss, {"convexity_ratio": ratio}, 0, {})
+
+
+def test_landscape_grid_has_a_contour_and_a_3d_panel_per_surface():
+  fig, axes = plot.landscape_grid([[_bowl(), _bowl(scale=10.0)], [_bowl(), _bowl()]], titles=[["a", "b"], ["c", "d"]],
+                                  title="two rows")
+  assert len(axes) == 2 and len(axes[0]) == 4 and len(fig.axes) == 8
+  assert axes[0][2].get_title() == "b" and axes[0][1].name == "3d"
+  # the saddle's interior points are marked red, the origin with a star
+  assert any(len(line.get_xdata()) == 9 for line in axes[0][0].get_lines())
+  assert "log-spaced levels" in fig._suptitle.get_text() and fig._suptitle.get_text().startswith("two rows; ")
+
+
+def test_ratio_maps_titles_with_the_median_and_shares_one_colour_bar():
+  fig, axes = plot.ratio_maps([[_bowl(), _bowl()]], title="ratios")
+  assert axes.shape == (1, 2) and axes[0, 1].get_title() == "median 0.25"
+  assert len(fig.axes) == 3   # two maps and the colour bar
+  with pytest.raises(ValueError, match="no field 'lambda_min'"):
+    plot.ratio_maps([[_bowl()]], field="lambda_min")
+
+
+def test_seed_trends_draws_seeds_means_and_dashed_diagnostics():
+  values = np.array([[1.0, 2.0], [3.0, 5.0]])
+  fig, axes = plot.seed_trends([1, 4], {"q": {"a": values, "b": values + 1}, "r": {"a": values}},
+                               colors={"a": "red"}, dashed={"q": {"a": ("a exact", [0.0, 0.0])}}, xlabel="depth")
+  assert len(axes) == 2 and axes[0].get_xlabel() == "depth"
+  lines = axes[0].get_lines()
+  assert len(lines) == 2 * 3 + 1   # per group: two seeds and the mean; one dashed line
+  np.testing.assert_allclose(lines[2].get_ydata(), [1.5, 4.0])
+  assert lines[3].get_linestyle() == "--" and [t.get_text() for t in axes[0].get_legend().get_texts()] == ["a", "a exact", "b"]
