@@ -34,6 +34,8 @@ import numpy as np
 __all__ = ["pearson", "spearman", "rankdata", "linear_fit", "summary", "nonconvex_fraction", "finite_size_fit",
            "poor_fraction", "spread_by_group", "seed_summary", "is_increasing", "surface_stats",
            "finite_difference_plane_hessian", "surface_error"]
+__all__ += ["copies", "distinct"]
+__all__ += ["value_at"]
 
 
 def _pair(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -151,6 +153,52 @@ def spread_by_group(values: np.ndarray) -> dict[str, np.ndarray]:
     raise ValueError(f"expected [groups, runs] with at least 2 runs per group; got shape {v.shape}")
   return {"mean": v.mean(axis=1), "std": v.std(axis=1, ddof=1), "median": np.median(v, axis=1),
           "min": v.min(axis=1), "max": v.max(axis=1)}
+
+
+def copies(values: Sequence[float], keys: Sequence[Any], i: int, *, rtol: float = 1e-9) -> np.ndarray:
+  """Mask of the entries that repeat entry ``i``: the same key, and a value within ``rtol`` of ``values[i]``.
+
+  The tolerance is relative to ``max(1, |values[i]|)``. E.g. critical points
+  with the same loss and index reached from several starts, or permuted copies
+  of one point.
+
+  Example:
+    >>> copies([1.0, 1.0 + 1e-12, 1.0, 2.0], [0, 0, 1, 0], 0).tolist()
+    [True, True, False, False]
+  """
+  v, k = np.asarray(values, np.float64), np.asarray(keys)
+  return (np.abs(v - v[i]) <= rtol * max(1.0, abs(v[i]))) & (k == k[i])
+
+
+def distinct(values: Sequence[float], keys: Sequence[Any], *, rtol: float = 1e-9) -> list[int]:
+  """Indices of one representative per group of :func:`copies`, in ascending order of value.
+
+  Entries are visited from the lowest value up (stable for ties); an entry
+  starts a new group unless it is a copy of a representative already kept.
+
+  Example:
+    >>> distinct([2.0, 1.0, 1.0 + 1e-12, 1.0], [0, 0, 0, 1])
+    [1, 3, 0]
+  """
+  v = np.asarray(values, np.float64)
+  keep: list[int] = []
+  for i in np.argsort(v, kind="stable"):
+    if not any(copies(v, keys, j, rtol=rtol)[i] for j in keep):
+      keep.append(int(i))
+  return keep
+
+
+def value_at(grid: Sequence[float], values: np.ndarray, x: float) -> float:
+  """``values[..., i]`` at the grid point ``grid[i] == x`` (to 1e-9); a ``ValueError`` when ``x`` is off the grid.
+
+  Example:
+    >>> value_at([-1.0, 0.0, 1.0], np.array([3.0, 1.0, 2.0]), 1.0)
+    2.0
+  """
+  hit = np.flatnonzero(np.isclose(grid, x, atol=1e-9))
+  if hit.size == 0:
+    raise ValueError(f"{x} is not on the grid {np.asarray(grid).tolist()}: choose a range that holds it")
+  return float(values[..., hit[0]])
 
 
 # ----------------------------------------------------------------------------- surfaces

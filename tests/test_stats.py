@@ -117,3 +117,13 @@ def test_finite_difference_plane_hessian_is_exact_on_quadratics():
   assert stats.surface_stats(Surface((x, y), f, {}, 0, {}))["fd_nonconvex_fraction"] == 1.0
   with pytest.raises(ValueError, match="uniform grid"):
     stats.finite_difference_plane_hessian(f, np.r_[x[:-1], 2.0], y)
+
+
+def test_distinct_keeps_one_representative_per_value_and_key():
+  loss = np.array([0.5, 0.2, 0.2 + 1e-12, 0.2, 0.5 + 1e-6, 3.0e9, 3.0e9 + 1.0])
+  index = np.array([0.1, 0.0, 0.0, 0.3, 0.1, 0.2, 0.2])
+  # 0.2 twice (same key) collapse; 0.2 with another key stays; 1e-6 apart is another value; the tolerance is relative
+  assert stats.distinct(loss, index) == [1, 3, 0, 4, 5]
+  np.testing.assert_array_equal(stats.copies(loss, index, 1), [False, True, True, False, False, False, False])
+  np.testing.assert_array_equal(stats.copies(loss, index, 5), [False] * 5 + [True, True])
+  assert stats.distinct([], []) == []
