@@ -1,19 +1,8 @@
 """saddle_points: critical points of a small MLP are saddles whose index grows with their loss (Dauphin et al. 2014).
 
-Critical points of an MLP 16-8-10 (tanh, 226 parameters, exact float64
-Hessians) on PCA-16 digits are searched from snapshots of SGD trajectories at
-many epochs, all starts in one compiled call
-(``critical.find_critical_points``, ``method="hybrid"``):
-Levenberg-Marquardt on ``1/2 ||grad f||^2``, then Newton's iteration with a
-capped step where LM stalls in a gradient-flat basin. Only points with
-``||grad f|| < 1e-6`` count; LM stalls that never reach that are counted as
-gradient-flat and excluded. The end of every training run is also refined into
-an exact minimum by saddle-free Newton with a line search
-(``critical.minimize_saddle_free``). Each point's loss and index (fraction of
-negative Hessian eigenvalues) are recorded. From points next to saddles,
-saddle-free Newton (``|H|`` from the eigendecomposition, and its Krylov
-version), damped Newton and gradient descent are compared
-(``critical.escape_saddle``).
+Critical points of a small tanh MLP (exact float64 Hessians) are searched from SGD snapshots
+(``critical.find_critical_points``), trained points refined into minima (``critical.minimize_saddle_free``), and
+saddle-free Newton, damped Newton and gradient descent compared next to saddles (``critical.escape_saddle``).
 
 Run: ``make experiment NAME=saddle_points [PRESET=smoke|cpu|full] [SEED=0] [DATA_DIR=...]``.
 """
