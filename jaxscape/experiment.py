@@ -31,13 +31,14 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import numpy as np
 
-from . import data, models, stats, train, tree
-from .directions import random_directions
+from . import data, hessian, models, sharpness, stats, train, tree
+from .directions import interpolation_direction, random_directions
 from .objective import Objective
 from .surface import default_chunk_size, loss_surface
 
-__all__ = ["Report", "table", "fmt", "mean_std", "load_dataset", "run", "write_index", "seed_surfaces",
-           "stack_surfaces", "seed_surface_arrays"]
+__all__ = ["Report", "table", "fmt", "mean_std", "spread", "load_dataset", "run", "write_index", "seed_surfaces",
+           "stack_surfaces", "seed_surface_arrays", "train_regimes", "solution_measures",
+           "interpolation_lines", "regime_study"]
 
 
 # ----------------------------------------------------------------------------- reports
@@ -65,6 +66,17 @@ def mean_std(summary: Mapping[str, Mapping[str, float]], name: str, digits: int 
     return "-"
   sm = summary[name]
   return f"{sm['mean']:.{digits}f} ± {sm['std']:.{digits}f}" if sm["count"] > 1 else f"{sm['mean']:.{digits}f}"
+
+
+def spread(values: Any) -> str:
+  """``"mean ± std"`` of an array of per-seed values, each part formatted by :func:`fmt`.
+
+  Example:
+    >>> spread([1.0, 3.0])
+    '2 ± 1'
+  """
+  values = np.asarray(values, float)
+  return f"{fmt(values.mean())} ± {fmt(values.std())}"
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -334,3 +346,160 @@ def seed_surface_arrays(prefix: str, study: Mapping[str, Any],
   out.update({f"{prefix}history_{m}": getattr(hist, m) for m in ("train_loss", "train_accuracy", "test_loss",
                                                                   "test_accuracy")})
   return out
+
+
+def train_regimes(key: jax.Array, init: Callable[[jax.Array], Any], ds: data.Dataset,
+                  regimes: Mapping[str, Mapping[str, Any]], *, seeds: int, **common: Any) -> dict[str, dict[str, Any]]:
+  """Trains ``seeds`` runs of every regime with :func:`jaxscape.train.train_many`, run ``i`` of each from the same start.
+
+  Every regime splits its run keys from ``fold_in(key, 0)``, so run ``i`` of
+  all regimes shares its initialisation and data-order key (paired comparisons,
+  e.g. small vs large batch), and keeps its start point (one snapshot per run).
+
+  Args:
+    key: the key of this study.
+    init: ``init(key) -> nnx.Module``.
+    ds: the dataset.
+    regimes: ``{name: {"batch_size", "epochs" | "steps", optional "eval_every", optional "runs"}}``; ``runs`` is
+      :func:`~jaxscape.train.train_many`'s ``"vmap"`` (default) or ``"sequential"``.
+    seeds: runs per regime.
+    **common: the other :class:`~jaxscape.train.TrainConfig` fields, shared by all regimes.
+
+  Returns:
+    ``{name: {"params", "state", "history", "start" (stacked start points), "steps" (optimiser steps per run),
+    "seconds"}}``.
+  """
+  out = {}
+  for name, reg in regimes.items():
+    t0, b, n = time.perf_counter(), reg["batch_size"], ds.num_train
+    steps = int(reg.get("steps") or int(reg["epochs"]) * (1 if b is None or b >= n else n // int(b)))
+    cfg = train.TrainConfig(**common, batch_size=b, epochs=int(reg.get("epochs") or 1), steps=reg.get("steps"),
+                            eval_every=int(reg.get("eval_every", 1)))
+    params, state, hist = train.train_many(jax.random.split(jax.random.fold_in(key, 0), int(seeds)), init, ds, cfg,
+                                           snapshot_every=steps, runs=reg.get("runs", "vmap"))
+    jax.block_until_ready(params)
+    out[name] = {"params": params, "state": state, "history": hist, "steps": steps, "seconds": time.perf_counter() - t0,
+                 "start": jax.tree.map(lambda x: x[:, 0], hist.trajectory)}
+  return out
+
+
+def solution_measures(key: jax.Array, apply: Callable, state: Any, params: Any, ds: data.Dataset, *,
+                      eps: Sequence[float], subspace_dim: int, lanczos_steps: int, eval_batch_size: int | None = 512,
+                      **keskar_kw: Any) -> dict[str, np.ndarray]:
+  """Accuracy, Keskar epsilon-sharpness and the top Hessian eigenvalue of every run of stacked solutions.
+
+  Run ``i`` is measured with ``k = fold_in(key, i)`` and its ``state`` frozen
+  (losses are full-split means in eval mode). For each ``eps[e]``
+  :func:`jaxscape.sharpness.keskar` runs in the full space (key
+  ``fold_in(k, 10 e)``) and in a random ``subspace_dim``-d subspace (key
+  ``fold_in(k, 10 e + 1)``); the top eigenvalue is a ``lanczos_steps``-step
+  Lanczos run (key ``fold_in(k, 99)``). Keskar et al. (2017), Metric 2.1.
+
+  Args:
+    key: the key of these runs.
+    apply: the pure apply (:func:`jaxscape.train.split_train`).
+    state, params: the runs' stacked states and parameters (leading run axis).
+    ds: the dataset (its train and test splits).
+    eps: box sizes.
+    subspace_dim: the random subspace's dimension.
+    lanczos_steps: Lanczos steps of the top eigenvalue.
+    eval_batch_size: examples per batch of the full-data loss.
+    **keskar_kw: ``maxiter``, ``sign_steps``, ``num_starts``, ``num_corners`` of :func:`~jaxscape.sharpness.keskar`.
+
+  Returns:
+    ``{"train_loss", "train_acc", "test_loss", "test_acc", "lam_max", "lam_residual", "lam_converged": [runs]}``
+    and ``"phi_<space>", "phi_<space>_lbfgsb", "phi_<space>_sign", "phi_<space>_corners_ok": [runs, len(eps)]``
+    for ``space`` in ``full``, ``sub``.
+  """
+  rows = []
+  for i in range(tree.num_runs(params)):
+    k, p, st = jax.random.fold_in(key, i), tree.select(params, i), tree.select(state, i)
+    obj = {s: Objective.from_stateful(apply, st, data=getattr(ds, s), batch_size=eval_batch_size,
+                                      name=f"{ds.name}-{s}") for s in ("train", "test")}
+    out: dict[str, Any] = {}
+    for s in ("train", "test"):
+      loss, metrics = jax.jit(obj[s].loss)(p)
+      out.update({f"{s}_loss": float(loss), f"{s}_acc": float(metrics["accuracy"])})
+    for space, dim in (("full", None), ("sub", int(subspace_dim))):
+      res = [sharpness.keskar(obj["train"], p, float(e), key=jax.random.fold_in(k, 10 * j + (dim is not None)),
+                              subspace_dim=dim, **keskar_kw) for j, e in enumerate(eps)]
+      out.update({f"phi_{space}": [r.phi for r in res], f"phi_{space}_corners_ok": [r.corners_ok for r in res],
+                  **{f"phi_{space}_{m}": [r.phi_by_maximizer[m] for r in res] for m in ("lbfgsb", "sign")}})
+    eig = hessian.eigenvalues(obj["train"], p, k=1, key=jax.random.fold_in(k, 99), num_steps=int(lanczos_steps))
+    rows.append({**out, "lam_max": float(eig.values[0]), "lam_residual": float(eig.residuals[0]),
+                 "lam_converged": bool(eig.converged[0])})
+  return {name: np.asarray([r[name] for r in rows]) for name in rows[0]}
+
+
+def interpolation_lines(apply: Callable, state: Any, start: Any, end: Any, ds: data.Dataset, alpha: Sequence[float], *,
+                        eval_batch_size: int | None = 512) -> dict[str, np.ndarray]:
+  """Loss and accuracy along ``alpha end + (1 - alpha) start`` for every run of stacked solutions, both splits.
+
+  The line of run ``i`` is a 1-D :func:`~jaxscape.surface.loss_surface` from
+  ``start[i]`` along the interpolation direction, with run ``i``'s ``state``
+  frozen (its BatchNorm statistics; a no-op for BN-free nets).
+
+  Args:
+    apply: the pure apply (:func:`jaxscape.train.split_train`).
+    state, start, end: stacked (leading run axis) states and end points.
+    ds: the dataset.
+    alpha: the evenly spaced line coordinates (as :func:`jaxscape.surface.parse_range` returns).
+    eval_batch_size: examples per batch of the full-data loss.
+
+  Returns:
+    ``{"line_<split>_loss", "line_<split>_acc": [runs, len(alpha)]}`` for ``split`` in ``train``, ``test``.
+  """
+  out: dict[str, list] = {}
+  for i in range(tree.num_runs(start)):
+    p0, p1 = tree.select(start, i), tree.select(end, i)
+    for s in ("train", "test"):
+      obj = Objective.from_stateful(apply, tree.select(state, i), data=getattr(ds, s), batch_size=eval_batch_size)
+      line = loss_surface(obj, p0, interpolation_direction(p0, p1), x=(float(alpha[0]), float(alpha[-1]), len(alpha)),
+                          quiet=True)
+      out.setdefault(f"line_{s}_loss", []).append(np.asarray(line.loss))
+      out.setdefault(f"line_{s}_acc", []).append(np.asarray(line.metrics["accuracy"]))
+  return {k: np.stack(v) for k, v in out.items()}
+
+
+def regime_study(key: jax.Array, init: Callable[[jax.Array], Any], ds: data.Dataset,
+                 regimes: Mapping[str, Mapping[str, Any]], *, seeds: int, alpha: Sequence[float],
+                 measures: Mapping[str, Any], eval_batch_size: int | None = 512, **common: Any) -> dict[str, Any]:
+  """Paired training regimes compared solution by solution (e.g. small vs large batch, Keskar et al. 2017).
+
+  Trains every regime (:func:`train_regimes`: run ``i`` of each from the same
+  start), measures every solution (:func:`solution_measures`, regime ``r``
+  with key ``fold_in(fold_in(key, 2), r)``), and evaluates the line from each
+  run's first-regime solution to its second-regime one
+  (:func:`interpolation_lines`, the first regime's state frozen).
+
+  Args:
+    key: the key of this study.
+    init: ``init(key) -> nnx.Module``.
+    ds: the dataset.
+    regimes: ``{name: regime}`` as in :func:`train_regimes` (at least two; the line joins the first two).
+    seeds: runs per regime.
+    alpha: the line coordinates (evenly spaced).
+    measures: keyword arguments of :func:`solution_measures` (``eps``, ``subspace_dim``, ...).
+    eval_batch_size: examples per batch of every full-data evaluation.
+    **common: the :class:`~jaxscape.train.TrainConfig` fields shared by all regimes.
+
+  Returns:
+    ``{"arrays": {"<regime>_<measure>", "<regime>_distance" (from the start), "<regime>_hist_<field>", "alpha",
+    "line_<split>_<loss|acc>"}, "timing": {"train_<regime>_s", "measure_s", "line_s"}, "steps": {regime: steps},
+    "num_params"}``.
+  """
+  tr = train_regimes(key, init, ds, regimes, seeds=seeds, eval_batch_size=eval_batch_size, **common)
+  (_, apply, _, _), t0, a = train.split_train(init(jax.random.fold_in(key, 1))), time.perf_counter(), {}
+  for i, (r, x) in enumerate(tr.items()):
+    m = solution_measures(jax.random.fold_in(jax.random.fold_in(key, 2), i), apply, x["state"], x["params"], ds,
+                          eval_batch_size=eval_batch_size, **measures)
+    a.update({f"{r}_{k}": v for k, v in m.items()}, **{f"{r}_hist_{k}": getattr(x["history"], k) for k in (
+        "step", "train_loss", "test_loss", "train_accuracy", "test_accuracy")})
+    a[f"{r}_distance"] = np.asarray(tree.distances(x["params"], x["start"]))
+  timing = {**{f"train_{r}_s": x["seconds"] for r, x in tr.items()}, "measure_s": time.perf_counter() - t0}
+  (first, second), t0 = list(tr.values())[:2], time.perf_counter()
+  a.update(alpha=np.asarray(alpha), **interpolation_lines(apply, first["state"], first["params"], second["params"], ds,
+                                                          alpha, eval_batch_size=eval_batch_size))
+  return {"arrays": a, "timing": {**timing, "line_s": time.perf_counter() - t0},
+          "steps": {r: x["steps"] for r, x in tr.items()},
+          "num_params": int(models.count_params(tree.select(first["params"], 0)))}

@@ -550,3 +550,141 @@ def seed_trends(x: Any, panels: dict[str, dict[str, Any]], *, colors: Any = None
   if title:
     fig.suptitle(title, fontsize=10)
   return fig, axes
+__all__ += ["run_panels", "group_scatter"]
+
+
+def run_panels(x: Any, panels: dict[str, dict[str, Any]], *, axes: Any = None, colors: Any = None, styles: Any = None,
+               mean: bool = True, log: Any = (), xlog: bool = False, xlabel: str = "", titles: Any = None,
+               vlines: Any = ()):
+  """One panel per quantity: every run of each group thin against ``x`` and (``mean=True``) the group's mean thick.
+
+  Args:
+    x: the shared abscissa ``[n]``, or ``{group: abscissa}``.
+    panels: ``{ylabel: {group: values [runs, n]}}``.
+    axes: one axes per panel (default: a new row of panels).
+    colors, styles: ``{group: colour / line style}`` (default: the colour cycle, solid).
+    mean: draw the mean over runs (it carries the legend label); else the first run carries it.
+    log: the ylabels whose ordinate is log-scaled.
+    xlog: log-scaled abscissa.
+    xlabel: the abscissa label.
+    titles: one title per panel (``None``: none).
+    vlines: abscissae of thin grey vertical markers.
+
+  Returns:
+    ``(fig, axes)``.
+
+  Example:
+    >>> fig, axes = run_panels([0, 1], {"loss": {"train": np.array([[1.0, 2.0], [3.0, 4.0]])}}, log=("loss",))
+    >>> len(axes[0].get_lines()), axes[0].get_yscale()
+    (3, 'log')
+  """
+  if axes is None:
+    axes = list(plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)[1][0])
+  fig = axes[0].figure
+  for p, (ax, (ylabel, groups)) in enumerate(zip(axes, panels.items())):
+    for n, (group, values) in enumerate(groups.items()):
+      color, style = (colors or {}).get(group, f"C{n}"), (styles or {}).get(group, "-")
+      gx, values = x[group] if isinstance(x, dict) else x, np.asarray(values, np.float64)
+      for i, run in enumerate(values):
+        ax.plot(gx, run, style, color=color, alpha=0.25 if mean else 0.6, lw=0.8,
+                label=group if not mean and i == 0 else None)
+      if mean:
+        ax.plot(gx, values.mean(0), style, color=color, lw=2, label=group)
+    for v in vlines:
+      ax.axvline(v, color="gray", lw=0.6)
+    ax.set(xlabel=xlabel, ylabel=ylabel, yscale="log" if ylabel in log else "linear", xscale="log" if xlog else "linear")
+    if titles is not None:
+      ax.set_title(titles[p], fontsize=9)
+    ax.legend(fontsize=8)
+  return fig, axes
+
+
+def group_scatter(labels: Any, groups: dict[str, Any], *, colors: Any = None, ax=None, log: bool = True,
+                  title: str | None = None):
+  """Per-run values of several quantities (one column per label), the groups side by side in their colours.
+
+  Args:
+    labels: the quantities' names (x tick labels).
+    groups: ``{group: [values [runs] per label]}``.
+    colors: ``{group: colour}`` (default: the colour cycle).
+    ax: the axes to draw on (default: a new figure).
+    log: log-scale ordinate (values are clipped at 1e-8).
+    title: the axes title.
+
+  Returns:
+    ``(fig, ax)``.
+
+  Example:
+    >>> fig, ax = group_scatter(["a", "b"], {"SB": [[1.0, 2.0], [3.0]], "LB": [[4.0], [5.0, 6.0]]})
+    >>> [t.get_text() for t in ax.get_legend().get_texts()]
+    ['SB', 'LB']
+  """
+  fig, ax = _axes(ax)
+  for k, (group, columns) in enumerate(groups.items()):
+    for j, values in enumerate(columns):
+      values = np.asarray(values, np.float64)
+      xs = j + (k - 0.5) * 0.3 + np.linspace(-0.05, 0.05, len(values))
+      ax.scatter(xs, np.maximum(values, 1e-8) if log else values, color=(colors or {}).get(group, f"C{k}"), s=14,
+                 label=group if j == 0 else None)
+  ax.set_xticks(range(len(labels)), labels)
+  if log:
+    ax.set_yscale("log")
+  if title:
+    ax.set_title(title, fontsize=9)
+  ax.legend(fontsize=8)
+  return fig, ax
+
+
+__all__ += ["regime_lines", "regime_sharpness"]
+_REGIME_STYLE = {"colors": {"train": "C0", "test": "C3"}, "styles": {"test": "--"}}
+
+
+def regime_lines(studies: dict[str, dict[str, np.ndarray]], *, regimes: tuple[str, str] = ("sb", "lb"),
+                 subtitle: str = ""):
+  """Loss and accuracy along ``alpha x_2 + (1 - alpha) x_1`` between paired solutions (Keskar et al. 2017, Fig. 3).
+
+  One row per study: training and test cross-entropy (log scale, left) and
+  accuracy in % (right), every pair thin and the mean over pairs thick, with
+  markers at the two solutions (alpha = 0 and 1).
+
+  Args:
+    studies: ``{title: arrays}`` of :func:`jaxscape.experiment.regime_study` (``alpha``, ``line_<split>_<loss|acc>``).
+    regimes: the names of the two regimes (upper-cased in the axis label).
+    subtitle: the title of each row's right panel.
+
+  Returns:
+    ``(fig, axes)``, ``axes`` a flat list (two per study).
+  """
+  fig, axes = panels(2 * len(studies), cols=2, size=(5, 3.8))
+  one, two = (r.upper() for r in regimes)
+  for k, (title, a) in enumerate(studies.items()):
+    line = lambda q, f: {s: f * np.asarray(a[f"line_{s}_{q}"]) for s in ("train", "test")}  # noqa: E731
+    run_panels(a["alpha"], {"cross-entropy": line("loss", 1), "accuracy (%)": line("acc", 100)}, vlines=(0, 1),
+               axes=axes[2 * k:2 * k + 2], log=("cross-entropy",), titles=[f"{title}: loss along the {one}→{two} line",
+                                                                            subtitle], **_REGIME_STYLE,
+               xlabel=rf"$\alpha$   ($x = \alpha\,x_{{{two}}} + (1-\alpha)\,x_{{{one}}}$; {one} at 0, {two} at 1)")
+  return fig, axes
+
+
+def regime_sharpness(studies: dict[str, dict[str, np.ndarray]], *, eps: Any, regimes: tuple[str, ...] = ("sb", "lb")):
+  """Per-run sharpness, top Hessian eigenvalue and training curves of each regime, one row per study.
+
+  Args:
+    studies: ``{title: arrays}`` of :func:`jaxscape.experiment.regime_study` (``<regime>_phi_full``,
+      ``<regime>_lam_max``, ``<regime>_hist_<step|train_loss|test_accuracy>``).
+    eps: the box sizes (columns of ``phi_full``).
+    regimes: the regimes, in colour order.
+
+  Returns:
+    ``(fig, axes)``, ``axes`` a flat list (three per study).
+  """
+  fig, axes = panels(3 * len(studies), cols=3, size=(4.3, 3.6))
+  colors = {r.upper(): f"C{3 * i}" for i, r in enumerate(regimes)}
+  for k, (title, a) in enumerate(studies.items()):
+    hist = lambda q, f: {g.upper(): f * np.asarray(a[f"{g}_hist_{q}"]) for g in regimes}  # noqa: E731
+    group_scatter([f"φ ε={e:g}" for e in eps] + ["λ_max"], {g.upper(): [*np.asarray(a[f"{g}_phi_full"]).T,
+                  a[f"{g}_lam_max"]] for g in regimes}, ax=axes[3 * k], colors=colors, title=f"{title}: sharpness")
+    run_panels({g.upper(): a[f"{g}_hist_step"] for g in regimes}, {"training loss": hist("train_loss", 1),
+               "test accuracy (%)": hist("test_accuracy", 100)}, axes=axes[3 * k + 1:3 * k + 3], mean=False,
+               log=("training loss",), xlog=True, xlabel="optimiser step", colors=colors)
+  return fig, axes

@@ -35,7 +35,7 @@ __all__ = ["pearson", "spearman", "rankdata", "linear_fit", "summary", "nonconve
            "poor_fraction", "spread_by_group", "seed_summary", "is_increasing", "surface_stats",
            "finite_difference_plane_hessian", "surface_error"]
 __all__ += ["copies", "distinct"]
-__all__ += ["value_at"]
+__all__ += ["value_at", "ratio_of_means"]
 
 
 def _pair(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -199,6 +199,17 @@ def value_at(grid: Sequence[float], values: np.ndarray, x: float) -> float:
   if hit.size == 0:
     raise ValueError(f"{x} is not on the grid {np.asarray(grid).tolist()}: choose a range that holds it")
   return float(values[..., hit[0]])
+
+
+def ratio_of_means(numerator: Sequence[float], denominator: Sequence[float]) -> float:
+  """``mean(numerator) / mean(denominator)`` (e.g. of two groups' per-seed values); inf when the latter is not positive.
+
+  Example:
+    >>> ratio_of_means([2.0, 4.0], [1.0, 2.0]), ratio_of_means([1.0], [0.0])
+    (2.0, inf)
+  """
+  den = np.asarray(denominator).mean()
+  return float(np.asarray(numerator).mean() / den) if den > 0 else np.inf
 
 
 # ----------------------------------------------------------------------------- surfaces

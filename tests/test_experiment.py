@@ -113,3 +113,24 @@ def test_seed_surface_arrays_stacks_surfaces_ratios_and_histories():
   assert sorted(out) == ["m_accuracy", "m_history_test_accuracy", "m_history_test_loss", "m_history_train_accuracy",
                          "m_history_train_loss", "m_loss", "m_ratio_convexity_ratio", "m_ratio_x", "m_x", "m_y"]
   assert out["m_loss"].shape == (2, 3, 3) and out["m_loss"][1, 0, 0] == 2.0 and out["m_ratio_convexity_ratio"].shape == (1, 3, 3)
+
+
+def test_regime_study_pairs_runs_and_measures_every_solution():
+  import jax
+
+  from jaxscape import models
+
+  ds = data.load("digits", flatten=True, num_train=64, num_test=32)
+  init = lambda k: models.build("mlp", k, in_features=64, widths=[8], out_features=10)  # noqa: E731
+  regimes = {"sb": {"batch_size": 16, "epochs": 1}, "lb": {"batch_size": None, "steps": 2, "runs": "sequential"}}
+  out = experiment.regime_study(jax.random.key(0), init, ds, regimes, seeds=2, alpha=np.linspace(-1.0, 2.0, 4),
+                                measures={"eps": [1e-3], "subspace_dim": 3, "lanczos_steps": 3, "maxiter": 1,
+                                          "sign_steps": 1, "num_starts": 1, "num_corners": 1},
+                                eval_batch_size=64, optimizer="adam", learning_rate=1e-3)
+  a = out["arrays"]
+  assert out["steps"] == {"sb": 4, "lb": 2} and a["sb_phi_full"].shape == (2, 1) and a["lb_lam_max"].shape == (2,)
+  assert a["line_train_loss"].shape == (2, 4) and np.all(a["sb_distance"] > 0)
+  # the line starts at the SB solution and ends at the LB one (BN-free net: the state does not matter)
+  np.testing.assert_allclose(a["line_train_loss"][:, 1], a["sb_train_loss"], rtol=1e-5)
+  np.testing.assert_allclose(a["line_test_acc"][:, 2], a["lb_test_acc"], rtol=1e-5)
+  assert set(out["timing"]) == {"train_sb_s", "train_lb_s", "measure_s", "line_s"}

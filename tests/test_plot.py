@@ -115,3 +115,45 @@ def test_seed_trends_draws_seeds_means_and_dashed_diagnostics():
   assert len(lines) == 2 * 3 + 1   # per group: two seeds and the mean; one dashed line
   np.testing.assert_allclose(lines[2].get_ydata(), [1.5, 4.0])
   assert lines[3].get_linestyle() == "--" and [t.get_text() for t in axes[0].get_legend().get_texts()] == ["a", "a exact", "b"]
+
+
+def test_run_panels_draws_runs_thin_and_the_mean_thick_per_group():
+  values = np.array([[1.0, 2.0, 3.0], [3.0, 4.0, 5.0]])
+  fig, axes = plot.run_panels([0.0, 1.0, 2.0], {"loss": {"train": values, "test": values + 1}, "acc": {"train": values}},
+                              log=("loss",), vlines=(0, 1), titles=["a", "b"], styles={"test": "--"})
+  assert len(axes) == 2 and axes[0].get_yscale() == "log" and axes[1].get_yscale() == "linear"
+  lines = axes[0].get_lines()
+  assert len(lines) == 2 * 3 + 2   # per group: two runs and the mean; two vertical markers
+  np.testing.assert_allclose(lines[2].get_ydata(), [2.0, 3.0, 4.0])
+  assert lines[5].get_linestyle() == "--" and axes[1].get_title() == "b"
+  # per-group abscissae, runs only (the first run carries the label)
+  _, (ax,) = plot.run_panels({"SB": [1, 2, 3], "LB": [10, 20]}, {"q": {"SB": values, "LB": values[:, :2]}}, mean=False,
+                             xlog=True)
+  assert ax.get_xscale() == "log" and [t.get_text() for t in ax.get_legend().get_texts()] == ["SB", "LB"]
+
+
+def test_group_scatter_puts_each_quantity_in_a_column_and_groups_side_by_side():
+  fig, ax = plot.group_scatter(["a", "b"], {"SB": [[1.0, 2.0], [3.0]], "LB": [[4.0], [0.0, 6.0]]}, title="t")
+  offsets = [c.get_offsets() for c in ax.collections]
+  assert len(offsets) == 4 and offsets[0][:, 0].max() < 0.5 <= offsets[3][:, 0].min()
+  assert offsets[3][0, 1] == 1e-8   # clipped for the log scale
+  assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b"] and ax.get_yscale() == "log"
+
+
+def _regime_arrays(runs=2, n=5):
+  alpha = np.linspace(-1, 2, n)
+  a = {"alpha": alpha, **{f"line_{s}_{q}": np.ones((runs, n)) for s in ("train", "test") for q in ("loss", "acc")}}
+  for g in ("sb", "lb"):
+    a.update({f"{g}_phi_full": np.ones((runs, 1)), f"{g}_lam_max": np.ones(runs), f"{g}_hist_step": np.arange(1, 4),
+              f"{g}_hist_train_loss": np.ones((runs, 3)), f"{g}_hist_test_accuracy": np.ones((runs, 3))})
+  return a
+
+
+def test_regime_lines_and_sharpness_draw_one_row_per_study():
+  fig, axes = plot.regime_lines({"net A": _regime_arrays(), "net B": _regime_arrays(3)}, subtitle="pairs")
+  assert len(axes) == 4 and axes[0].get_title() == "net A: loss along the SB→LB line" and axes[3].get_title() == "pairs"
+  assert len(axes[2].get_lines()) == 2 * (3 + 1) + 2 and axes[0].get_yscale() == "log"
+  fig, axes = plot.regime_sharpness({"net A": _regime_arrays()}, eps=[1e-3])
+  assert len(axes) == 3 and axes[0].get_title() == "net A: sharpness" and axes[1].get_xscale() == "log"
+  assert [t.get_text() for t in axes[0].get_xticklabels()] == ["φ ε=0.001", "λ_max"]
+  plt.close("all")

@@ -127,3 +127,17 @@ def test_distinct_keeps_one_representative_per_value_and_key():
   np.testing.assert_array_equal(stats.copies(loss, index, 1), [False, True, True, False, False, False, False])
   np.testing.assert_array_equal(stats.copies(loss, index, 5), [False] * 5 + [True, True])
   assert stats.distinct([], []) == []
+
+
+def test_value_at_reads_a_grid_point_and_rejects_points_off_the_grid():
+  grid = np.linspace(-1.0, 2.0, 13)
+  values = np.stack([grid**2, grid + 1])
+  assert stats.value_at(grid, values[0], 1.5) == 2.25
+  np.testing.assert_allclose([stats.value_at(grid, v, -0.5) for v in values], [0.25, 0.5])
+  with pytest.raises(ValueError, match="not on the grid"):
+    stats.value_at(grid, values[0], 0.1)
+
+
+def test_ratio_of_means_is_inf_for_a_non_positive_denominator():
+  assert stats.ratio_of_means([3.0, 5.0], [1.0, 3.0]) == 2.0
+  assert stats.ratio_of_means([1.0], [-1.0, 0.5]) == np.inf
