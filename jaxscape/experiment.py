@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import sys
 import time
@@ -38,7 +39,7 @@ from .surface import default_chunk_size, loss_surface
 
 __all__ = ["Report", "table", "fmt", "mean_std", "spread", "load_dataset", "run", "write_index", "seed_surfaces",
            "stack_surfaces", "seed_surface_arrays", "train_regimes", "solution_measures",
-           "interpolation_lines", "regime_study"]
+           "interpolation_lines", "regime_study", "train_sizes"]
 
 
 # ----------------------------------------------------------------------------- reports
@@ -503,3 +504,33 @@ def regime_study(key: jax.Array, init: Callable[[jax.Array], Any], ds: data.Data
   return {"arrays": a, "timing": {**timing, "line_s": time.perf_counter() - t0},
           "steps": {r: x["steps"] for r, x in tr.items()},
           "num_params": int(models.count_params(tree.select(first["params"], 0)))}
+
+
+def train_sizes(key: jax.Array, init: Callable[[int, jax.Array], Any], sizes: Sequence[int], ds: data.Dataset,
+                train_config: Any, *, seeds: int) -> dict[str, np.ndarray]:
+  """Trains ``seeds`` runs of a model per size (e.g. hidden width) and keeps their final losses and accuracies.
+
+  Size ``h`` is one :func:`jaxscape.train.train_many` call with keys split from
+  ``fold_in(key, h)``, so its runs share one compiled, vmapped training.
+
+  Args:
+    key: the key of the sweep.
+    init: ``init(size, key) -> nnx.Module``.
+    sizes: the (integer) sizes.
+    ds: the dataset.
+    train_config: a :class:`~jaxscape.train.TrainConfig` or its dict.
+    seeds: runs per size.
+
+  Returns:
+    ``{"train_loss", "test_loss", "train_accuracy", "test_accuracy": [len(sizes), seeds]}`` (the last evaluation of
+    the history) and ``"params"``: the parameter count per size.
+  """
+  cfg = train_config if isinstance(train_config, train.TrainConfig) else train.TrainConfig.from_dict(train_config)
+  out: dict[str, list] = {k: [] for k in ("train_loss", "test_loss", "train_accuracy", "test_accuracy", "params")}
+  for h in sizes:
+    params, _, hist = train.train_many(jax.random.split(jax.random.fold_in(key, h), int(seeds)),
+                                       functools.partial(init, h), ds, cfg)
+    for k in ("train_loss", "test_loss", "train_accuracy", "test_accuracy"):
+      out[k].append(np.asarray(getattr(hist, k))[:, -1])
+    out["params"].append(sum(int(np.prod(a.shape[1:])) for a in jax.tree.leaves(params)))
+  return {k: np.asarray(v) for k, v in out.items()}

@@ -688,3 +688,115 @@ def regime_sharpness(studies: dict[str, dict[str, np.ndarray]], *, eps: Any, reg
                "test accuracy (%)": hist("test_accuracy", 100)}, axes=axes[3 * k + 1:3 * k + 3], mean=False,
                log=("training loss",), xlog=True, xlabel="optimiser step", colors=colors)
   return fig, axes
+
+
+__all__ += ["histograms", "twin_trends", "finite_size"]
+
+
+def histograms(groups: dict[str, Any], *, bins: Any = 40, cmap: str = "viridis", cmap_max: float = 0.9,
+               filled: bool = True, log: bool = False, vlines: Any = None, ax=None, xlabel: str = "",
+               ylabel: str = "runs", title: str | None = None):
+  """One histogram per group in colours along ``cmap`` (from 0 to ``cmap_max``), e.g. final losses per model size.
+
+  Args:
+    groups: ``{label: values}``.
+    bins: shared bin edges, or a count (each group bins its own range).
+    cmap, cmap_max: the colour map and the fraction of it used.
+    filled: translucent filled steps (else outlines).
+    log: log-scaled abscissa.
+    vlines: ``{label: (x, linestyle)}``: black reference lines.
+    ax: the axes to draw on (default: a new figure).
+    xlabel, ylabel, title: labels.
+
+  Returns:
+    ``(fig, ax)``.
+
+  Example:
+    >>> fig, ax = histograms({"a": [1.0, 2.0, 2.5], "b": [2.0, 3.0]}, bins=4, vlines={"zero": (0.0, "--")})
+    >>> [t.get_text() for t in ax.get_legend().get_texts()]
+    ['a', 'b', 'zero']
+  """
+  fig, ax = _axes(ax)
+  colors = plt.get_cmap(cmap)(np.linspace(0, cmap_max, len(groups)))
+  for c, (label, values) in zip(colors, groups.items()):
+    ax.hist(np.asarray(values), bins=bins, histtype="stepfilled" if filled else "step", alpha=0.45 if filled else 1.0,
+            color=c, label=label)
+  for label, (x, style) in (vlines or {}).items():
+    ax.axvline(x, color="k", ls=style, lw=1, label=label)
+  if log:
+    ax.set_xscale("log")
+  ax.set(xlabel=xlabel, ylabel=ylabel)
+  if title:
+    ax.set_title(title)
+  ax.legend(fontsize=7, ncol=2 if len(groups) > 4 else 1)
+  return fig, ax
+
+
+def twin_trends(x: Any, left: tuple[str, Any], right: tuple[str, Any], *, right_ylim: Any = None, log_base: int = 2,
+                ax=None, xlabel: str = "", title: str | None = None):
+  """Two quantities against one log-scaled abscissa: ``left`` on log axes (blue), ``right`` on a linear twin axis (red).
+
+  Args:
+    x: the abscissa (e.g. widths).
+    left, right: ``(label, values)``.
+    right_ylim: limits of the right axis.
+    log_base: base of the abscissa's log scale.
+    ax: the axes to draw on (default: a new figure).
+    xlabel, title: labels.
+
+  Returns:
+    ``(fig, (ax, twin))``.
+
+  Example:
+    >>> fig, (ax, twin) = twin_trends([2, 4, 8], ("std", [1.0, 0.5, 0.2]), ("rho", [0.9, 0.5, 0.1]), right_ylim=(-1, 1))
+    >>> ax.get_yscale(), [float(y) for y in twin.get_ylim()]
+    ('log', [-1.0, 1.0])
+  """
+  fig, ax = _axes(ax)
+  ax.loglog(x, left[1], "o-", color="C0", label=left[0])
+  ax.set_xscale("log", base=log_base)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(left[0], color="C0")
+  twin = ax.twinx()
+  twin.plot(x, right[1], "s--", color="C3", label=right[0])
+  twin.set_ylabel(right[0], color="C3")
+  if right_ylim is not None:
+    twin.set_ylim(*right_ylim)
+  if title:
+    ax.set_title(title)
+  return fig, (ax, twin)
+
+
+def finite_size(sizes: Any, values: Any, fit: tuple[float, float], *, exponent: float = -2 / 3, hlines: Any = None,
+                ax=None, ylabel: str = "", title: str | None = None):
+  """Mean ± std (over runs) against ``N^exponent`` with the fit ``a + b N^exponent`` (:func:`jaxscape.stats.finite_size_fit`).
+
+  Args:
+    sizes: the sizes N.
+    values: ``[len(sizes), runs]``.
+    fit: ``(a, b)``.
+    exponent: the finite-size exponent.
+    hlines: ``{label: (y, linestyle)}``: black reference levels.
+    ax: the axes to draw on (default: a new figure).
+    ylabel, title: labels.
+
+  Returns:
+    ``(fig, ax)``.
+
+  Example:
+    >>> fig, ax = finite_size([8, 27], [[1.0, 1.2], [0.9, 1.0]], (0.8, 1.0), hlines={"ref": (0.8, "--")})
+    >>> [line.get_label() for line in ax.get_lines()][-2:]
+    ['fit a + b N^(-0.667): a = 0.800', 'ref']
+  """
+  fig, ax = _axes(ax)
+  v, x = np.asarray(values, np.float64), np.asarray(sizes, float) ** exponent
+  ax.errorbar(x, v.mean(1), yerr=v.std(1, ddof=1), fmt="o", color="C2", capsize=3, label="mean ± std")
+  xx = np.linspace(0, x.max() * 1.05, 50)
+  ax.plot(xx, fit[0] + fit[1] * xx, "-", color="C2", lw=1, label=f"fit a + b N^({exponent:.3g}): a = {fit[0]:.3f}")
+  for label, (y, style) in (hlines or {}).items():
+    ax.axhline(y, color="k", ls=style, lw=1, label=label)
+  ax.set(xlabel=f"N^({exponent:.3g})", ylabel=ylabel)
+  if title:
+    ax.set_title(title)
+  ax.legend(fontsize=7)
+  return fig, ax

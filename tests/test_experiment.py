@@ -134,3 +134,16 @@ def test_regime_study_pairs_runs_and_measures_every_solution():
   np.testing.assert_allclose(a["line_train_loss"][:, 1], a["sb_train_loss"], rtol=1e-5)
   np.testing.assert_allclose(a["line_test_acc"][:, 2], a["lb_test_acc"], rtol=1e-5)
   assert set(out["timing"]) == {"train_sb_s", "train_lb_s", "measure_s", "line_s"}
+
+
+def test_train_sizes_trains_every_size_and_keeps_final_metrics():
+  import jax
+
+  from jaxscape import models
+
+  ds = data.load("digits", flatten=True, num_train=64, num_test=32)
+  init = lambda h, k: models.build("mlp", k, in_features=64, widths=[h], out_features=10)  # noqa: E731
+  out = experiment.train_sizes(jax.random.key(0), init, [2, 4], ds, {"optimizer": "sgd", "learning_rate": 0.05,
+                                                                     "batch_size": 32, "epochs": 1}, seeds=3)
+  assert out["test_loss"].shape == (2, 3) and out["params"].tolist() == [64 * 2 + 2 + 2 * 10 + 10, 64 * 4 + 4 + 4 * 10 + 10]
+  assert np.all(np.isfinite(out["train_loss"])) and np.all((out["test_accuracy"] >= 0) & (out["test_accuracy"] <= 1))

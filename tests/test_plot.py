@@ -157,3 +157,18 @@ def test_regime_lines_and_sharpness_draw_one_row_per_study():
   assert len(axes) == 3 and axes[0].get_title() == "net A: sharpness" and axes[1].get_xscale() == "log"
   assert [t.get_text() for t in axes[0].get_xticklabels()] == ["φ ε=0.001", "λ_max"]
   plt.close("all")
+
+
+def test_histograms_twin_trends_and_finite_size_draw_their_references():
+  fig, ax = plot.histograms({"N = 8": [1.0, 1.5], "N = 12": [1.2, 1.3]}, bins=np.linspace(0.5, 2.0, 7), log=True,
+                            vlines={"-E0": (0.9, "-"), "-Einf": (1.1, "--")}, title="energies")
+  assert len(ax.patches) == 2 and ax.get_xscale() == "log" and [l.get_xdata()[0] for l in ax.get_lines()] == [0.9, 1.1]
+  assert [t.get_text() for t in ax.get_legend().get_texts()] == ["N = 8", "N = 12", "-E0", "-Einf"]
+  fig, (ax, twin) = plot.twin_trends([2, 4, 8], ("std", [1.0, 0.5, 0.25]), ("rho", [0.9, 0.6, 0.2]), right_ylim=(-1, 1))
+  assert ax.get_xscale() == "log" and ax.get_ylabel() == "std" and twin.get_ylabel() == "rho"
+  values = np.array([[1.0, 1.2, 1.1], [0.9, 1.0, 0.95]])
+  fig, ax = plot.finite_size([8, 27], values, (0.8, 1.0), hlines={"ref": (0.8, "--")}, ylabel="e")
+  fit = [l for l in ax.get_lines() if l.get_label().startswith("fit")][0]
+  assert fit.get_xdata()[0] == 0.0 and fit.get_ydata()[0] == 0.8   # the fit's intercept is the N -> inf value
+  np.testing.assert_allclose(ax.containers[0][0].get_ydata(), values.mean(1))
+  plt.close("all")

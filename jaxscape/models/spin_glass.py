@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -72,6 +72,7 @@ __all__ = [
     "minimise",
     "descend_ensemble",
     "tangent_spectrum",
+    "size_sweep",
     "Descent",
     "e_infinity",
     "E0",
@@ -328,3 +329,48 @@ def tangent_spectrum(w: jax.Array, X: jax.Array, *, batch_size: int = 8) -> np.n
     per_disorder = lambda ws, x: jax.lax.map(lambda p: eig(p, x), ws, batch_size=min(batch_size, ws.shape[0]))
     out = jax.jit(jax.vmap(per_disorder))(jnp.asarray(w), jnp.asarray(X))
     return np.asarray(out, np.float64)
+
+
+def size_sweep(key: jax.Array, sizes: Sequence[int], p: int = 3, *, num_disorder: int, num_starts: int,
+               lr: float = 0.1, tol: float = 1e-4, max_steps: int = 10_000, round_steps: int | None = 1000,
+               hessian_batch: int = 8) -> dict[str, np.ndarray]:
+  """Descent ensembles over system sizes N, with the tangent-space Hessian spectrum at every end point.
+
+  Choromanska et al. (2015): the energies GD reaches concentrate as N grows.
+  For each ``N``, ``(kx, kw) = split(fold_in(key, N))``: ``num_disorder``
+  coupling samples from ``kx``, ``[num_disorder, num_starts]`` random starts
+  from ``kw``, then :func:`descend_ensemble` and :func:`tangent_spectrum`
+  (float64).
+
+  Args:
+    key: the key of the sweep.
+    sizes: system sizes N.
+    p: interaction order.
+    num_disorder, num_starts: disorder samples and random starts per sample.
+    lr, tol, max_steps, round_steps: as in :func:`descend_ensemble`.
+    hessian_batch: ``batch_size`` of :func:`tangent_spectrum`.
+
+  Returns:
+    ``{"energy", "grad_norm", "steps", "converged", "min_eig", "index": [len(sizes), num_disorder * num_starts]}``
+    (energy per spin, final tangent-gradient norm, steps taken, converged flag, smallest Hessian eigenvalue, number
+    of negative eigenvalues) and ``{"eigs_n<N>": [num_disorder * num_starts, N - 1]}`` for every N.
+
+  Example:
+    >>> out = size_sweep(jax.random.key(0), [6, 8], num_disorder=1, num_starts=2, tol=1e-3, max_steps=500)
+    >>> out["energy"].shape, out["eigs_n8"].shape
+    ((2, 2), (2, 7))
+  """
+  res: dict[str, list] = {k: [] for k in ("energy", "grad_norm", "steps", "converged", "min_eig", "index")}
+  eigs = {}
+  for n in sizes:
+    kx, kw = jax.random.split(jax.random.fold_in(key, n))
+    X = jax.vmap(lambda k: disorder(k, n, p))(jax.random.split(kx, num_disorder))
+    w0 = jax.vmap(jax.vmap(lambda k: random_point(k, n)))(jax.random.split(kw, (num_disorder, num_starts)))
+    out = descend_ensemble(w0, X, lr=lr, tol=tol, max_steps=max_steps, round_steps=round_steps)
+    ev = tangent_spectrum(out.w, X, batch_size=hessian_batch)
+    for k in ("energy", "grad_norm", "steps", "converged"):
+      res[k].append(np.asarray(getattr(out, k)).ravel())
+    res["min_eig"].append(ev[..., 0].ravel())
+    res["index"].append((ev < 0).sum(-1).ravel())
+    eigs[f"eigs_n{n}"] = ev.reshape(-1, n - 1)
+  return {**{k: np.asarray(v) for k, v in res.items()}, **eigs}
