@@ -39,7 +39,8 @@ from .surface import default_chunk_size, loss_surface
 
 __all__ = ["Report", "table", "fmt", "mean_std", "spread", "load_dataset", "run", "write_index", "seed_surfaces",
            "stack_surfaces", "seed_surface_arrays", "train_regimes", "solution_measures",
-           "interpolation_lines", "regime_study", "train_sizes"]
+           "interpolation_lines", "regime_study", "train_sizes", "variant_surfaces",
+           "seed_surface_statistics", "seed_surface_runs", "seed_surface_notes"]
 
 
 # ----------------------------------------------------------------------------- reports
@@ -111,6 +112,12 @@ class Report:
 
   def section(self, title: str, body: str) -> None:
     self.sections.append((title, body))
+
+  def note_failures(self) -> None:
+    """Adds a note listing the failed checks (if any): settings were fixed before running, a FAIL is a result."""
+    if failed := [n for n, p, _ in self.checks if not p]:
+      self.notes.append(f"Not reproduced at this scale ({self.preset} preset, seed {self.seed}): " + "; ".join(failed)
+                        + ". Settings were fixed before running and not tuned.")
 
   @property
   def verdict(self) -> str:
@@ -534,3 +541,80 @@ def train_sizes(key: jax.Array, init: Callable[[int, jax.Array], Any], sizes: Se
       out[k].append(np.asarray(getattr(hist, k))[:, -1])
     out["params"].append(sum(int(np.prod(a.shape[1:])) for a in jax.tree.leaves(params)))
   return {k: np.asarray(v) for k, v in out.items()}
+
+
+def variant_surfaces(key: jax.Array, build: Callable[..., Any], variants: Mapping[str, Mapping[str, Any]],
+                     sizes: Sequence[int], ds: data.Dataset, train_config: Any, *, size_arg: str = "depth",
+                     **seed_surfaces_kw: Any) -> dict[tuple[str, int], dict[str, Any]]:
+  """:func:`seed_surfaces` for every (variant, size) of a model family, the variants of one size paired.
+
+  Size ``d`` of every variant uses the key ``fold_in(key, d)``, so e.g. plain
+  and residual networks of one depth share initialisation keys, data order
+  and random directions (Li et al. 2018's with/without shortcuts).
+
+  Args:
+    key: the key of the family.
+    build: ``build(key, **kwargs) -> nnx.Module`` (e.g. ``functools.partial(models.build, "resnet", num_classes=10)``).
+    variants: ``{name: extra build kwargs}``.
+    sizes: values of the ``size_arg`` build argument.
+    ds: the dataset.
+    train_config: a :class:`~jaxscape.train.TrainConfig` or its dict.
+    size_arg: the build argument the sizes set.
+    **seed_surfaces_kw: the other arguments of :func:`seed_surfaces` (``seeds``, ``grid``, ...).
+
+  Returns:
+    ``{(variant, size): seed_surfaces result}``, sizes outer, variants inner.
+  """
+  return {(v, int(d)): seed_surfaces(jax.random.fold_in(key, int(d)), functools.partial(
+      build, **{size_arg: int(d)}, **kw), ds, train_config, **seed_surfaces_kw) for d in sizes for v, kw in
+      variants.items()}
+
+
+def seed_surface_statistics(studies: Mapping[tuple, Mapping[str, Any]], labels: Sequence[str]) -> str:
+  """A report table of :func:`seed_surfaces` results, one row per study: statistics as mean ± std over seeds.
+
+  Columns: the labels, parameters, seeds, test accuracy, the non-convex fractions (finite-difference, and the exact
+  pointwise diagnostic), log10 and worst maximum grid loss, non-finite points, the full-Hessian ratio statistics and
+  the training / surface seconds.
+
+  Args:
+    studies: ``{label tuple: seed_surfaces result}`` (e.g. ``(family, variant, depth)``), in row order.
+    labels: the names of the label columns.
+  """
+  ms = lambda r, k, n=3: mean_std(r["summary"], k, n)  # noqa: E731
+  return table([*labels, "params", "seeds", "test acc", "non-convex frac (finite diff.)",
+                "non-convex frac (exact pointwise, diagnostic)", "log10 max loss", "max loss (worst seed)",
+                "non-finite pts", "ratio median", "share ratio > 0.1", "train s", "surface s"], [
+      (*lab, r["num_params"], len(r["seeds"]), ms(r, "test_accuracy", 4), ms(r, "fd_nonconvex_fraction"),
+       ms(r, "nonconvex_fraction"), ms(r, "log10_max_loss", 2), fmt(r["summary"]["max_loss"]["max"]),
+       int(sum(s["num_nonfinite"] for s in r["seeds"])), ms(r, "ratio_median"), ms(r, "ratio_frac_above", 2),
+       f"{r['train_s']:.0f}", f"{r['surface_s']:.0f}") for lab, r in studies.items()])
+
+
+def seed_surface_runs(studies: Mapping[tuple, Mapping[str, Any]], labels: Sequence[str]) -> str:
+  """A report table of :func:`seed_surfaces` results, one row per trained run (final losses and surface statistics).
+
+  Args:
+    studies: ``{label tuple: seed_surfaces result}``, in row order.
+    labels: the names of the label columns.
+  """
+  return table([*labels, "seed", "final train loss", "train acc", "test acc", "loss at origin",
+                "non-convex frac (finite diff.)", "non-convex frac (exact)", "max grid loss", "ratio median"], [
+      (*lab, s, r["train_loss"], r["train_accuracy"], r["test_accuracy"], r["origin_loss"],
+       r.get("fd_nonconvex_fraction", np.nan), r.get("nonconvex_fraction", np.nan), r["max_loss"],
+       r.get("ratio_median", np.nan)) for lab, x in studies.items() for s, r in enumerate(x["seeds"])])
+
+
+def seed_surface_notes(studies: Mapping[tuple, Mapping[str, Any]], *, min_accuracy: float = 0.5) -> list[str]:
+  """Report notes on :func:`seed_surfaces` results: runs that did not train, and the non-finite grid losses.
+
+  Args:
+    studies: ``{label tuple: seed_surfaces result}``; a label reads as words (``MLP plain depth 4``).
+    min_accuracy: runs whose final train accuracy is below it "did not train".
+  """
+  runs = [(lab, s, r) for lab, x in studies.items() for s, r in enumerate(x["seeds"])]
+  return [f"{' '.join(map(str, lab))} seed {s} did not train (final train loss {r['train_loss']:.3g}, train accuracy "
+          f"{r['train_accuracy']:.3f}); it is kept in the seed means." for lab, s, r in runs
+          if r["train_accuracy"] < min_accuracy] + [
+      f"Non-finite grid losses over all surfaces: {int(sum(r['num_nonfinite'] for *_, r in runs))} (recorded as NaN, "
+      "left out of maxima)."]

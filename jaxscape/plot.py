@@ -800,3 +800,48 @@ def finite_size(sizes: Any, values: Any, fit: tuple[float, float], *, exponent: 
     ax.set_title(title)
   ax.legend(fontsize=7)
   return fig, ax
+
+
+__all__ += ["seed_surface_figures"]
+
+
+def seed_surface_figures(studies: dict[tuple[str, int], Any], *, rel: float = 0.01, label: str = "",
+                         size_name: str = "depth", colors: Any = None, trends: bool = True) -> dict[str, Any]:
+  """The figures of a (variant, size) grid of :func:`jaxscape.experiment.seed_surfaces` results (Li et al. 2018).
+
+  Args:
+    studies: ``{(variant, size): seed_surfaces result}`` (e.g. :func:`jaxscape.experiment.variant_surfaces`).
+    rel: the non-convexity threshold of :func:`landscape_grid`'s red dots.
+    label: the model family's name, in titles.
+    size_name: what the sizes are (abscissa label, titles).
+    colors: ``{variant: colour}`` of the trends.
+    trends: also draw the trends against size.
+
+  Returns:
+    ``{"landscapes": (fig, axes)}``: seed 0's surface per variant (rows) and size (columns), :func:`landscape_grid`;
+    with ``trends``, ``"trends"``: the finite-difference non-convex fraction (the exact pointwise one dashed), log10
+    of the maximum grid loss and the test accuracy of every seed against size (:func:`seed_trends`); and
+    ``"ratio_maps"`` (:func:`ratio_maps` of seed 0) when every study has full-Hessian ratio maps.
+  """
+  variants = list(dict.fromkeys(v for v, _ in studies))
+  sizes = list(dict.fromkeys(d for _, d in studies))
+  grid = lambda f: [[f(studies[(v, d)], v, d) for d in sizes] for v in variants]  # noqa: E731
+  out = {"landscapes": landscape_grid(grid(lambda r, v, d: r["surfaces"][0]), rel=rel, titles=grid(
+      lambda r, v, d: f"{label} {v}, {size_name} {d}\nnon-convex {r['seeds'][0]['fd_nonconvex_fraction']:.2f}, max "
+                      f"{r['seeds'][0]['max_loss']:.2g}"), title=f"{label}: filter-normalised training-loss surfaces "
+                                                                  "(seed 0 of each model)")}
+  if not trends:
+    return out
+  per = lambda f: dict(zip(variants, grid(f)))  # noqa: E731
+  seeds = lambda k: {v: np.array(row) for v, row in per(lambda r, v, d: [s[k] for s in r["seeds"]]).items()}  # noqa: E731
+  out["trends"] = seed_trends(sizes, {"non-convex fraction (finite diff.)": seeds("fd_nonconvex_fraction"),
+                                      "log10 max loss": seeds("log10_max_loss"), "test accuracy": seeds("test_accuracy")},
+                              colors=colors, xlabel=size_name, title=f"{label}: seed means (lines) and seeds (dots)",
+                              dashed={"non-convex fraction (finite diff.)": {v: (f"{v} (exact pointwise, diagnostic)", row)
+                                      for v, row in per(lambda r, v, d: np.nanmean([s.get("nonconvex_fraction", np.nan)
+                                                                                     for s in r["seeds"]])).items()}})
+  if all(r["ratios"] for r in studies.values()):
+    out["ratio_maps"] = ratio_maps(grid(lambda r, v, d: r["ratios"][0]), titles=grid(
+        lambda r, v, d: f"{v}, {size_name} {d}: median {np.nanmedian(r['ratios'][0].metrics['convexity_ratio']):.2f}"),
+        title=f"{label}: full-Hessian |lambda_min/lambda_max| on a coarse grid (diagnostic; blue = convex)")
+  return out

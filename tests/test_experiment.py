@@ -147,3 +147,50 @@ def test_train_sizes_trains_every_size_and_keeps_final_metrics():
                                                                      "batch_size": 32, "epochs": 1}, seeds=3)
   assert out["test_loss"].shape == (2, 3) and out["params"].tolist() == [64 * 2 + 2 + 2 * 10 + 10, 64 * 4 + 4 + 4 * 10 + 10]
   assert np.all(np.isfinite(out["train_loss"])) and np.all((out["test_accuracy"] >= 0) & (out["test_accuracy"] <= 1))
+
+
+def _seed_surface_study(train_accuracy=0.9, nonfinite=0):
+  from jaxscape import stats
+
+  rows = [{"train_loss": 0.1, "train_accuracy": train_accuracy, "test_accuracy": 0.8, "origin_loss": 0.1,
+           "fd_nonconvex_fraction": 0.25, "nonconvex_fraction": 0.5, "max_loss": 3.0, "log10_max_loss": 0.48,
+           "num_nonfinite": nonfinite}, {"train_loss": 0.2, "train_accuracy": 0.95, "test_accuracy": 0.9,
+           "origin_loss": 0.2, "max_loss": 5.0, "log10_max_loss": 0.7, "num_nonfinite": 0}]
+  return {"seeds": rows, "summary": stats.seed_summary(rows), "num_params": 42, "train_s": 1.0, "surface_s": 2.0}
+
+
+def test_seed_surface_tables_and_notes():
+  studies = {("MLP", "plain", 4): _seed_surface_study(0.1, nonfinite=3), ("MLP", "residual", 4): _seed_surface_study()}
+  st = experiment.seed_surface_statistics(studies, ["family", "variant", "depth"]).splitlines()
+  assert len(st) == 4 and st[0].startswith("| family | variant | depth | params | seeds | test acc |")
+  assert st[2] == "| MLP | plain | 4 | 42 | 2 | 0.8500 ± 0.0707 | 0.250 | 0.500 | 0.59 ± 0.16 | 5 | 3 | - | - | 1 | 2 |"
+  runs = experiment.seed_surface_runs(studies, ["family", "variant", "depth"]).splitlines()
+  assert len(runs) == 2 + 4 and "| MLP | residual | 4 | 1 | 0.2 |" in runs[5] and runs[5].endswith("| 5 | nan |")
+  notes = experiment.seed_surface_notes({("MLP", "plain", "depth 4"): studies[("MLP", "plain", 4)]})
+  assert notes[0].startswith("MLP plain depth 4 seed 0 did not train") and notes[1].startswith(
+      "Non-finite grid losses over all surfaces: 3 ")
+
+
+def test_variant_surfaces_pairs_the_variants_of_one_size(monkeypatch):
+  import jax
+
+  calls = []
+  monkeypatch.setattr(experiment, "seed_surfaces", lambda key, init, ds, cfg, **kw: calls.append(
+      (jax.random.key_data(key).tolist(), init.keywords, kw)) or len(calls))
+  build = lambda key, **kw: None  # noqa: E731
+  out = experiment.variant_surfaces(jax.random.key(0), build, {"plain": {"skips": False}, "res": {"skips": True}},
+                                    [2, 8], None, {}, seeds=3)
+  assert list(out) == [("plain", 2), ("res", 2), ("plain", 8), ("res", 8)] and out[("res", 8)] == 4
+  assert calls[0][0] == calls[1][0] != calls[2][0] and calls[3][1] == {"depth": 8, "skips": True}
+  assert calls[0][2] == {"seeds": 3}
+
+
+def test_report_note_failures_lists_the_failed_checks():
+  r = Report("demo", claim="c", seed=1, preset="smoke")
+  r.check("a", True, "")
+  r.note_failures()
+  assert r.notes == []
+  r.check("b", False, "")
+  r.note_failures()
+  assert r.notes == ["Not reproduced at this scale (smoke preset, seed 1): b. Settings were fixed before running and "
+                     "not tuned."]

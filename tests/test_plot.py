@@ -172,3 +172,19 @@ def test_histograms_twin_trends_and_finite_size_draw_their_references():
   assert fit.get_xdata()[0] == 0.0 and fit.get_ydata()[0] == 0.8   # the fit's intercept is the N -> inf value
   np.testing.assert_allclose(ax.containers[0][0].get_ydata(), values.mean(1))
   plt.close("all")
+
+
+def test_seed_surface_figures_lay_out_variants_by_size():
+  seed = {"fd_nonconvex_fraction": 0.5, "nonconvex_fraction": 0.25, "max_loss": 2.0, "log10_max_loss": 0.3,
+          "test_accuracy": 0.9}
+  study = lambda ratios: {"surfaces": [_bowl()], "seeds": [seed, seed], "ratios": [_bowl()] if ratios else []}  # noqa: E731
+  studies = {(v, d): study(True) for d in (1, 4) for v in ("plain", "residual")}
+  figs = plot.seed_surface_figures(studies, label="MLP", colors={"plain": "red"})
+  assert sorted(figs) == ["landscapes", "ratio_maps", "trends"]
+  axes = figs["landscapes"][1]
+  assert len(axes) == 2 and len(axes[1]) == 4 and axes[1][2].get_title().startswith("MLP residual, depth 4\n")
+  assert figs["trends"][1][0].get_xlabel() == "depth" and figs["ratio_maps"][1].shape == (2, 2)
+  studies[("plain", 1)] = study(False)
+  assert sorted(plot.seed_surface_figures(studies)) == ["landscapes", "trends"]
+  assert sorted(plot.seed_surface_figures(studies, trends=False)) == ["landscapes"]
+  plt.close("all")
