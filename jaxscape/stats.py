@@ -7,7 +7,8 @@ in the tests.
 * correlations and fits: :func:`pearson`, :func:`spearman`, :func:`linear_fit`,
   :func:`finite_size_fit`;
 * summaries of repeated runs: :func:`summary`, :func:`seed_summary`,
-  :func:`spread_by_group`, :func:`poor_fraction`, :func:`is_increasing`;
+  :func:`spread_by_group`, :func:`poor_fraction`, :func:`is_increasing`,
+  :func:`ratio_of_means`; a value at a grid point: :func:`value_at`;
 * one loss surface as scalars (Li et al. 2018's "how chaotic is this
   landscape" numbers): :func:`surface_stats`, :func:`nonconvex_fraction`,
   :func:`finite_difference_plane_hessian`, and :func:`surface_error` against a
