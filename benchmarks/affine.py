@@ -14,7 +14,7 @@ in this run (median of ``--repeats`` interleaved runs, compilation excluded):
 * the same surface with the forward pass in bfloat16 and float16
   (``Objective.with_compute_dtype``): points/second and the max / mean
   relative error of the loss against float32 over the grid
-  (:func:`jaxscape.surface_stats.surface_error`).
+  (:func:`jaxscape.stats.surface_error`).
 
 Run: ``python benchmarks/affine.py [--num 21] [--chunk 32] [--repeats 3]``.
 """
@@ -33,7 +33,7 @@ import optax
 
 import jaxscape as js
 from jaxscape import surface as jsurf
-from jaxscape.surface_stats import surface_error
+from jaxscape.stats import surface_error
 
 
 def setup(n: int = 2000, steps: int = 200):

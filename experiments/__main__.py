@@ -2,7 +2,7 @@
 
 An unknown name, or none, is a one-line error that lists the experiments
 that exist (exit code 2); the flags are those of
-:func:`jaxscape.cli.run_experiment` (``--preset``, ``--seed``,
+:func:`jaxscape.experiment.run` (``--preset``, ``--seed``,
 ``--data-dir``, ``--out``), and an unknown preset lists the presets.
 """
 
@@ -14,7 +14,7 @@ import sys
 from typing import Sequence
 
 import experiments
-from jaxscape.cli import run_experiment
+from jaxscape import experiment
 
 
 def names() -> list[str]:
@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   if name not in available:
     print(f"unknown experiment {name!r}: expected one of {', '.join(available)}", file=sys.stderr)
     return 2
-  return run_experiment(importlib.import_module(f"experiments.{name}"), rest)
+  return experiment.run(importlib.import_module(f"experiments.{name}"), rest)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,8 @@
 """saddle_points: critical points of a small MLP are saddles whose index grows with their loss (Dauphin et al. 2014).
 
-Critical points of an MLP 16-8-10 (tanh, 226 parameters, exact float64
-Hessians) on PCA-16 digits are searched from snapshots of SGD trajectories at
-many epochs, all starts in one compiled call
-(``critical.find_critical_points``, ``method="hybrid"``):
-Levenberg-Marquardt on ``1/2 ||grad f||^2``, then Newton's iteration with a
-capped step where LM stalls in a gradient-flat basin. Only points with
-``||grad f|| < 1e-6`` count; LM stalls that never reach that are counted as
-gradient-flat and excluded. The end of every training run is also refined into
-an exact minimum by saddle-free Newton with a line search
-(``newton.minimize_saddle_free``). Each point's loss and index (fraction of
-negative Hessian eigenvalues) are recorded. From points next to saddles,
-saddle-free Newton (``|H|`` from the eigendecomposition, and its Krylov
-version), damped Newton and gradient descent are compared
-(``newton.escape_saddle``).
+Critical points of a small tanh MLP (exact float64 Hessians) are searched from SGD snapshots
+(``critical.find_critical_points``), trained points refined into minima (``newton.minimize_saddle_free``), and
+saddle-free Newton, damped Newton and gradient descent compared next to saddles (``newton.escape_saddle``).
 
 Run: ``make experiment NAME=saddle_points [PRESET=smoke|cpu|full] [SEED=0] [DATA_DIR=...]``.
 """
@@ -26,139 +15,59 @@ import time
 
 import jax
 import jax.numpy as jnp
-import matplotlib
+import numpy as np
+from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from threadpoolctl import threadpool_limits  # noqa: E402  (a scikit-learn dependency)
+import jaxscape as js
+from jaxscape import critical, data, experiment, models, newton, objective, plot, stats, train
+from jaxscape import io as jio
+from jaxscape.experiment import Report, fmt, table
 
-import jaxscape as js  # noqa: E402
-from jaxscape import cli, critical, data, features, models, newton, plot, regularize, stats, train  # noqa: E402
-from jaxscape import io as jio  # noqa: E402
-from jaxscape.report import Report, fmt, table  # noqa: E402
-
-_SNAPS = [0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 18, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 58, 60]
+_BASE = {"pca": 16, "widths": [8], "weight_decay": 1e-2, "learning_rate": 0.05, "batch_size": 32, "snapshot_epochs": 5,
+         "step_cap": 1.0, "tol": 1e-6, "perturbation": 1e-3, "escape_threshold": 1e-3, "escape_margin": 10,
+         "damping_rel": 1e-3}
 CONFIGS = {
-    "smoke": {"dataset": "digits", "num_train": 100, "pca": 16, "widths": [8], "weight_decay": 1e-2, "seeds": 1,
-              "epochs": 20, "learning_rate": 0.05, "batch_size": 32, "snapshot_epochs": 5, "snapshots": [0, 1, 4],
-              "max_steps": 30, "lm_steps": 20, "window": 15, "step_cap": 1.0, "tol": 1e-6, "minimize_steps": 20,
-              "escapes": 1, "escape_steps": 10, "perturbation": 1e-3, "escape_threshold": 1e-3, "escape_margin": 10,
-              "krylov_dim": 10,
-              "damping_rel": 1e-3},
-    "cpu": {"dataset": "digits", "num_train": 300, "pca": 16, "widths": [8], "weight_decay": 1e-2, "seeds": 10,
-            "epochs": 300, "learning_rate": 0.05, "batch_size": 32, "snapshot_epochs": 5, "snapshots": _SNAPS,
-            "max_steps": 160, "lm_steps": 30, "window": 10, "step_cap": 1.0, "tol": 1e-6, "minimize_steps": 100,
-            "escapes": 3, "escape_steps": 60, "perturbation": 1e-3, "escape_threshold": 1e-3, "escape_margin": 10,
-            "krylov_dim": 20,
-            "damping_rel": 1e-3},
-    "full": {"dataset": "mnist", "num_train": 10000, "pca": 32, "widths": [16], "weight_decay": 1e-3, "seeds": 32,
-             "epochs": 200, "learning_rate": 0.05, "batch_size": 64, "snapshot_epochs": 2,
+    "smoke": {**_BASE, "dataset": "digits", "num_train": 100, "seeds": 1, "epochs": 20, "snapshots": [0, 1, 4],
+              "max_steps": 30, "lm_steps": 20, "window": 15, "minimize_steps": 20, "escapes": 1, "escape_steps": 10,
+              "krylov_dim": 10},
+    "cpu": {**_BASE, "dataset": "digits", "num_train": 300, "seeds": 10, "epochs": 300,
+            "snapshots": [0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 18, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 58, 60],
+            "max_steps": 160, "lm_steps": 30, "window": 10, "minimize_steps": 100, "escapes": 3, "escape_steps": 60,
+            "krylov_dim": 20},
+    "full": {**_BASE, "dataset": "mnist", "num_train": 10000, "pca": 32, "widths": [16], "weight_decay": 1e-3,
+             "seeds": 32, "epochs": 200, "batch_size": 64, "snapshot_epochs": 2,
              "snapshots": [0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 100], "max_steps": 400, "lm_steps": 100,
-             "window": 20, "step_cap": 1.0, "tol": 1e-6, "minimize_steps": 200, "escapes": 10, "escape_steps": 300,
-             "perturbation": 1e-3, "escape_threshold": 1e-3, "escape_margin": 10, "krylov_dim": 40,
-             "damping_rel": 1e-3},
+             "window": 20, "minimize_steps": 200, "escapes": 10, "escape_steps": 300, "krylov_dim": 40},
 }
-
 METHODS = ("gd", "newton", "sfn", "sfn_krylov")
 
 
-def _dataset(config: dict) -> data.Dataset:
-  if config["dataset"] == "digits":
-    ds = data.load("digits", flatten=True, num_train=config["num_train"], subset_seed=config["seed"])
-  else:
-    if config.get("data_dir") is None:
-      raise FileNotFoundError(f"preset {config['preset']!r} uses {config['dataset']!r}, read from disk: pass "
-                              "--data-dir DIR (make ... DATA_DIR=DIR) with the MNIST IDX files in DIR")
-    ds = data.load(config["dataset"], data_dir=config["data_dir"], flatten=True, num_train=config["num_train"],
-                   subset_seed=config["seed"])
-  return features.pca(ds, config["pca"], whiten=True)
-
-
-def _distinct(loss: np.ndarray, idx: np.ndarray) -> list[int]:
-  """One representative per (loss, index) value: the same point reached from several starts, or permuted copies."""
-  keep: list[int] = []
-  for i in np.argsort(loss, kind="stable"):
-    if not any(abs(loss[i] - loss[j]) <= 1e-9 * max(1.0, abs(loss[j])) and idx[i] == idx[j] for j in keep):
-      keep.append(int(i))
-  return keep
-
-
-def _escape_axes(ax, e: dict, threshold: float) -> None:
-  for m in METHODS:
-    ax.plot(e["losses"][m] - e["losses"][m][0], label=f"{m} (escape {e['steps'][m]})")
-  ax.axhline(-threshold, color="k", ls=":", lw=0.8)
-  ax.set(xlabel="step", ylabel="loss - loss at start", title=f"saddle: loss {e['loss']:.3g}, index {e['index']:.3f}")
-  ax.set_yscale("symlog", linthresh=1e-4)
-  ax.legend(fontsize=7)
-
-
-def _scatter_axes(fig, ax, loss, idx, epoch, minimiser, cutoff, title) -> None:
-  vmax = max(1, int(epoch.max()) if epoch.size else 1)
-
-  def draw(a, size):
-    sc = a.scatter(loss[~minimiser], idx[~minimiser], c=epoch[~minimiser], cmap="viridis", s=size, vmin=0, vmax=vmax)
-    if minimiser.any():
-      a.scatter(loss[minimiser], idx[minimiser], marker="*", s=5 * size, facecolor="none", edgecolor="tab:red",
-                label="trained point refined by SFN")
-    a.axvline(cutoff, color="k", ls=":", lw=1, label="lowest 10% of the loss range")
-    return sc
-
-  sc = draw(ax, 22)
-  fig.colorbar(sc, ax=ax, label="epoch of the start snapshot")
-  ax.set(xlabel="loss at the critical point (train CE + L2)", ylabel="index (fraction of negative eigenvalues)",
-         title=title)
-  ax.legend(fontsize=7, loc="lower right")
-  # most points crowd the bottom of the loss range: zoom into its lowest fifth
-  lo, hi = (loss.min(), loss.max()) if loss.size else (0.0, 0.0)
-  zoom = loss <= lo + 0.2 * (hi - lo)
-  if loss.size and zoom.sum() >= 3 and (~zoom).any():
-    inset = ax.inset_axes([0.12, 0.42, 0.5, 0.5])
-    draw(inset, 10)
-    pad = 0.05 * (loss[zoom].max() - lo) + 1e-12
-    inset.set_xlim(lo - pad, loss[zoom].max() + pad)
-    inset.set_ylim(-0.05 * idx[zoom].max() - 1e-3, 1.1 * idx[zoom].max() + 1e-3)
-    inset.tick_params(labelsize=6)
-    inset.set_title("zoom: lowest 20% of the loss range", fontsize=7)
-
-
-def _hist_axes(ax, eigs: np.ndarray, labels: list[str]) -> None:
-  bins = np.linspace(-4.5, 4.5, 46)
-  for lam, label in zip(eigs, labels):
-    ax.hist(np.sign(lam) * np.log10(1 + np.abs(lam) / 1e-4), bins=bins, histtype="step", lw=1.5, label=label)
-  ax.axvline(0, color="k", lw=0.8)
-  ax.set(xlabel="sign(lambda) log10(1 + |lambda| / 1e-4)", ylabel="count", title="Hessian eigenvalues")
-  ax.legend(fontsize=7)
-
-
 def main(config: dict, out_dir: str) -> Report:
-  t_start = time.perf_counter()
-  seed = config["seed"]
-  root = jax.random.key(seed)
-  ds = _dataset(config)
+  t_start, seed, root, tol = time.perf_counter(), config["seed"], jax.random.key(config["seed"]), config["tol"]
+  ds = data.pca(experiment.load_dataset({"name": config["dataset"], "flatten": True, "num_train": config["num_train"],
+                                         "subset_seed": seed}, config.get("data_dir")), config["pca"], whiten=True)
   n_in, widths, wd = ds.x_train.shape[1], list(config["widths"]), config["weight_decay"]
   init = lambda k: models.build("mlp", k, in_features=n_in, widths=widths, out_features=ds.num_classes,
                                 activation="tanh")
-  spe = ds.num_train // config["batch_size"]
   t0 = time.perf_counter()
   _, _, hist = train.train_many(jax.random.split(jax.random.fold_in(root, 0), config["seeds"]), init, ds,
                                 optimizer="sgd", learning_rate=config["learning_rate"], batch_size=config["batch_size"],
-                                epochs=config["epochs"], weight_decay=wd, snapshot_every=spe * config["snapshot_epochs"])
+                                epochs=config["epochs"], weight_decay=wd,
+                                snapshot_every=ds.num_train // config["batch_size"] * config["snapshot_epochs"])
   train_wall = time.perf_counter() - t0
   num_snap = jax.tree.leaves(hist.trajectory)[0].shape[1]
   snaps = [t for t in config["snapshots"] if t < num_snap]
   n_seeds, n_snaps = config["seeds"], len(snaps)
-  tol = config["tol"]
 
   # single-threaded BLAS/LAPACK for the 226 x 226 factorisations: OpenBLAS threads only synchronise at this size,
   # and on a loaded 2-core machine they made each eigh / Cholesky 20-300x slower (busy-waiting)
   with jax.enable_x64(True), threadpool_limits(limits=1, user_api="blas"):
     base, _ = js.Objective.from_model(init(jax.random.key(0)), data=(np.asarray(ds.x_train, np.float64), ds.y_train),
                                     batch_size=None, name=f"{ds.name}-train")
-    obj = regularize.with_l2(base, wd)
+    obj = objective.with_l2(base, wd)
     traj = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), hist.trajectory)
-
-    # ------------------------------------------------------------ critical points from trajectory snapshots
+    last = [jax.tree.map(lambda a: a[s, -1], traj) for s in range(n_seeds)]
+    # critical points from trajectory snapshots, all starts in one compiled call
     starts = jax.tree.map(lambda a: a[:, jnp.asarray(snaps)].reshape(n_seeds * n_snaps, *a.shape[2:]), traj)
     t0 = time.perf_counter()
     cps = critical.find_critical_points(obj, starts, method="hybrid", max_steps=config["max_steps"],
@@ -166,73 +75,54 @@ def main(config: dict, out_dir: str) -> Report:
                                         step_cap=config["step_cap"], tol=tol)
     search_wall = time.perf_counter() - t0
     start_loss = np.asarray(jax.jit(jax.vmap(obj.value))(starts))
-
-    # ------------------------------------------------------------ the trained points, refined into minima
-    t0 = time.perf_counter()
-    refined = [newton.minimize_saddle_free(obj, jax.tree.map(lambda a: a[s, -1], traj),
-                                             max_steps=config["minimize_steps"], tol=tol) for s in range(n_seeds)]
+    t0 = time.perf_counter()  # the trained points, refined into minima
+    refined = [newton.minimize_saddle_free(obj, p, max_steps=config["minimize_steps"], tol=tol) for p in last]
     minimize_wall = time.perf_counter() - t0
 
-    rec = {
-        "seed": np.concatenate([np.repeat(np.arange(n_seeds), n_snaps), np.arange(n_seeds)]),
-        "epoch": np.concatenate([np.tile(np.array(snaps) * config["snapshot_epochs"], n_seeds),
-                                 np.full(n_seeds, (num_snap - 1) * config["snapshot_epochs"])]),
-        "minimiser": np.concatenate([np.zeros(n_seeds * n_snaps, bool), np.ones(n_seeds, bool)]),
-        "start_loss": np.concatenate([start_loss, [float(obj.value(jax.tree.map(lambda a: a[s, -1], traj)))
-                                                   for s in range(n_seeds)]]),
-        "loss": np.concatenate([cps.loss, [r.loss for r in refined]]),
-        "grad_norm": np.concatenate([cps.grad_norm, [r.grad_norm for r in refined]]),
-        "index": np.concatenate([cps.index, [r.index for r in refined]]),
-        "steps": np.concatenate([cps.steps, [r.steps for r in refined]]),
-        "lm_steps": np.concatenate([cps.lm_steps, np.zeros(n_seeds, int)]),
-        "flatness": np.concatenate([cps.flatness, [r.flatness for r in refined]]),
-        "stall_grad_norm": np.concatenate([cps.stall_grad_norm, np.full(n_seeds, np.nan)]),
-        "stall_flatness": np.concatenate([cps.stall_flatness, np.full(n_seeds, np.nan)]),
-        "status": np.concatenate([cps.status, [r.status for r in refined]]).astype("U16"),
-    }
+    both = lambda field, fill=None: np.concatenate([getattr(cps, field), [getattr(r, field) for r in refined]
+                                                    if fill is None else np.full(n_seeds, fill)])
+    rec = {"seed": np.concatenate([np.repeat(np.arange(n_seeds), n_snaps), np.arange(n_seeds)]),
+           "epoch": np.concatenate([np.tile(np.array(snaps) * config["snapshot_epochs"], n_seeds),
+                                    np.full(n_seeds, (num_snap - 1) * config["snapshot_epochs"])]),
+           "minimiser": np.concatenate([np.zeros(n_seeds * n_snaps, bool), np.ones(n_seeds, bool)]),
+           "start_loss": np.concatenate([start_loss, [float(obj.value(p)) for p in last]]),
+           **{f: both(f) for f in ("loss", "grad_norm", "index", "steps")},
+           "lm_steps": np.concatenate([cps.lm_steps, np.zeros(n_seeds, int)]), "flatness": both("flatness"),
+           "stall_grad_norm": both("stall_grad_norm", np.nan), "stall_flatness": both("stall_flatness", np.nan),
+           "status": both("status").astype("U16")}
     eigs = np.concatenate([cps.eigenvalues, np.stack([np.asarray(r.eigenvalues) for r in refined])])
-    point = lambda i: (jax.tree.map(lambda a: a[i], cps.params) if i < len(cps)
-                       else refined[i - len(cps)].params)
-    ok = rec["grad_norm"] < tol
-    loss, index = rec["loss"], rec["index"]
-    dist = [int(np.flatnonzero(ok)[j]) for j in _distinct(loss[ok], index[ok])]
+    point = lambda i: jax.tree.map(lambda a: a[i], cps.params) if i < len(cps) else refined[i - len(cps)].params
+    ok, loss, index = rec["grad_norm"] < tol, rec["loss"], rec["index"]
+    dist = [int(np.flatnonzero(ok)[j]) for j in stats.distinct(loss[ok], index[ok])]
 
-    # ------------------------------------------------------------ escaping saddles
+    # escaping saddles. Candidates: distinct saddles at least escape_margin thresholds above the lowest critical
+    # loss, so that a drop of one threshold is attainable at all (next to a minimum the whole drop can be smaller)
     t0 = time.perf_counter()
-    # candidates: distinct saddles at least escape_margin thresholds above the lowest critical loss, so that a
-    # drop of one threshold is attainable at all (next to a minimum the whole downhill drop can be smaller)
     floor = (loss[dist].min() if dist else 0.0) + config["escape_margin"] * config["escape_threshold"]
     saddles = sorted([i for i in dist if index[i] > 0 and loss[i] >= floor], key=lambda i: -loss[i])
     chosen = ([saddles[j] for j in np.unique(np.linspace(0, len(saddles) - 1, config["escapes"]).round().astype(int))]
               if saddles else [])
     escapes = []
     for j, i in enumerate(chosen):
-      lam = eigs[i]
-      lmax = float(np.max(np.abs(lam)))
+      lmax = float(np.max(np.abs(eigs[i])))
       v = js.tree.normal_like(jax.random.fold_in(jax.random.fold_in(root, 1), j), point(i))
       p0 = js.tree.add(point(i), js.tree.scale(config["perturbation"] / js.tree.norm(v), v))
-      damping = config["damping_rel"] * lmax
-      e = {"loss": float(loss[i]), "index": float(index[i]), "lambda_min": float(lam.min()), "lambda_max": lmax,
+      e = {"loss": float(loss[i]), "index": float(index[i]), "lambda_min": float(eigs[i].min()), "lambda_max": lmax,
            "losses": {}, "steps": {}, "wall": {}}
       for m in METHODS:
         tm = time.perf_counter()
         r = newton.escape_saddle(obj, p0, m, config["escape_steps"], lr=1.0 / lmax if m == "gd" else 1.0,
-                                   damping=0.0 if m == "gd" else damping,
+                                   damping=0.0 if m == "gd" else config["damping_rel"] * lmax,
                                    krylov_dim=config["krylov_dim"] if m == "sfn_krylov" else None,
                                    threshold=config["escape_threshold"], line_search=True)
-        e["losses"][m] = np.asarray(r.losses)
-        e["steps"][m] = r.escape_step
-        e["wall"][m] = time.perf_counter() - tm
+        e["losses"][m], e["steps"][m], e["wall"][m] = np.asarray(r.losses), r.escape_step, time.perf_counter() - tm
       escapes.append(e)
     escape_wall = time.perf_counter() - t0
 
-  # ---------------------------------------------------------------- statistics and checks
-  n_all, n_ok = len(loss), int(ok.sum())
+  n_all, n_ok, n_d, search = len(loss), int(ok.sum()), len(dist), ~rec["minimiser"]
   counts = {k: int(np.sum(rec["status"] == k)) for k in ("converged", "gradient_flat", "max_steps")}
-  search = ~rec["minimiser"]
   by_lm = int(np.sum(ok & search & (rec["steps"] <= rec["lm_steps"])))
   l_d, i_d = loss[dist], index[dist]
-  n_d = len(dist)
   rho = stats.spearman(l_d, i_d) if n_d >= 3 else float("nan")
   rho_all = stats.spearman(loss[ok], index[ok]) if n_ok >= 3 else float("nan")
   lo, hi = (float(loss[ok].min()), float(loss[ok].max())) if n_ok else (np.nan, np.nan)
@@ -249,46 +139,43 @@ def main(config: dict, out_dir: str) -> Report:
   arrays = {k: np.asarray(v) for k, v in rec.items()}
   arrays.update(converged=ok, eigenvalues=eigs, distinct=np.array(dist, int), train_loss=hist.train_loss,
                 test_accuracy=hist.test_accuracy)
-  for j, e in enumerate(escapes):
-    for m in METHODS:
-      arrays[f"escape{j}_{m}"] = e["losses"][m]
+  arrays.update({f"escape{j}_{m}": e["losses"][m] for j, e in enumerate(escapes) for m in METHODS})
   jio.save_result(out_dir, arrays, {
       "config": config, "environment": jio.environment(), "train_wall_s": train_wall, "search_wall_s": search_wall,
       "minimize_wall_s": minimize_wall, "escape_wall_s": escape_wall, "total_wall_s": total_wall,
       "status_counts": counts, "spearman_distinct": rho, "spearman_all": rho_all, "spearman_lowest_decile": rho_low,
-      "num_distinct": n_d,
-      "dataset": ds.info, "escapes": [{k: v for k, v in e.items() if k != "losses"} for e in escapes]})
+      "num_distinct": n_d, "dataset": ds.info,
+      "escapes": [{k: v for k, v in e.items() if k != "losses"} for e in escapes]})
 
-  # ---------------------------------------------------------------- figures
   title = f"{n_ok} critical points ({n_d} distinct), Spearman rho = {rho:.3f}"
-  fig, ax = plt.subplots(figsize=(5.8, 4.3))
-  _scatter_axes(fig, ax, l_d, i_d, rec["epoch"][dist], rec["minimiser"][dist], cutoff, title)
+  scatter = lambda ax: plot.loss_vs_index(l_d, i_d, color=rec["epoch"][dist], marked=rec["minimiser"][dist],
+                                          cutoff=cutoff, ax=ax, title=title)
+  fig, axes = plot.panels(1, size=(5.8, 4.3))
+  scatter(axes[0])
   plot.save(fig, os.path.join(out_dir, "loss_vs_index.png"), dpi=100)
   picks = {}
   if n_d:  # lowest- and highest-loss point, and the saddle of median loss
     mid = [i for i in dist if index[i] > 0] or dist
     picks = {"low": dist[0], "medium": mid[len(mid) // 2], "high": dist[-1]}
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    fig, axes = plot.panels(3, size=(4.67, 3.6))
     for ax, (name, i) in zip(axes, picks.items()):
-      lam = eigs[i]
-      ax.hist(np.sign(lam) * np.log10(1 + np.abs(lam) / 1e-4), bins=40, color="tab:blue")
-      ax.axvline(0, color="k", lw=0.8)
-      ax.set(title=f"{name} loss {loss[i]:.3g}: index {index[i]:.3f}",
-             xlabel="sign(lambda) log10(1 + |lambda| / 1e-4)", ylabel="count")
+      plot.signed_log_histogram(eigs[i], ax=ax, title=f"{name} loss {loss[i]:.3g}: index {index[i]:.3f}")
     plot.save(fig, os.path.join(out_dir, "eigenvalue_histograms.png"), dpi=90)
+  escape_axes = lambda ax, e: plot.escape(e["losses"], e["steps"], threshold=config["escape_threshold"], ax=ax,
+                                          title=f"saddle: loss {e['loss']:.3g}, index {e['index']:.3f}")
   if escapes:
-    fig, axes = plt.subplots(1, len(escapes), figsize=(5 * len(escapes), 3.8), squeeze=False)
-    for ax, e in zip(axes[0], escapes):
-      _escape_axes(ax, e, config["escape_threshold"])
+    fig, axes = plot.panels(len(escapes), size=(5, 3.8))
+    for ax, e in zip(axes, escapes):
+      escape_axes(ax, e)
     plot.save(fig, os.path.join(out_dir, "saddle_escape.png"), dpi=90)
   # one-row summary (README figure): scatter, spectra at low / medium / high loss, escape from the median saddle
-  fig, axes = plt.subplots(1, 3, figsize=(17, 4.3))
-  _scatter_axes(fig, axes[0], l_d, i_d, rec["epoch"][dist], rec["minimiser"][dist], cutoff, title)
+  fig, axes = plot.panels(3, size=(5.67, 4.3))
+  scatter(axes[0])
   if picks:
-    _hist_axes(axes[1], eigs[list(picks.values())],
-               [f"{k}: loss {loss[i]:.3g}, index {index[i]:.3f}" for k, i in picks.items()])
+    plot.signed_log_histogram(eigs[list(picks.values())], bins=np.linspace(-4.5, 4.5, 46), ax=axes[1],
+                              labels=[f"{k}: loss {loss[i]:.3g}, index {index[i]:.3f}" for k, i in picks.items()])
   if escapes:
-    _escape_axes(axes[2], escapes[len(escapes) // 2], config["escape_threshold"])
+    escape_axes(axes[2], escapes[len(escapes) // 2])
   plot.save(fig, os.path.join(out_dir, "summary.png"), dpi=90)
 
   # ---------------------------------------------------------------- report
@@ -299,9 +186,9 @@ def main(config: dict, out_dir: str) -> Report:
   n_par = js.tree.size(point(0))
   rep.setup += [
       f"Data: {ds.name} ({ds.num_train} train examples, subset seed = run seed; {config['pca']} whitened principal "
-      f"components fitted on them, `features.pca`, explained variance {ds.info['pca']['explained_variance_ratio']:.3f}).",
+      f"components fitted on them, `data.pca`, explained variance {ds.info['pca']['explained_variance_ratio']:.3f}).",
       f"Model: MLP {n_in}-{'-'.join(map(str, widths))}-{ds.num_classes}, tanh, {n_par} parameters; objective = mean "
-      f"cross-entropy + ({wd:g}/2)||theta||^2 (`regularize.with_l2`: bounded sublevel sets, so critical points exist "
+      f"cross-entropy + ({wd:g}/2)||theta||^2 (`objective.with_l2`: bounded sublevel sets, so critical points exist "
       "at finite weights); float64 for everything after training.",
       f"Trajectories: {n_seeds} SGD runs (lr {config['learning_rate']}, batch {config['batch_size']}, weight decay "
       f"{wd:g}, {config['epochs']} epochs, `train.train_many`, {train_wall:.1f} s); starts = snapshots at epochs "
@@ -365,9 +252,8 @@ def main(config: dict, out_dir: str) -> Report:
        f"{mean(rec['steps'][ok & search])} / {mean(rec['steps'][~ok & search])}"),
       ("final SGD train loss (mean over runs)", float(np.mean(hist.train_loss[:, -1]))),
   ]))
-  same = lambda i, j: abs(loss[j] - loss[i]) <= 1e-9 * max(1, abs(loss[i])) and index[j] == index[i]
   sources = lambda i: ", ".join(sorted({f"s{rec['seed'][j]}e{rec['epoch'][j]}{'*' if rec['minimiser'][j] else ''}"
-                                         for j in np.flatnonzero(ok) if same(i, j)}))
+                                         for j in np.flatnonzero(ok & stats.copies(loss, index, i))}))
   rep.section("Distinct critical points (by loss; source = seed s, start epoch e; * = refined trained point)", table(
       ["loss", "index", "negative eigenvalues", "||grad f||", "min |lambda|", "sources"],
       [(loss[i], index[i], int(round(index[i] * eigs.shape[1])), rec["grad_norm"][i], float(np.min(np.abs(eigs[i]))),
@@ -416,4 +302,4 @@ def main(config: dict, out_dir: str) -> Report:
 
 
 if __name__ == "__main__":
-  sys.exit(cli.run_experiment(sys.modules[__name__]))
+  sys.exit(experiment.run(sys.modules[__name__]))

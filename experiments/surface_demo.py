@@ -17,8 +17,8 @@ import jax
 import numpy as np
 
 import jaxscape as js
-from jaxscape import cli, plot
-from jaxscape.report import Report, table
+from jaxscape import cli, experiment, plot
+from jaxscape.experiment import Report, table
 
 RUN_DIR = "runs/surface_demo"
 
@@ -76,4 +76,4 @@ def main(config: dict, out_dir: str) -> Report:
 
 
 if __name__ == "__main__":
-  sys.exit(cli.run_experiment(sys.modules[__name__]))
+  sys.exit(experiment.run(sys.modules[__name__]))

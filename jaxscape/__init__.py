@@ -1,6 +1,7 @@
 """jaxscape: loss-landscape analysis of neural networks in JAX."""
 
 from . import tree as tree
+from . import objective as objective
 from .objective import Objective as Objective
 from .objective import FirstLayer as FirstLayer
 from . import adapters as adapters
@@ -13,6 +14,7 @@ from .directions import plane_directions as plane_directions
 from .directions import pca_directions as pca_directions
 from . import io as io
 from .io import save as save
+from . import surface as surface
 from .surface import Surface as Surface
 from .surface import loss_surface as loss_surface
 from .surface import load_surface as load_surface
@@ -23,19 +25,20 @@ from . import hessian as hessian
 from . import sharpness as sharpness
 from . import critical as critical
 from . import newton as newton
+from . import paths as paths
 from . import data as data
 from . import models as models
 from . import train as train
 from . import testfns as testfns
-from . import paths as paths
+from . import stats as stats
 
 __version__ = "0.1.0"
 
-_LAZY = ("plot", "cli", "report", "stats", "checkpoint", "paths", "runs", "surface_stats", "minima", "features", "regularize")
+_LAZY = ("plot", "cli", "checkpoint", "experiment")
 
 
 def __getattr__(name: str):
-  """Imports the heavier or optional submodules (matplotlib, orbax) on first use."""
+  """Imports the matplotlib- and orbax-heavy submodules (plot, cli, checkpoint, experiment) on first use."""
   if name in _LAZY:
     import importlib
 

@@ -1,4 +1,4 @@
-"""The ``jaxscape`` command line, and the runner behind ``make experiment``.
+"""The ``jaxscape`` command line (the runner behind ``make experiment`` is :mod:`jaxscape.experiment`).
 
 Commands (``jaxscape <command> --help`` for all flags)::
 
@@ -23,7 +23,7 @@ import os
 import sys
 from typing import Any, Callable, Sequence
 
-__all__ = ["main", "run_experiment", "demo_network", "COMMANDS"]
+__all__ = ["main", "demo_network", "COMMANDS"]
 
 COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {}
 """Subcommand registrars: ``name -> fn(subparsers)``; each adds its parser and sets ``func``."""
@@ -515,61 +515,6 @@ def main(argv: Sequence[str] | None = None) -> int:
   except (ValueError, FileNotFoundError) as e:
     print(f"jaxscape {args.command}: error: {e}", file=sys.stderr)
     return 2
-
-
-def run_experiment(module: Any, argv: Sequence[str] | None = None) -> int:
-  """Runs ``experiments/<name>.py``: ``CONFIGS[preset]`` -> ``main(config, out_dir)`` -> report.
-
-  Flags: ``--preset smoke|cpu|full`` (default ``cpu``), ``--seed`` (default 0;
-  changes every random choice of the run), ``--data-dir`` (datasets on disk,
-  for ``full``), ``--out`` (default ``runs/<name>-<preset>``, or the module's
-  ``RUN_DIR``). Writes ``config.json`` first and ``report.md`` from the
-  :class:`~jaxscape.report.Report` that ``main`` returns, then refreshes
-  ``runs/index.md``.
-  """
-  from . import io as jio
-
-  spec = getattr(module, "__spec__", None)
-  name = (spec.name if spec is not None else module.__name__).rsplit(".", 1)[-1]
-  parser = argparse.ArgumentParser(prog=f"experiments.{name}", description=(module.__doc__ or "").strip().splitlines()[0])
-  parser.add_argument("--preset", default="cpu", choices=sorted(module.CONFIGS))
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--data-dir", default=None)
-  parser.add_argument("--out", default=None)
-  args = parser.parse_args(argv)
-  config = {**module.CONFIGS[args.preset], "preset": args.preset, "seed": args.seed, "data_dir": args.data_dir}
-  out = args.out or getattr(module, "RUN_DIR", None) or os.path.join("runs", f"{name}-{args.preset}")
-  os.makedirs(out, exist_ok=True)
-  jio.write_json(os.path.join(out, "config.json"), config)
-  try:
-    report = module.main(config, out)
-  except (FileNotFoundError, ValueError) as e:
-    print(f"{name} [{args.preset}]: error: {e}", file=sys.stderr)
-    return 2
-  with open(os.path.join(out, "report.md"), "w") as f:
-    f.write(report.render())
-  parent = os.path.dirname(os.path.abspath(out))
-  if os.path.basename(parent) == "runs":
-    write_index(parent)
-  print(f"{name} [{args.preset}, seed {args.seed}]: {report.verdict} -> {os.path.join(out, 'report.md')}")
-  for check, passed, evidence in report.checks:
-    print(f"  {'PASS' if passed else 'FAIL'}  {check}: {evidence}")
-  return 0
-
-
-def write_index(runs_dir: str) -> str:
-  """Writes ``runs_dir/index.md`` linking every run's ``report.md`` with its verdict."""
-  rows = []
-  for entry in sorted(os.listdir(runs_dir)):
-    report = os.path.join(runs_dir, entry, "report.md")
-    if os.path.isfile(report):
-      with open(report) as f:
-        first = f.readline().strip().lstrip("# ")
-      rows.append(f"- [{entry}]({entry}/report.md): {first}")
-  path = os.path.join(runs_dir, "index.md")
-  with open(path, "w") as f:
-    f.write("# jaxscape runs\n\n" + "\n".join(rows) + "\n")
-  return path
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ BN_POLICIES = ("frozen", "interpolate", "recompute")
   ``bn_policy="recompute"``; recorded with ``recompute_batches``).
 """
 
-__all__ = ["Objective", "FirstLayer", "per_example_loss", "LOSSES", "BN_POLICIES"]
+__all__ = ["Objective", "FirstLayer", "per_example_loss", "LOSSES", "BN_POLICIES", "with_l2", "l2_penalty"]
 
 
 def _cross_entropy(outputs: jax.Array, targets: jax.Array) -> jax.Array:
@@ -270,7 +270,7 @@ class Objective:
     first_layer_spec: ``(FirstLayer, apply)``: the model's first layer and the
       ``apply`` it describes (static); read it through :attr:`first_layer`,
       which ignores it once ``apply`` has been replaced (e.g. by
-      :func:`jaxscape.regularize.with_l2`). Set with :meth:`with_first_layer`.
+      :func:`with_l2`). Set with :meth:`with_first_layer`.
     compute_dtype: name of the dtype of the forward pass (static; ``None``:
       the parameters' own). Set with :meth:`with_compute_dtype`.
     layout: the per-leaf rule of the parameters for filter normalisation
@@ -775,3 +775,82 @@ def _batch(x: jax.Array, y: jax.Array, batch_size: int) -> tuple[jax.Array, jax.
     idx = jnp.concatenate([jnp.arange(n), jnp.arange(pad) % n])
     x, y = x[idx], y[idx]
   return (x.reshape(nb, batch_size, *x.shape[1:]), y.reshape(nb, batch_size, *y.shape[1:]), w.reshape(nb, batch_size))
+
+
+# ----------------------------------------------------------------------------- L2 penalties
+# Critical-point studies of small networks need critical points at finite
+# parameters: with cross-entropy on (nearly) separable data the loss keeps
+# falling as the weights grow, so Newton-type searches on ||grad f||^2 drift
+# along ever flatter valleys. An L2 penalty (weight decay) makes every sublevel
+# set bounded. It is carried per example (every example's loss gets the same
+# (weight_decay / 2) ||theta||^2), so the exact 1/N full-data mean and the batch
+# means both equal L + penalty.
+
+
+def l2_penalty(params: PyTree, weight_decay: float) -> jax.Array:
+  """``(weight_decay / 2) * sum of squares of every leaf``."""
+  return 0.5 * weight_decay * sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree.leaves(params))
+
+
+@dataclasses.dataclass(frozen=True)
+class _PenalisedApply:
+  """``apply`` that also returns the penalty broadcast to the batch (hashable, so jit caches are shared)."""
+
+  apply: Callable
+  weight_decay: float
+
+  def __call__(self, params, state, x):
+    out = self.apply(params, state, x)
+    pen = l2_penalty(params, self.weight_decay).astype(jnp.result_type(out))
+    return out, jnp.broadcast_to(pen, (x.shape[0],))
+
+
+@dataclasses.dataclass(frozen=True)
+class _PenalisedLoss:
+  per_example: Callable
+
+  def __call__(self, outputs, targets):
+    out, pen = outputs
+    return self.per_example(out, targets) + pen
+
+
+@dataclasses.dataclass(frozen=True)
+class _OnOutputs:
+  fn: Callable
+
+  def __call__(self, outputs, targets):
+    return self.fn(outputs[0], targets)
+
+
+def with_l2(obj: Objective, weight_decay: float) -> Objective:
+  """The objective ``obj.value(theta) + (weight_decay / 2) ||theta||^2``.
+
+  Everything that takes an Objective (dense Hessians, critical-point search,
+  saddle-free Newton, surfaces) then sees the regularised function; metrics
+  (accuracy) are those of the unregularised model.
+
+  Args:
+    obj: any objective (its data, model state and metrics are kept).
+    weight_decay: the penalty coefficient, ``>= 0``; its gradient is
+      ``weight_decay * theta`` and it adds ``weight_decay`` to every Hessian
+      eigenvalue.
+
+  Returns:
+    A new :class:`Objective`; ``describe()`` records ``weight_decay``.
+
+  Example:
+    >>> import jax.numpy as jnp, jaxscape as js
+    >>> obj = js.Objective.from_apply(lambda p, x: x @ p, data=(jnp.eye(2), jnp.zeros(2)), loss="mse")
+    >>> reg = js.objective.with_l2(obj, 0.5)
+    >>> p = jnp.array([1.0, 2.0])
+    >>> float(reg.value(p)), float(obj.value(p) + 0.25 * 5.0)
+    (3.75, 3.75)
+  """
+  weight_decay = float(weight_decay)
+  if not weight_decay >= 0:
+    raise ValueError(f"weight_decay must be >= 0; got {weight_decay!r}")
+  info = dict(obj.info)
+  info["weight_decay"] = weight_decay
+  return dataclasses.replace(
+      obj, apply=_PenalisedApply(obj.apply, weight_decay), per_example=_PenalisedLoss(obj.per_example),
+      metric_fns=tuple((name, _OnOutputs(fn)) for name, fn in obj.metric_fns), info=tuple(info.items()))

@@ -68,6 +68,7 @@ __all__ = [
     "barrier",
     "is_monotone",
     "permute_hidden_units",
+    "shuffle_hidden_units",
     "dense_layer_paths",
     "bezier_point",
     "polychain_point",
@@ -360,6 +361,43 @@ def permute_hidden_units(params: PyTree, perm: jax.typing.ArrayLike, out_paths: 
                        f"units in perm)")
     leaves[i] = jnp.take(leaf, perm, axis=axis)
   return jax.tree.unflatten(treedef, leaves)
+
+
+def shuffle_hidden_units(key: jax.Array, params: PyTree, layers: Sequence[str], *, kernel: str = "kernel",
+                         bias: str | None = "bias") -> PyTree:
+  """Permutes the hidden units of a chain of Dense layers, each by an independent random permutation.
+
+  The units between ``layers[i]`` and ``layers[i + 1]`` are permuted by
+  ``jax.random.permutation(fold_in(key, i), h)`` (:func:`permute_hidden_units`
+  with :func:`dense_layer_paths`), so the network computes the same function
+  at a different point in parameter space (Goodfellow et al. 2015; Entezari
+  et al. 2022).
+
+  Args:
+    key: ``jax.random`` key.
+    params: Flax-layout parameters.
+    layers: ``/``-joined paths of the Dense layers, input to output, e.g.
+      ``["layers/0", "layers/1", "head"]`` for :class:`jaxscape.models.MLP`.
+    kernel, bias: leaf names inside each layer (``bias=None``: no biases).
+
+  Returns:
+    The permuted parameters.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> p = {"l0": {"kernel": jnp.arange(3.0)[None]}, "l1": {"kernel": jnp.arange(3.0)[:, None]}}
+    >>> q = shuffle_hidden_units(jax.random.key(0), p, ["l0", "l1"], bias=None)
+    >>> bool(jnp.all(q["l0"]["kernel"][0] == q["l1"]["kernel"][:, 0]))
+    True
+  """
+  leaves = dict(zip(tree.leaf_names(params), jax.tree.leaves(params)))
+  for i, (layer, nxt) in enumerate(zip(layers[:-1], layers[1:])):
+    name = f"{layer}/{kernel}"
+    if name not in leaves:
+      raise ValueError(f"no leaf named {name!r} in params; leaves are {list(leaves)}")
+    perm = jax.random.permutation(jax.random.fold_in(key, i), leaves[name].shape[-1])
+    params = permute_hidden_units(params, perm, *dense_layer_paths(layer, nxt, kernel=kernel, bias=bias))
+  return params
 
 
 # --------------------------------------------------------------------- curves

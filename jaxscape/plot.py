@@ -24,6 +24,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 __all__ = ["contour", "contourf", "heatmap", "surface3d", "curve", "trajectory", "density", "save_figures", "save", "close"]
+__all__ += ["panels", "critical_points", "path_losses", "curvature_slice", "spectrum", "signed_log_histogram",
+            "loss_vs_index", "escape"]
 
 
 def _field(surf: Any, field: str) -> np.ndarray:
@@ -215,3 +217,631 @@ def density(dens: Any, *, ax=None, log: bool = False, title: str | None = None):
   ax.set_xlabel("eigenvalue"), ax.set_ylabel("density")
   ax.set_title(title or f"Hessian spectral density (Gaussian σ = {float(np.asarray(dens.sigma)):.3g})")
   return fig, ax
+
+
+# --- figures: critical points, paths, test functions (experiments-b)
+
+
+def panels(n: int, *, cols: int | None = None, size: tuple[float, float] = (5.0, 4.0), title: str | None = None):
+  """A figure of ``n`` panels in rows of ``cols`` (default: one row); unused axes are hidden.
+
+  Returns ``(fig, axes)`` with ``axes`` a flat list of the ``n`` panels;
+  ``size`` is one panel's size in inches.
+
+  Example:
+    >>> fig, axes = panels(5, cols=3, title="five")
+    >>> len(axes), len(fig.axes)
+    (5, 5)
+  """
+  cols = min(n, cols or n)
+  rows = -(-n // cols)
+  fig, grid = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False)
+  flat = list(grid.ravel())
+  for ax in flat[n:]:
+    fig.delaxes(ax)
+  if title:
+    fig.suptitle(title)
+  return fig, flat[:n]
+
+
+_KIND_STYLE = {"minimum": ("o", "tab:green"), "saddle": ("x", "tab:orange"), "maximum": ("^", "tab:red"),
+               "degenerate": ("s", "tab:purple")}
+
+
+def critical_points(x: np.ndarray, y: np.ndarray, z: np.ndarray, points: Any, *, known: Any = (), ax=None,
+                    title: str | None = None):
+  """Contours of ``log(1 + f - min f)`` on a grid with critical points marked by kind.
+
+  Args:
+    x, y: grid coordinates (``[nx]``, ``[ny]``).
+    z: function values ``[ny, nx]``.
+    points: critical points, each with ``.x`` (coordinates) and ``.kind``
+      (``minimum``, ``saddle``, ``maximum``, ``degenerate``), e.g.
+      :func:`jaxscape.testfns.find_critical_points`'s result.
+    known: points to ring in white (e.g. a landscape's tabulated points).
+  """
+  fig, ax = _axes(ax)
+  zz = np.log1p(z - np.min(z))  # log scale relative to the lowest grid value
+  ax.contourf(x, y, zz, levels=30, cmap="viridis")
+  ax.contour(x, y, zz, levels=12, colors="k", linewidths=0.3, alpha=0.5)
+  small = len(points) > 40
+  for kind, (marker, color) in _KIND_STYLE.items():
+    pts = np.array([p.x for p in points if p.kind == kind]).reshape(-1, 2)
+    if pts.size:
+      ax.scatter(pts[:, 0], pts[:, 1], marker=marker, c=color, s=10 if small else 40, linewidths=1.5,
+                 label=f"{kind} ({len(pts)})", zorder=3)
+  if len(known):
+    ring = np.array([p.x for p in known]).reshape(-1, 2)
+    ax.scatter(ring[:, 0], ring[:, 1], facecolors="none", edgecolors="white", s=110, linewidths=1.0,
+               label="tabulated", zorder=2)
+  ax.set_xlim(x[0], x[-1])
+  ax.set_ylim(y[0], y[-1])
+  ax.set_title(title or f"{len(points)} critical points", fontsize=10)
+  ax.legend(fontsize=6, loc="upper right", framealpha=0.7)
+  return fig, ax
+
+
+def path_losses(alphas: np.ndarray, losses: np.ndarray, *, colors: Any = None, labels: Any = None, ax=None,
+                log: bool = True, ylabel: str | None = None, title: str | None = None):
+  """Loss along paths: one line per row of ``losses`` ``[paths, len(alphas)]`` (log scale by default)."""
+  fig, ax = _axes(ax)
+  for i, line in enumerate(np.asarray(losses)):
+    ax.plot(alphas, line, lw=1, color=None if colors is None else colors[i], label=None if labels is None else labels[i])
+  ax.set(xlabel="alpha", title=title or "loss along paths")
+  if ylabel:
+    ax.set_ylabel(ylabel)
+  if log:
+    ax.set_yscale("log")
+  if labels is not None:
+    ax.legend(fontsize=6, ncol=2)
+  return fig, ax
+
+
+def curvature_slice(surf: Any, *, rel: float = 0.01, ax=None, title: str | None = None):
+  """Filled contours of ``log10 loss`` on a 2-D surface, red where the plane curvature is significantly negative.
+
+  Needs a surface computed with ``curvature="plane"``: a point is marked when
+  ``plane_lambda_min < -rel |plane_lambda_max|`` (as
+  :func:`jaxscape.stats.nonconvex_fraction` counts); the white star is the origin.
+  """
+  _need_2d(surf, "curvature_slice")
+  fig, ax = _axes(ax)
+  lo, hi = _field(surf, "plane_lambda_min"), _field(surf, "plane_lambda_max")
+  cs = ax.contourf(surf.x, surf.y, np.log10(surf.loss), levels=25, cmap="viridis")
+  fig.colorbar(cs, ax=ax, label="log10 loss")
+  bad = lo < -rel * np.abs(hi)
+  yy, xx = np.meshgrid(surf.y, surf.x, indexing="ij")
+  ax.scatter(xx[bad], yy[bad], s=6, c="tab:red", label=f"lambda_min < -{rel:g}|lambda_max|")
+  ax.plot(0, 0, "w*", ms=10)
+  ax.set_title(title or "negative plane curvature", fontsize=9)
+  ax.legend(fontsize=7, loc="lower right")
+  return fig, ax
+
+
+def spectrum(eigenvalues: np.ndarray, *, ax=None, title: str | None = None):
+  """Eigenvalues in ascending order against their rank (a stem plot)."""
+  fig, ax = _axes(ax)
+  lam = np.sort(np.asarray(eigenvalues))
+  ax.stem(np.arange(lam.size), lam, markerfmt=".", basefmt="k-")
+  ax.set(xlabel="eigenvalue rank", ylabel="eigenvalue")
+  ax.set_title(title or "spectrum", fontsize=9)
+  return fig, ax
+
+
+def _signed_log(lam: np.ndarray, floor: float) -> np.ndarray:
+  return np.sign(lam) * np.log10(1 + np.abs(lam) / floor)
+
+
+def signed_log_histogram(eigenvalues: Any, *, labels: Any = None, bins: Any = 40, floor: float = 1e-4, ax=None,
+                         title: str | None = None):
+  """Histograms of eigenvalues on the signed log scale ``sign(l) log10(1 + |l| / floor)``.
+
+  ``eigenvalues`` is one array (a filled histogram) or a list of arrays with
+  ``labels`` (one outlined histogram each).
+  """
+  fig, ax = _axes(ax)
+  if labels is None:
+    ax.hist(_signed_log(np.asarray(eigenvalues), floor), bins=bins, color="tab:blue")
+  else:
+    for lam, label in zip(eigenvalues, labels):
+      ax.hist(_signed_log(np.asarray(lam), floor), bins=bins, histtype="step", lw=1.5, label=label)
+    ax.legend(fontsize=7)
+  ax.axvline(0, color="k", lw=0.8)
+  ax.set(xlabel=f"sign(lambda) log10(1 + |lambda| / {floor:g})", ylabel="count",
+         title=title or "Hessian eigenvalues")
+  return fig, ax
+
+
+def loss_vs_index(loss: np.ndarray, index: np.ndarray, *, color: np.ndarray | None = None,
+                  marked: np.ndarray | None = None, cutoff: float | None = None, zoom: float = 0.2, ax=None,
+                  title: str | None = None, color_label: str = "epoch of the start snapshot",
+                  marked_label: str = "trained point refined by SFN"):
+  """Loss against index of critical points (Dauphin et al. 2014, Fig. 1), with a zoomed inset.
+
+  Args:
+    loss, index: one value per critical point.
+    color: values that colour the points (e.g. the epoch a search started from).
+    marked: boolean mask of points drawn as red stars instead.
+    cutoff: a loss drawn as a dotted vertical line.
+    zoom: the inset shows the lowest ``zoom`` of the loss range (when it holds
+      at least 3 points and not all of them).
+  """
+  fig, ax = _axes(ax)
+  loss, index = np.asarray(loss), np.asarray(index)
+  color = np.zeros(loss.size) if color is None else np.asarray(color)
+  marked = np.zeros(loss.size, bool) if marked is None else np.asarray(marked, bool)
+  vmax = max(1, int(color.max()) if color.size else 1)
+
+  def draw(a, size):
+    sc = a.scatter(loss[~marked], index[~marked], c=color[~marked], cmap="viridis", s=size, vmin=0, vmax=vmax)
+    if marked.any():
+      a.scatter(loss[marked], index[marked], marker="*", s=5 * size, facecolor="none", edgecolor="tab:red",
+                label=marked_label)
+    if cutoff is not None:
+      a.axvline(cutoff, color="k", ls=":", lw=1, label="lowest 10% of the loss range")
+    return sc
+
+  fig.colorbar(draw(ax, 22), ax=ax, label=color_label)
+  ax.set(xlabel="loss at the critical point (train CE + L2)", ylabel="index (fraction of negative eigenvalues)",
+         title=title or "loss vs index")
+  if marked.any() or cutoff is not None:
+    ax.legend(fontsize=7, loc="lower right")
+  # most points crowd the bottom of the loss range: zoom into it
+  lo, hi = (loss.min(), loss.max()) if loss.size else (0.0, 0.0)
+  near = loss <= lo + zoom * (hi - lo)
+  if loss.size and near.sum() >= 3 and (~near).any():
+    inset = ax.inset_axes([0.12, 0.42, 0.5, 0.5])
+    draw(inset, 10)
+    pad = 0.05 * (loss[near].max() - lo) + 1e-12
+    inset.set_xlim(lo - pad, loss[near].max() + pad)
+    inset.set_ylim(-0.05 * index[near].max() - 1e-3, 1.1 * index[near].max() + 1e-3)
+    inset.tick_params(labelsize=6)
+    inset.set_title(f"zoom: lowest {100 * zoom:g}% of the loss range", fontsize=7)
+  return fig, ax
+
+
+def escape(losses: dict[str, np.ndarray], steps: dict[str, int], *, threshold: float, ax=None,
+           title: str | None = None):
+  """Loss change from a start next to a saddle, one line per method (symlog scale).
+
+  ``steps[m]`` is the step at which method ``m`` dropped by ``threshold``
+  (``-1``: never); the dotted line marks ``-threshold``.
+  """
+  fig, ax = _axes(ax)
+  for m, line in losses.items():
+    ax.plot(line - line[0], label=f"{m} (escape {steps[m]})")
+  ax.axhline(-threshold, color="k", ls=":", lw=0.8)
+  ax.set(xlabel="step", ylabel="loss - loss at start", title=title or "escaping a saddle")
+  ax.set_yscale("symlog", linthresh=1e-4)
+  ax.legend(fontsize=7)
+  return fig, ax
+
+
+# --- figures: surfaces and training (house)
+__all__ += ["landscape_grid", "ratio_maps", "seed_trends"]
+
+
+def landscape_grid(surfaces: Any, *, titles: Any = None, rel: float = 0.01, title: str = "",
+                   num_levels: int = 30):
+  """Rows x columns of 2-D surfaces, each a contour panel and a 3-D log-loss panel (Li et al. 2018, Fig. 5).
+
+  All panels share ``num_levels`` log-spaced contour levels and one 3-D
+  height range, so walls of different heights compare at a glance. Red dots
+  mark the interior points whose finite-difference 2x2 Hessian has
+  ``lambda_min < -rel |lambda_max|`` (:func:`jaxscape.stats.finite_difference_plane_hessian`);
+  the star marks the origin.
+
+  Args:
+    surfaces: a nested sequence ``[row][col]`` of :class:`~jaxscape.Surface`.
+    titles: the same nesting of panel titles (``None``: none).
+    rel: the non-convexity threshold of the red dots.
+    title: the figure title; the shared levels are appended to it.
+    num_levels: contour levels.
+
+  Returns:
+    ``(fig, axes)`` with ``axes[row][2 * col]`` the contour and ``axes[row][2 * col + 1]`` the 3-D panel.
+  """
+  import math
+
+  from matplotlib.colors import LogNorm
+
+  from .stats import finite_difference_plane_hessian
+
+  rows = [list(r) for r in surfaces]
+  vals = np.concatenate([np.asarray(s.loss).ravel() for r in rows for s in r])
+  vals = vals[np.isfinite(vals) & (vals > 0)]
+  lo, hi = float(vals.min()), float(vals.max())
+  levels, norm = np.geomspace(lo, hi, num_levels), LogNorm(vmin=lo, vmax=hi)
+  ncol = 2 * max(len(r) for r in rows)
+  fig = plt.figure(figsize=(3.6 * ncol, 3.6 * len(rows)))
+  axes = []
+  for i, row in enumerate(rows):
+    axes.append([])
+    for j, surf in enumerate(row):
+      z = np.asarray(surf.loss)
+      ax = fig.add_subplot(len(rows), ncol, i * ncol + 2 * j + 1)
+      ax.contour(surf.x, surf.y, np.ma.masked_invalid(z), levels=levels, norm=norm, cmap="viridis", linewidths=0.8)
+      lmin, lmax = finite_difference_plane_hessian(z, surf.x, surf.y)
+      bad = np.zeros_like(z, bool)
+      bad[1:-1, 1:-1] = (lmin < -rel * np.abs(lmax))[1:-1, 1:-1]
+      xx, yy = np.meshgrid(surf.x, surf.y)
+      ax.plot(xx[bad], yy[bad], "r.", markersize=3)
+      ax.plot(0, 0, "k*", markersize=8)
+      if titles is not None:
+        ax.set_title(titles[i][j], fontsize=9)
+      ax.set_aspect("equal")
+      ax.tick_params(labelsize=7)
+      ax3 = fig.add_subplot(len(rows), ncol, i * ncol + 2 * j + 2, projection="3d")
+      ax3.plot_surface(xx, yy, np.ma.masked_invalid(np.log10(np.maximum(z, 1e-12))), cmap="viridis", linewidth=0,
+                       antialiased=True, vmin=math.log10(lo), vmax=math.log10(hi))
+      ax3.set_zlim(math.log10(lo), math.log10(hi))
+      ax3.set_zlabel("log10 loss", fontsize=7)
+      ax3.tick_params(labelsize=6)
+      axes[-1] += [ax, ax3]
+  fig.suptitle(f"{title}{'; ' if title else ''}contours at {num_levels} log-spaced levels {lo:.2g}..{hi:.2g}; "
+               f"red dots: finite-difference plane lambda_min < -{rel}|lambda_max|", fontsize=10)
+  return fig, axes
+
+
+def ratio_maps(surfaces: Any, *, titles: Any = None, field: str = "convexity_ratio", title: str = "",
+               label: str = "|lambda_min / lambda_max| (full Hessian)"):
+  """Rows x columns of heat maps of one curvature map in [0, 1] with a shared colour bar (Li et al. 2018, Fig. 7).
+
+  Args:
+    surfaces: a nested sequence ``[row][col]`` of 2-D surfaces holding ``field``.
+    titles: panel titles in the same nesting; ``None``: the map's median.
+    field: the map to show.
+    title: the figure title.
+    label: the colour bar label.
+
+  Returns:
+    ``(fig, axes)``, ``axes`` a 2-D array.
+  """
+  rows = [list(r) for r in surfaces]
+  fig, axes = plt.subplots(len(rows), max(len(r) for r in rows), figsize=(3.4 * max(len(r) for r in rows),
+                                                                           3.2 * len(rows)), squeeze=False)
+  for i, row in enumerate(rows):
+    for j, s in enumerate(row):
+      m = _field(s, field)
+      im = axes[i, j].imshow(m, origin="lower", extent=(s.x[0], s.x[-1], s.y[0], s.y[-1]), cmap="viridis",
+                             vmin=0.0, vmax=1.0)
+      axes[i, j].set_title(titles[i][j] if titles is not None else f"median {np.nanmedian(m):.2f}", fontsize=9)
+  fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label=label)
+  if title:
+    fig.suptitle(title, fontsize=10)
+  return fig, axes
+
+
+def seed_trends(x: Any, panels: dict[str, dict[str, Any]], *, colors: Any = None, dashed: Any = None,
+                xlabel: str = "", title: str = ""):
+  """One panel per quantity against ``x``: every seed (dots) and the seed mean (line), one colour per group.
+
+  Args:
+    x: the shared abscissa (e.g. depths), length ``n``.
+    panels: ``{ylabel: {group: values [n, seeds]}}``.
+    colors: ``{group: colour}`` (default: the colour cycle).
+    dashed: ``{ylabel: {group: (label, means [n])}}``: extra dashed lines (diagnostics) in the group's colour.
+    xlabel: the abscissa label.
+    title: the figure title.
+
+  Returns:
+    ``(fig, axes)``.
+
+  Example:
+    >>> fig, axes = seed_trends([1, 2], {"loss": {"a": np.array([[1.0, 2.0], [3.0, 4.0]])}})
+  """
+  fig, axes = plt.subplots(1, len(panels), figsize=(13 / 3 * len(panels), 3.8), squeeze=False)
+  axes = axes[0]
+  dashed = dashed or {}
+  for ax, (ylabel, groups) in zip(axes, panels.items()):
+    for n, (group, values) in enumerate(groups.items()):
+      color = (colors or {}).get(group, f"C{n}")
+      per = np.asarray(values, np.float64)
+      for s in range(per.shape[1]):
+        ax.plot(x, per[:, s], ".", color=color, alpha=0.5)
+      ax.plot(x, np.nanmean(per, axis=1), "-o", color=color, label=group)
+      if group in dashed.get(ylabel, {}):
+        label, means = dashed[ylabel][group]
+        ax.plot(x, means, "--x", color=color, alpha=0.7, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_xticks(list(x))
+  axes[0].legend()
+  if title:
+    fig.suptitle(title, fontsize=10)
+  return fig, axes
+__all__ += ["run_panels", "group_scatter"]
+
+
+def run_panels(x: Any, panels: dict[str, dict[str, Any]], *, axes: Any = None, colors: Any = None, styles: Any = None,
+               mean: bool = True, log: Any = (), xlog: bool = False, xlabel: str = "", titles: Any = None,
+               vlines: Any = ()):
+  """One panel per quantity: every run of each group thin against ``x`` and (``mean=True``) the group's mean thick.
+
+  Args:
+    x: the shared abscissa ``[n]``, or ``{group: abscissa}``.
+    panels: ``{ylabel: {group: values [runs, n]}}``.
+    axes: one axes per panel (default: a new row of panels).
+    colors, styles: ``{group: colour / line style}`` (default: the colour cycle, solid).
+    mean: draw the mean over runs (it carries the legend label); else the first run carries it.
+    log: the ylabels whose ordinate is log-scaled.
+    xlog: log-scaled abscissa.
+    xlabel: the abscissa label.
+    titles: one title per panel (``None``: none).
+    vlines: abscissae of thin grey vertical markers.
+
+  Returns:
+    ``(fig, axes)``.
+
+  Example:
+    >>> fig, axes = run_panels([0, 1], {"loss": {"train": np.array([[1.0, 2.0], [3.0, 4.0]])}}, log=("loss",))
+    >>> len(axes[0].get_lines()), axes[0].get_yscale()
+    (3, 'log')
+  """
+  if axes is None:
+    axes = list(plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)[1][0])
+  fig = axes[0].figure
+  for p, (ax, (ylabel, groups)) in enumerate(zip(axes, panels.items())):
+    for n, (group, values) in enumerate(groups.items()):
+      color, style = (colors or {}).get(group, f"C{n}"), (styles or {}).get(group, "-")
+      gx, values = x[group] if isinstance(x, dict) else x, np.asarray(values, np.float64)
+      for i, run in enumerate(values):
+        ax.plot(gx, run, style, color=color, alpha=0.25 if mean else 0.6, lw=0.8,
+                label=group if not mean and i == 0 else None)
+      if mean:
+        ax.plot(gx, values.mean(0), style, color=color, lw=2, label=group)
+    for v in vlines:
+      ax.axvline(v, color="gray", lw=0.6)
+    ax.set(xlabel=xlabel, ylabel=ylabel, yscale="log" if ylabel in log else "linear", xscale="log" if xlog else "linear")
+    if titles is not None:
+      ax.set_title(titles[p], fontsize=9)
+    ax.legend(fontsize=8)
+  return fig, axes
+
+
+def group_scatter(labels: Any, groups: dict[str, Any], *, colors: Any = None, ax=None, log: bool = True,
+                  title: str | None = None):
+  """Per-run values of several quantities (one column per label), the groups side by side in their colours.
+
+  Args:
+    labels: the quantities' names (x tick labels).
+    groups: ``{group: [values [runs] per label]}``.
+    colors: ``{group: colour}`` (default: the colour cycle).
+    ax: the axes to draw on (default: a new figure).
+    log: log-scale ordinate (values are clipped at 1e-8).
+    title: the axes title.
+
+  Returns:
+    ``(fig, ax)``.
+
+  Example:
+    >>> fig, ax = group_scatter(["a", "b"], {"SB": [[1.0, 2.0], [3.0]], "LB": [[4.0], [5.0, 6.0]]})
+    >>> [t.get_text() for t in ax.get_legend().get_texts()]
+    ['SB', 'LB']
+  """
+  fig, ax = _axes(ax)
+  for k, (group, columns) in enumerate(groups.items()):
+    for j, values in enumerate(columns):
+      values = np.asarray(values, np.float64)
+      xs = j + (k - 0.5) * 0.3 + np.linspace(-0.05, 0.05, len(values))
+      ax.scatter(xs, np.maximum(values, 1e-8) if log else values, color=(colors or {}).get(group, f"C{k}"), s=14,
+                 label=group if j == 0 else None)
+  ax.set_xticks(range(len(labels)), labels)
+  if log:
+    ax.set_yscale("log")
+  if title:
+    ax.set_title(title, fontsize=9)
+  ax.legend(fontsize=8)
+  return fig, ax
+
+
+__all__ += ["regime_lines", "regime_sharpness"]
+_REGIME_STYLE = {"colors": {"train": "C0", "test": "C3"}, "styles": {"test": "--"}}
+
+
+def regime_lines(studies: dict[str, dict[str, np.ndarray]], *, regimes: tuple[str, str] = ("sb", "lb"),
+                 subtitle: str = ""):
+  """Loss and accuracy along ``alpha x_2 + (1 - alpha) x_1`` between paired solutions (Keskar et al. 2017, Fig. 3).
+
+  One row per study: training and test cross-entropy (log scale, left) and
+  accuracy in % (right), every pair thin and the mean over pairs thick, with
+  markers at the two solutions (alpha = 0 and 1).
+
+  Args:
+    studies: ``{title: arrays}`` of :func:`jaxscape.experiment.regime_study` (``alpha``, ``line_<split>_<loss|acc>``).
+    regimes: the names of the two regimes (upper-cased in the axis label).
+    subtitle: the title of each row's right panel.
+
+  Returns:
+    ``(fig, axes)``, ``axes`` a flat list (two per study).
+  """
+  fig, axes = panels(2 * len(studies), cols=2, size=(5, 3.8))
+  one, two = (r.upper() for r in regimes)
+  for k, (title, a) in enumerate(studies.items()):
+    line = lambda q, f: {s: f * np.asarray(a[f"line_{s}_{q}"]) for s in ("train", "test")}  # noqa: E731
+    run_panels(a["alpha"], {"cross-entropy": line("loss", 1), "accuracy (%)": line("acc", 100)}, vlines=(0, 1),
+               axes=axes[2 * k:2 * k + 2], log=("cross-entropy",), titles=[f"{title}: loss along the {one}→{two} line",
+                                                                            subtitle], **_REGIME_STYLE,
+               xlabel=rf"$\alpha$   ($x = \alpha\,x_{{{two}}} + (1-\alpha)\,x_{{{one}}}$; {one} at 0, {two} at 1)")
+  return fig, axes
+
+
+def regime_sharpness(studies: dict[str, dict[str, np.ndarray]], *, eps: Any, regimes: tuple[str, ...] = ("sb", "lb")):
+  """Per-run sharpness, top Hessian eigenvalue and training curves of each regime, one row per study.
+
+  Args:
+    studies: ``{title: arrays}`` of :func:`jaxscape.experiment.regime_study` (``<regime>_phi_full``,
+      ``<regime>_lam_max``, ``<regime>_hist_<step|train_loss|test_accuracy>``).
+    eps: the box sizes (columns of ``phi_full``).
+    regimes: the regimes, in colour order.
+
+  Returns:
+    ``(fig, axes)``, ``axes`` a flat list (three per study).
+  """
+  fig, axes = panels(3 * len(studies), cols=3, size=(4.3, 3.6))
+  colors = {r.upper(): f"C{3 * i}" for i, r in enumerate(regimes)}
+  for k, (title, a) in enumerate(studies.items()):
+    hist = lambda q, f: {g.upper(): f * np.asarray(a[f"{g}_hist_{q}"]) for g in regimes}  # noqa: E731
+    group_scatter([f"φ ε={e:g}" for e in eps] + ["λ_max"], {g.upper(): [*np.asarray(a[f"{g}_phi_full"]).T,
+                  a[f"{g}_lam_max"]] for g in regimes}, ax=axes[3 * k], colors=colors, title=f"{title}: sharpness")
+    run_panels({g.upper(): a[f"{g}_hist_step"] for g in regimes}, {"training loss": hist("train_loss", 1),
+               "test accuracy (%)": hist("test_accuracy", 100)}, axes=axes[3 * k + 1:3 * k + 3], mean=False,
+               log=("training loss",), xlog=True, xlabel="optimiser step", colors=colors)
+  return fig, axes
+
+
+__all__ += ["histograms", "twin_trends", "finite_size"]
+
+
+def histograms(groups: dict[str, Any], *, bins: Any = 40, cmap: str = "viridis", cmap_max: float = 0.9,
+               filled: bool = True, log: bool = False, vlines: Any = None, ax=None, xlabel: str = "",
+               ylabel: str = "runs", title: str | None = None):
+  """One histogram per group in colours along ``cmap`` (from 0 to ``cmap_max``), e.g. final losses per model size.
+
+  Args:
+    groups: ``{label: values}``.
+    bins: shared bin edges, or a count (each group bins its own range).
+    cmap, cmap_max: the colour map and the fraction of it used.
+    filled: translucent filled steps (else outlines).
+    log: log-scaled abscissa.
+    vlines: ``{label: (x, linestyle)}``: black reference lines.
+    ax: the axes to draw on (default: a new figure).
+    xlabel, ylabel, title: labels.
+
+  Returns:
+    ``(fig, ax)``.
+
+  Example:
+    >>> fig, ax = histograms({"a": [1.0, 2.0, 2.5], "b": [2.0, 3.0]}, bins=4, vlines={"zero": (0.0, "--")})
+    >>> [t.get_text() for t in ax.get_legend().get_texts()]
+    ['a', 'b', 'zero']
+  """
+  fig, ax = _axes(ax)
+  colors = plt.get_cmap(cmap)(np.linspace(0, cmap_max, len(groups)))
+  for c, (label, values) in zip(colors, groups.items()):
+    ax.hist(np.asarray(values), bins=bins, histtype="stepfilled" if filled else "step", alpha=0.45 if filled else 1.0,
+            color=c, label=label)
+  for label, (x, style) in (vlines or {}).items():
+    ax.axvline(x, color="k", ls=style, lw=1, label=label)
+  if log:
+    ax.set_xscale("log")
+  ax.set(xlabel=xlabel, ylabel=ylabel)
+  if title:
+    ax.set_title(title)
+  ax.legend(fontsize=7, ncol=2 if len(groups) > 4 else 1)
+  return fig, ax
+
+
+def twin_trends(x: Any, left: tuple[str, Any], right: tuple[str, Any], *, right_ylim: Any = None, log_base: int = 2,
+                ax=None, xlabel: str = "", title: str | None = None):
+  """Two quantities against one log-scaled abscissa: ``left`` on log axes (blue), ``right`` on a linear twin axis (red).
+
+  Args:
+    x: the abscissa (e.g. widths).
+    left, right: ``(label, values)``.
+    right_ylim: limits of the right axis.
+    log_base: base of the abscissa's log scale.
+    ax: the axes to draw on (default: a new figure).
+    xlabel, title: labels.
+
+  Returns:
+    ``(fig, (ax, twin))``.
+
+  Example:
+    >>> fig, (ax, twin) = twin_trends([2, 4, 8], ("std", [1.0, 0.5, 0.2]), ("rho", [0.9, 0.5, 0.1]), right_ylim=(-1, 1))
+    >>> ax.get_yscale(), [float(y) for y in twin.get_ylim()]
+    ('log', [-1.0, 1.0])
+  """
+  fig, ax = _axes(ax)
+  ax.loglog(x, left[1], "o-", color="C0", label=left[0])
+  ax.set_xscale("log", base=log_base)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(left[0], color="C0")
+  twin = ax.twinx()
+  twin.plot(x, right[1], "s--", color="C3", label=right[0])
+  twin.set_ylabel(right[0], color="C3")
+  if right_ylim is not None:
+    twin.set_ylim(*right_ylim)
+  if title:
+    ax.set_title(title)
+  return fig, (ax, twin)
+
+
+def finite_size(sizes: Any, values: Any, fit: tuple[float, float], *, exponent: float = -2 / 3, hlines: Any = None,
+                ax=None, ylabel: str = "", title: str | None = None):
+  """Mean ± std (over runs) against ``N^exponent`` with the fit ``a + b N^exponent`` (:func:`jaxscape.stats.finite_size_fit`).
+
+  Args:
+    sizes: the sizes N.
+    values: ``[len(sizes), runs]``.
+    fit: ``(a, b)``.
+    exponent: the finite-size exponent.
+    hlines: ``{label: (y, linestyle)}``: black reference levels.
+    ax: the axes to draw on (default: a new figure).
+    ylabel, title: labels.
+
+  Returns:
+    ``(fig, ax)``.
+
+  Example:
+    >>> fig, ax = finite_size([8, 27], [[1.0, 1.2], [0.9, 1.0]], (0.8, 1.0), hlines={"ref": (0.8, "--")})
+    >>> [line.get_label() for line in ax.get_lines()][-2:]
+    ['fit a + b N^(-0.667): a = 0.800', 'ref']
+  """
+  fig, ax = _axes(ax)
+  v, x = np.asarray(values, np.float64), np.asarray(sizes, float) ** exponent
+  ax.errorbar(x, v.mean(1), yerr=v.std(1, ddof=1), fmt="o", color="C2", capsize=3, label="mean ± std")
+  xx = np.linspace(0, x.max() * 1.05, 50)
+  ax.plot(xx, fit[0] + fit[1] * xx, "-", color="C2", lw=1, label=f"fit a + b N^({exponent:.3g}): a = {fit[0]:.3f}")
+  for label, (y, style) in (hlines or {}).items():
+    ax.axhline(y, color="k", ls=style, lw=1, label=label)
+  ax.set(xlabel=f"N^({exponent:.3g})", ylabel=ylabel)
+  if title:
+    ax.set_title(title)
+  ax.legend(fontsize=7)
+  return fig, ax
+
+
+__all__ += ["seed_surface_figures"]
+
+
+def seed_surface_figures(studies: dict[tuple[str, int], Any], *, rel: float = 0.01, label: str = "",
+                         size_name: str = "depth", colors: Any = None, trends: bool = True) -> dict[str, Any]:
+  """The figures of a (variant, size) grid of :func:`jaxscape.experiment.seed_surfaces` results (Li et al. 2018).
+
+  Args:
+    studies: ``{(variant, size): seed_surfaces result}`` (e.g. :func:`jaxscape.experiment.variant_surfaces`).
+    rel: the non-convexity threshold of :func:`landscape_grid`'s red dots.
+    label: the model family's name, in titles.
+    size_name: what the sizes are (abscissa label, titles).
+    colors: ``{variant: colour}`` of the trends.
+    trends: also draw the trends against size.
+
+  Returns:
+    ``{"landscapes": (fig, axes)}``: seed 0's surface per variant (rows) and size (columns), :func:`landscape_grid`;
+    with ``trends``, ``"trends"``: the finite-difference non-convex fraction (the exact pointwise one dashed), log10
+    of the maximum grid loss and the test accuracy of every seed against size (:func:`seed_trends`); and
+    ``"ratio_maps"`` (:func:`ratio_maps` of seed 0) when every study has full-Hessian ratio maps.
+  """
+  variants = list(dict.fromkeys(v for v, _ in studies))
+  sizes = list(dict.fromkeys(d for _, d in studies))
+  grid = lambda f: [[f(studies[(v, d)], v, d) for d in sizes] for v in variants]  # noqa: E731
+  out = {"landscapes": landscape_grid(grid(lambda r, v, d: r["surfaces"][0]), rel=rel, titles=grid(
+      lambda r, v, d: f"{label} {v}, {size_name} {d}\nnon-convex {r['seeds'][0]['fd_nonconvex_fraction']:.2f}, max "
+                      f"{r['seeds'][0]['max_loss']:.2g}"), title=f"{label}: filter-normalised training-loss surfaces "
+                                                                  "(seed 0 of each model)")}
+  if not trends:
+    return out
+  per = lambda f: dict(zip(variants, grid(f)))  # noqa: E731
+  seeds = lambda k: {v: np.array(row) for v, row in per(lambda r, v, d: [s[k] for s in r["seeds"]]).items()}  # noqa: E731
+  out["trends"] = seed_trends(sizes, {"non-convex fraction (finite diff.)": seeds("fd_nonconvex_fraction"),
+                                      "log10 max loss": seeds("log10_max_loss"), "test accuracy": seeds("test_accuracy")},
+                              colors=colors, xlabel=size_name, title=f"{label}: seed means (lines) and seeds (dots)",
+                              dashed={"non-convex fraction (finite diff.)": {v: (f"{v} (exact pointwise, diagnostic)", row)
+                                      for v, row in per(lambda r, v, d: np.nanmean([s.get("nonconvex_fraction", np.nan)
+                                                                                     for s in r["seeds"]])).items()}})
+  if all(r["ratios"] for r in studies.values()):
+    out["ratio_maps"] = ratio_maps(grid(lambda r, v, d: r["ratios"][0]), titles=grid(
+        lambda r, v, d: f"{v}, {size_name} {d}: median {np.nanmedian(r['ratios'][0].metrics['convexity_ratio']):.2f}"),
+        title=f"{label}: full-Hessian |lambda_min/lambda_max| on a coarse grid (diagnostic; blue = convex)")
+  return out

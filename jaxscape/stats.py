@@ -1,20 +1,42 @@
-"""Small statistics for experiment checks: correlations, fits, summaries.
+"""Host-side numbers about results: correlations, fits, summaries, surface statistics.
 
-NumPy on the host (these run on a few hundred numbers after the heavy work);
-each function is checked against SciPy in the tests.
+NumPy on the host (these run on a few hundred numbers, or on already computed
+maps, after the heavy work); the general statistics are checked against SciPy
+in the tests.
+
+* correlations and fits: :func:`pearson`, :func:`spearman`, :func:`linear_fit`,
+  :func:`finite_size_fit`;
+* summaries of repeated runs: :func:`summary`, :func:`seed_summary`,
+  :func:`spread_by_group`, :func:`poor_fraction`, :func:`is_increasing`,
+  :func:`ratio_of_means`; a value at a grid point: :func:`value_at`;
+* one loss surface as scalars (Li et al. 2018's "how chaotic is this
+  landscape" numbers): :func:`surface_stats`, :func:`nonconvex_fraction`,
+  :func:`finite_difference_plane_hessian`, and :func:`surface_error` against a
+  reference surface.
 
 Example:
   >>> spearman([1, 2, 3, 4], [10, 20, 25, 100])
   1.0
+  >>> from jaxscape.surface import Surface
+  >>> x = np.linspace(-1, 1, 5)
+  >>> loss = np.add.outer(x**2, x**2) + 0.1
+  >>> maps = {"plane_lambda_min": np.full((5, 5), 2.0), "plane_lambda_max": np.full((5, 5), 2.0)}
+  >>> s = surface_stats(Surface((x, x), loss, maps, 0, {}))
+  >>> s["nonconvex_fraction"], round(s["max_loss"], 3), round(s["log10_max_loss"], 3)
+  (0.0, 2.1, 0.322)
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["pearson", "spearman", "rankdata", "linear_fit", "summary", "nonconvex_fraction"]
+__all__ = ["pearson", "spearman", "rankdata", "linear_fit", "summary", "nonconvex_fraction", "finite_size_fit",
+           "poor_fraction", "spread_by_group", "seed_summary", "is_increasing", "surface_stats",
+           "finite_difference_plane_hessian", "surface_error"]
+__all__ += ["copies", "distinct"]
+__all__ += ["value_at", "ratio_of_means"]
 
 
 def _pair(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -85,3 +107,289 @@ def nonconvex_fraction(lambda_min: np.ndarray, lambda_max: np.ndarray, rel: floa
   if not ok.any():
     return float("nan")
   return float(np.mean(lo[ok] < -rel * np.abs(hi[ok])))
+
+
+def finite_size_fit(sizes: Sequence[float], values: Sequence[float], exponent: float = -2 / 3) -> tuple[float, float]:
+  """Least-squares ``value ≈ a + b * size**exponent``; ``a`` is the infinite-size extrapolation.
+
+  Args:
+    sizes: system sizes (e.g. the spin-glass ``N``), one per value.
+    values: measured values (e.g. mean energy per spin at each size).
+    exponent: finite-size scaling exponent (``-2/3`` for spherical spin-glass energies).
+
+  Returns:
+    ``(a, b)``.
+
+  Example:
+    >>> a, b = finite_size_fit([8, 27, 64], [-1.6 + 2 / 4, -1.6 + 2 / 9, -1.6 + 2 / 16])
+    >>> round(a, 6), round(b, 6)
+    (-1.6, 2.0)
+  """
+  sizes = np.asarray(sizes, np.float64)
+  if np.any(sizes <= 0):
+    raise ValueError(f"sizes must be positive; got {sizes.tolist()}")
+  return linear_fit(sizes ** exponent, values)
+
+
+def poor_fraction(losses: np.ndarray, reference: np.ndarray, factor: float = 2.0) -> np.ndarray:
+  """Fraction of runs per group whose loss exceeds ``factor x median(reference)``.
+
+  Args:
+    losses: ``[G, R]`` final losses (groups x runs), e.g. widths x seeds.
+    reference: losses defining the threshold (e.g. the runs of the largest width).
+    factor: the threshold is ``factor * median(reference)``.
+
+  Returns:
+    ``[G]`` fractions (NaN losses count as poor).
+  """
+  losses = np.asarray(losses, np.float64)
+  thr = factor * float(np.nanmedian(np.asarray(reference, np.float64)))
+  return np.mean(~(losses <= thr), axis=-1)
+
+
+def spread_by_group(values: np.ndarray) -> dict[str, np.ndarray]:
+  """Per-group mean, standard deviation (ddof 1), median, min and max of ``[G, R]`` values."""
+  v = np.asarray(values, np.float64)
+  if v.ndim != 2 or v.shape[1] < 2:
+    raise ValueError(f"expected [groups, runs] with at least 2 runs per group; got shape {v.shape}")
+  return {"mean": v.mean(axis=1), "std": v.std(axis=1, ddof=1), "median": np.median(v, axis=1),
+          "min": v.min(axis=1), "max": v.max(axis=1)}
+
+
+def copies(values: Sequence[float], keys: Sequence[Any], i: int, *, rtol: float = 1e-9) -> np.ndarray:
+  """Mask of the entries that repeat entry ``i``: the same key, and a value within ``rtol`` of ``values[i]``.
+
+  The tolerance is relative to ``max(1, |values[i]|)``. E.g. critical points
+  with the same loss and index reached from several starts, or permuted copies
+  of one point.
+
+  Example:
+    >>> copies([1.0, 1.0 + 1e-12, 1.0, 2.0], [0, 0, 1, 0], 0).tolist()
+    [True, True, False, False]
+  """
+  v, k = np.asarray(values, np.float64), np.asarray(keys)
+  return (np.abs(v - v[i]) <= rtol * max(1.0, abs(v[i]))) & (k == k[i])
+
+
+def distinct(values: Sequence[float], keys: Sequence[Any], *, rtol: float = 1e-9) -> list[int]:
+  """Indices of one representative per group of :func:`copies`, in ascending order of value.
+
+  Entries are visited from the lowest value up (stable for ties); an entry
+  starts a new group unless it is a copy of a representative already kept.
+
+  Example:
+    >>> distinct([2.0, 1.0, 1.0 + 1e-12, 1.0], [0, 0, 0, 1])
+    [1, 3, 0]
+  """
+  v = np.asarray(values, np.float64)
+  keep: list[int] = []
+  for i in np.argsort(v, kind="stable"):
+    if not any(copies(v, keys, j, rtol=rtol)[i] for j in keep):
+      keep.append(int(i))
+  return keep
+
+
+def value_at(grid: Sequence[float], values: np.ndarray, x: float) -> float:
+  """``values[..., i]`` at the grid point ``grid[i] == x`` (to 1e-9); a ``ValueError`` when ``x`` is off the grid.
+
+  Example:
+    >>> value_at([-1.0, 0.0, 1.0], np.array([3.0, 1.0, 2.0]), 1.0)
+    2.0
+  """
+  hit = np.flatnonzero(np.isclose(grid, x, atol=1e-9))
+  if hit.size == 0:
+    raise ValueError(f"{x} is not on the grid {np.asarray(grid).tolist()}: choose a range that holds it")
+  return float(values[..., hit[0]])
+
+
+def ratio_of_means(numerator: Sequence[float], denominator: Sequence[float]) -> float:
+  """``mean(numerator) / mean(denominator)`` (e.g. of two groups' per-seed values); inf when the latter is not positive.
+
+  Example:
+    >>> ratio_of_means([2.0, 4.0], [1.0, 2.0]), ratio_of_means([1.0], [0.0])
+    (2.0, inf)
+  """
+  den = np.asarray(denominator).mean()
+  return float(np.asarray(numerator).mean() / den) if den > 0 else np.inf
+
+
+# ----------------------------------------------------------------------------- surfaces
+
+
+def _finite(z: np.ndarray) -> np.ndarray:
+  z = np.asarray(z, np.float64)
+  return z[np.isfinite(z)]
+
+
+def finite_difference_plane_hessian(loss: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Eigenvalues of the 2x2 Hessian of a 2-D loss map by central differences on the grid.
+
+  ``h_xx = (f[i, j+1] - 2 f[i, j] + f[i, j-1]) / dx^2``, ``h_yy`` likewise,
+  ``h_xy = (f[i+1, j+1] - f[i+1, j-1] - f[i-1, j+1] + f[i-1, j-1]) / (4 dx dy)``.
+  Unlike the exact projected Hessian (``curvature="plane"``), this measures
+  curvature at the scale of the grid spacing: for ReLU networks it includes the
+  kinks that the pointwise Hessian does not see, and it smooths out
+  finer-scale wiggles (papers.md's calibration used this estimate).
+
+  Args:
+    loss: ``[ny, nx]`` loss map (uniform grid).
+    x, y: grid coordinates (lengths ``nx``, ``ny``).
+
+  Returns:
+    ``(lambda_min, lambda_max)`` maps shaped ``[ny, nx]``, NaN on the outer ring
+    (where central differences are undefined) and where the loss is not finite.
+
+  Example:
+    >>> x = np.linspace(-1, 1, 5)
+    >>> f = 3 * x[None, :] ** 2 + x[:, None] ** 2       # Hessian diag(6, 2)
+    >>> lo, hi = finite_difference_plane_hessian(f, x, x)
+    >>> float(np.round(lo[2, 2], 6)), float(np.round(hi[2, 2], 6)), bool(np.isnan(lo[0, 0]))
+    (2.0, 6.0, True)
+  """
+  f = np.asarray(loss, np.float64)
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  if f.ndim != 2 or f.shape != (y.size, x.size) or min(f.shape) < 3:
+    raise ValueError(f"need a [ny, nx] loss map with nx, ny >= 3 matching x and y; got {f.shape}, x {x.size}, y {y.size}")
+  dx, dy = np.diff(x), np.diff(y)
+  if not (np.allclose(dx, dx[0]) and np.allclose(dy, dy[0])):
+    raise ValueError("finite differences need a uniform grid")
+  dx, dy = float(dx[0]), float(dy[0])
+  c = f[1:-1, 1:-1]
+  hxx = (f[1:-1, 2:] - 2 * c + f[1:-1, :-2]) / dx**2
+  hyy = (f[2:, 1:-1] - 2 * c + f[:-2, 1:-1]) / dy**2
+  hxy = (f[2:, 2:] - f[2:, :-2] - f[:-2, 2:] + f[:-2, :-2]) / (4 * dx * dy)
+  mid, rad = 0.5 * (hxx + hyy), np.sqrt(0.25 * (hxx - hyy) ** 2 + hxy**2)
+  lo, hi = np.full(f.shape, np.nan), np.full(f.shape, np.nan)
+  lo[1:-1, 1:-1], hi[1:-1, 1:-1] = mid - rad, mid + rad
+  return lo, hi
+
+
+def surface_stats(surf: Any, *, rel: float = 0.01, ratio_threshold: float = 0.1,
+                  interior: bool = True) -> dict[str, float]:
+  """Scalar summaries of one surface (1-D or 2-D).
+
+  Always: ``num_points``, ``num_nonfinite`` (NaN/inf grid points), ``min_loss``,
+  ``max_loss`` and ``log10_max_loss`` over the finite points, ``origin_loss``
+  (NaN when 0 is not a grid point). With plane curvature maps:
+  ``nonconvex_fraction`` (share of interior points with
+  ``plane_lambda_min < -rel * |plane_lambda_max|``, see
+  :func:`nonconvex_fraction`) and ``plane_min_over_max``, the
+  most negative ``plane_lambda_min / |plane_lambda_max|``. With full-Hessian
+  maps (``convexity_ratio``): ``ratio_median``, ``ratio_max``,
+  ``ratio_frac_above`` (share of points with ratio > ``ratio_threshold``),
+  ``ratio_origin`` and ``full_lambda_min`` (the most negative Ritz value).
+
+  Args:
+    surf: a :class:`~jaxscape.Surface` (anything with ``loss``, ``metrics``, ``axes``).
+    rel: relative threshold of significant negative plane curvature.
+    ratio_threshold: threshold of the |λmin/λmax| share.
+    interior: leave the outer ring out of the non-convex fraction (2-D grids).
+
+  Returns:
+    A flat ``{name: float}`` dict (NaN where a value is undefined).
+  """
+  loss = np.asarray(surf.loss, np.float64)
+  finite = _finite(loss)
+  maxl = float(finite.max()) if finite.size else float("nan")
+  out = {
+      "num_points": float(loss.size),
+      "num_nonfinite": float(loss.size - finite.size),
+      "min_loss": float(finite.min()) if finite.size else float("nan"),
+      "max_loss": maxl,
+      "log10_max_loss": float(np.log10(maxl)) if finite.size and maxl > 0 else float("nan"),
+      "origin_loss": float("nan"),
+  }
+  axes = getattr(surf, "axes", ())
+  hits = [np.flatnonzero(np.isclose(np.asarray(a), 0.0, atol=1e-12)) for a in reversed(tuple(axes))]
+  if axes and all(h.size for h in hits):
+    out["origin_loss"] = float(loss[tuple(int(h[0]) for h in hits)])
+  metrics = getattr(surf, "metrics", {}) or {}
+  if len(axes) == 2 and min(loss.shape) >= 3:
+    fd_lo, fd_hi = finite_difference_plane_hessian(loss, axes[0], axes[1])
+    out["fd_nonconvex_fraction"] = nonconvex_fraction(fd_lo, fd_hi, rel=rel, interior=False)
+  if "plane_lambda_min" in metrics and "plane_lambda_max" in metrics:
+    lo = np.asarray(metrics["plane_lambda_min"], np.float64)
+    hi = np.asarray(metrics["plane_lambda_max"], np.float64)
+    out["nonconvex_fraction"] = nonconvex_fraction(lo, hi, rel=rel, interior=interior)
+    with np.errstate(divide="ignore", invalid="ignore"):
+      r = _finite(lo / np.abs(hi))
+    out["plane_min_over_max"] = float(r.min()) if r.size else float("nan")
+  if "convexity_ratio" in metrics:
+    ratio = np.asarray(metrics["convexity_ratio"], np.float64)
+    fr = _finite(ratio)
+    out["ratio_median"] = float(np.median(fr)) if fr.size else float("nan")
+    out["ratio_max"] = float(fr.max()) if fr.size else float("nan")
+    out["ratio_frac_above"] = float(np.mean(fr > ratio_threshold)) if fr.size else float("nan")
+    if axes and all(h.size for h in hits):
+      out["ratio_origin"] = float(ratio[tuple(int(h[0]) for h in hits)])
+    if "lambda_min" in metrics:
+      lmin = _finite(metrics["lambda_min"])
+      out["full_lambda_min"] = float(lmin.min()) if lmin.size else float("nan")
+  return out
+
+
+def surface_error(surf: Any, reference: Any, name: str = "loss") -> dict[str, float]:
+  """How far one surface is from a reference on the same grid (e.g. ``bfloat16`` vs ``float32`` compute).
+
+  Relative errors are ``|a - b| / |b|`` point by point over the grid points
+  finite in both maps.
+
+  Args:
+    surf, reference: :class:`~jaxscape.Surface` objects on the same axes.
+    name: the map to compare (``"loss"`` or a metric name).
+
+  Returns:
+    ``{"max_abs_error", "max_relative_error", "mean_relative_error",
+    "num_compared"}``.
+
+  Example:
+    >>> import numpy as np
+    >>> from jaxscape.surface import Surface
+    >>> x = np.linspace(-1, 1, 3)
+    >>> a, b = Surface((x,), np.array([1.0, 2.0, 4.0]), {}, 0, {}), Surface((x,), np.array([1.0, 2.0, 5.0]), {}, 0, {})
+    >>> surface_error(a, b)["max_relative_error"]
+    0.2
+  """
+  if len(surf.axes) != len(reference.axes) or not all(
+      a.shape == b.shape and np.allclose(a, b) for a, b in zip(surf.axes, reference.axes)):
+    raise ValueError(f"surfaces must share their grid; got axes of sizes {[a.size for a in surf.axes]} "
+                     f"and {[a.size for a in reference.axes]}")
+  get = lambda s: np.asarray(s.loss if name == "loss" else s.metrics[name], np.float64)
+  a, b = get(surf), get(reference)
+  ok = np.isfinite(a) & np.isfinite(b)
+  if not ok.any():
+    raise ValueError(f"no grid point has a finite {name!r} in both surfaces")
+  err = np.abs(a[ok] - b[ok])
+  rel = err / np.maximum(np.abs(b[ok]), np.finfo(np.float64).tiny)
+  return {"max_abs_error": float(err.max()), "max_relative_error": float(rel.max()),
+          "mean_relative_error": float(rel.mean()), "num_compared": int(ok.sum())}
+
+
+def seed_summary(rows: Sequence[Mapping[str, float]]) -> dict[str, dict[str, float]]:
+  """Per-key :func:`summary` (mean, std, median, min, max, count) over seeds.
+
+  Keys missing from some rows are summarised over the rows that have them;
+  NaNs are left out of each summary (``count`` says how many values were used).
+
+  Example:
+    >>> seed_summary([{"a": 1.0}, {"a": 3.0, "b": 2.0}])["a"]["mean"]
+    2.0
+  """
+  keys: list[str] = []
+  for r in rows:
+    keys += [k for k in r if k not in keys]
+  return {k: summary([float(r[k]) for r in rows if k in r]) for k in keys}
+
+
+def is_increasing(values: Sequence[float], *, strict: bool = True) -> bool:
+  """Whether a sequence increases (strictly by default); False if any value is NaN.
+
+  Example:
+    >>> is_increasing([0.1, 0.3, 0.5]), is_increasing([0.1, 0.1]), is_increasing([0.1, 0.1], strict=False)
+    (True, False, True)
+  """
+  v = np.asarray(values, np.float64)
+  if v.size == 0 or not np.all(np.isfinite(v)):
+    return False
+  d = np.diff(v)
+  return bool(np.all(d > 0) if strict else np.all(d >= 0))

@@ -67,6 +67,9 @@ __all__ = [
     "Landscape",
     "LANDSCAPES",
     "get",
+    "grid",
+    "match",
+    "rastrigin_1d_critical_points",
     "sphere",
     "rastrigin",
     "ackley",
@@ -198,6 +201,8 @@ class Landscape:
       ``complete`` is True, else a representative set: always the global
       minima).
     complete: whether ``points`` lists every critical point in the domain.
+    kinks: points at which ``fn`` is not differentiable (Ackley's cone at the
+      origin): no gradient-norm search can converge to them.
   """
 
   name: str
@@ -205,6 +210,12 @@ class Landscape:
   domain: tuple[tuple[float, float], ...]
   points: tuple[Point, ...]
   complete: bool
+  kinks: tuple[tuple[float, ...], ...] = ()
+
+  @property
+  def smooth_points(self) -> tuple[Point, ...]:
+    """The known points at which ``fn`` is differentiable (those a gradient-norm search can find)."""
+    return tuple(p for p in self.points if not any(np.allclose(p.x, k) for k in self.kinks))
 
   @property
   def minima(self) -> tuple[Point, ...]:
@@ -253,7 +264,8 @@ LANDSCAPES: dict[str, Landscape] = {
         + _pts("saddle", (_RA_MAX1, 0.0, 20.251272990990113), (_RA_MAX1, _RA_MIN1, 21.246232048083407))
         + _pts("maximum", (_RA_MAX1, _RA_MAX1, 40.50254598198023)),
         False),
-    "ackley": Landscape("ackley", ackley, ((-32.768, 32.768),) * 2, _pts("minimum", (0.0, 0.0, 0.0)), False),
+    "ackley": Landscape("ackley", ackley, ((-32.768, 32.768),) * 2, _pts("minimum", (0.0, 0.0, 0.0)), False,
+                        kinks=((0.0, 0.0),)),
     "rosenbrock": Landscape("rosenbrock", rosenbrock, ((-2.0, 2.0), (-1.0, 3.0)),
                             _pts("minimum", (1.0, 1.0, 0.0)), True),
     "himmelblau": Landscape(
@@ -288,6 +300,74 @@ def get(name: str) -> Landscape:
   if name not in LANDSCAPES:
     raise ValueError(f"unknown landscape {name!r}: expected one of {sorted(LANDSCAPES)}")
   return LANDSCAPES[name]
+
+
+def grid(land: Landscape, n: int, *, zoom: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """A 2-D landscape's values on an ``n x n`` grid over its domain, shrunk by ``zoom`` around the centre.
+
+  Returns ``(x [n], y [n], f [n, n])`` with ``f[j, i] = fn((x[i], y[j]))``, in
+  the current default float precision.
+
+  Example:
+    >>> x, y, f = grid(get("sphere"), 3)
+    >>> x.tolist(), float(f[1, 1])
+    ([-5.12, 0.0, 5.12], 0.0)
+  """
+  (x0, x1), (y0, y1) = ((c - zoom * (b - a) / 2, c + zoom * (b - a) / 2) for a, b in land.domain
+                        for c in [(a + b) / 2])
+  xs, ys = np.linspace(x0, x1, n), np.linspace(y0, y1, n)
+  pts = np.stack(np.meshgrid(xs, ys), axis=-1)  # [ny, nx, 2]
+  return xs, ys, np.asarray(land.fn(jnp.asarray(pts)))
+
+
+def match(found: tuple[Point, ...], listed: tuple[Point, ...],
+          tol: float) -> tuple[list[Point], list[Point], list[tuple[Point, Point]]]:
+  """Compares found critical points with listed ones.
+
+  A listed point is *matched* when the nearest found point lies within
+  ``tol`` (Euclidean) and has the same kind, *missing* when none lies within
+  ``tol``, and of the *wrong kind* otherwise.
+
+  Returns:
+    ``(matched, missing, wrong_kind)``: listed points, listed points, and
+    ``(listed, found)`` pairs.
+
+  Example:
+    >>> land = get("himmelblau")
+    >>> matched, missing, wrong = match(land.points, land.points, 1e-6)
+    >>> len(matched), missing, wrong
+    (9, [], [])
+  """
+  fx = np.array([p.x for p in found], np.float64)
+  matched, missing, wrong = [], [], []
+  for p in listed:
+    d = np.linalg.norm(fx - np.asarray(p.x), axis=1) if len(fx) else np.array([np.inf])
+    j = int(np.argmin(d))
+    if d[j] > tol:
+      missing.append(p)
+    elif found[j].kind != p.kind:
+      wrong.append((p, found[j]))
+    else:
+      matched.append(p)
+  return matched, missing, wrong
+
+
+def rastrigin_1d_critical_points(interval: tuple[float, float], samples: int = 200000) -> tuple[int, int]:
+  """Number of critical points of the 1-D Rastrigin term ``t^2 - 10 cos(2 pi t)`` in ``interval``, and of minima.
+
+  Counted from sign changes of the derivative on ``samples`` points (keep it
+  even on a symmetric interval, so that no sample falls exactly on the root at
+  0). Rastrigin is separable: in 2-D the domain holds ``count^2`` critical
+  points, ``minima^2`` of them minima.
+
+  Example:
+    >>> rastrigin_1d_critical_points((-5.12, 5.12))
+    (21, 11)
+  """
+  t = np.linspace(*interval, samples)
+  d = 2 * t + 20 * np.pi * np.sin(2 * np.pi * t)
+  change = np.flatnonzero(np.sign(d[:-1]) != np.sign(d[1:]))
+  return int(change.size), int(np.sum(d[change] < 0))  # - to + crossings are minima
 
 
 # ----------------------------------------------------- classification

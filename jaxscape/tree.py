@@ -1,8 +1,11 @@
-"""Vector algebra on parameter pytrees.
+"""Vector algebra on parameter pytrees, and selection of runs stacked on a leading axis.
 
 Parameters, directions, gradients and Hessian-vector products are all pytrees of
 the same structure; these small functions treat such a pytree as one vector.
 All of them are pure and work under ``jit``, ``vmap`` and ``grad``.
+:func:`jaxscape.train.train_many` returns the parameters and state of S runs
+stacked on a leading axis: :func:`select` takes one run, :func:`num_runs`
+counts them and :func:`distances` measures each run against another point.
 
 Example:
   >>> import jax.numpy as jnp
@@ -48,6 +51,9 @@ __all__ = [
     "assert_allclose",
     "is_key",
     "key_first",
+    "num_runs",
+    "select",
+    "distances",
 ]
 
 
@@ -245,3 +251,57 @@ def key_first(legacy_position: int | None = None) -> Callable[[Callable], Callab
     return call
 
   return wrap
+
+
+# ----------------------------------------------------------------------------- runs stacked on a leading axis
+
+
+def num_runs(stacked: PyTree) -> int:
+  """The length S of the leading run axis of a stacked pytree.
+
+  Raises:
+    ValueError: when the pytree has no leaves or its leaves disagree on S.
+  """
+  leaves = jax.tree.leaves(stacked)
+  if not leaves:
+    raise ValueError("a stacked pytree of runs needs at least one leaf with a leading run axis; got no leaves")
+  sizes = {int(jnp.shape(a)[0]) if jnp.ndim(a) else -1 for a in leaves}
+  if len(sizes) != 1 or -1 in sizes:
+    raise ValueError(f"all leaves must share one leading run axis; got leading sizes {sorted(sizes)}")
+  return sizes.pop()
+
+
+def select(stacked: PyTree, run: int) -> PyTree:
+  """Run ``run`` of a pytree stacked on a leading run axis (e.g. ``train_many``'s params).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> select({"w": jnp.arange(6.0).reshape(3, 2)}, 1)["w"].tolist()
+    [2.0, 3.0]
+
+  A pytree without leaves (the state of a model without BatchNorm) has
+  nothing to select and is returned as it is.
+
+  Raises:
+    IndexError: when ``run`` is outside ``[-S, S)``.
+  """
+  if not jax.tree.leaves(stacked):
+    return stacked
+  s = num_runs(stacked)
+  if not -s <= int(run) < s:
+    raise IndexError(f"run {run} out of range for {s} stacked runs")
+  return jax.tree.map(lambda a: a[int(run)], stacked)
+
+
+def distances(a: PyTree, b: PyTree) -> jax.Array:
+  """Per-run Euclidean distances ``||a_i - b_i||`` of two pytrees stacked over runs (``[S]``).
+
+  ``b`` may also be one unstacked pytree (broadcast against every run of ``a``).
+  """
+  s = num_runs(a)
+  if jax.tree.structure(a) != jax.tree.structure(b):
+    raise ValueError(f"a and b must have the same tree structure; got {jax.tree.structure(a)} and {jax.tree.structure(b)}")
+  b_stacked = all(jnp.ndim(x) == jnp.ndim(y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  if b_stacked and num_runs(b) != s:
+    raise ValueError(f"a holds {s} runs but b holds {num_runs(b)}")
+  return jax.vmap(lambda x, y: norm(sub(x, y)), in_axes=(0, 0 if b_stacked else None))(a, b)

@@ -7,7 +7,7 @@ import pytest
 
 import jaxscape as js
 from jaxscape import surface as jsurf
-from jaxscape import surface_stats
+from jaxscape import stats
 
 # (in_features, hidden, examples, batch_size): digits-sized inputs and MNIST-sized inputs.
 SHAPES = {"digits64": (64, 12, 60, 25), "mnist784": (784, 4, 40, 16)}
@@ -148,7 +148,7 @@ def test_dense_first_layer_of_a_pure_function_and_when_it_is_dropped():
   a, b = jax.jit(lambda p: [obj.grid_batch_sums(p, vectors, coords, batch, affine=f) for f in (True, False)])(p)
   np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)  # float32
   # Replacing apply (here: an L2 penalty) invalidates the description: plain path, not recorded.
-  reg = js.regularize.with_l2(obj, 0.1)
+  reg = js.objective.with_l2(obj, 0.1)
   assert reg.first_layer is None and "first_layer" not in reg.describe()
   assert obj.with_data((x[:7], y[:7])).first_layer is fl
 
@@ -191,7 +191,7 @@ def test_zoo_models_declare_an_exact_first_layer():
 def test_bfloat16_surface_is_close_to_float32_and_recorded(digits_surfaces):
   obj, params, dirs, grid, ref = digits_surfaces
   surf = js.loss_surface(obj.with_compute_dtype(jnp.bfloat16), params, dirs, **grid)
-  err = surface_stats.surface_error(surf, ref)
+  err = stats.surface_error(surf, ref)
   # measured on this problem: 6e-4 max relative error (float16: 1.2e-4); the bound is 2e-2
   assert err["max_relative_error"] < 2e-2 and err["num_compared"] == 25, err
   assert err["max_relative_error"] > 0  # the forward pass really ran in bfloat16
@@ -209,4 +209,4 @@ def test_surface_error_needs_the_same_grid():
   a = js.Surface((x,), np.ones(3), {}, 0, {})
   b = js.Surface((np.linspace(-1, 1, 4),), np.ones(4), {}, 0, {})
   with pytest.raises(ValueError, match="share their grid"):
-    surface_stats.surface_error(a, b)
+    stats.surface_error(a, b)

@@ -1,14 +1,11 @@
-"""Command line and experiment runner."""
+"""The ``jaxscape`` command line."""
 
-import importlib
 import json
 import os
-import pkgutil
 
 import numpy as np
 import pytest
 
-import experiments
 from jaxscape import cli
 
 
@@ -59,25 +56,6 @@ def test_surface_curvature_warm_start_flag_reaches_the_library(tmp_path, monkeyp
   assert cli.main(base + ["--curvature-warm-start", "3"]) == 2
   assert seen["warm_start"] == 3 and seen["curvature"] == "full"
   assert cli.main(base) == 2 and seen["warm_start"] is None
-
-
-EXPERIMENTS = sorted(m.name for m in pkgutil.iter_modules(experiments.__path__) if not m.name.startswith("_"))
-
-
-@pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_smoke(name, tmp_path):
-  module = importlib.import_module(f"experiments.{name}")
-  assert {"smoke", "cpu", "full"} <= set(module.CONFIGS)
-  out = str(tmp_path / name)
-  assert cli.run_experiment(module, ["--preset", "smoke", "--out", out, "--seed", "1"]) == 0
-  with open(os.path.join(out, "report.md")) as f:
-    report = f.read()
-  assert report.startswith(f"# {name}: ") and ("PASS" in report.splitlines()[0] or "FAIL" in report.splitlines()[0])
-  assert "seed 1" in report
-  with open(os.path.join(out, "config.json")) as f:
-    assert json.load(f)["seed"] == 1
-  assert os.path.isfile(os.path.join(out, "results.npz")) and os.path.isfile(os.path.join(out, "meta.json"))
-  assert any(f.endswith(".png") for f in os.listdir(out))
 
 
 def test_hessian_command(tmp_path, capsys):
@@ -137,12 +115,3 @@ def test_train_then_surface_and_hessian_from_checkpoints(tmp_path, capsys):
   assert meta["config"]["directions"]["kind"] == "interpolation" and meta["config"]["source"]["checkpoint2"].endswith("train2")
   assert cli.main(["hessian", "--checkpoint", runs[0], "--top-k", "1", "--out", str(tmp_path / "h")]) == 0
   assert "largest 1:" in capsys.readouterr().out
-
-
-def test_full_preset_without_data_dir_is_a_one_line_error(capsys):
-  module = importlib.import_module("experiments.interpolation")
-  if "full" not in module.CONFIGS:
-    pytest.fail("interpolation has no full preset")
-  assert cli.run_experiment(module, ["--preset", "full", "--out", "/tmp/jaxscape-no-data"]) == 2
-  err = capsys.readouterr().err
-  assert "error:" in err and "Traceback" not in err

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import jaxscape as js
-from jaxscape import critical, hessian, newton, regularize, testfns
+from jaxscape import critical, hessian, newton, testfns
+from jaxscape.objective import with_l2
 
 
 def _scalar_objective(fn):
@@ -64,7 +65,7 @@ def _mlp_obj():
 
 @functools.cache
 def _mlp_l2_obj():  # L2 keeps the critical points at finite weights (cross-entropy alone has its infimum at infinity)
-  return regularize.with_l2(_mlp_obj(), 1e-2)
+  return with_l2(_mlp_obj(), 1e-2)
 
 
 def _mlp_params(seed=1):

@@ -107,6 +107,18 @@ def test_deep_linear_loss_is_loss_of_end_to_end_product(x64):
   np.testing.assert_allclose(a2(p2, s2, xx), xx @ models.end_to_end(p2), rtol=1e-5)
 
 
+def test_refactor_keeps_the_end_to_end_product_and_moves_the_factors(x64):
+  params = js.adapters.nnx.split(models.build("linear", 0, in_features=3, widths=[4, 5], out_features=2)).params
+  params = js.tree.astype(params, jnp.float64)
+  q = models.linear.refactor(jax.random.key(1), params)
+  assert jax.tree.structure(q) == jax.tree.structure(params)
+  np.testing.assert_allclose(models.end_to_end(q), models.end_to_end(params), rtol=1e-12, atol=1e-14)
+  assert float(js.tree.norm(js.tree.sub(q, params))) > 0.1 * float(js.tree.norm(params))
+  biased = js.adapters.nnx.split(models.build("linear", 0, in_features=3, widths=[4], out_features=2, use_bias=True)).params
+  with pytest.raises(ValueError, match="bias-free"):
+    models.linear.refactor(jax.random.key(1), biased)
+
+
 def test_flops_per_example_dense():
   net = models.build("mlp", 0, in_features=64, widths=[32], out_features=10, activation="linear", use_bias=False)
   apply, params, state, _ = js.adapters.split(net)
@@ -286,3 +298,56 @@ def test_spin_glass_descent_reaches_minima_and_vmaps(x64):
   assert int(single.steps) == int(out.steps[1, 2])
   # A saddle has positive index: -w is a critical point too (odd p: H(-w) = -H(w)), with the Hessian negated.
   assert int(jax.jit(sg.index)(-out.w[1, 2], X1)) == n - 1
+
+
+# ----------------------------------------------------------------------------- spin-glass ensembles
+
+
+def _ensemble(n=10, d=2, s=5, seed=0):
+  X = jax.vmap(lambda k: sg.disorder(k, n))(jax.random.split(jax.random.key(seed), d))
+  w0 = jax.vmap(jax.vmap(lambda k: sg.random_point(k, n)))(jax.random.split(jax.random.key(seed + 1), (d, s)))
+  return w0, X
+
+
+def test_descend_ensemble_matches_plain_vmap():
+  """Rounds with compaction reach the same end points as one vmapped run (tolerance 1e-3 on w, 1e-5 on e)."""
+  w0, X = _ensemble()
+  plain = jax.vmap(jax.vmap(lambda w, x: sg.descend(w, x, lr=0.1, tol=1e-4, max_steps=5000), in_axes=(0, None)))(w0, X)
+  rounds = sg.descend_ensemble(w0, X, lr=0.1, tol=1e-4, max_steps=5000, round_steps=50)
+  assert bool(np.all(plain.converged)) and bool(np.all(rounds.converged))
+  np.testing.assert_allclose(rounds.energy, plain.energy, atol=1e-5)
+  np.testing.assert_allclose(rounds.w, plain.w, atol=1e-3)
+  # every run took (within a round restart) as many steps as alone
+  np.testing.assert_allclose(rounds.steps, plain.steps, atol=2)
+  assert np.all(rounds.grad_norm < 1e-4)
+
+
+def test_descend_ensemble_respects_budget_and_shapes():
+  w0, X = _ensemble(d=2, s=3)
+  out = sg.descend_ensemble(w0, X, lr=0.1, tol=1e-12, max_steps=120, round_steps=50)
+  assert out.energy.shape == (2, 3) and out.w.shape == (2, 3, 10)
+  assert np.all(out.steps == 120) and not np.any(out.converged)
+  np.testing.assert_allclose(np.sum(np.asarray(out.w) ** 2, -1), 10.0, rtol=1e-5)
+  with pytest.raises(ValueError, match="starts"):
+    sg.descend_ensemble(w0[0], X)
+
+
+def test_tangent_spectrum_matches_dense_reference():
+  """float64 eigenvalues against a NumPy reference built from the Euclidean Hessian (tolerance 1e-9)."""
+  w0, X = _ensemble(n=7, d=2, s=2, seed=3)
+  out = sg.descend_ensemble(w0, X, lr=0.1, tol=1e-5, max_steps=5000)
+  eig = sg.tangent_spectrum(out.w, X, batch_size=1)
+  assert eig.shape == (2, 2, 6) and eig.dtype == np.float64
+  for d in range(2):
+    Xd = np.asarray(X[d], np.float64)
+    for s in range(2):
+      w = np.asarray(out.w[d, s], np.float64)
+      n = w.size
+      sym = sum(np.transpose(Xd, p) for p in [(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)])
+      hess = np.einsum("ijk,k->ij", sym, w) / n          # p = 3: H = N^-1 X(w, w, w)
+      grad = np.einsum("ijk,j,k->i", sym, w, w) / (2 * n)
+      u = w / np.linalg.norm(w)
+      basis = np.linalg.svd(np.eye(n) - np.outer(u, u))[0][:, : n - 1]
+      ref = np.linalg.eigvalsh(basis.T @ (hess - (w @ grad / n) * np.eye(n)) @ basis)
+      np.testing.assert_allclose(eig[d, s], ref, atol=1e-9)
+  assert np.all(eig[..., 0] > 0)   # GD end points are minima

@@ -8,7 +8,8 @@ import pytest
 from flax import nnx
 
 import jaxscape as js
-from jaxscape import data, models, runs, train
+from jaxscape import data, hessian, models, train, tree
+from jaxscape.objective import l2_penalty, with_l2
 
 
 def _data(n=13, d=3, classes=4, seed=0):
@@ -123,25 +124,80 @@ def test_nnx_objectives_of_one_structure_share_compilations():
   assert value._cache_size() == before
 
 
+# ----------------------------------------------------------------------------- L2 penalties
+
+
+def _l2_objective(batch_size):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(13, 3))
+  y = rng.integers(0, 2, size=13).astype(np.int32)
+  apply = lambda p, x: jnp.tanh(x @ p["w"]) @ p["v"]
+  params = {"w": jnp.asarray(rng.normal(size=(3, 4))), "v": jnp.asarray(rng.normal(size=(4, 2)))}
+  return js.Objective.from_apply(apply, params, data=(x, y), batch_size=batch_size), params
+
+
+@pytest.mark.parametrize("batch_size", [None, 5])  # 5: a ragged, padded last batch
+def test_l2_value_gradient_and_hessian_gain_the_penalty(x64, batch_size):
+  obj, params = _l2_objective(batch_size)
+  wd = 0.3
+  reg = with_l2(obj, wd)
+  sq = sum(float(jnp.sum(a**2)) for a in jax.tree.leaves(params))
+  # value: exact to float64 rounding (rtol 1e-12)
+  np.testing.assert_allclose(float(reg.value(params)), float(obj.value(params)) + 0.5 * wd * sq, rtol=1e-12)
+  g, g0 = jax.grad(reg.value)(params), jax.grad(obj.value)(params)
+  for a, b, p in zip(jax.tree.leaves(g), jax.tree.leaves(g0), jax.tree.leaves(params)):
+    np.testing.assert_allclose(a, b + wd * p, rtol=1e-12, atol=1e-14)
+  h, h0 = hessian.dense_hessian(reg, params), hessian.dense_hessian(obj, params)
+  np.testing.assert_allclose(h, h0 + wd * np.eye(h.shape[0]), rtol=1e-10, atol=1e-12)
+  # metrics are the unregularised model's
+  np.testing.assert_allclose(reg.loss(params)[1]["accuracy"], obj.loss(params)[1]["accuracy"])
+  assert reg.describe()["weight_decay"] == wd
+
+
+def test_l2_batch_loss_and_zero_decay(x64):
+  obj, params = _l2_objective(5)
+  reg = with_l2(obj, 0.1)
+  batch = (obj.x[0], obj.y[0], obj.w[0])
+  np.testing.assert_allclose(float(reg.loss(params, batch)[0]),
+                             float(obj.loss(params, batch)[0]) + float(l2_penalty(params, 0.1)), rtol=1e-12)
+  np.testing.assert_allclose(float(with_l2(obj, 0.0).value(params)), float(obj.value(params)), rtol=1e-14)
+
+
+def test_penalised_objectives_share_compiled_functions():
+  obj, _ = _l2_objective(None)
+  a, b = with_l2(obj, 0.1), with_l2(obj, 0.1)
+  assert a.apply == b.apply and hash(a.apply) == hash(b.apply)
+  assert a.per_example == b.per_example
+
+
+def test_l2_negative_decay_is_refused():
+  obj, _ = _l2_objective(None)
+  with pytest.raises(ValueError, match="weight_decay must be >= 0"):
+    with_l2(obj, -1.0)
+
+
+# ----------------------------------------------------------------------------- from_stateful over train_many runs
+
+
 def test_from_stateful_uses_each_runs_state_and_matches_training_history():
   ds = data.load("synthetic", train_size=96, test_size=32, dim=4)
   init = lambda k: models.build("mlp", k, in_features=4, widths=[8], out_features=3, batch_norm=True)  # noqa: E731
   p, s, h = train.train_many(jax.random.split(jax.random.key(3), 2), init, ds, optimizer="adam", learning_rate=1e-2,
                              batch_size=32, epochs=2)
   apply = js.adapters.split(init(jax.random.key(99))).apply  # any initialisation: only the structure is used
-  objs = [js.Objective.from_stateful(apply, runs.select(s, i), data=ds.train, batch_size=40) for i in range(2)]
+  objs = [js.Objective.from_stateful(apply, tree.select(s, i), data=ds.train, batch_size=40) for i in range(2)]
   for i, obj in enumerate(objs):
-    loss, metrics = obj.loss(runs.select(p, i))
+    loss, metrics = obj.loss(tree.select(p, i))
     # train_many's history is the exact eval-mode full-data loss with the run's own BN statistics (rtol 1e-5)
     np.testing.assert_allclose(loss, h.train_loss[i, -1], rtol=1e-5)
     np.testing.assert_allclose(metrics["accuracy"], h.train_accuracy[i, -1], rtol=1e-6)
   # same static fields: jitted measurements compile once for all runs
   assert jax.tree.structure(objs[0]) == jax.tree.structure(objs[1])
   # the other run's BN statistics give another loss: the state really is per run
-  swapped = js.Objective.from_stateful(apply, runs.select(s, 1), data=ds.train, batch_size=40)
-  assert abs(float(swapped.value(runs.select(p, 0))) - float(h.train_loss[0, -1])) > 1e-4
-  test_obj = js.Objective.from_stateful(apply, runs.select(s, 1), data=ds.test, batch_size=1024)
-  np.testing.assert_allclose(test_obj.value(runs.select(p, 1)), h.test_loss[1, -1], rtol=1e-5)
+  swapped = js.Objective.from_stateful(apply, tree.select(s, 1), data=ds.train, batch_size=40)
+  assert abs(float(swapped.value(tree.select(p, 0))) - float(h.train_loss[0, -1])) > 1e-4
+  test_obj = js.Objective.from_stateful(apply, tree.select(s, 1), data=ds.test, batch_size=1024)
+  np.testing.assert_allclose(test_obj.value(tree.select(p, 1)), h.test_loss[1, -1], rtol=1e-5)
 
 
 def test_from_model_of_a_stateless_model_is_its_own_loss():

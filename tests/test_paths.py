@@ -137,6 +137,19 @@ def test_permuting_hidden_units_keeps_the_loss_and_moves_the_params():
   assert float(jnp.max(jnp.abs(line.losses - line.losses[0]))) > 1e-2
 
 
+def test_shuffling_every_hidden_layer_keeps_the_loss():
+  obj = _mlp_obj()
+  p = _mlp_params(3)
+  q = paths.shuffle_hidden_units(jax.random.key(4), p, ["layers_0", "layers_1", "layers_2"])
+  np.testing.assert_allclose(_value(obj, q)[0], _value(obj, p)[0], rtol=1e-6)
+  perm0 = jax.random.permutation(jax.random.fold_in(jax.random.key(4), 0), 5)  # the first hidden layer's key
+  np.testing.assert_array_equal(q["layers_0"]["bias"], np.asarray(p["layers_0"]["bias"])[np.asarray(perm0)])
+  assert not js.tree.allclose(q["layers_1"], p["layers_1"])
+  js.tree.assert_allclose(q["layers_2"]["bias"], p["layers_2"]["bias"], rtol=0)
+  with pytest.raises(ValueError, match="no leaf named 'nope/kernel'"):
+    paths.shuffle_hidden_units(jax.random.key(0), p, ["nope", "layers_1"])
+
+
 def test_permutation_works_on_nnx_mlp_params_and_checks_input():
   from flax import nnx
 

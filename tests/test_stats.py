@@ -5,6 +5,7 @@ import pytest
 from scipy import stats as sps
 
 from jaxscape import stats
+from jaxscape.surface import Surface
 
 
 def test_correlations_match_scipy():
@@ -31,3 +32,112 @@ def test_fit_summary_and_nonconvex_fraction():
   hi = np.full((4, 4), 10.0)
   assert stats.nonconvex_fraction(lo, hi) == 0.25
   assert stats.nonconvex_fraction(lo, hi, interior=False) == 13 / 16
+
+
+# ----------------------------------------------------------------------------- fits and spreads of repeated runs
+
+
+def test_finite_size_fit_recovers_line():
+  n = np.array([20.0, 40.0, 80.0, 120.0])
+  a, b = stats.finite_size_fit(n, -1.63 + 0.8 * n ** (-2 / 3))
+  assert abs(a + 1.63) < 1e-12 and abs(b - 0.8) < 1e-10
+  with pytest.raises(ValueError, match="positive"):
+    stats.finite_size_fit([0, 1], [1, 2])
+
+
+def test_poor_fraction_and_spread():
+  losses = np.array([[0.1, 0.5, np.nan, 0.2], [0.1, 0.1, 0.1, 0.3]])
+  ref = np.array([0.1, 0.1, 0.12, 0.08])   # median 0.1 -> threshold 0.2
+  np.testing.assert_allclose(stats.poor_fraction(losses, ref), [0.5, 0.25])
+  sp = stats.spread_by_group(np.array([[1.0, 2.0, 3.0], [2.0, 2.0, 2.0]]))
+  np.testing.assert_allclose(sp["std"], [1.0, 0.0])
+  np.testing.assert_allclose(sp["mean"], [2.0, 2.0])
+  with pytest.raises(ValueError, match="groups, runs"):
+    stats.spread_by_group(np.ones(3))
+
+
+# ----------------------------------------------------------------------------- surfaces
+
+
+def _surface(loss, **maps):
+  n = loss.shape[0]
+  x = np.linspace(-1, 1, n)
+  return Surface((x, x), np.asarray(loss, np.float64), {k: np.asarray(v) for k, v in maps.items()}, 0, {})
+
+
+def test_surface_stats_by_hand():
+  loss = np.arange(1.0, 26.0).reshape(5, 5)
+  loss[0, 0] = np.nan
+  lo = np.full((5, 5), -3.0)           # outer ring: ignored by the interior fraction
+  lo[1:4, 1:4] = [[-0.5, 0.2, 0.0], [-0.02, 1.0, 1.0], [1.0, 1.0, -0.009]]
+  hi = np.full((5, 5), 1.0)            # threshold -0.01
+  hi[1, 1] = -100.0                    # |lambda_max| is used: -0.5 < -1 is false
+  s = stats.surface_stats(_surface(loss, plane_lambda_min=lo, plane_lambda_max=hi))
+  assert s["num_points"] == 25 and s["num_nonfinite"] == 1
+  assert s["min_loss"] == 2.0 and s["max_loss"] == 25.0
+  np.testing.assert_allclose(s["log10_max_loss"], np.log10(25.0), rtol=1e-12)
+  assert s["origin_loss"] == 13.0
+  # interior 3x3: -0.02 < -0.01 counts; -0.5 vs -1, 0.0 and -0.009 do not -> 1/9
+  np.testing.assert_allclose(s["nonconvex_fraction"], 1 / 9, rtol=1e-12)
+  np.testing.assert_allclose(s["plane_min_over_max"], -3.0, rtol=1e-12)
+  assert "ratio_median" not in s
+
+
+def test_surface_stats_ratio_maps():
+  ratio = np.array([[0.0, 0.05, 0.2], [0.3, 0.01, 0.5], [np.nan, 0.02, 0.1]])
+  lmin = np.array([[1.0, -0.1, -2.0], [0.0, 0.5, 1.0], [1.0, 1.0, -0.3]])
+  s = stats.surface_stats(_surface(np.ones((3, 3)), convexity_ratio=ratio, lambda_min=lmin))
+  np.testing.assert_allclose(s["ratio_median"], np.median([0.0, 0.05, 0.2, 0.3, 0.01, 0.5, 0.02, 0.1]), rtol=1e-12)
+  assert s["ratio_max"] == 0.5 and s["ratio_origin"] == 0.01 and s["full_lambda_min"] == -2.0
+  np.testing.assert_allclose(s["ratio_frac_above"], 3 / 8, rtol=1e-12)   # 0.2, 0.3, 0.5 (0.1 is not above)
+
+
+def test_seed_summary_and_increasing():
+  rows = [{"a": 1.0, "b": np.nan}, {"a": 2.0, "b": 4.0}, {"a": 6.0}]
+  s = stats.seed_summary(rows)
+  assert s["a"]["mean"] == 3.0 and s["a"]["count"] == 3 and s["a"]["min"] == 1.0
+  assert s["b"]["count"] == 1 and s["b"]["mean"] == 4.0
+  assert stats.is_increasing([0.1, 0.2, 0.5])
+  assert not stats.is_increasing([0.1, 0.5, 0.2])
+  assert not stats.is_increasing([0.1, np.nan])
+  assert not stats.is_increasing([0.2, 0.2]) and stats.is_increasing([0.2, 0.2], strict=False)
+
+
+def test_finite_difference_plane_hessian_is_exact_on_quadratics():
+  x, y = np.linspace(-1, 1, 7), np.linspace(-0.5, 0.5, 5)
+  h = np.array([[2.0, -1.5], [-1.5, -0.5]])          # indefinite, with a cross term
+  xx, yy = np.meshgrid(x, y)
+  f = 0.5 * (h[0, 0] * xx**2 + 2 * h[0, 1] * xx * yy + h[1, 1] * yy**2) + 0.3 * xx - yy
+  lo, hi = stats.finite_difference_plane_hessian(f, x, y)
+  ev = np.linalg.eigvalsh(h)
+  np.testing.assert_allclose(lo[1:-1, 1:-1], ev[0], rtol=1e-10)
+  np.testing.assert_allclose(hi[1:-1, 1:-1], ev[1], rtol=1e-10)
+  assert np.isnan(lo[0]).all() and np.isnan(hi[:, -1]).all()
+  # every interior point is non-convex; the ring is left out
+  assert stats.surface_stats(Surface((x, y), f, {}, 0, {}))["fd_nonconvex_fraction"] == 1.0
+  with pytest.raises(ValueError, match="uniform grid"):
+    stats.finite_difference_plane_hessian(f, np.r_[x[:-1], 2.0], y)
+
+
+def test_distinct_keeps_one_representative_per_value_and_key():
+  loss = np.array([0.5, 0.2, 0.2 + 1e-12, 0.2, 0.5 + 1e-6, 3.0e9, 3.0e9 + 1.0])
+  index = np.array([0.1, 0.0, 0.0, 0.3, 0.1, 0.2, 0.2])
+  # 0.2 twice (same key) collapse; 0.2 with another key stays; 1e-6 apart is another value; the tolerance is relative
+  assert stats.distinct(loss, index) == [1, 3, 0, 4, 5]
+  np.testing.assert_array_equal(stats.copies(loss, index, 1), [False, True, True, False, False, False, False])
+  np.testing.assert_array_equal(stats.copies(loss, index, 5), [False] * 5 + [True, True])
+  assert stats.distinct([], []) == []
+
+
+def test_value_at_reads_a_grid_point_and_rejects_points_off_the_grid():
+  grid = np.linspace(-1.0, 2.0, 13)
+  values = np.stack([grid**2, grid + 1])
+  assert stats.value_at(grid, values[0], 1.5) == 2.25
+  np.testing.assert_allclose([stats.value_at(grid, v, -0.5) for v in values], [0.25, 0.5])
+  with pytest.raises(ValueError, match="not on the grid"):
+    stats.value_at(grid, values[0], 0.1)
+
+
+def test_ratio_of_means_is_inf_for_a_non_positive_denominator():
+  assert stats.ratio_of_means([3.0, 5.0], [1.0, 3.0]) == 2.0
+  assert stats.ratio_of_means([1.0], [-1.0, 0.5]) == np.inf

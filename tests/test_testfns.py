@@ -157,3 +157,28 @@ def test_errors_and_objective_adapter(x64):
   # d/du = 8u - 8.4u^3 + 2u^5 + v, d/dv = u - 8v + 16v^3
   np.testing.assert_allclose(grad, [8 * 0.3 - 8.4 * 0.3**3 + 2 * 0.3**5 - 0.4, 0.3 + 3.2 + 16 * (-0.4) ** 3],
                              rtol=1e-14)
+
+
+def test_grid_matches_the_function_and_zooms_around_the_centre(x64):
+  land = testfns.get("rosenbrock")  # domain (-2, 2) x (-1, 3): not centred at 0
+  x, y, f = testfns.grid(land, 5, zoom=0.5)
+  np.testing.assert_allclose([x[0], x[-1], y[0], y[-1]], [-1.0, 1.0, 0.0, 2.0])
+  assert f.shape == (5, 5)
+  np.testing.assert_allclose(f[3, 1], _NUMPY["rosenbrock"](x[1], y[3]), rtol=1e-14)  # f[j, i] = f(x_i, y_j)
+
+
+def test_match_sorts_listed_points_into_matched_missing_and_wrong_kind():
+  listed = (testfns.Point((0.0, 0.0), 0.0, "minimum"), testfns.Point((1.0, 0.0), 1.0, "saddle"),
+            testfns.Point((5.0, 5.0), 2.0, "maximum"))
+  found = (testfns.Point((0.0, 1e-9), 0.0, "minimum"), testfns.Point((1.0, 0.0), 1.0, "maximum"))
+  matched, missing, wrong = testfns.match(found, listed, 1e-6)
+  assert matched == [listed[0]] and missing == [listed[2]] and wrong == [(listed[1], found[1])]
+  assert testfns.match((), listed[:1], 1e-6) == ([], [listed[0]], [])
+
+
+def test_rastrigin_counts_and_ackley_kink():
+  count, minima = testfns.rastrigin_1d_critical_points((-5.12, 5.12))
+  # minima near the integers -5..5, maxima between them: 11 + 10 roots of t + 10 pi sin(2 pi t)
+  assert (count, minima) == (21, 11)
+  assert testfns.get("ackley").smooth_points == ()  # its only listed point is the cone at 0
+  assert testfns.get("himmelblau").smooth_points == testfns.get("himmelblau").points

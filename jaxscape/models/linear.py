@@ -27,7 +27,7 @@ from flax import nnx
 
 from .mlp import MLP
 
-__all__ = ["DeepLinear", "end_to_end"]
+__all__ = ["DeepLinear", "end_to_end", "refactor"]
 
 
 class DeepLinear(MLP):
@@ -56,12 +56,56 @@ def end_to_end(params: Any) -> jax.Array:
   Returns:
     ``[in_features, out_features]`` matrix. Biases, if any, are ignored.
   """
-  try:
-    layers = params["layers"]
-    kernels = [layers[k]["kernel"] for k in sorted(layers, key=int)] + [params["head"]["kernel"]]
-  except (KeyError, TypeError) as e:
-    raise ValueError(f"expected DeepLinear parameters with 'layers' and 'head' kernels; got keys {list(params) if isinstance(params, dict) else type(params).__name__}") from e
+  kernels = _kernels(params)
   out = kernels[0]
   for k in kernels[1:]:
     out = jnp.matmul(out, k)
   return out
+
+
+def _kernels(params: Any) -> list[jax.Array]:
+  try:
+    layers = params["layers"]
+    return [layers[k]["kernel"] for k in sorted(layers, key=int)] + [params["head"]["kernel"]]
+  except (KeyError, TypeError) as e:
+    raise ValueError(f"expected DeepLinear parameters with 'layers' and 'head' kernels; got keys {list(params) if isinstance(params, dict) else type(params).__name__}") from e
+
+
+def refactor(key: jax.Array, params: Any) -> dict:
+  """Another factorisation with the same end-to-end product: ``W_i -> A_{i-1}^-1 W_i A_i``.
+
+  Between every pair of layers a random invertible ``A_i = Q_i diag(s_i)``
+  (``Q_i`` orthogonal from the QR decomposition of a Gaussian matrix, ``s_i``
+  log-uniform in ``[1/2, 2]``, keys ``fold_in(key, i)``) is inserted, so
+  :func:`end_to_end` and hence the loss stay the same while the parameters
+  move: the loss of a deep linear net is constant on such manifolds.
+
+  Args:
+    key: ``jax.random`` key.
+    params: bias-free :class:`DeepLinear` parameters (as for :func:`end_to_end`).
+
+  Returns:
+    Parameters of the same structure.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> params = {"layers": {0: {"kernel": jnp.ones((2, 3))}}, "head": {"kernel": jnp.ones((3, 1))}}
+    >>> q = refactor(jax.random.key(1), params)
+    >>> bool(jnp.allclose(end_to_end(q), end_to_end(params), atol=1e-5))
+    True
+  """
+  ks = _kernels(params)
+  if any("bias" in layer for layer in [*params["layers"].values(), params["head"]]):
+    raise ValueError("refactor needs a bias-free DeepLinear (use_bias=False): a bias would have to move with A_i")
+  out = list(ks)
+  for i in range(len(ks) - 1):
+    h = ks[i].shape[1]
+    kq, ks_ = jax.random.split(jax.random.fold_in(key, i))
+    q, _ = jnp.linalg.qr(jax.random.normal(kq, (h, h), ks[i].dtype))
+    s = 2.0 ** jax.random.uniform(ks_, (h,), ks[i].dtype, -1.0, 1.0)
+    a = q * s[None, :]
+    a_inv = (q.T) / s[:, None]
+    out[i] = out[i] @ a
+    out[i + 1] = a_inv @ out[i + 1]
+  layers = {k: {"kernel": out[i]} for i, k in enumerate(sorted(params["layers"], key=int))}
+  return {"layers": layers, "head": {"kernel": out[-1]}}

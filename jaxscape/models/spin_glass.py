@@ -31,15 +31,31 @@ Example:
   (True, True)
   >>> int(sg.index(out.w, X))   # a local minimum: no negative curvature
   0
+
+Ensembles (many disorder samples x many starts, the statistics of Choromanska
+et al. 2015): :func:`descend_ensemble` runs them in rounds that drop converged
+runs from the batch; :func:`tangent_spectrum` gives float64 Riemannian-Hessian
+eigenvalues at their end points.
+
+  >>> Xs = jax.vmap(lambda k: sg.disorder(k, 10))(jax.random.split(jax.random.key(0), 2))
+  >>> w0 = jax.vmap(jax.vmap(lambda k: sg.random_point(k, 10)))(jax.random.split(jax.random.key(1), (2, 3)))
+  >>> ens = sg.descend_ensemble(w0, Xs, lr=0.1, tol=1e-3, max_steps=4000, round_steps=200)
+  >>> ens.energy.shape, bool(ens.converged.all())
+  ((2, 3), True)
+  >>> eig = sg.tangent_spectrum(ens.w, Xs)
+  >>> eig.shape, str(eig.dtype)
+  ((2, 3, 9), 'float64')
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = [
     "disorder",
@@ -54,6 +70,9 @@ __all__ = [
     "index",
     "descend",
     "minimise",
+    "descend_ensemble",
+    "tangent_spectrum",
+    "size_sweep",
     "Descent",
     "e_infinity",
     "E0",
@@ -217,3 +236,141 @@ def minimise(key: jax.Array, n: int, p: int = 3, *, num_disorder: int = 1, num_s
       jax.random.split(kw, num_disorder * num_starts).reshape(num_disorder, num_starts))
   run = lambda w, X: descend(w, X, lr=lr, tol=tol, max_steps=max_steps)
   return jax.jit(jax.vmap(jax.vmap(run, in_axes=(0, None)), in_axes=(0, 0)))(w0, Xs)
+
+
+# ----------------------------------------------------------------------------- ensembles
+
+
+@functools.partial(jax.jit, static_argnames=("lr", "tol", "max_steps"))
+def _descend_grid(w0: jax.Array, X: jax.Array, *, lr: float, tol: float, max_steps: int) -> Descent:
+  """``sg.descend`` vmapped over ``[D, K]`` starts with one coupling tensor per disorder sample."""
+  run = lambda w, x: descend(w, x, lr=lr, tol=tol, max_steps=max_steps)
+  return jax.vmap(jax.vmap(run, in_axes=(0, None)), in_axes=(0, 0))(w0, X)
+
+
+def _bucket(k: int, cap: int) -> int:
+  """The next power of two >= k, capped (few distinct batch shapes -> few compilations)."""
+  return min(cap, 1 << max(0, int(k - 1).bit_length()))
+
+
+def descend_ensemble(w0: jax.Array, X: jax.Array, *, lr: float = 0.1, tol: float = 1e-4, max_steps: int = 10_000,
+                     round_steps: int | None = 1000) -> Descent:
+  """Riemannian gradient descent from ``[D, S]`` starts on ``D`` spin-glass disorder samples.
+
+  Choromanska et al. (2015) compare the *distribution* of the values reached
+  by many independent descents across sizes; this runs such an ensemble.
+
+  The result equals ``vmap(vmap(sg.descend))`` with the same ``max_steps`` (up to rounding)
+  (each run stops at ``||P nabla H|| < tol`` or after ``max_steps`` steps),
+  but the work is done in rounds of ``round_steps``: after each round only
+  the unconverged runs continue, ``K`` per disorder sample (padded to a power
+  of two with converged runs, which stay where they are), so the few slow
+  runs near marginal minima do not keep the whole batch busy. Rounds loop in
+  Python; runs inside a round are vmapped.
+
+  Args:
+    w0: starts ``[D, S, N]`` (retracted to the sphere ``||w||^2 = N``).
+    X: couplings ``[D, N, ..., N]`` (one tensor per disorder sample).
+    lr: step size.
+    tol: tolerance on the Euclidean norm of the tangent gradient.
+    max_steps: step budget of each run.
+    round_steps: steps per round (``None``: one round, plain vmap).
+
+  Returns:
+    A :class:`Descent` with leading axes ``[D, S]``;
+    ``steps`` counts every step a run took.
+  """
+  w0, X = jnp.asarray(w0), jnp.asarray(X)
+  if w0.ndim != 3 or X.shape[0] != w0.shape[0] or X.shape[1:] != (w0.shape[-1],) * (X.ndim - 1):
+    raise ValueError(f"expected starts [D, S, N] and couplings [D, N, ..., N] with the same D and N; "
+                     f"got {w0.shape} and {X.shape}")
+  d, s, _ = w0.shape
+  chunk = max_steps if round_steps is None else max(1, min(int(round_steps), max_steps))
+  out = _descend_grid(w0, X, lr=lr, tol=tol, max_steps=chunk)
+  w, e, g, steps, conv = (np.array(a) for a in out)
+  used = chunk
+  while used < max_steps and not conv.all():
+    k = _bucket(int((~conv).sum(axis=1).max()), s)
+    order = np.argsort(conv, axis=1, kind="stable")[:, :k]   # unconverged first, then converged padding
+    this = min(chunk, max_steps - used)
+    sub = _descend_grid(jnp.asarray(np.take_along_axis(w, order[..., None], axis=1)), X, lr=lr, tol=tol,
+                        max_steps=this)
+    sub = [np.asarray(a) for a in sub]
+    active = ~np.take_along_axis(conv, order, axis=1)
+    rows, cols = np.nonzero(active)
+    idx = order[rows, cols]
+    w[rows, idx], e[rows, idx], g[rows, idx] = sub[0][rows, cols], sub[1][rows, cols], sub[2][rows, cols]
+    steps[rows, idx] += sub[3][rows, cols]
+    conv[rows, idx] = sub[4][rows, cols]
+    used += this
+  return Descent(w, e, g, steps, conv)
+
+
+def tangent_spectrum(w: jax.Array, X: jax.Array, *, batch_size: int = 8) -> np.ndarray:
+  """Eigenvalues of the Riemannian Hessian (tangent space of the sphere) at ``[D, S]`` points, in float64.
+
+  Computed under ``jax.enable_x64(True)`` from float64 copies of ``w`` and
+  ``X`` (the index of a marginal minimum is decided by eigenvalues near 0,
+  where float32 rounding matters); ``batch_size`` points per disorder sample
+  are processed at once (``lax.map``) to bound memory.
+
+  Args:
+    w: points ``[D, S, N]`` on the sphere.
+    X: couplings ``[D, N, ..., N]``.
+    batch_size: points per ``lax.map`` batch.
+
+  Returns:
+    ``[D, S, N-1]`` ascending eigenvalues (NumPy float64); the index of a
+    point is the number of negative ones.
+  """
+  w, X = np.asarray(w, np.float64), np.asarray(X, np.float64)
+  with jax.enable_x64(True):
+    eig = lambda p, x: jnp.linalg.eigvalsh(riemannian_hessian(p, x))
+    per_disorder = lambda ws, x: jax.lax.map(lambda p: eig(p, x), ws, batch_size=min(batch_size, ws.shape[0]))
+    out = jax.jit(jax.vmap(per_disorder))(jnp.asarray(w), jnp.asarray(X))
+    return np.asarray(out, np.float64)
+
+
+def size_sweep(key: jax.Array, sizes: Sequence[int], p: int = 3, *, num_disorder: int, num_starts: int,
+               lr: float = 0.1, tol: float = 1e-4, max_steps: int = 10_000, round_steps: int | None = 1000,
+               hessian_batch: int = 8) -> dict[str, np.ndarray]:
+  """Descent ensembles over system sizes N, with the tangent-space Hessian spectrum at every end point.
+
+  Choromanska et al. (2015): the energies GD reaches concentrate as N grows.
+  For each ``N``, ``(kx, kw) = split(fold_in(key, N))``: ``num_disorder``
+  coupling samples from ``kx``, ``[num_disorder, num_starts]`` random starts
+  from ``kw``, then :func:`descend_ensemble` and :func:`tangent_spectrum`
+  (float64).
+
+  Args:
+    key: the key of the sweep.
+    sizes: system sizes N.
+    p: interaction order.
+    num_disorder, num_starts: disorder samples and random starts per sample.
+    lr, tol, max_steps, round_steps: as in :func:`descend_ensemble`.
+    hessian_batch: ``batch_size`` of :func:`tangent_spectrum`.
+
+  Returns:
+    ``{"energy", "grad_norm", "steps", "converged", "min_eig", "index": [len(sizes), num_disorder * num_starts]}``
+    (energy per spin, final tangent-gradient norm, steps taken, converged flag, smallest Hessian eigenvalue, number
+    of negative eigenvalues) and ``{"eigs_n<N>": [num_disorder * num_starts, N - 1]}`` for every N.
+
+  Example:
+    >>> out = size_sweep(jax.random.key(0), [6, 8], num_disorder=1, num_starts=2, tol=1e-3, max_steps=500)
+    >>> out["energy"].shape, out["eigs_n8"].shape
+    ((2, 2), (2, 7))
+  """
+  res: dict[str, list] = {k: [] for k in ("energy", "grad_norm", "steps", "converged", "min_eig", "index")}
+  eigs = {}
+  for n in sizes:
+    kx, kw = jax.random.split(jax.random.fold_in(key, n))
+    X = jax.vmap(lambda k: disorder(k, n, p))(jax.random.split(kx, num_disorder))
+    w0 = jax.vmap(jax.vmap(lambda k: random_point(k, n)))(jax.random.split(kw, (num_disorder, num_starts)))
+    out = descend_ensemble(w0, X, lr=lr, tol=tol, max_steps=max_steps, round_steps=round_steps)
+    ev = tangent_spectrum(out.w, X, batch_size=hessian_batch)
+    for k in ("energy", "grad_norm", "steps", "converged"):
+      res[k].append(np.asarray(getattr(out, k)).ravel())
+    res["min_eig"].append(ev[..., 0].ravel())
+    res["index"].append((ev < 0).sum(-1).ravel())
+    eigs[f"eigs_n{n}"] = ev.reshape(-1, n - 1)
+  return {**{k: np.asarray(v) for k, v in res.items()}, **eigs}

@@ -1,0 +1,620 @@
+"""The experiment harness: presets, dataset specs, the run directory, ``report.md`` and the index.
+
+An experiment is a module ``experiments/<name>.py`` with ``CONFIGS`` (presets
+``smoke``, ``cpu``, ``full``) and ``main(config, out_dir) -> Report``.
+:func:`run` parses the flags, writes ``config.json``, calls ``main`` and
+writes the :class:`Report` it returns as ``report.md``; :func:`load_dataset`
+turns a dataset spec of a config into a :class:`~jaxscape.data.Dataset`.
+
+A report is built in memory and rendered to a string. Checks are fixed before
+running and reported whatever the verdict: a FAIL is a result, never hidden.
+
+Example:
+  >>> r = Report("demo", claim="The origin is a minimum.", seed=0, preset="smoke")
+  >>> r.check("origin is the grid minimum", 0.1 <= 0.2, "loss(0) = 0.1 <= min grid loss 0.2")
+  True
+  >>> r.verdict
+  'PASS'
+  >>> "| origin is the grid minimum | PASS |" in r.render()
+  True
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import os
+import sys
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import numpy as np
+
+from . import adapters, data, hessian, models, sharpness, stats, train, tree
+from .directions import interpolation_direction, random_directions
+from .objective import Objective
+from .surface import default_chunk_size, loss_surface
+
+__all__ = ["Report", "table", "fmt", "mean_std", "spread", "load_dataset", "run", "write_index", "seed_surfaces",
+           "stack_surfaces", "seed_surface_arrays", "train_regimes", "solution_measures",
+           "interpolation_lines", "regime_study", "train_sizes", "variant_surfaces",
+           "seed_surface_statistics", "seed_surface_runs", "seed_surface_notes"]
+
+
+# ----------------------------------------------------------------------------- reports
+
+
+def fmt(x: Any, digits: int = 4) -> str:
+  """Short human formatting of numbers (and passthrough of strings)."""
+  if isinstance(x, (bool, np.bool_)):
+    return "yes" if x else "no"
+  if isinstance(x, (int, np.integer)):
+    return str(int(x))
+  if isinstance(x, (float, np.floating)):
+    x = float(x)
+    if not np.isfinite(x):
+      return str(x)
+    if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5):
+      return f"{x:.{digits - 1}e}"
+    return f"{x:.{digits}g}"
+  return str(x)
+
+
+def mean_std(summary: Mapping[str, Mapping[str, float]], name: str, digits: int = 3) -> str:
+  """``"mean ± std"`` of one entry of :func:`jaxscape.stats.seed_summary` (``"-"`` when absent; the mean alone for one seed)."""
+  if name not in summary or summary[name]["count"] == 0:
+    return "-"
+  sm = summary[name]
+  return f"{sm['mean']:.{digits}f} ± {sm['std']:.{digits}f}" if sm["count"] > 1 else f"{sm['mean']:.{digits}f}"
+
+
+def spread(values: Any) -> str:
+  """``"mean ± std"`` of an array of per-seed values, each part formatted by :func:`fmt`.
+
+  Example:
+    >>> spread([1.0, 3.0])
+    '2 ± 1'
+  """
+  values = np.asarray(values, float)
+  return f"{fmt(values.mean())} ± {fmt(values.std())}"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  """A Markdown table."""
+  lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+  lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class Report:
+  """A run report: the claim in one sentence, setup, figures, tables, checks."""
+
+  name: str
+  claim: str
+  seed: int
+  preset: str
+  setup: list[str] = dataclasses.field(default_factory=list)
+  sections: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+  figures: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+  checks: list[tuple[str, bool, str]] = dataclasses.field(default_factory=list)
+  notes: list[str] = dataclasses.field(default_factory=list)
+
+  def check(self, name: str, passed: bool, evidence: str) -> bool:
+    """Records a pass/fail criterion with the numbers that decided it."""
+    self.checks.append((name, bool(passed), evidence))
+    return bool(passed)
+
+  def figure(self, path: str, caption: str) -> None:
+    self.figures.append((path, caption))
+
+  def section(self, title: str, body: str) -> None:
+    self.sections.append((title, body))
+
+  def note_failures(self) -> None:
+    """Adds a note listing the failed checks (if any): settings were fixed before running, a FAIL is a result."""
+    if failed := [n for n, p, _ in self.checks if not p]:
+      self.notes.append(f"Not reproduced at this scale ({self.preset} preset, seed {self.seed}): " + "; ".join(failed)
+                        + ". Settings were fixed before running and not tuned.")
+
+  @property
+  def verdict(self) -> str:
+    return "PASS" if self.checks and all(p for _, p, _ in self.checks) else "FAIL"
+
+  def render(self) -> str:
+    out = [f"# {self.name}: {self.verdict}", "", f"**Claim.** {self.claim}", "",
+           f"Preset `{self.preset}`, seed {self.seed}.", ""]
+    if self.setup:
+      out += ["## Setup", ""] + [f"- {s}" for s in self.setup] + [""]
+    if self.checks:
+      out += ["## Check", "", table(["criterion", "result", "numbers"],
+                                    [(n, "PASS" if p else "FAIL", e) for n, p, e in self.checks]), ""]
+    for title, body in self.sections:
+      out += [f"## {title}", "", body, ""]
+    if self.figures:
+      out += ["## Figures", ""]
+      for path, caption in self.figures:
+        out += [f"![{caption}]({path})", "", f"*{caption}*", ""]
+    if self.notes:
+      out += ["## Notes", ""] + [f"- {n}" for n in self.notes] + [""]
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- dataset specs
+
+_FILES = {
+    "mnist": "the MNIST IDX files (train-images-idx3-ubyte[.gz], ...)",
+    "fashion_mnist": "the Fashion-MNIST IDX files (train-images-idx3-ubyte[.gz], ...)",
+    "cifar10": "cifar-10-batches-py/",
+    "cifar100": "cifar-100-python/",
+}
+
+
+def load_dataset(spec: dict[str, Any], data_dir: str | None) -> data.Dataset:
+  """Loads the dataset a config names: ``{"name": ..., "subdir": ..., **data.load kwargs}``.
+
+  Built-in datasets (``digits``, ``mnist1d``, ``synthetic``, ``mnist5k``) load
+  directly and ignore ``data_dir``. On-disk datasets (``mnist``,
+  ``fashion_mnist``, ``cifar10``, ``cifar100``) are read from ``data_dir``
+  (``--data-dir``; nothing is downloaded), or from ``data_dir/subdir`` when
+  the spec names a ``subdir`` that exists there.
+
+  Args:
+    spec: a JSON dict: ``name`` plus keyword arguments of :func:`jaxscape.data.load`
+      (``flatten``, ``downsample``, ``num_train``, ...) and an optional ``subdir``.
+    data_dir: the experiment's ``--data-dir`` (``None`` when not given).
+
+  Returns:
+    The dataset.
+
+  Raises:
+    FileNotFoundError: an on-disk dataset without an existing ``data_dir``;
+      the message names the dataset, the flag and the files it expects.
+
+  Example:
+    >>> from jaxscape import experiment
+    >>> ds = experiment.load_dataset({"name": "digits", "flatten": True}, None)
+    >>> ds.train[0].shape
+    (1257, 64)
+  """
+  spec = dict(spec)
+  name, subdir = spec.pop("name"), spec.pop("subdir", None)
+  if name not in data.ON_DISK:
+    return data.load(name, **spec)
+  if not data_dir or not os.path.isdir(data_dir):
+    raise FileNotFoundError(
+        f"dataset {name!r} is read from local files: pass --data-dir DIR (make experiment ... DATA_DIR=DIR), a "
+        f"directory holding {_FILES[name]}{f' (in DIR or DIR/{subdir}/)' if subdir else ''}; nothing is downloaded; "
+        f"got data_dir={data_dir!r}")
+  if subdir and os.path.isdir(os.path.join(data_dir, subdir)):
+    data_dir = os.path.join(data_dir, subdir)
+  return data.load(name, data_dir=data_dir, **spec)
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def run(module: Any, argv: Sequence[str] | None = None) -> int:
+  """Runs ``experiments/<name>.py``: ``CONFIGS[preset]`` -> ``main(config, out_dir)`` -> report.
+
+  Flags: ``--preset smoke|cpu|full`` (default ``cpu``), ``--seed`` (default 0;
+  changes every random choice of the run), ``--data-dir`` (datasets on disk,
+  for ``full``), ``--out`` (default ``runs/<name>-<preset>``, or the module's
+  ``RUN_DIR``). Writes ``config.json`` first and ``report.md`` from the
+  :class:`Report` that ``main`` returns, then refreshes ``runs/index.md``.
+  A missing dataset or a bad config is a one-line error naming the
+  experiment and preset (exit code 2).
+  """
+  from . import io as jio
+
+  spec = getattr(module, "__spec__", None)
+  name = (spec.name if spec is not None else module.__name__).rsplit(".", 1)[-1]
+  parser = argparse.ArgumentParser(prog=f"experiments.{name}", description=(module.__doc__ or "").strip().splitlines()[0])
+  parser.add_argument("--preset", default="cpu", choices=sorted(module.CONFIGS))
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--data-dir", default=None)
+  parser.add_argument("--out", default=None)
+  args = parser.parse_args(argv)
+  config = {**module.CONFIGS[args.preset], "preset": args.preset, "seed": args.seed, "data_dir": args.data_dir}
+  out = args.out or getattr(module, "RUN_DIR", None) or os.path.join("runs", f"{name}-{args.preset}")
+  os.makedirs(out, exist_ok=True)
+  jio.write_json(os.path.join(out, "config.json"), config)
+  try:
+    report = module.main(config, out)
+  except (FileNotFoundError, ValueError) as e:
+    print(f"{name} [{args.preset}]: error: {e}", file=sys.stderr)
+    return 2
+  with open(os.path.join(out, "report.md"), "w") as f:
+    f.write(report.render())
+  parent = os.path.dirname(os.path.abspath(out))
+  if os.path.basename(parent) == "runs":
+    write_index(parent)
+  print(f"{name} [{args.preset}, seed {args.seed}]: {report.verdict} -> {os.path.join(out, 'report.md')}")
+  for check, passed, evidence in report.checks:
+    print(f"  {'PASS' if passed else 'FAIL'}  {check}: {evidence}")
+  return 0
+
+
+def write_index(runs_dir: str) -> str:
+  """Writes ``runs_dir/index.md`` linking every run's ``report.md`` with its verdict."""
+  rows = []
+  for entry in sorted(os.listdir(runs_dir)):
+    report = os.path.join(runs_dir, entry, "report.md")
+    if os.path.isfile(report):
+      with open(report) as f:
+        first = f.readline().strip().lstrip("# ")
+      rows.append(f"- [{entry}]({entry}/report.md): {first}")
+  path = os.path.join(runs_dir, "index.md")
+  with open(path, "w") as f:
+    f.write("# jaxscape runs\n\n" + "\n".join(rows) + "\n")
+  return path
+
+
+# ----------------------------------------------------------------------------- studies over trained seeds
+
+
+def seed_surfaces(key: jax.Array, init: Callable[[jax.Array], Any], ds: data.Dataset, train_config: Any, *,
+                  seeds: int, grid: int, span: float = 1.0, eval_batch_size: int | None = 512, rel: float = 0.01,
+                  ratio_grid: int = 0, ratio_seeds: int = 0, lanczos_steps: int = 10,
+                  trace_probes: int = 2) -> dict[str, Any]:
+  """Trains ``seeds`` runs of one model together, then one filter-normalised 2-D surface per trained run.
+
+  Training is :func:`jaxscape.train.train_many` with keys split from
+  ``fold_in(key, 0)``; run ``s`` gets its directions (two Gaussian,
+  filter-normalised, biases and norm scales ignored) from
+  ``fold_in(fold_in(key, 1), s)``, so two models given the same ``key`` share
+  initialisation keys, data order and directions (paired comparisons). Each
+  surface holds the projected plane curvature (``curvature="plane"``) on a
+  ``grid x grid`` grid over ``[-span, span]^2`` of the training loss (eval
+  mode, BatchNorm statistics of that run frozen); the first ``ratio_seeds``
+  runs also get a coarse ``ratio_grid`` map of the full Hessian
+  (``curvature="full"``, probes from ``fold_in(fold_in(key, 2), s)``). All runs
+  share one compiled surface function.
+
+  Args:
+    key: the key of this model.
+    init: ``init(key) -> nnx.Module``.
+    ds: the dataset.
+    train_config: a :class:`~jaxscape.train.TrainConfig` or its dict.
+    seeds: number of runs.
+    grid, span: the surface grid.
+    eval_batch_size: examples per batch of the full-data loss.
+    rel: non-convexity threshold of :func:`jaxscape.stats.surface_stats`.
+    ratio_grid, ratio_seeds: the full-Hessian map (0: none).
+    lanczos_steps, trace_probes: its Lanczos steps and trace probes.
+
+  Returns:
+    ``{"seeds": [per-run surface_stats + final train/test loss and accuracy], "summary": seed_summary,
+    "surfaces", "ratios", "history", "train_s", "surface_s", "num_params"}``.
+  """
+  cfg = train_config if isinstance(train_config, train.TrainConfig) else train.TrainConfig.from_dict(train_config)
+  t0 = time.perf_counter()
+  params, state, hist = train.train_many(jax.random.split(jax.random.fold_in(key, 0), int(seeds)), init, ds, cfg)
+  jax.block_until_ready(params)
+  train_s = time.perf_counter() - t0
+  _, apply, _, _ = adapters.nnx.split_train(init(jax.random.key(0)))
+  rows, surfaces, ratios = [], [], []
+  t0 = time.perf_counter()
+  chunk = None
+  for s in range(int(seeds)):
+    p, st = tree.select(params, s), tree.select(state, s)
+    obj = Objective.from_stateful(apply, st, data=ds.train, batch_size=eval_batch_size, name=f"{ds.name}-train")
+    chunk = chunk or default_chunk_size(obj, p)   # once per model: its probe compiles
+    dirs = random_directions(jax.random.fold_in(jax.random.fold_in(key, 1), s), p, n=2, norm="filter", ignore="biasbn")
+    surf = loss_surface(obj, p, dirs, x=(-span, span, grid), y=(-span, span, grid), curvature="plane", quiet=True,
+                        chunk_size=chunk)
+    row = stats.surface_stats(surf, rel=rel)
+    if s < int(ratio_seeds) and ratio_grid > 0:
+      rsurf = loss_surface(obj, p, dirs, x=(-span, span, ratio_grid), y=(-span, span, ratio_grid), curvature="full",
+                           key=jax.random.fold_in(jax.random.fold_in(key, 2), s), lanczos_steps=int(lanczos_steps),
+                           trace_probes=int(trace_probes), quiet=True, chunk_size=chunk)
+      row.update({k: v for k, v in stats.surface_stats(rsurf, rel=rel).items() if k.startswith(("ratio_", "full_"))})
+      ratios.append(rsurf)
+    row.update(test_accuracy=float(hist.test_accuracy[s, -1]), test_loss=float(hist.test_loss[s, -1]),
+               train_accuracy=float(hist.train_accuracy[s, -1]), train_loss=float(hist.train_loss[s, -1]))
+    rows.append(row)
+    surfaces.append(surf)
+  return {"seeds": rows, "summary": stats.seed_summary(rows), "surfaces": surfaces, "ratios": ratios,
+          "history": hist, "train_s": train_s, "surface_s": time.perf_counter() - t0,
+          "num_params": int(models.count_params(tree.select(params, 0)))}
+
+
+def stack_surfaces(prefix: str, surfaces: Sequence[Any], maps: Sequence[str], *, axes: Sequence[str] = ("x", "y"),
+                   loss: bool = True) -> dict[str, np.ndarray]:
+  """Arrays for ``results.npz`` of several surfaces on one grid: ``{prefix + name: stacked maps}``.
+
+  Holds the first surface's ``axes`` (``prefix + "x"``, ...), the stacked
+  ``loss`` (when ``loss``) and every map in ``maps``, each ``[len(surfaces), ...]``.
+  """
+  out = {prefix + a: getattr(surfaces[0], a) for a in axes}
+  if loss:
+    out[prefix + "loss"] = np.stack([s.loss for s in surfaces])
+  for m in maps:
+    out[prefix + m] = np.stack([s.metrics[m] for s in surfaces])
+  return out
+
+
+def seed_surface_arrays(prefix: str, study: Mapping[str, Any],
+                        maps: Sequence[str] = ("accuracy", "plane_lambda_min", "plane_lambda_max", "h_xx", "h_xy",
+                                               "h_yy"),
+                        ratio_maps: Sequence[str] = ("convexity_ratio", "lambda_min", "lambda_max", "trace")
+                        ) -> dict[str, np.ndarray]:
+  """Arrays for ``results.npz`` of one :func:`seed_surfaces` result, every name prefixed.
+
+  The surfaces (``x``, ``y``, ``loss`` and ``maps``, stacked over seeds), the
+  full-Hessian maps (``ratio_x`` and ``ratio_<map>``) when there are any, and
+  the training histories (``history_<quantity>``, ``[seeds, evaluations]``).
+  """
+  out = stack_surfaces(prefix, study["surfaces"], maps)
+  if study["ratios"]:
+    out.update(stack_surfaces(prefix + "ratio_", study["ratios"], ratio_maps, axes=("x",), loss=False))
+  hist = study["history"]
+  out.update({f"{prefix}history_{m}": getattr(hist, m) for m in ("train_loss", "train_accuracy", "test_loss",
+                                                                  "test_accuracy")})
+  return out
+
+
+def train_regimes(key: jax.Array, init: Callable[[jax.Array], Any], ds: data.Dataset,
+                  regimes: Mapping[str, Mapping[str, Any]], *, seeds: int, **common: Any) -> dict[str, dict[str, Any]]:
+  """Trains ``seeds`` runs of every regime with :func:`jaxscape.train.train_many`, run ``i`` of each from the same start.
+
+  Every regime splits its run keys from ``fold_in(key, 0)``, so run ``i`` of
+  all regimes shares its initialisation and data-order key (paired comparisons,
+  e.g. small vs large batch), and keeps its start point (one snapshot per run).
+
+  Args:
+    key: the key of this study.
+    init: ``init(key) -> nnx.Module``.
+    ds: the dataset.
+    regimes: ``{name: {"batch_size", "epochs" | "steps", optional "eval_every", optional "runs"}}``; ``runs`` is
+      :func:`~jaxscape.train.train_many`'s ``"vmap"`` (default) or ``"sequential"``.
+    seeds: runs per regime.
+    **common: the other :class:`~jaxscape.train.TrainConfig` fields, shared by all regimes.
+
+  Returns:
+    ``{name: {"params", "state", "history", "start" (stacked start points), "steps" (optimiser steps per run),
+    "seconds"}}``.
+  """
+  out = {}
+  for name, reg in regimes.items():
+    t0, b, n = time.perf_counter(), reg["batch_size"], ds.num_train
+    steps = int(reg.get("steps") or int(reg["epochs"]) * (1 if b is None or b >= n else n // int(b)))
+    cfg = train.TrainConfig(**common, batch_size=b, epochs=int(reg.get("epochs") or 1), steps=reg.get("steps"),
+                            eval_every=int(reg.get("eval_every", 1)))
+    params, state, hist = train.train_many(jax.random.split(jax.random.fold_in(key, 0), int(seeds)), init, ds, cfg,
+                                           snapshot_every=steps, runs=reg.get("runs", "vmap"))
+    jax.block_until_ready(params)
+    out[name] = {"params": params, "state": state, "history": hist, "steps": steps, "seconds": time.perf_counter() - t0,
+                 "start": jax.tree.map(lambda x: x[:, 0], hist.trajectory)}
+  return out
+
+
+def solution_measures(key: jax.Array, apply: Callable, state: Any, params: Any, ds: data.Dataset, *,
+                      eps: Sequence[float], subspace_dim: int, lanczos_steps: int, eval_batch_size: int | None = 512,
+                      **keskar_kw: Any) -> dict[str, np.ndarray]:
+  """Accuracy, Keskar epsilon-sharpness and the top Hessian eigenvalue of every run of stacked solutions.
+
+  Run ``i`` is measured with ``k = fold_in(key, i)`` and its ``state`` frozen
+  (losses are full-split means in eval mode). For each ``eps[e]``
+  :func:`jaxscape.sharpness.keskar` runs in the full space (key
+  ``fold_in(k, 10 e)``) and in a random ``subspace_dim``-d subspace (key
+  ``fold_in(k, 10 e + 1)``); the top eigenvalue is a ``lanczos_steps``-step
+  Lanczos run (key ``fold_in(k, 99)``). Keskar et al. (2017), Metric 2.1.
+
+  Args:
+    key: the key of these runs.
+    apply: the pure apply (:func:`jaxscape.adapters.nnx.split_train`).
+    state, params: the runs' stacked states and parameters (leading run axis).
+    ds: the dataset (its train and test splits).
+    eps: box sizes.
+    subspace_dim: the random subspace's dimension.
+    lanczos_steps: Lanczos steps of the top eigenvalue.
+    eval_batch_size: examples per batch of the full-data loss.
+    **keskar_kw: ``maxiter``, ``sign_steps``, ``num_starts``, ``num_corners`` of :func:`~jaxscape.sharpness.keskar`.
+
+  Returns:
+    ``{"train_loss", "train_acc", "test_loss", "test_acc", "lam_max", "lam_residual", "lam_converged": [runs]}``
+    and ``"phi_<space>", "phi_<space>_lbfgsb", "phi_<space>_sign", "phi_<space>_corners_ok": [runs, len(eps)]``
+    for ``space`` in ``full``, ``sub``.
+  """
+  rows = []
+  for i in range(tree.num_runs(params)):
+    k, p, st = jax.random.fold_in(key, i), tree.select(params, i), tree.select(state, i)
+    obj = {s: Objective.from_stateful(apply, st, data=getattr(ds, s), batch_size=eval_batch_size,
+                                      name=f"{ds.name}-{s}") for s in ("train", "test")}
+    out: dict[str, Any] = {}
+    for s in ("train", "test"):
+      loss, metrics = jax.jit(obj[s].loss)(p)
+      out.update({f"{s}_loss": float(loss), f"{s}_acc": float(metrics["accuracy"])})
+    for space, dim in (("full", None), ("sub", int(subspace_dim))):
+      res = [sharpness.keskar(obj["train"], p, float(e), key=jax.random.fold_in(k, 10 * j + (dim is not None)),
+                              subspace_dim=dim, **keskar_kw) for j, e in enumerate(eps)]
+      out.update({f"phi_{space}": [r.phi for r in res], f"phi_{space}_corners_ok": [r.corners_ok for r in res],
+                  **{f"phi_{space}_{m}": [r.phi_by_maximizer[m] for r in res] for m in ("lbfgsb", "sign")}})
+    eig = hessian.eigenvalues(obj["train"], p, k=1, key=jax.random.fold_in(k, 99), num_steps=int(lanczos_steps))
+    rows.append({**out, "lam_max": float(eig.values[0]), "lam_residual": float(eig.residuals[0]),
+                 "lam_converged": bool(eig.converged[0])})
+  return {name: np.asarray([r[name] for r in rows]) for name in rows[0]}
+
+
+def interpolation_lines(apply: Callable, state: Any, start: Any, end: Any, ds: data.Dataset, alpha: Sequence[float], *,
+                        eval_batch_size: int | None = 512) -> dict[str, np.ndarray]:
+  """Loss and accuracy along ``alpha end + (1 - alpha) start`` for every run of stacked solutions, both splits.
+
+  The line of run ``i`` is a 1-D :func:`~jaxscape.surface.loss_surface` from
+  ``start[i]`` along the interpolation direction, with run ``i``'s ``state``
+  frozen (its BatchNorm statistics; a no-op for BN-free nets).
+
+  Args:
+    apply: the pure apply (:func:`jaxscape.adapters.nnx.split_train`).
+    state, start, end: stacked (leading run axis) states and end points.
+    ds: the dataset.
+    alpha: the evenly spaced line coordinates (as :func:`jaxscape.surface.parse_range` returns).
+    eval_batch_size: examples per batch of the full-data loss.
+
+  Returns:
+    ``{"line_<split>_loss", "line_<split>_acc": [runs, len(alpha)]}`` for ``split`` in ``train``, ``test``.
+  """
+  out: dict[str, list] = {}
+  for i in range(tree.num_runs(start)):
+    p0, p1 = tree.select(start, i), tree.select(end, i)
+    for s in ("train", "test"):
+      obj = Objective.from_stateful(apply, tree.select(state, i), data=getattr(ds, s), batch_size=eval_batch_size)
+      line = loss_surface(obj, p0, interpolation_direction(p0, p1), x=(float(alpha[0]), float(alpha[-1]), len(alpha)),
+                          quiet=True)
+      out.setdefault(f"line_{s}_loss", []).append(np.asarray(line.loss))
+      out.setdefault(f"line_{s}_acc", []).append(np.asarray(line.metrics["accuracy"]))
+  return {k: np.stack(v) for k, v in out.items()}
+
+
+def regime_study(key: jax.Array, init: Callable[[jax.Array], Any], ds: data.Dataset,
+                 regimes: Mapping[str, Mapping[str, Any]], *, seeds: int, alpha: Sequence[float],
+                 measures: Mapping[str, Any], eval_batch_size: int | None = 512, **common: Any) -> dict[str, Any]:
+  """Paired training regimes compared solution by solution (e.g. small vs large batch, Keskar et al. 2017).
+
+  Trains every regime (:func:`train_regimes`: run ``i`` of each from the same
+  start), measures every solution (:func:`solution_measures`, regime ``r``
+  with key ``fold_in(fold_in(key, 2), r)``), and evaluates the line from each
+  run's first-regime solution to its second-regime one
+  (:func:`interpolation_lines`, the first regime's state frozen).
+
+  Args:
+    key: the key of this study.
+    init: ``init(key) -> nnx.Module``.
+    ds: the dataset.
+    regimes: ``{name: regime}`` as in :func:`train_regimes` (at least two; the line joins the first two).
+    seeds: runs per regime.
+    alpha: the line coordinates (evenly spaced).
+    measures: keyword arguments of :func:`solution_measures` (``eps``, ``subspace_dim``, ...).
+    eval_batch_size: examples per batch of every full-data evaluation.
+    **common: the :class:`~jaxscape.train.TrainConfig` fields shared by all regimes.
+
+  Returns:
+    ``{"arrays": {"<regime>_<measure>", "<regime>_distance" (from the start), "<regime>_hist_<field>", "alpha",
+    "line_<split>_<loss|acc>"}, "timing": {"train_<regime>_s", "measure_s", "line_s"}, "steps": {regime: steps},
+    "num_params"}``.
+  """
+  tr = train_regimes(key, init, ds, regimes, seeds=seeds, eval_batch_size=eval_batch_size, **common)
+  (_, apply, _, _), t0, a = adapters.nnx.split_train(init(jax.random.fold_in(key, 1))), time.perf_counter(), {}
+  for i, (r, x) in enumerate(tr.items()):
+    m = solution_measures(jax.random.fold_in(jax.random.fold_in(key, 2), i), apply, x["state"], x["params"], ds,
+                          eval_batch_size=eval_batch_size, **measures)
+    a.update({f"{r}_{k}": v for k, v in m.items()}, **{f"{r}_hist_{k}": getattr(x["history"], k) for k in (
+        "step", "train_loss", "test_loss", "train_accuracy", "test_accuracy")})
+    a[f"{r}_distance"] = np.asarray(tree.distances(x["params"], x["start"]))
+  timing = {**{f"train_{r}_s": x["seconds"] for r, x in tr.items()}, "measure_s": time.perf_counter() - t0}
+  (first, second), t0 = list(tr.values())[:2], time.perf_counter()
+  a.update(alpha=np.asarray(alpha), **interpolation_lines(apply, first["state"], first["params"], second["params"], ds,
+                                                          alpha, eval_batch_size=eval_batch_size))
+  return {"arrays": a, "timing": {**timing, "line_s": time.perf_counter() - t0},
+          "steps": {r: x["steps"] for r, x in tr.items()},
+          "num_params": int(models.count_params(tree.select(first["params"], 0)))}
+
+
+def train_sizes(key: jax.Array, init: Callable[[int, jax.Array], Any], sizes: Sequence[int], ds: data.Dataset,
+                train_config: Any, *, seeds: int) -> dict[str, np.ndarray]:
+  """Trains ``seeds`` runs of a model per size (e.g. hidden width) and keeps their final losses and accuracies.
+
+  Size ``h`` is one :func:`jaxscape.train.train_many` call with keys split from
+  ``fold_in(key, h)``, so its runs share one compiled, vmapped training.
+
+  Args:
+    key: the key of the sweep.
+    init: ``init(size, key) -> nnx.Module``.
+    sizes: the (integer) sizes.
+    ds: the dataset.
+    train_config: a :class:`~jaxscape.train.TrainConfig` or its dict.
+    seeds: runs per size.
+
+  Returns:
+    ``{"train_loss", "test_loss", "train_accuracy", "test_accuracy": [len(sizes), seeds]}`` (the last evaluation of
+    the history) and ``"params"``: the parameter count per size.
+  """
+  cfg = train_config if isinstance(train_config, train.TrainConfig) else train.TrainConfig.from_dict(train_config)
+  out: dict[str, list] = {k: [] for k in ("train_loss", "test_loss", "train_accuracy", "test_accuracy", "params")}
+  for h in sizes:
+    params, _, hist = train.train_many(jax.random.split(jax.random.fold_in(key, h), int(seeds)),
+                                       functools.partial(init, h), ds, cfg)
+    for k in ("train_loss", "test_loss", "train_accuracy", "test_accuracy"):
+      out[k].append(np.asarray(getattr(hist, k))[:, -1])
+    out["params"].append(sum(int(np.prod(a.shape[1:])) for a in jax.tree.leaves(params)))
+  return {k: np.asarray(v) for k, v in out.items()}
+
+
+def variant_surfaces(key: jax.Array, build: Callable[..., Any], variants: Mapping[str, Mapping[str, Any]],
+                     sizes: Sequence[int], ds: data.Dataset, train_config: Any, *, size_arg: str = "depth",
+                     **seed_surfaces_kw: Any) -> dict[tuple[str, int], dict[str, Any]]:
+  """:func:`seed_surfaces` for every (variant, size) of a model family, the variants of one size paired.
+
+  Size ``d`` of every variant uses the key ``fold_in(key, d)``, so e.g. plain
+  and residual networks of one depth share initialisation keys, data order
+  and random directions (Li et al. 2018's with/without shortcuts).
+
+  Args:
+    key: the key of the family.
+    build: ``build(key, **kwargs) -> nnx.Module`` (e.g. ``functools.partial(models.build, "resnet", num_classes=10)``).
+    variants: ``{name: extra build kwargs}``.
+    sizes: values of the ``size_arg`` build argument.
+    ds: the dataset.
+    train_config: a :class:`~jaxscape.train.TrainConfig` or its dict.
+    size_arg: the build argument the sizes set.
+    **seed_surfaces_kw: the other arguments of :func:`seed_surfaces` (``seeds``, ``grid``, ...).
+
+  Returns:
+    ``{(variant, size): seed_surfaces result}``, sizes outer, variants inner.
+  """
+  return {(v, int(d)): seed_surfaces(jax.random.fold_in(key, int(d)), functools.partial(
+      build, **{size_arg: int(d)}, **kw), ds, train_config, **seed_surfaces_kw) for d in sizes for v, kw in
+      variants.items()}
+
+
+def seed_surface_statistics(studies: Mapping[tuple, Mapping[str, Any]], labels: Sequence[str]) -> str:
+  """A report table of :func:`seed_surfaces` results, one row per study: statistics as mean ± std over seeds.
+
+  Columns: the labels, parameters, seeds, test accuracy, the non-convex fractions (finite-difference, and the exact
+  pointwise diagnostic), log10 and worst maximum grid loss, non-finite points, the full-Hessian ratio statistics and
+  the training / surface seconds.
+
+  Args:
+    studies: ``{label tuple: seed_surfaces result}`` (e.g. ``(family, variant, depth)``), in row order.
+    labels: the names of the label columns.
+  """
+  ms = lambda r, k, n=3: mean_std(r["summary"], k, n)  # noqa: E731
+  return table([*labels, "params", "seeds", "test acc", "non-convex frac (finite diff.)",
+                "non-convex frac (exact pointwise, diagnostic)", "log10 max loss", "max loss (worst seed)",
+                "non-finite pts", "ratio median", "share ratio > 0.1", "train s", "surface s"], [
+      (*lab, r["num_params"], len(r["seeds"]), ms(r, "test_accuracy", 4), ms(r, "fd_nonconvex_fraction"),
+       ms(r, "nonconvex_fraction"), ms(r, "log10_max_loss", 2), fmt(r["summary"]["max_loss"]["max"]),
+       int(sum(s["num_nonfinite"] for s in r["seeds"])), ms(r, "ratio_median"), ms(r, "ratio_frac_above", 2),
+       f"{r['train_s']:.0f}", f"{r['surface_s']:.0f}") for lab, r in studies.items()])
+
+
+def seed_surface_runs(studies: Mapping[tuple, Mapping[str, Any]], labels: Sequence[str]) -> str:
+  """A report table of :func:`seed_surfaces` results, one row per trained run (final losses and surface statistics).
+
+  Args:
+    studies: ``{label tuple: seed_surfaces result}``, in row order.
+    labels: the names of the label columns.
+  """
+  return table([*labels, "seed", "final train loss", "train acc", "test acc", "loss at origin",
+                "non-convex frac (finite diff.)", "non-convex frac (exact)", "max grid loss", "ratio median"], [
+      (*lab, s, r["train_loss"], r["train_accuracy"], r["test_accuracy"], r["origin_loss"],
+       r.get("fd_nonconvex_fraction", np.nan), r.get("nonconvex_fraction", np.nan), r["max_loss"],
+       r.get("ratio_median", np.nan)) for lab, x in studies.items() for s, r in enumerate(x["seeds"])])
+
+
+def seed_surface_notes(studies: Mapping[tuple, Mapping[str, Any]], *, min_accuracy: float = 0.5) -> list[str]:
+  """Report notes on :func:`seed_surfaces` results: runs that did not train, and the non-finite grid losses.
+
+  Args:
+    studies: ``{label tuple: seed_surfaces result}``; a label reads as words (``MLP plain depth 4``).
+    min_accuracy: runs whose final train accuracy is below it "did not train".
+  """
+  runs = [(lab, s, r) for lab, x in studies.items() for s, r in enumerate(x["seeds"])]
+  return [f"{' '.join(map(str, lab))} seed {s} did not train (final train loss {r['train_loss']:.3g}, train accuracy "
+          f"{r['train_accuracy']:.3f}); it is kept in the seed means." for lab, s, r in runs
+          if r["train_accuracy"] < min_accuracy] + [
+      f"Non-finite grid losses over all surfaces: {int(sum(r['num_nonfinite'] for *_, r in runs))} (recorded as NaN, "
+      "left out of maxima)."]

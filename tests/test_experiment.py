@@ -1,0 +1,196 @@
+"""The experiment harness: reports, dataset specs, running every experiment at its smoke preset."""
+
+import importlib
+import json
+import os
+import pkgutil
+
+import numpy as np
+import pytest
+
+import experiments
+from jaxscape import data, experiment
+from jaxscape.experiment import Report, fmt, table
+
+
+def test_report_verdict_and_rendering():
+  r = Report("demo", claim="The origin is a minimum.", seed=3, preset="smoke")
+  assert r.verdict == "FAIL"  # no checks: nothing was shown
+  assert r.check("origin is the grid minimum", True, "0.1 <= 0.2")
+  assert not r.check("second", np.bool_(False), "1 > 0")
+  r.figure("a.png", "the surface")
+  r.section("Numbers", table(["x", "y"], [(1, 0.5)]))
+  r.notes.append("a note")
+  text = r.render()
+  assert r.verdict == "FAIL" and text.startswith("# demo: FAIL")
+  assert "Preset `smoke`, seed 3." in text and "| second | FAIL | 1 > 0 |" in text
+  assert "![the surface](a.png)" in text and "| 1 | 0.5 |" in text and "- a note" in text
+
+
+def test_fmt():
+  assert fmt(True) == "yes" and fmt(np.int64(3)) == "3" and fmt("s") == "s"
+  assert fmt(0.5) == "0.5" and fmt(1e-5) == "1.000e-05" and fmt(2e6) == "2.000e+06" and fmt(0.0) == "0"
+  assert fmt(float("inf")) == "inf" and fmt(float("nan")) == "nan"
+
+
+def test_load_dataset_built_in_ignores_data_dir():
+  ds = experiment.load_dataset({"name": "digits", "flatten": True}, "/nonexistent")
+  ref = data.load("digits", flatten=True)
+  np.testing.assert_array_equal(ds.train[0], ref.train[0])
+
+
+@pytest.mark.parametrize("data_dir", [None, "", "/nonexistent/jaxscape"])
+def test_load_dataset_on_disk_needs_an_existing_data_dir(data_dir):
+  with pytest.raises(FileNotFoundError, match=r"'mnist'.*--data-dir.*IDX.*DIR/mnist/"):
+    experiment.load_dataset({"name": "mnist", "subdir": "mnist", "flatten": True}, data_dir)
+
+
+def test_load_dataset_reads_the_subdir(tmp_path):
+  with pytest.raises(FileNotFoundError, match="mnist"):  # data.load's own message, in DIR/mnist
+    experiment.load_dataset({"name": "mnist", "subdir": "mnist"}, str(tmp_path))
+  (tmp_path / "mnist").mkdir()
+  with pytest.raises(FileNotFoundError, match=str(tmp_path / "mnist")):
+    experiment.load_dataset({"name": "mnist", "subdir": "mnist"}, str(tmp_path))
+
+
+def test_write_index(tmp_path):
+  (tmp_path / "a").mkdir()
+  (tmp_path / "a" / "report.md").write_text("# a: PASS\n")
+  (tmp_path / "b").mkdir()  # no report: not listed
+  path = experiment.write_index(str(tmp_path))
+  with open(path) as f:
+    assert f.read() == "# jaxscape runs\n\n- [a](a/report.md): a: PASS\n"
+
+
+EXPERIMENTS = sorted(m.name for m in pkgutil.iter_modules(experiments.__path__) if not m.name.startswith("_"))
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_smoke(name, tmp_path):
+  module = importlib.import_module(f"experiments.{name}")
+  assert {"smoke", "cpu", "full"} <= set(module.CONFIGS)
+  out = str(tmp_path / name)
+  assert experiment.run(module, ["--preset", "smoke", "--out", out, "--seed", "1"]) == 0
+  with open(os.path.join(out, "report.md")) as f:
+    report = f.read()
+  assert report.startswith(f"# {name}: ") and ("PASS" in report.splitlines()[0] or "FAIL" in report.splitlines()[0])
+  assert "seed 1" in report
+  with open(os.path.join(out, "config.json")) as f:
+    assert json.load(f)["seed"] == 1
+  assert os.path.isfile(os.path.join(out, "results.npz")) and os.path.isfile(os.path.join(out, "meta.json"))
+  assert any(f.endswith(".png") for f in os.listdir(out))
+
+
+def test_full_preset_without_data_dir_is_a_one_line_error(capsys):
+  module = importlib.import_module("experiments.interpolation")
+  if "full" not in module.CONFIGS:
+    pytest.fail("interpolation has no full preset")
+  assert experiment.run(module, ["--preset", "full", "--out", "/tmp/jaxscape-no-data"]) == 2
+  err = capsys.readouterr().err
+  assert "interpolation [full]: error:" in err and "Traceback" not in err
+
+
+def test_mean_std_of_a_seed_summary():
+  from jaxscape import stats
+
+  sm = stats.seed_summary([{"a": 1.0, "b": 2.0}, {"a": 3.0}])
+  assert experiment.mean_std(sm, "a") == "2.000 ± 1.414" and experiment.mean_std(sm, "b", 1) == "2.0"
+  assert experiment.mean_std(sm, "c") == "-"
+
+
+def test_seed_surface_arrays_stacks_surfaces_ratios_and_histories():
+  import types
+
+  from jaxscape.surface import Surface
+
+  x = np.linspace(-1, 1, 3)
+  surf = lambda v: Surface((x, x), np.full((3, 3), v), {"accuracy": np.zeros((3, 3))}, 0, {})  # noqa: E731
+  ratio = Surface((x, x), np.ones((3, 3)), {"convexity_ratio": np.full((3, 3), 0.5)}, 0, {})
+  hist = types.SimpleNamespace(train_loss=np.ones((2, 4)), train_accuracy=np.ones((2, 4)), test_loss=np.ones((2, 4)),
+                               test_accuracy=np.ones((2, 4)))
+  out = experiment.seed_surface_arrays("m_", {"surfaces": [surf(1.0), surf(2.0)], "ratios": [ratio], "history": hist},
+                                       maps=("accuracy",), ratio_maps=("convexity_ratio",))
+  assert sorted(out) == ["m_accuracy", "m_history_test_accuracy", "m_history_test_loss", "m_history_train_accuracy",
+                         "m_history_train_loss", "m_loss", "m_ratio_convexity_ratio", "m_ratio_x", "m_x", "m_y"]
+  assert out["m_loss"].shape == (2, 3, 3) and out["m_loss"][1, 0, 0] == 2.0 and out["m_ratio_convexity_ratio"].shape == (1, 3, 3)
+
+
+def test_regime_study_pairs_runs_and_measures_every_solution():
+  import jax
+
+  from jaxscape import models
+
+  ds = data.load("digits", flatten=True, num_train=64, num_test=32)
+  init = lambda k: models.build("mlp", k, in_features=64, widths=[8], out_features=10)  # noqa: E731
+  regimes = {"sb": {"batch_size": 16, "epochs": 1}, "lb": {"batch_size": None, "steps": 2, "runs": "sequential"}}
+  out = experiment.regime_study(jax.random.key(0), init, ds, regimes, seeds=2, alpha=np.linspace(-1.0, 2.0, 4),
+                                measures={"eps": [1e-3], "subspace_dim": 3, "lanczos_steps": 3, "maxiter": 1,
+                                          "sign_steps": 1, "num_starts": 1, "num_corners": 1},
+                                eval_batch_size=64, optimizer="adam", learning_rate=1e-3)
+  a = out["arrays"]
+  assert out["steps"] == {"sb": 4, "lb": 2} and a["sb_phi_full"].shape == (2, 1) and a["lb_lam_max"].shape == (2,)
+  assert a["line_train_loss"].shape == (2, 4) and np.all(a["sb_distance"] > 0)
+  # the line starts at the SB solution and ends at the LB one (BN-free net: the state does not matter)
+  np.testing.assert_allclose(a["line_train_loss"][:, 1], a["sb_train_loss"], rtol=1e-5)
+  np.testing.assert_allclose(a["line_test_acc"][:, 2], a["lb_test_acc"], rtol=1e-5)
+  assert set(out["timing"]) == {"train_sb_s", "train_lb_s", "measure_s", "line_s"}
+
+
+def test_train_sizes_trains_every_size_and_keeps_final_metrics():
+  import jax
+
+  from jaxscape import models
+
+  ds = data.load("digits", flatten=True, num_train=64, num_test=32)
+  init = lambda h, k: models.build("mlp", k, in_features=64, widths=[h], out_features=10)  # noqa: E731
+  out = experiment.train_sizes(jax.random.key(0), init, [2, 4], ds, {"optimizer": "sgd", "learning_rate": 0.05,
+                                                                     "batch_size": 32, "epochs": 1}, seeds=3)
+  assert out["test_loss"].shape == (2, 3) and out["params"].tolist() == [64 * 2 + 2 + 2 * 10 + 10, 64 * 4 + 4 + 4 * 10 + 10]
+  assert np.all(np.isfinite(out["train_loss"])) and np.all((out["test_accuracy"] >= 0) & (out["test_accuracy"] <= 1))
+
+
+def _seed_surface_study(train_accuracy=0.9, nonfinite=0):
+  from jaxscape import stats
+
+  rows = [{"train_loss": 0.1, "train_accuracy": train_accuracy, "test_accuracy": 0.8, "origin_loss": 0.1,
+           "fd_nonconvex_fraction": 0.25, "nonconvex_fraction": 0.5, "max_loss": 3.0, "log10_max_loss": 0.48,
+           "num_nonfinite": nonfinite}, {"train_loss": 0.2, "train_accuracy": 0.95, "test_accuracy": 0.9,
+           "origin_loss": 0.2, "max_loss": 5.0, "log10_max_loss": 0.7, "num_nonfinite": 0}]
+  return {"seeds": rows, "summary": stats.seed_summary(rows), "num_params": 42, "train_s": 1.0, "surface_s": 2.0}
+
+
+def test_seed_surface_tables_and_notes():
+  studies = {("MLP", "plain", 4): _seed_surface_study(0.1, nonfinite=3), ("MLP", "residual", 4): _seed_surface_study()}
+  st = experiment.seed_surface_statistics(studies, ["family", "variant", "depth"]).splitlines()
+  assert len(st) == 4 and st[0].startswith("| family | variant | depth | params | seeds | test acc |")
+  assert st[2] == "| MLP | plain | 4 | 42 | 2 | 0.8500 ± 0.0707 | 0.250 | 0.500 | 0.59 ± 0.16 | 5 | 3 | - | - | 1 | 2 |"
+  runs = experiment.seed_surface_runs(studies, ["family", "variant", "depth"]).splitlines()
+  assert len(runs) == 2 + 4 and "| MLP | residual | 4 | 1 | 0.2 |" in runs[5] and runs[5].endswith("| 5 | nan |")
+  notes = experiment.seed_surface_notes({("MLP", "plain", "depth 4"): studies[("MLP", "plain", 4)]})
+  assert notes[0].startswith("MLP plain depth 4 seed 0 did not train") and notes[1].startswith(
+      "Non-finite grid losses over all surfaces: 3 ")
+
+
+def test_variant_surfaces_pairs_the_variants_of_one_size(monkeypatch):
+  import jax
+
+  calls = []
+  monkeypatch.setattr(experiment, "seed_surfaces", lambda key, init, ds, cfg, **kw: calls.append(
+      (jax.random.key_data(key).tolist(), init.keywords, kw)) or len(calls))
+  build = lambda key, **kw: None  # noqa: E731
+  out = experiment.variant_surfaces(jax.random.key(0), build, {"plain": {"skips": False}, "res": {"skips": True}},
+                                    [2, 8], None, {}, seeds=3)
+  assert list(out) == [("plain", 2), ("res", 2), ("plain", 8), ("res", 8)] and out[("res", 8)] == 4
+  assert calls[0][0] == calls[1][0] != calls[2][0] and calls[3][1] == {"depth": 8, "skips": True}
+  assert calls[0][2] == {"seeds": 3}
+
+
+def test_report_note_failures_lists_the_failed_checks():
+  r = Report("demo", claim="c", seed=1, preset="smoke")
+  r.check("a", True, "")
+  r.note_failures()
+  assert r.notes == []
+  r.check("b", False, "")
+  r.note_failures()
+  assert r.notes == ["Not reproduced at this scale (smoke preset, seed 1): b. Settings were fixed before running and "
+                     "not tuned."]
