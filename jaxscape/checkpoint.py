@@ -49,7 +49,7 @@ import numpy as np
 
 from .adapters import nnx as _nnx
 from .io import sha256_file, to_jsonable
-from .tree import PyTree
+from .tree import PyTree, path_name
 
 __all__ = [
     "CorruptCheckpointError",
@@ -111,13 +111,7 @@ def _has_leaves(tree: PyTree) -> bool:
 
 def _leaf_name(path: tuple) -> str:
   """Orbax's name of a leaf: its keys joined by dots (``layers.0.kernel``, ``0.mu.head.bias``)."""
-  parts = []
-  for k in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(k, attr):
-        parts.append(str(getattr(k, attr)))
-        break
-  return ".".join(parts)
+  return path_name(path, ".")
 
 
 def _layout(tree: PyTree) -> dict[str, tuple[tuple[int, ...], str]]:

@@ -149,8 +149,8 @@ def ravel(a: PyTree) -> tuple[jax.Array, Callable[[jax.Array], PyTree]]:
   return ravel_pytree(a)
 
 
-def path_name(path: Sequence[Any]) -> str:
-  """The readable ``/``-joined name of one key path (``jax.tree_util`` keys).
+def path_name(path: Sequence[Any], sep: str = "/") -> str:
+  """The readable name of one key path (``jax.tree_util`` keys), its keys joined by ``sep``.
 
   Example:
     >>> import jax
@@ -165,7 +165,7 @@ def path_name(path: Sequence[Any]) -> str:
         break
     else:
       parts.append(str(p))
-  return "/".join(parts)
+  return sep.join(parts)
 
 
 def leaf_names(a: PyTree) -> list[str]:
