@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 
 __all__ = ["contour", "contourf", "heatmap", "surface3d", "curve", "trajectory", "density", "save_figures", "save", "close"]
 __all__ += ["panels", "critical_points", "path_losses", "curvature_slice", "spectrum", "signed_log_histogram",
-            "loss_vs_index", "escape", "critical_point_figures"]
+            "loss_vs_index", "escape", "critical_point_figures", "curvature_panels"]
 
 
 def _field(surf: Any, field: str) -> np.ndarray:
@@ -316,6 +316,17 @@ def curvature_slice(surf: Any, *, rel: float = 0.01, ax=None, title: str | None 
   ax.set_title(title or "negative plane curvature", fontsize=9)
   ax.legend(fontsize=7, loc="lower right")
   return fig, ax
+
+
+def curvature_panels(surfaces: Any, titles: Any, *, rel: float = 0.01, spectrum_of: np.ndarray | None = None,
+                     spectrum_title: str | None = None, size: tuple[float, float] = (5, 4.4)):
+  """One :func:`curvature_slice` panel per surface, then (optionally) a :func:`spectrum` panel; returns ``(fig, axes)``."""
+  fig, axes = panels(len(surfaces) + (spectrum_of is not None), size=size)
+  for ax, surf, title in zip(axes, surfaces, titles):
+    curvature_slice(surf, rel=rel, ax=ax, title=title)
+  if spectrum_of is not None:
+    spectrum(spectrum_of, ax=axes[-1], title=spectrum_title)
+  return fig, axes
 
 
 def spectrum(eigenvalues: np.ndarray, *, ax=None, title: str | None = None):
