@@ -25,12 +25,10 @@ CONFIGS = {
     "smoke": {**_BASE, "dim": 4, "out_dim": 2, "train_size": 64, "test_size": 32, "widths": [4], "deep_widths": [4, 4],
               "epochs": 5, "learning_rate": 1e-2, "batch_size": 16, "grid": 7, "wide_spans": [], "wide_grid": 5},
     "cpu": {**_BASE, "dim": 8, "out_dim": 4, "train_size": 256, "test_size": 128, "widths": [8], "deep_widths": [8, 8],
-            "epochs": 300, "learning_rate": 3e-3, "batch_size": 32, "grid": 31, "wide_spans": [3.0, 10.0],
-            "wide_grid": 21},
+            "epochs": 300, "learning_rate": 3e-3, "batch_size": 32, "grid": 31, "wide_spans": [3.0, 10.0], "wide_grid": 21},
     "full": {**_BASE, "dim": 32, "out_dim": 16, "train_size": 4096, "test_size": 1024, "widths": [32],
              "deep_widths": [32, 32, 32], "epochs": 500, "learning_rate": 1e-3, "batch_size": 128, "grid": 101,
-             "wide_spans": [3.0, 10.0], "wide_grid": 51},
-}
+             "wide_spans": [3.0, 10.0], "wide_grid": 51}}
 
 
 def main(config: dict, out_dir: str) -> Report:
@@ -48,7 +46,7 @@ def main(config: dict, out_dir: str) -> Report:
   for i, (name, net) in enumerate(nets.items()):
     _, inits[name] = js.Objective.from_model(net, data=ds.train, loss="mse")
     trained[name], _, hists[name] = train.train(jax.random.fold_in(root, 10 + i), net, ds, cfg)
-  train_wall, rows_product, rows_origin = time.perf_counter() - t0, [], []
+  train_wall, rows_product, rows_origin, spectra = time.perf_counter() - t0, [], [], {}
   with jax.enable_x64(True):  # exact checks
     x64, y64 = (np.asarray(a, np.float64) for a in ds.train)
     obj_w = js.Objective.from_apply(lambda w, x: x @ w, data=(x64, y64), loss="mse", batch_size=None, name="product")
@@ -64,7 +62,7 @@ def main(config: dict, out_dir: str) -> Report:
       o = critical.describe_point(jax.random.fold_in(root, 30), obj, js.tree.zeros_like(p))  # the origin
       rows_origin.append((name, len(p["layers"]) + 1, o.eigenvalues.size, o.grad_norm, o.lambda_min, o.lambda_max,
                           o.num_negative, o.index, o.min_change))
-      lam_origin = o.eigenvalues if name == "linear" else lam_origin  # noqa: F821 (set in the first pass)
+      spectra[name] = o.eigenvalues
     l_star = float(obj_w.value(w_star))  # every local minimum of a deep linear net is global (Kawaguchi 2016)
   worst, t0, surfs, fracs, wide_rows = max(max(r[5], r[6]) for r in rows_product), time.perf_counter(), {}, {}, []
   for i, name in enumerate(("linear", "sigmoid")):  # 2-D slices: the gated window, then wider ones (not gated)
@@ -79,7 +77,7 @@ def main(config: dict, out_dir: str) -> Report:
                      float(np.nanmin(w.loss)), float(np.nanmax(w.loss)))] if j else []
   surf_wall, maps = time.perf_counter() - t0, ("plane_lambda_min", "plane_lambda_max")
   jio.save_result(out_dir, {  # also the wider windows, as <net>_span<s>_*
-      "origin_eigenvalues_linear": lam_origin, "product_hessian_eigenvalues": lam_w, "product_rows": np.array(
+      "origin_eigenvalues_linear": spectra["linear"], "product_hessian_eigenvalues": lam_w, "product_rows": np.array(
           [r[2:] for r in rows_product], np.float64), **{f"{n}_{f}": v for n, s in surfs.items() for f, v in {
               "x": s.x, "y": s.y, "loss": s.loss, **{m: s.metrics[m] for m in maps}}.items()},
       **{f"{name}_train_loss": h.train_loss for name, h in hists.items()}}, {
@@ -89,7 +87,7 @@ def main(config: dict, out_dir: str) -> Report:
   panels = ["linear", "sigmoid"] + ([f"sigmoid_span{c['wide_spans'][-1]:g}"] if c["wide_spans"] else [])
   fig, _ = plot.curvature_panels(
       [surfs[n] for n in panels], [f"{n.split('_')[0]} net, span {surfs[n].x[-1]:g}: non-convex fraction "
-                                   f"{fracs[n]:.3f}" for n in panels], rel=rel, spectrum_of=lam_origin,
+                                   f"{fracs[n]:.3f}" for n in panels], rel=rel, spectrum_of=spectra["linear"],
       spectrum_title=f"Hessian at the origin, linear {arch(c['widths'])} (index {rows_origin[0][7]:.3f})")
   rep = Report("linear_network", seed=seed, preset=config["preset"],
                claim="A deep linear network's loss depends on its factors only through their product (a convex "
@@ -102,10 +100,9 @@ def main(config: dict, out_dir: str) -> Report:
       f"Data: `synthetic` linear_regression, x ~ N(0, I_{d}), y = x w + 0.1 noise, {k} outputs, {c['train_size']} / "
       f"{c['test_size']} train / test examples; MSE. Nets (no biases): linear {arch(c['widths'])}, deep linear "
       f"{arch(c['deep_widths'])}, sigmoid {arch(c['widths'])}; Adam lr {c['learning_rate']}, batch {c['batch_size']}, "
-      f"{c['epochs']} epochs ({train_wall:.1f} s). Float64 checks: a second factorisation W_i -> A_(i-1)^-1 W_i A_i "
-      f"(A = Q diag(s), s in [1/2, 2]) at the initial and trained point vs the MSE of the product (tolerance "
-      f"{c['product_tol']:g}); at the origin the index counts eigenvalues below -1e-10, and L(t v) - L(0) is probed "
-      "at t = +-0.03, +-0.1, +-0.3 along a random unit v.",
+      f"{c['epochs']} epochs ({train_wall:.1f} s). Float64: a refactorisation W_i -> A_(i-1)^-1 W_i A_i (A = Q diag(s), "
+      f"s in [1/2, 2]) at the initial and trained point vs the MSE of the product (tolerance {c['product_tol']:g}); at "
+      "the origin index = share below -1e-10, L(t v) - L(0) at t = +-0.03, +-0.1, +-0.3 along a random unit v.",
       f"Slices: two filter-normalised directions, {c['grid']}x{c['grid']} grid on [-{c['span']}, {c['span']}]^2, exact "
       f"projected 2x2 Hessian (float32); wider windows ({', '.join(f'{v:g}' for v in c['wide_spans'])}) not gated "
       f"({surf_wall:.1f} s); non-convex fraction = share of interior points with lambda_min < -{rel:g} |lambda_max|."]
@@ -123,14 +120,15 @@ def main(config: dict, out_dir: str) -> Report:
             f"non-convex fraction {fracs['sigmoid']:.3f} (min plane lambda_min {plane_min('sigmoid'):.3g}); linear "
             f"net's slice: {fracs['linear']:.3f} (min {plane_min('linear'):.3g})")
   rep.section("Same product, same loss (float64)", table(["net", "point", "L(theta)", "L(theta')", "L_W(W)", "|L - L'|",
-                                                          "|L - L_W|", "max |W - W'|", "||theta'-theta||/||theta||"], rows_product))
+      "|L - L_W|", "max |W - W'|", "||theta'-theta||/||theta||"], rows_product))
   rep.section("The origin (float64)", table(["net", "layers", "params", "||grad L(0)||", "lambda_min", "lambda_max",
                                              "# negative", "index", "min_t L(tv) - L(0)"], rows_origin))
   span_loss = lambda n: f"{np.nanmin(surfs[n].loss):.4g} / {np.nanmax(surfs[n].loss):.4g}"
   rep.section("Training and slices", table(["quantity", "linear", "deep linear", "sigmoid"], [
       ("final train MSE", *(float(h.train_loss[-1]) for h in hists.values())),
       ("final test MSE", *(float(h.test_loss[-1]) for h in hists.values())),
-      ("least-squares optimum", l_star, l_star, "-"), ("slice: non-convex fraction", fracs["linear"], "-", fracs["sigmoid"]),
+      ("least-squares optimum", l_star, l_star, "-"), ("slice: non-convex fraction", fracs["linear"], "-",
+                                                        fracs["sigmoid"]),
       ("slice: min / max loss", span_loss("linear"), "-", span_loss("sigmoid"))]))
   rep.section("Wider windows (same directions; reported, not gated)", table(
       ["net", "span", "grid", "non-convex fraction", "min plane lambda_min", "min loss", "max loss"], wide_rows))
@@ -144,9 +142,8 @@ def main(config: dict, out_dir: str) -> Report:
       f"{c['span']:g}){other('linear')} against {fracs['sigmoid']:.3f}{other('sigmoid')} for the sigmoid net; the "
       "linear net's non-convexity lies away from its minima (the saddle at the origin)."]
   if fracs["sigmoid"] == 0:
-    rep.notes.append(
-        f"Not reproduced at this scale: within [-{c['span']:g}, {c['span']:g}]^2 the sigmoid net's slice has positive "
-        f"projected curvature everywhere (min lambda_min {plane_min('sigmoid'):.3g}). " + (
+    rep.notes.append(f"Not reproduced at this scale: within [-{c['span']:g}, {c['span']:g}]^2 the sigmoid net's slice "
+        f"has positive projected curvature everywhere (min lambda_min {plane_min('sigmoid'):.3g}). " + (
             f"Negative curvature appears on the wider windows (span {', '.join(f'{r[1]:g}' for r in wide)}, fraction "
             f"{', '.join(f'{r[3]:.3f}' for r in wide)}), far from the trained point, where sigmoids saturate."
             if wide else "None of the wider windows shows negative curvature either."))
