@@ -59,13 +59,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .hessian import flat_objective
+from . import stats
+from . import tree as tree_lib
+from .hessian import dense_eigh, flat_objective
 from .objective import Objective
 from .tree import PyTree
 
@@ -74,6 +76,11 @@ __all__ = [
     "STATUSES",
     "CriticalPoint",
     "CriticalPoints",
+    "PointDescription",
+    "join",
+    "PopulationSummary",
+    "summarize",
+    "describe_point",
     "index",
     "default_eps",
     "flatness",
@@ -464,6 +471,154 @@ class CriticalPoints:
 
   def __len__(self) -> int:
     return int(self.loss.shape[0])
+
+
+def join(found: CriticalPoints, extra: Sequence[CriticalPoint]) -> CriticalPoints:
+  """``found`` followed by the single points ``extra`` (e.g. refined minima), as one :class:`CriticalPoints`.
+
+  The extra points had no Levenberg-Marquardt phase: ``lm_steps`` 0 and NaN
+  stall statistics.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxscape as js
+    >>> apply = lambda p, x: p[0] ** 2 - p[1] ** 2 + 0 * x[:, 0]
+    >>> obj = js.Objective.from_apply(apply, data=(jnp.zeros((1, 1)), jnp.zeros(1)),
+    ...                               loss=lambda out, t: out)
+    >>> with jax.enable_x64(True):
+    ...   both = join(find_critical_points(obj, jnp.array([[0.3, -0.2]])), [find_critical_point(obj, jnp.ones(2))])
+    >>> len(both), both.status.tolist(), both.lm_steps.tolist()
+    (2, ['converged', 'converged'], [2, 0])
+  """
+  cat = lambda field, values: np.concatenate([getattr(found, field), values])
+  n = len(extra)
+  params = (jax.tree.map(lambda a, *b: jnp.concatenate([a, jnp.stack(b)]), found.params, *[p.params for p in extra])
+            if n else found.params)
+  return CriticalPoints(
+      params=params, **{f: cat(f, [getattr(p, f) for p in extra]) for f in ("loss", "grad_norm", "index", "steps",
+                                                                             "converged", "status", "flatness")},
+      eigenvalues=np.concatenate([found.eigenvalues, np.stack([np.asarray(p.eigenvalues) for p in extra])])
+      if n else found.eigenvalues, lm_steps=cat("lm_steps", np.zeros(n, int)),
+      stall_grad_norm=cat("stall_grad_norm", np.full(n, np.nan)), stall_flatness=cat("stall_flatness", np.full(n, np.nan)),
+      method="+".join(dict.fromkeys([found.method, *(p.method for p in extra)])), tol=found.tol,
+      eps=cat("eps", [p.eps for p in extra]))
+
+
+@dataclasses.dataclass(frozen=True)
+class PopulationSummary:
+  """Result of :func:`summarize`: loss against index over the converged points (Dauphin et al. 2014, Fig. 1).
+
+  Attributes:
+    distinct: indices of one converged point per (loss to 1e-9 relative, index), ascending in loss
+      (:func:`jaxscape.stats.distinct`): a point reached from several starts counts once.
+    spearman, pearson: rank and linear correlation of loss and index over the distinct points (NaN below 3).
+    spearman_all: Spearman's rho over all converged points.
+    loss_range: lowest and highest converged loss (NaN when none converged).
+    cutoff: the top of the lowest ``low_fraction`` of that range.
+    minima: losses of the converged index-0 points.
+    low: ``[D]`` which distinct points lie at or below ``cutoff``.
+    spearman_low: Spearman's rho over those (NaN below 3).
+    min_abs_eigenvalue: ``[D]`` smallest ``|lambda|`` at each distinct point.
+  """
+
+  distinct: list[int]
+  spearman: float
+  pearson: float
+  spearman_all: float
+  loss_range: tuple[float, float]
+  cutoff: float
+  minima: np.ndarray
+  low: np.ndarray
+  spearman_low: float
+  min_abs_eigenvalue: np.ndarray
+
+
+def summarize(points: CriticalPoints, *, low_fraction: float = 0.1) -> PopulationSummary:
+  """Loss-index statistics of the converged points of ``points`` (see :class:`PopulationSummary`).
+
+  Example:
+    >>> pts = CriticalPoints(params=None, loss=np.array([0.0, 0.0, 1.0, 2.0]), grad_norm=np.zeros(4),
+    ...     index=np.array([0.0, 0.0, 0.5, 1.0]), eigenvalues=np.ones((4, 2)), steps=np.zeros(4, int),
+    ...     converged=np.ones(4, bool), status=np.array(["converged"] * 4), flatness=np.zeros(4),
+    ...     lm_steps=np.zeros(4, int), stall_grad_norm=np.zeros(4), stall_flatness=np.zeros(4),
+    ...     method="hybrid", tol=1e-6, eps=np.zeros(4))
+    >>> s = summarize(pts)
+    >>> s.distinct, s.spearman, s.cutoff
+    ([0, 2, 3], 1.0, 0.2)
+  """
+  ok, loss, idx = points.converged, points.loss, points.index
+  dist = [int(np.flatnonzero(ok)[j]) for j in stats.distinct(loss[ok], idx[ok])]
+  l_d, i_d = loss[dist], idx[dist]
+  rho = lambda a, b: stats.spearman(a, b) if len(a) >= 3 else float("nan")
+  lo, hi = (float(loss[ok].min()), float(loss[ok].max())) if ok.any() else (np.nan, np.nan)
+  cutoff = lo + low_fraction * (hi - lo)
+  low = l_d <= cutoff
+  return PopulationSummary(
+      distinct=dist, spearman=rho(l_d, i_d), pearson=stats.pearson(l_d, i_d) if len(dist) >= 3 else float("nan"),
+      spearman_all=rho(loss[ok], idx[ok]), loss_range=(lo, hi), cutoff=cutoff, minima=loss[ok & (idx == 0)], low=low,
+      spearman_low=rho(l_d[low], i_d[low]), min_abs_eigenvalue=np.array([np.min(np.abs(points.eigenvalues[i]))
+                                                                         for i in dist]))
+
+
+@dataclasses.dataclass(frozen=True)
+class PointDescription:
+  """Result of :func:`describe_point`: the second-order test at one point.
+
+  Attributes:
+    grad_norm: ``||grad f||``.
+    eigenvalues: all Hessian eigenvalues, ascending (numpy).
+    lambda_min, lambda_max: their extremes.
+    num_negative: eigenvalues below ``-eps``.
+    index: ``num_negative / n`` (:func:`index` with ``eps``).
+    min_change: the smallest ``f(x + t v) - f(x)`` over ``t`` in ``+-radii``
+      along a random unit direction ``v``: negative where the loss decreases
+      even though the Hessian cannot tell (a higher-order saddle).
+  """
+
+  grad_norm: float
+  eigenvalues: np.ndarray
+  lambda_min: float
+  lambda_max: float
+  num_negative: int
+  index: float
+  min_change: float
+
+
+def describe_point(key: jax.Array, obj: Objective, params: PyTree, *, eps: float = 1e-10,
+                   radii: Sequence[float] = (0.03, 0.1, 0.3)) -> PointDescription:
+  """Gradient norm, dense Hessian spectrum, index and a sampled loss change at ``params``.
+
+  Decides whether a point is a minimum, a saddle or undecided by the second
+  derivative (a vanishing Hessian): then the loss change along a random unit
+  direction (key ``key``) still shows descent.
+
+  Args:
+    key: PRNG key for the random direction.
+    obj: the objective (dense Hessian: a small model; use ``jax.enable_x64``).
+    params: the point.
+    eps: eigenvalues below ``-eps`` count as negative.
+    radii: distances ``t`` probed on both sides.
+
+  Returns:
+    A :class:`PointDescription`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxscape as js
+    >>> apply = lambda p, x: p[0] ** 2 - p[1] ** 2 + 0 * x[:, 0]
+    >>> obj = js.Objective.from_apply(apply, data=(jnp.zeros((1, 1)), jnp.zeros(1)),
+    ...                               loss=lambda out, t: out)
+    >>> with jax.enable_x64(True):
+    ...   d = describe_point(jax.random.key(0), obj, jnp.zeros(2))
+    >>> d.grad_norm, d.num_negative, d.index, d.lambda_min
+    (0.0, 1, 0.5, -2.0)
+  """
+  lam = np.asarray(dense_eigh(obj, params)[0])
+  v = tree_lib.normal_like(key, params)
+  v, f0 = tree_lib.scale(1.0 / tree_lib.norm(v), v), float(obj.value(params))
+  ts = [-t for t in reversed(radii)] + list(radii)
+  change = [float(obj.value(tree_lib.add(params, tree_lib.scale(t, v)))) - f0 for t in ts]
+  return PointDescription(grad_norm=float(tree_lib.norm(jax.grad(obj.value)(params))), eigenvalues=lam,
+                          lambda_min=float(lam.min()), lambda_max=float(lam.max()), num_negative=int(np.sum(lam < -eps)),
+                          index=float(index(lam, eps=eps)), min_change=float(np.min(change)))
 
 
 def _check_search_args(method, max_steps, tol, lm_steps, window, step_cap):

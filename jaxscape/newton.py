@@ -13,7 +13,9 @@ always downhill. Here:
   subspace ``K_k(H, g)`` built by :func:`jaxscape.spectral.lanczos` on
   Hessian-vector products, ``jax.jvp`` of ``jax.grad``);
 * :func:`escape_saddle`, which counts how many steps each method needs to
-  leave a saddle (optionally with an Armijo line search);
+  leave a saddle (optionally with an Armijo line search), and
+  :func:`compare_escapes`, which runs several methods from the same perturbed
+  saddles;
 * :func:`minimize_saddle_free`, which refines a trained point into an exact
   minimum (a :class:`jaxscape.critical.CriticalPoint` of index 0).
 
@@ -38,11 +40,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 
+import numpy as np
+
 from . import spectral
+from . import tree as tree_lib
 from .critical import STATUSES, CriticalPoint, default_eps, flatness, index
 from .hessian import flat_objective
 from .objective import Objective
@@ -51,11 +58,13 @@ from .tree import PyTree
 __all__ = [
     "STEP_METHODS",
     "EscapeResult",
+    "EscapeComparison",
     "gradient_descent_step",
     "newton_step",
     "saddle_free_newton_step",
     "saddle_free_newton_step_krylov",
     "escape_saddle",
+    "compare_escapes",
     "minimize_saddle_free",
 ]
 
@@ -296,6 +305,128 @@ def escape_saddle(
   return EscapeResult(method=method, losses=losses, grad_norms=gns, params=final, escape_step=escape_step,
                       threshold=float(threshold), lr=float(lr), damping=float(damping),
                       line_search=bool(line_search))
+
+
+@dataclasses.dataclass(frozen=True)
+class EscapeComparison:
+  """Result of :func:`compare_escapes`: ``S`` saddles x ``M`` methods.
+
+  Attributes:
+    methods: the ``M`` step methods, in column order.
+    starts: the ``S`` perturbed starting points.
+    lambda_min: ``[S]`` smallest Hessian eigenvalue at each saddle.
+    lambda_max: ``[S]`` largest ``|lambda|`` there (sets gd's ``lr`` and the damping).
+    steps: ``[S, M]`` escape steps (``-1``: not within the budget).
+    losses: ``[S, M, budget + 1]`` loss before each step and after the last.
+    wall: ``[S, M]`` seconds per run (compilation included).
+    budget: steps per run.
+    threshold: the loss drop that counts as an escape.
+  """
+
+  methods: tuple[str, ...]
+  starts: list
+  lambda_min: np.ndarray
+  lambda_max: np.ndarray
+  steps: np.ndarray
+  losses: np.ndarray
+  wall: np.ndarray
+  budget: int
+  threshold: float
+
+  def __len__(self) -> int:
+    return len(self.starts)
+
+  @property
+  def min_change(self) -> np.ndarray:
+    """``[S, M]`` lowest loss reached minus the starting loss."""
+    return np.min(self.losses - self.losses[..., :1], axis=-1)
+
+  @property
+  def final_change(self) -> np.ndarray:
+    """``[S, M]`` final loss minus the starting loss."""
+    return self.losses[..., -1] - self.losses[..., 0]
+
+  def faster(self, method: str, than: str) -> np.ndarray:
+    """``[S]`` whether ``method`` escaped in fewer steps than ``than`` (a miss counts as ``budget + 1``: ties fail)."""
+    s = np.where(self.steps < 0, self.budget + 1, self.steps)
+    return s[:, self.methods.index(method)] < s[:, self.methods.index(than)]
+
+
+def compare_escapes(
+    key: jax.Array,
+    obj: Objective,
+    saddles: Sequence[PyTree],
+    eigenvalues: Sequence[jax.typing.ArrayLike],
+    steps: int,
+    *,
+    methods: Sequence[str] = STEP_METHODS,
+    perturbation: float = 1e-3,
+    threshold: float = 1e-3,
+    damping_rel: float = 1e-3,
+    krylov_dim: int | None = None,
+    line_search: bool = True,
+) -> EscapeComparison:
+  """Runs every method in ``methods`` from the same perturbed saddles (Dauphin et al. 2014, Fig. 3).
+
+  Saddle ``j`` is moved by ``perturbation`` along a random unit direction
+  (key ``fold_in(key, j)``); from there :func:`escape_saddle` runs ``steps``
+  steps of each method with the same line search: gradient descent with
+  ``lr = 1/max|lambda|``, the Newton-type methods with ``lr = 1`` and damping
+  ``damping_rel * max|lambda|`` (``lambda``: the saddle's Hessian eigenvalues).
+
+  Args:
+    key: PRNG key for the perturbations.
+    obj: the objective.
+    saddles: the saddle points (pytrees like the parameters).
+    eigenvalues: each saddle's Hessian eigenvalues (e.g. from
+      :func:`jaxscape.hessian.dense_eigh`).
+    steps: steps per run (static).
+    methods: step methods, from :data:`STEP_METHODS`.
+    perturbation: distance of each start from its saddle.
+    threshold: the loss drop that counts as an escape.
+    damping_rel: Newton / SFN damping relative to ``max|lambda|``.
+    krylov_dim: subspace dimension for ``"sfn_krylov"``.
+    line_search: Armijo backtracking for every method (see :func:`escape_saddle`).
+
+  Returns:
+    An :class:`EscapeComparison`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxscape as js
+    >>> apply = lambda p, x: (p[0] ** 2 - 0.1 * p[1] ** 2) / 2 + 0 * x[:, 0]
+    >>> obj = js.Objective.from_apply(apply, data=(jnp.zeros((1, 1)), jnp.zeros(1)),
+    ...                               loss=lambda out, t: out)
+    >>> with jax.enable_x64(True):
+    ...   c = compare_escapes(jax.random.key(0), obj, [jnp.zeros(2)], [jnp.array([-0.1, 1.0])], 40,
+    ...                       methods=("gd", "sfn"), perturbation=0.1, threshold=0.1)
+    >>> bool(c.faster("sfn", than="gd")[0])
+    True
+  """
+  lambda_min, lambda_max, starts, found, losses, wall = [], [], [], [], [], []
+  for j, (saddle, lam) in enumerate(zip(saddles, eigenvalues)):
+    lam = np.asarray(lam)
+    lmax = float(np.max(np.abs(lam)))
+    v = tree_lib.normal_like(jax.random.fold_in(key, j), saddle)
+    start = tree_lib.add(saddle, tree_lib.scale(perturbation / tree_lib.norm(v), v))
+    rows = []
+    for m in methods:
+      t0 = time.perf_counter()
+      r = escape_saddle(obj, start, m, steps, lr=1.0 / lmax if m == "gd" else 1.0,
+                        damping=0.0 if m == "gd" else damping_rel * lmax,
+                        krylov_dim=krylov_dim if m == "sfn_krylov" else None, threshold=threshold,
+                        line_search=line_search)
+      rows.append((np.asarray(r.losses), r.escape_step, time.perf_counter() - t0))
+    lambda_min.append(float(lam.min()))
+    lambda_max.append(lmax)
+    starts.append(start)
+    losses.append([r[0] for r in rows])
+    found.append([r[1] for r in rows])
+    wall.append([r[2] for r in rows])
+  shape = (len(starts), len(methods))
+  return EscapeComparison(
+      methods=tuple(methods), starts=starts, lambda_min=np.array(lambda_min), lambda_max=np.array(lambda_max),
+      steps=np.array(found, int).reshape(shape), losses=np.array(losses).reshape(*shape, steps + 1),
+      wall=np.array(wall, float).reshape(shape), budget=steps, threshold=float(threshold))
 
 
 # ---------------------------------------------------- minimisation to a minimum

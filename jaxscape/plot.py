@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 
 __all__ = ["contour", "contourf", "heatmap", "surface3d", "curve", "trajectory", "density", "save_figures", "save", "close"]
 __all__ += ["panels", "critical_points", "path_losses", "curvature_slice", "spectrum", "signed_log_histogram",
-            "loss_vs_index", "escape"]
+            "loss_vs_index", "escape", "critical_point_figures", "curvature_panels"]
 
 
 def _field(surf: Any, field: str) -> np.ndarray:
@@ -318,6 +318,17 @@ def curvature_slice(surf: Any, *, rel: float = 0.01, ax=None, title: str | None 
   return fig, ax
 
 
+def curvature_panels(surfaces: Any, titles: Any, *, rel: float = 0.01, spectrum_of: np.ndarray | None = None,
+                     spectrum_title: str | None = None, size: tuple[float, float] = (5, 4.4)):
+  """One :func:`curvature_slice` panel per surface, then (optionally) a :func:`spectrum` panel; returns ``(fig, axes)``."""
+  fig, axes = panels(len(surfaces) + (spectrum_of is not None), size=size)
+  for ax, surf, title in zip(axes, surfaces, titles):
+    curvature_slice(surf, rel=rel, ax=ax, title=title)
+  if spectrum_of is not None:
+    spectrum(spectrum_of, ax=axes[-1], title=spectrum_title)
+  return fig, axes
+
+
 def spectrum(eigenvalues: np.ndarray, *, ax=None, title: str | None = None):
   """Eigenvalues in ascending order against their rank (a stem plot)."""
   fig, ax = _axes(ax)
@@ -415,6 +426,52 @@ def escape(losses: dict[str, np.ndarray], steps: dict[str, int], *, threshold: f
   ax.set_yscale("symlog", linthresh=1e-4)
   ax.legend(fontsize=7)
   return fig, ax
+
+
+def critical_point_figures(loss: np.ndarray, index: np.ndarray, eigenvalues: np.ndarray, *, color: np.ndarray,
+                           marked: np.ndarray, cutoff: float, title: str, escapes: Any = None,
+                           escape_titles: Any = ()) -> dict[str, Any]:
+  """The figures of a critical-point population and its saddle escapes (Dauphin et al. 2014, Figs. 1-3).
+
+  Args:
+    loss, index, eigenvalues: ``[P]``, ``[P]``, ``[P, n]`` of the distinct points, ascending in loss.
+    color, marked, cutoff, title: as :func:`loss_vs_index`.
+    escapes: a :class:`jaxscape.newton.EscapeComparison` (or ``None``), drawn by :func:`escape`.
+    escape_titles: one panel title per escape saddle.
+
+  Returns:
+    ``{"loss_vs_index", "summary"}``, plus ``"eigenvalue_histograms"`` (the lowest-loss point, the saddle of
+    median loss, the highest-loss point) when there are points and ``"saddle_escape"`` when there are escapes;
+    each ``(fig, axes)``. The summary row: the scatter, the three spectra, the escape from the median saddle.
+  """
+  loss, index = np.asarray(loss), np.asarray(index)
+  scatter = lambda ax: loss_vs_index(loss, index, color=color, marked=marked, cutoff=cutoff, ax=ax, title=title)  # noqa: E731
+  draw_escape = lambda ax, j: escape(  # noqa: E731
+      {m: escapes.losses[j, k] for k, m in enumerate(escapes.methods)},
+      {m: int(escapes.steps[j, k]) for k, m in enumerate(escapes.methods)}, threshold=escapes.threshold, ax=ax,
+      title=escape_titles[j])
+  out = {"loss_vs_index": panels(1, size=(5.8, 4.3))}
+  scatter(out["loss_vs_index"][1][0])
+  picks = {}
+  if loss.size:
+    mid = [i for i in range(loss.size) if index[i] > 0] or list(range(loss.size))
+    picks = {"low": 0, "medium": mid[len(mid) // 2], "high": loss.size - 1}
+    out["eigenvalue_histograms"] = fig, axes = panels(3, size=(4.67, 3.6))
+    for ax, (name, i) in zip(axes, picks.items()):
+      signed_log_histogram(eigenvalues[i], ax=ax, title=f"{name} loss {loss[i]:.3g}: index {index[i]:.3f}")
+  has_escapes = escapes is not None and len(escapes)
+  if has_escapes:
+    out["saddle_escape"] = fig, axes = panels(len(escapes), size=(5, 3.8))
+    for j, ax in enumerate(axes[:len(escapes)]):
+      draw_escape(ax, j)
+  out["summary"] = fig, axes = panels(3, size=(5.67, 4.3))
+  scatter(axes[0])
+  if picks:
+    signed_log_histogram(eigenvalues[list(picks.values())], bins=np.linspace(-4.5, 4.5, 46), ax=axes[1],
+                         labels=[f"{k}: loss {loss[i]:.3g}, index {index[i]:.3f}" for k, i in picks.items()])
+  if has_escapes:
+    draw_escape(axes[2], len(escapes) // 2)
+  return out
 
 
 # --- figures: surfaces and training (house)

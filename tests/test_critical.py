@@ -387,3 +387,50 @@ def test_search_argument_errors():
     critical.find_critical_points(obj, jnp.zeros((2, 2)), lm_steps=-1)
   with pytest.raises(ValueError, match="damping must be >= 0"):
     newton.minimize_saddle_free(obj, jnp.zeros(2), damping=-1.0)
+
+
+@functools.cache
+def _shallow_saddle_obj():  # f = (x^2 - 0.1 y^2) / 2: eigenvalues (1, -0.1), max|lambda| = 1
+  return _scalar_objective(lambda p: (p[0] ** 2 - 0.1 * p[1] ** 2) / 2)
+
+
+def test_compare_escapes_matches_the_closed_form_step_counts(x64):
+  # gd with lr = 1/max|lambda| = 1 zeroes x in one step and multiplies y by 1.1; SFN (damping 1e-3) zeroes x and
+  # multiplies y by 1 + 0.1 / 0.101; Newton (H + 1e-3 I)^-1 pulls y towards the saddle and never escapes
+  cmp = newton.compare_escapes(jax.random.key(3), _shallow_saddle_obj(), [jnp.zeros(2)], [jnp.array([-0.1, 1.0])], 40,
+                               methods=("gd", "newton", "sfn"), perturbation=0.1, threshold=0.05)
+  x0, y0 = np.asarray(cmp.starts[0])
+  np.testing.assert_allclose(np.hypot(x0, y0), 0.1, rtol=1e-12)
+  f0 = (x0**2 - 0.1 * y0**2) / 2
+
+  def first_escape(growth):
+    return next(t for t in range(1, 41) if -0.05 * (y0 * growth**t) ** 2 <= f0 - 0.05)
+
+  assert cmp.steps.tolist() == [[first_escape(1.1), -1, first_escape(1 + 0.1 / 0.101)]]
+  assert cmp.faster("sfn", than="gd").tolist() == [True] and cmp.faster("newton", than="gd").tolist() == [False]
+  assert cmp.losses.shape == (1, 3, 41) and cmp.wall.shape == (1, 3)
+  np.testing.assert_allclose([cmp.lambda_min[0], cmp.lambda_max[0]], [-0.1, 1.0])
+  np.testing.assert_allclose(cmp.final_change, cmp.losses[:, :, -1] - cmp.losses[:, :, 0])
+
+
+def test_describe_point_tells_a_saddle_and_a_higher_order_saddle(x64):
+  d = critical.describe_point(jax.random.key(0), _saddle_obj(), jnp.zeros(2))  # x^2 - y^2: Hessian diag(2, -2)
+  assert (d.grad_norm, d.num_negative, d.index, d.lambda_min, d.lambda_max) == (0.0, 1, 0.5, -2.0, 2.0)
+  # (1 - a b c)^2 at the origin: zero gradient and Hessian; L(t v) - 1 = -2 t^3 abc + t^6 (abc)^2 < 0 for some t
+  cubic = _scalar_objective(lambda p: (1 - p[0] * p[1] * p[2]) ** 2)
+  d = critical.describe_point(jax.random.key(1), cubic, jnp.zeros(3))
+  assert d.grad_norm == 0.0 and d.num_negative == 0 and np.all(d.eigenvalues == 0)
+  assert d.min_change < 0
+
+
+def test_join_and_summarize_a_population(x64):
+  obj = _saddle_obj()
+  found = critical.find_critical_points(obj, jnp.array([[0.3, -0.2], [0.1, 0.1]]))
+  extra = critical.find_critical_point(obj, jnp.array([0.2, 0.2]))
+  both = critical.join(found, [extra])
+  assert len(both) == 3 and both.lm_steps[-1] == 0 and np.isnan(both.stall_grad_norm[-1])
+  np.testing.assert_array_equal(both.eigenvalues[:2], found.eigenvalues)
+  np.testing.assert_array_equal(both.params[-1], extra.params)
+  assert both.loss[-1] == extra.loss and both.status[-1] == extra.status
+  sm = critical.summarize(both)
+  assert len(sm.distinct) == 1 and sm.minima.size == 0 and np.isnan(sm.spearman)  # one saddle, found three times

@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from jaxscape import plot
+from jaxscape import newton, plot
 
 
 @pytest.fixture(autouse=True)
@@ -188,3 +188,27 @@ def test_seed_surface_figures_lay_out_variants_by_size():
   assert sorted(plot.seed_surface_figures(studies)) == ["landscapes", "trends"]
   assert sorted(plot.seed_surface_figures(studies, trends=False)) == ["landscapes"]
   plt.close("all")
+
+
+def test_curvature_panels_add_a_spectrum_panel():
+  x = np.linspace(-1, 1, 5)
+  surf = types.SimpleNamespace(x=x, y=x, ndim=2, loss=np.exp(np.add.outer(x**2, x**2)),
+                               metrics={"plane_lambda_min": np.ones((5, 5)), "plane_lambda_max": np.full((5, 5), 2.0)})
+  fig, axes = plot.curvature_panels([surf, surf], ["a", "b"], spectrum_of=np.array([-1.0, 2.0]), spectrum_title="s")
+  assert [ax.get_title() for ax in axes] == ["a", "b", "s"]
+
+
+def test_critical_point_figures_pick_three_points_and_the_median_escape():
+  loss, index = np.array([0.1, 0.5, 1.0, 2.0]), np.array([0.0, 0.2, 0.4, 0.6])
+  escapes = newton.EscapeComparison(methods=("gd", "sfn"), starts=[None, None], lambda_min=np.zeros(2),
+                                    lambda_max=np.ones(2), steps=np.array([[3, 1], [-1, 2]]),
+                                    losses=np.cumsum(-np.ones((2, 2, 5)), -1), wall=np.zeros((2, 2)), budget=4,
+                                    threshold=0.5)
+  figs = plot.critical_point_figures(loss, index, np.tile(np.linspace(-1, 1, 6), (4, 1)), color=np.arange(4),
+                                     marked=np.array([1, 0, 0, 0], bool), cutoff=0.3, title="t", escapes=escapes,
+                                     escape_titles=["first", "second"])
+  assert sorted(figs) == ["eigenvalue_histograms", "loss_vs_index", "saddle_escape", "summary"]
+  assert [ax.get_title() for ax in figs["eigenvalue_histograms"][1]][1].startswith("medium loss 1")  # median saddle
+  assert figs["summary"][1][2].get_title() == "second"
+  assert sorted(plot.critical_point_figures(loss[:0], index[:0], np.zeros((0, 6)), color=np.arange(0),
+                                            marked=np.zeros(0, bool), cutoff=0.0, title="t")) == ["loss_vs_index", "summary"]

@@ -19,15 +19,20 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from .. import tree
 from .mlp import MLP
 
-__all__ = ["DeepLinear", "end_to_end", "refactor"]
+__all__ = ["DeepLinear", "end_to_end", "refactor", "product_check", "PRODUCT_CHECK_FIELDS"]
+
+PRODUCT_CHECK_FIELDS = ("loss", "loss_refactored", "loss_of_product", "abs_diff_refactored", "abs_diff_product",
+                        "max_abs_product_diff", "rel_param_distance")
+"""Names of the entries of :func:`product_check`'s tuple."""
 
 
 class DeepLinear(MLP):
@@ -109,3 +114,27 @@ def refactor(key: jax.Array, params: Any) -> dict:
     out[i + 1] = a_inv @ out[i + 1]
   layers = {k: {"kernel": out[i]} for i, k in enumerate(sorted(params["layers"], key=int))}
   return {"layers": layers, "head": {"kernel": out[-1]}}
+
+
+def product_check(key: jax.Array, loss: Callable[[Any], jax.Array], product_loss: Callable[[jax.Array], jax.Array],
+                  params: Any) -> tuple[float, ...]:
+  """Whether ``loss`` depends on ``params`` only through their :func:`end_to_end` product.
+
+  Compares ``loss`` at ``params`` and at a :func:`refactor` of them (key ``key``) with ``product_loss`` of the product.
+
+  Returns:
+    ``(L(theta), L(theta'), L_W(W), |L - L'|, |L - L_W|, max|W - W'|, ||theta' - theta|| / ||theta||)``, floats
+    (named by :data:`PRODUCT_CHECK_FIELDS`).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> params = {"layers": {0: {"kernel": jnp.ones((2, 3))}}, "head": {"kernel": jnp.ones((3, 1))}}
+    >>> check = product_check(jax.random.key(0), lambda p: jnp.sum(end_to_end(p)), jnp.sum, params)
+    >>> check[0], check[2]
+    (6.0, 6.0)
+  """
+  q = refactor(key, params)
+  w_p, w_q = end_to_end(params), end_to_end(q)
+  l_p, l_q, l_w = float(loss(params)), float(loss(q)), float(product_loss(w_p))
+  return (l_p, l_q, l_w, abs(l_p - l_q), abs(l_p - l_w), float(jnp.max(jnp.abs(w_p - w_q))),
+          float(tree.norm(tree.sub(q, params)) / tree.norm(params)))
