@@ -1,10 +1,7 @@
 """linear_network: a deep linear net's loss is convex in its product, non-convex in its factors; a sigmoid adds more.
 
-Float64 product and origin checks (``models.linear.refactor``, ``critical.describe_point``) and 2-D slices with their
-projected curvature (``loss_surface(curvature="plane")``) through trained linear and sigmoid nets.
-Run: ``make experiment NAME=linear_network [PRESET=smoke|cpu|full] [SEED=0]``.
+Float64 product and origin checks, and 2-D slices with projected curvature through trained linear and sigmoid nets.
 """
-
 from __future__ import annotations
 
 import os
@@ -17,7 +14,6 @@ import numpy as np
 
 import jaxscape as js
 from jaxscape import critical, data, experiment, hessian, models, plot, stats, train
-from jaxscape import io as jio
 from jaxscape.experiment import Report, table
 
 _BASE = {"span": 1.0, "product_tol": 1e-10, "rel_curvature": 0.01}
@@ -36,8 +32,7 @@ def main(config: dict, out_dir: str) -> Report:
   rel, arch = c["rel_curvature"], lambda w: f"{d}-{'-'.join(map(str, w))}-{k}"
   ds = data.load("synthetic", key=jax.random.fold_in(root, 0), kind="linear_regression", dim=d, out_dim=k,
                  train_size=c["train_size"], test_size=c["test_size"])
-  build = lambda i, name, w, **kw: models.build(name, jax.random.fold_in(root, i), in_features=d, widths=c[w],
-                                                out_features=k, **kw)
+  build = lambda i, name, w, **kw: models.build(name, jax.random.fold_in(root, i), in_features=d, widths=c[w], out_features=k, **kw)
   nets = {"linear": build(1, "linear", "widths"), "linear_deep": build(2, "linear", "deep_widths"),
           "sigmoid": build(3, "mlp", "widths", activation="sigmoid", use_bias=False)}
   cfg = train.TrainConfig(optimizer="adam", learning_rate=c["learning_rate"], batch_size=c["batch_size"],
@@ -76,12 +71,12 @@ def main(config: dict, out_dir: str) -> Report:
       wide_rows += [(name, span, grid, fracs[key], float(np.nanmin(w.metrics["plane_lambda_min"])),
                      float(np.nanmin(w.loss)), float(np.nanmax(w.loss)))] if j else []
   surf_wall, maps = time.perf_counter() - t0, ("plane_lambda_min", "plane_lambda_max")
-  jio.save_result(out_dir, {  # also the wider windows, as <net>_span<s>_*
+  js.io.save_result(out_dir, {  # also the wider windows, as <net>_span<s>_*
       "origin_eigenvalues_linear": spectra["linear"], "product_hessian_eigenvalues": lam_w, "product_rows": np.array(
           [r[2:] for r in rows_product], np.float64), **{f"{n}_{f}": v for n, s in surfs.items() for f, v in {
               "x": s.x, "y": s.y, "loss": s.loss, **{m: s.metrics[m] for m in maps}}.items()},
       **{f"{name}_train_loss": h.train_loss for name, h in hists.items()}}, {
-      "config": config, "environment": jio.environment(), "train_wall_s": train_wall, "surface_wall_s": surf_wall,
+      "config": config, "environment": js.io.environment(), "train_wall_s": train_wall, "surface_wall_s": surf_wall,
       "nonconvex_fraction": {n: fracs[n] for n in ("linear", "sigmoid")}, "wide_rows": wide_rows,
       "product_rows_columns": list(models.linear.PRODUCT_CHECK_FIELDS)})
   panels = ["linear", "sigmoid"] + ([f"sigmoid_span{c['wide_spans'][-1]:g}"] if c["wide_spans"] else [])
@@ -127,8 +122,8 @@ def main(config: dict, out_dir: str) -> Report:
   rep.section("Training and slices", table(["quantity", "linear", "deep linear", "sigmoid"], [
       ("final train MSE", *(float(h.train_loss[-1]) for h in hists.values())),
       ("final test MSE", *(float(h.test_loss[-1]) for h in hists.values())),
-      ("least-squares optimum", l_star, l_star, "-"), ("slice: non-convex fraction", fracs["linear"], "-",
-                                                        fracs["sigmoid"]),
+      ("least-squares optimum", l_star, l_star, "-"),
+      ("slice: non-convex fraction", fracs["linear"], "-", fracs["sigmoid"]),
       ("slice: min / max loss", span_loss("linear"), "-", span_loss("sigmoid"))]))
   rep.section("Wider windows (same directions; reported, not gated)", table(
       ["net", "span", "grid", "non-convex fraction", "min plane lambda_min", "min loss", "max loss"], wide_rows))
@@ -143,7 +138,7 @@ def main(config: dict, out_dir: str) -> Report:
       "linear net's non-convexity lies away from its minima (the saddle at the origin)."]
   if fracs["sigmoid"] == 0:
     rep.notes.append(f"Not reproduced at this scale: within [-{c['span']:g}, {c['span']:g}]^2 the sigmoid net's slice "
-        f"has positive projected curvature everywhere (min lambda_min {plane_min('sigmoid'):.3g}). " + (
+                     f"has positive projected curvature everywhere (min lambda_min {plane_min('sigmoid'):.3g}). " + (
             f"Negative curvature appears on the wider windows (span {', '.join(f'{r[1]:g}' for r in wide)}, fraction "
             f"{', '.join(f'{r[3]:.3f}' for r in wide)}), far from the trained point, where sigmoids saturate."
             if wide else "None of the wider windows shows negative curvature either."))
