@@ -62,8 +62,10 @@ def main(config: dict, out_dir: str) -> Report:
   # single-threaded BLAS/LAPACK for the 226 x 226 factorisations: OpenBLAS threads only synchronise at this size,
   # and on a loaded 2-core machine they made each eigh / Cholesky 20-300x slower (busy-waiting)
   with jax.enable_x64(True), threadpool_limits(limits=1, user_api="blas"):
-    base, _ = js.Objective.from_model(init(jax.random.key(0)), data=(np.asarray(ds.x_train, np.float64), ds.y_train),
-                                    batch_size=None, name=f"{ds.name}-train")
+    # its pre-flight check runs the float32-initialised model on float64 data (flax promotes); later calls are float64
+    with jax.numpy_dtype_promotion("standard"):
+      base, _ = js.Objective.from_model(init(jax.random.key(0)), data=(np.asarray(ds.x_train, np.float64), ds.y_train),
+                                        batch_size=None, name=f"{ds.name}-train")
     obj = objective.with_l2(base, wd)
     traj = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), hist.trajectory)
     last = [jax.tree.map(lambda a: a[s, -1], traj) for s in range(n_seeds)]
