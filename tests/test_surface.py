@@ -15,8 +15,8 @@ from jaxscape.surface import executor
 
 
 def _mlp(p, x):
-  h = jnp.tanh(x @ p["l1"]["kernel"] + p["l1"]["bias"])
-  return h @ p["l2"]["kernel"] + p["l2"]["bias"]
+  h = jnp.tanh(x @ p["l1"]["kernel"] + p["l1"]["bias"][None])
+  return h @ p["l2"]["kernel"] + p["l2"]["bias"][None]
 
 
 @pytest.fixture(scope="module")
