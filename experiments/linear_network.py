@@ -49,7 +49,9 @@ def main(config: dict, out_dir: str) -> Report:
     w_star = jnp.linalg.lstsq(jnp.asarray(x64), jnp.asarray(y64))[0]
     lam_w = np.asarray(hessian.dense_eigh(obj_w, w_star)[0])
     for name in ("linear", "linear_deep"):
-      obj, _ = js.Objective.from_model(nets[name], data=(x64, y64), loss="mse", batch_size=None, name=name)
+      # its pre-flight check runs the float32 net on float64 data (promoted); every later call passes float64 params
+      with jax.numpy_dtype_promotion("standard"):
+        obj, _ = js.Objective.from_model(nets[name], data=(x64, y64), loss="mse", batch_size=None, name=name)
       for where, p in (("init", inits[name]), ("trained", trained[name])):
         p = js.tree.astype(p, jnp.float64)
         rows_product.append((name, where, *models.linear.product_check(jax.random.fold_in(root, 20 + len(rows_product)),

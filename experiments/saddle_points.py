@@ -62,8 +62,9 @@ def main(config: dict, out_dir: str) -> Report:
   # single-threaded BLAS/LAPACK for the 226 x 226 factorisations: OpenBLAS threads only synchronise at this size,
   # and on a loaded 2-core machine they made each eigh / Cholesky 20-300x slower (busy-waiting)
   with jax.enable_x64(True), threadpool_limits(limits=1, user_api="blas"):
-    base, _ = js.Objective.from_model(init(jax.random.key(0)), data=(np.asarray(ds.x_train, np.float64), ds.y_train),
-                                      batch_size=None, name=f"{ds.name}-train")
+    with jax.numpy_dtype_promotion("standard"):  # the pre-flight check runs the float32 net on float64 data
+      base, _ = js.Objective.from_model(init(jax.random.key(0)), data=(np.asarray(ds.x_train, np.float64), ds.y_train),
+                                        batch_size=None, name=f"{ds.name}-train")
     obj, traj = objective.with_l2(base, wd), jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), hist.trajectory)
     starts = jax.tree.map(lambda a: a[:, jnp.asarray(snaps)].reshape(n_seeds * len(snaps), *a.shape[2:]), traj)
     t0 = time.perf_counter()  # critical points from trajectory snapshots, all starts in one compiled call

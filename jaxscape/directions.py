@@ -503,7 +503,7 @@ def pca_directions(snapshots: Sequence[PyTree], final: PyTree | None = None, n: 
   rows = [normalize(tree.sub(s, final), final, "none", ignore, layout=layout) for s in snapshots]
   flat = jnp.stack([tree.ravel(r)[0] for r in rows])
   _, unravel = tree.ravel(final)
-  centred = flat - flat.mean(axis=0)
+  centred = flat - flat.mean(axis=0, keepdims=True)
   _, s, vt = jnp.linalg.svd(centred, full_matrices=False)
   var = s**2
   ratio = np.asarray(var[:n] / jnp.sum(var))

@@ -99,8 +99,10 @@ def _mse(outputs: jax.Array, targets: jax.Array) -> jax.Array:
 
 
 def _argmax_accuracy(outputs: jax.Array, targets: jax.Array) -> jax.Array:
+  predicted = jnp.argmax(outputs, -1)
   labels = targets if jnp.issubdtype(targets.dtype, jnp.integer) else jnp.argmax(targets, -1)
-  return (jnp.argmax(outputs, -1) == labels).astype(outputs.dtype)
+  # int32 labels meet int64 argmax under x64: compare in argmax's dtype (labels are small class indices)
+  return (predicted == labels.astype(predicted.dtype)).astype(outputs.dtype)
 
 
 def _binary_accuracy(outputs: jax.Array, targets: jax.Array) -> jax.Array:
@@ -197,9 +199,15 @@ class _Select:
     return params
 
 
+def _standard_result_type(*args: Any) -> Any:
+  """The dtype JAX's standard promotion gives ``args``, asked for explicitly (tests run with strict promotion)."""
+  with jax.numpy_dtype_promotion("standard"):
+    return jnp.result_type(*args)
+
+
 def _dense_linear(first: PyTree, x: jax.Array) -> jax.Array:
   z = x.reshape(x.shape[0], -1) @ first["kernel"]
-  return z + first["bias"] if first.get("bias") is not None else z
+  return z + first["bias"][None] if first.get("bias") is not None else z
 
 
 def _check_first_layer(fl: FirstLayer, apply: Apply, params: PyTree, state: PyTree, x: jax.Array) -> None:
@@ -674,7 +682,7 @@ class Objective:
     else:
       sums = self.batch_sums(params, batch)
       count = jnp.sum(batch[2]) if len(batch) == 3 else batch[0].shape[0]
-    means = {k: v / count for k, v in sums.items()}
+    means = {k: v / jnp.asarray(count, _standard_result_type(v, count)) for k, v in sums.items()}
     return means.pop("loss"), means
 
   def full_sums(self, params: PyTree) -> dict[str, jax.Array]:

@@ -547,7 +547,8 @@ def _train(obj, curve, key, lr, steps, num_samples):
   def step(carry, k):
     bends, state = carry
     value, g = jax.value_and_grad(sampled_loss)(bends, k)
-    updates, state = opt.update(g, state, bends)
+    with jax.numpy_dtype_promotion("standard"):  # optax's adam bias correction computes float ** int32 count
+      updates, state = opt.update(g, state, bends)
     return (optax.apply_updates(bends, updates), state), value
 
   (bends, _), losses = jax.lax.scan(step, (curve.bends, opt.init(curve.bends)), jax.random.split(key, steps))

@@ -202,17 +202,20 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int, total_steps: int,
   h = {k: getattr(config, k) for k in SWEEPABLE}
   h.update(hyper or {})
   lr, wd, mom = h["learning_rate"], h["weight_decay"], h["momentum"]
+  # The integer step count is cast to the default float on purpose (what implicit promotion gave).
+  real = jnp.result_type(float)
   if config.schedule == "constant":
-    sched = lambda step: lr * jnp.ones((), jnp.result_type(float))
+    sched = lambda step: lr * jnp.ones((), real)
   elif config.schedule == "step":
     bounds = jnp.asarray([e * steps_per_epoch for e in config.decay_epochs], jnp.int32)
-    sched = lambda step: lr * config.decay_factor ** jnp.sum(step >= bounds)
+    # lax.pow keeps the integer exponent (float ** int), as jnp.power did for a traced int.
+    sched = lambda step: lr * jax.lax.pow(jnp.asarray(config.decay_factor, real), jnp.sum(step >= bounds))
   else:
     decay_steps = max(total_steps - config.warmup_steps, 1)
-    sched = lambda step: lr * 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(step, decay_steps) / decay_steps))
+    sched = lambda step: lr * 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(step, decay_steps).astype(real) / decay_steps))
   if config.warmup_steps:
     base, w = sched, config.warmup_steps
-    sched = lambda step: jnp.where(step < w, lr * (step + 1) / w, base(jnp.maximum(step - w, 0)))
+    sched = lambda step: jnp.where(step < w, lr * (step + 1).astype(real) / w, base(jnp.maximum(step - w, 0)))
   use_momentum = bool(config.momentum) or "momentum" in (hyper or {})
   decay = bool(config.weight_decay) or "weight_decay" in (hyper or {})
   if config.optimizer == "sgd":
@@ -268,7 +271,8 @@ class _Engine:
     def step(c, idx):
       xb, yb = x[idx], y[idx]
       (loss, new_s), g = jax.value_and_grad(loss_fn, has_aux=True)(c["params"], c["state"], xb, yb)
-      updates, opt_state = tx.update(g, c["opt_state"], c["params"])
+      with jax.numpy_dtype_promotion("standard"):  # optax's adam bias correction computes float ** int32 count
+        updates, opt_state = tx.update(g, c["opt_state"], c["params"])
       params = optax.apply_updates(c["params"], updates)
       return dict(c, params=params, state=new_s, opt_state=opt_state, step=c["step"] + 1), loss
 

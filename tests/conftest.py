@@ -4,6 +4,10 @@ import jax
 
 # Must happen before any JAX computation initialises the backend.
 jax.config.update("jax_num_cpu_devices", 8)
+# Silent promotions are errors (as in equinox's tests): a float32 array meeting a float64 one, or an array
+# broadcast against one of a different rank, must be cast or reshaped on purpose.
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+jax.config.update("jax_numpy_rank_promotion", "raise")
 
 import matplotlib  # noqa: E402
 

@@ -14,11 +14,11 @@ SHAPES = {"digits64": (64, 12, 60, 25), "mnist784": (784, 4, 40, 16)}
 
 
 def _dense_mlp(p, x):
-  return _dense_rest(p, (), x.reshape(x.shape[0], -1) @ p["l1"]["kernel"] + p["l1"]["bias"])
+  return _dense_rest(p, (), x.reshape(x.shape[0], -1) @ p["l1"]["kernel"] + p["l1"]["bias"][None])
 
 
 def _dense_rest(p, s, z):
-  return jnp.tanh(z) @ p["l2"]["kernel"] + p["l2"]["bias"]
+  return jnp.tanh(z) @ p["l2"]["kernel"] + p["l2"]["bias"][None]
 
 
 def _problem(shape, dtype, nnx=False):
@@ -33,7 +33,9 @@ def _problem(shape, dtype, nnx=False):
   y = rng.integers(0, 10, n)
   if nnx:
     net = js.models.build("mlp", 0, in_features=d_in, widths=[hidden], out_features=10, activation="tanh")
-    obj, params = js.Objective.from_model(net, data=(x, y), batch_size=bs)  # ragged: balanced batches with padding
+    # the pre-flight check runs the float32 net on x (float64 in the x64 case: flax promotes on purpose)
+    with jax.numpy_dtype_promotion("standard"):
+      obj, params = js.Objective.from_model(net, data=(x, y), batch_size=bs)  # ragged: balanced batches with padding
     params = js.tree.astype(params, dtype)
   else:
     params = {"l1": {"kernel": rng.normal(size=(d_in, hidden)) / np.sqrt(d_in), "bias": rng.normal(size=hidden) / 4},
@@ -121,11 +123,11 @@ def test_affine_path_moves_batchnorm_state_with_the_point():
 
 
 def _pure_mlp(p, x):
-  return jnp.tanh(x @ p["l1"]["kernel"] + p["l1"]["bias"]) @ p["l2"]["kernel"] + p["l2"]["bias"]
+  return jnp.tanh(x @ p["l1"]["kernel"] + p["l1"]["bias"][None]) @ p["l2"]["kernel"] + p["l2"]["bias"][None]
 
 
 def _pure_rest(p, s, z):
-  return jnp.tanh(z) @ p["l2"]["kernel"] + p["l2"]["bias"]
+  return jnp.tanh(z) @ p["l2"]["kernel"] + p["l2"]["bias"][None]
 
 
 def _pure_problem():
@@ -155,10 +157,10 @@ def test_dense_first_layer_of_a_pure_function_and_when_it_is_dropped():
 
 def test_first_layer_contract_is_checked():
   x, y, p = _pure_problem()
-  affine = js.FirstLayer(lambda q: q["l1"], lambda f, x: x @ f["kernel"] + f["bias"] + 1.0, _pure_rest, "shifted")
+  affine = js.FirstLayer(lambda q: q["l1"], lambda f, x: x @ f["kernel"] + f["bias"][None] + 1.0, _pure_rest, "shifted")
   with pytest.raises(ValueError, match="linear, not affine"):
     js.Objective.from_apply(_pure_mlp, p, data=(x, y), first_layer=affine)
-  wrong = js.FirstLayer.dense(("l1",), lambda q, s, z: jax.nn.relu(z) @ q["l2"]["kernel"] + q["l2"]["bias"])
+  wrong = js.FirstLayer.dense(("l1",), lambda q, s, z: jax.nn.relu(z) @ q["l2"]["kernel"] + q["l2"]["bias"][None])
   with pytest.raises(ValueError, match="must equal"):
     js.Objective.from_apply(_pure_mlp, p, data=(x, y), first_layer=wrong)
   with pytest.raises(ValueError, match="does not run"):

@@ -52,7 +52,7 @@ def _quadratic_obj():
 
 
 def _mlp_apply(p, x):
-  return jnp.tanh(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
+  return jnp.tanh(x @ p["w1"] + p["b1"][None]) @ p["w2"] + p["b2"][None]
 
 
 @functools.cache

@@ -71,8 +71,8 @@ def test_orthogonalize():
 
 
 def _mlp(p, x):
-  h = jax.nn.relu(x @ p["l1"]["kernel"] + p["l1"]["bias"])
-  return h @ p["l2"]["kernel"] + p["l2"]["bias"]
+  h = jax.nn.relu(x @ p["l1"]["kernel"] + p["l1"]["bias"][None])
+  return h @ p["l2"]["kernel"] + p["l2"]["bias"][None]
 
 
 def test_filter_normalised_curve_is_invariant_to_relu_rescaling():

@@ -27,7 +27,7 @@ def make_problem():
        "l2": {"kernel": jnp.asarray(rng.normal(size=(8, 3)) / 2, jnp.float32), "bias": jnp.zeros(3)}}
 
   def mlp(p, x):
-    return jnp.tanh(x @ p["l1"]["kernel"] + p["l1"]["bias"]) @ p["l2"]["kernel"] + p["l2"]["bias"]
+    return jnp.tanh(x @ p["l1"]["kernel"] + p["l1"]["bias"][None]) @ p["l2"]["kernel"] + p["l2"]["bias"][None]
 
   obj = js.Objective.from_apply(mlp, p, data=(x, y), batch_size=16)
   return obj, p, js.random_directions(jax.random.key(0), p, n=2)

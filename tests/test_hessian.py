@@ -12,8 +12,8 @@ from jaxscape import hessian, spectral
 
 
 def _mlp(p, x):
-  h = jnp.tanh(x @ p["l1"]["w"] + p["l1"]["b"])
-  return h @ p["l2"]["w"] + p["l2"]["b"]
+  h = jnp.tanh(x @ p["l1"]["w"] + p["l1"]["b"][None])
+  return h @ p["l2"]["w"] + p["l2"]["b"][None]
 
 
 def _problem(n=13, batch_size=5, seed=0):

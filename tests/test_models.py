@@ -34,9 +34,9 @@ def test_mlp_activation_is_applied():
   x = jax.random.normal(jax.random.key(0), (4, 3))
   nets = {a: models.build("mlp", 1, in_features=3, widths=[5], out_features=2, activation=a) for a in ("relu", "tanh", "linear")}
   p = js.adapters.split(nets["relu"]).params
-  h = x @ p["layers"][0]["kernel"] + p["layers"][0]["bias"]
+  h = x @ p["layers"][0]["kernel"] + p["layers"][0]["bias"][None]
   for name, f in (("relu", jax.nn.relu), ("tanh", jnp.tanh), ("linear", lambda z: z)):
-    ref = f(h) @ p["head"]["kernel"] + p["head"]["bias"]
+    ref = f(h) @ p["head"]["kernel"] + p["head"]["bias"][None]
     # float32 matmuls of 5 terms
     np.testing.assert_allclose(nets[name](x), ref, rtol=1e-5, atol=1e-6)
 
@@ -66,15 +66,15 @@ def test_residual_mlp_skip_switch_keeps_parameters(x64):
   x = np.random.default_rng(0).normal(size=(3, 6))
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), p_res)
   relu = lambda z: np.maximum(z, 0)
-  h = relu(x @ p["inp"]["kernel"] + p["inp"]["bias"])
+  h = relu(x @ p["inp"]["kernel"] + p["inp"]["bias"][None])
   hp = h.copy()
   for i in range(3):
     blk = p["blocks"][i]
-    h = h + relu(h @ blk["kernel"] + blk["bias"])
-    hp = relu(hp @ blk["kernel"] + blk["bias"])
+    h = h + relu(h @ blk["kernel"] + blk["bias"][None])
+    hp = relu(hp @ blk["kernel"] + blk["bias"][None])
   # float64 reference forward passes; 1e-12 relative
-  np.testing.assert_allclose(a_res(p, s_res, x), h @ p["head"]["kernel"] + p["head"]["bias"], rtol=1e-12)
-  np.testing.assert_allclose(a_pl(p, s_pl, x), hp @ p["head"]["kernel"] + p["head"]["bias"], rtol=1e-12)
+  np.testing.assert_allclose(a_res(p, s_res, x), h @ p["head"]["kernel"] + p["head"]["bias"][None], rtol=1e-12)
+  np.testing.assert_allclose(a_pl(p, s_pl, x), hp @ p["head"]["kernel"] + p["head"]["bias"][None], rtol=1e-12)
 
 
 def test_residual_branch_scale():
@@ -98,11 +98,12 @@ def test_deep_linear_loss_is_loss_of_end_to_end_product(x64):
   # Rescaling a hidden unit by c and its outgoing weight by 1/c keeps the loss (a symmetry of the factors).
   c = np.array([2.0, -0.5, 3.0])
   q = jax.tree.map(lambda a: a, params)
-  q["layers"][0]["kernel"] = params["layers"][0]["kernel"] * c
+  q["layers"][0]["kernel"] = params["layers"][0]["kernel"] * c[None, :]
   q["head"]["kernel"] = params["head"]["kernel"] / c[:, None]
   np.testing.assert_allclose(obj.value(q), obj.value(params), rtol=1e-12)
   deep = models.build("linear", 1, in_features=3, widths=[4, 5, 2], out_features=2)
   a2, p2, s2, _ = js.adapters.split(deep)
+  p2 = js.tree.astype(p2, jnp.float64)  # the float64 inputs below meet float64 factors (flax promoted them before)
   xx = jnp.ones((2, 3))
   np.testing.assert_allclose(a2(p2, s2, xx), xx @ models.end_to_end(p2), rtol=1e-5)
 

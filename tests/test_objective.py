@@ -18,7 +18,7 @@ def _data(n=13, d=3, classes=4, seed=0):
 
 
 def _linear_apply(p, x):
-  return x @ p["w"] + p["b"]
+  return x @ p["w"] + p["b"][None]
 
 
 def _params(d=3, classes=4, seed=1):

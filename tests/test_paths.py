@@ -12,9 +12,9 @@ from jaxscape import paths
 
 
 def _mlp_apply(p, x):
-  h = jnp.tanh(x @ p["layers_0"]["kernel"] + p["layers_0"]["bias"])
-  h = jax.nn.relu(h @ p["layers_1"]["kernel"] + p["layers_1"]["bias"])
-  return h @ p["layers_2"]["kernel"] + p["layers_2"]["bias"]
+  h = jnp.tanh(x @ p["layers_0"]["kernel"] + p["layers_0"]["bias"][None])
+  h = jax.nn.relu(h @ p["layers_1"]["kernel"] + p["layers_1"]["bias"][None])
+  return h @ p["layers_2"]["kernel"] + p["layers_2"]["bias"][None]
 
 
 def _mlp_params(seed, widths=(3, 5, 4, 3)):

@@ -79,7 +79,7 @@ def test_filter_normalisation_invariants_on_random_pytrees(shape_tree, seed, a, 
 
 
 def _mlp(p, x):
-  return jnp.tanh(x @ p["l1"]["kernel"] + p["l1"]["bias"]) @ p["l2"]["kernel"] + p["l2"]["bias"]
+  return jnp.tanh(x @ p["l1"]["kernel"] + p["l1"]["bias"][None]) @ p["l2"]["kernel"] + p["l2"]["bias"][None]
 
 
 @pytest.fixture(scope="module")

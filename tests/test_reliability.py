@@ -27,7 +27,7 @@ import jax, jax.numpy as jnp, numpy as np
 import jaxscape as js
 
 def _mlp(p, x):
-  return jnp.tanh(x @ p["l1"]["kernel"] + p["l1"]["bias"]) @ p["l2"]["kernel"] + p["l2"]["bias"]
+  return jnp.tanh(x @ p["l1"]["kernel"] + p["l1"]["bias"][None]) @ p["l2"]["kernel"] + p["l2"]["bias"][None]
 
 def problem(seed=0):
   rng = np.random.default_rng(seed)

@@ -15,8 +15,8 @@ from jaxscape.surface import executor
 
 
 def _mlp(p, x):
-  h = jnp.tanh(x @ p["l1"]["kernel"] + p["l1"]["bias"])
-  return h @ p["l2"]["kernel"] + p["l2"]["bias"]
+  h = jnp.tanh(x @ p["l1"]["kernel"] + p["l1"]["bias"][None])
+  return h @ p["l2"]["kernel"] + p["l2"]["bias"][None]
 
 
 @pytest.fixture(scope="module")
@@ -259,7 +259,7 @@ def test_warm_started_curvature_beats_cold_and_ignores_chunks_devices_parts(x64,
   flat, unravel = js.tree.ravel(p)
   hess = jax.jit(jax.vmap(jax.hessian(lambda v: obj.value(unravel(v)))))
   coords = jsurf.grid_coordinates([one.x, one.y])
-  dense = hess(flat + jnp.asarray(coords) @ jnp.stack([js.tree.ravel(dirs[0])[0], js.tree.ravel(dirs[1])[0]]))
+  dense = hess(flat[None] + jnp.asarray(coords) @ jnp.stack([js.tree.ravel(dirs[0])[0], js.tree.ravel(dirs[1])[0]]))
   ev = np.linalg.eigvalsh(np.asarray(dense))
   cold = jax.jit(jax.vmap(lambda h, i: js.spectral.extreme_ritz(
       jax.random.split(jax.random.fold_in(grid["key"], i))[0], lambda v: h @ v, flat, 4)[0]))(dense, jnp.arange(25))

@@ -69,7 +69,7 @@ def test_batchnorm_running_stats_update_in_training_and_are_used_in_eval(digits_
   # One train-mode call moves the running mean by (1 - momentum) * batch mean.
   x = jnp.asarray(digits_small.x_train[:32])
   _, s1 = train_apply(params, state, x)
-  h = x.reshape(32, -1) @ params["layers"][0]["kernel"] + params["layers"][0]["bias"]
+  h = x.reshape(32, -1) @ params["layers"][0]["kernel"] + params["layers"][0]["bias"][None]
   np.testing.assert_allclose(s1["norms"][0]["mean"], 0.1 * h.mean(0), rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(state["norms"][0]["mean"], 0.0)  # pure: inputs untouched
   np.testing.assert_array_equal(net.norms[0].mean[...], 0.0)       # the module is untouched

@@ -532,6 +532,8 @@ def loss_surface(
   curv = _curvature_spec(curvature, d.n, key)
   warm = _warm_start_spec(warm_start, warm_start_steps, curv, lanczos_steps)
   _check_data_shards(objective, int(data_shards), curv)
+  # before anything runs the model: a dtype mix is this error, not a promotion error from inside the model
+  _check_data_dtype(objective, params)
   if chunk_size is None:
     chunk_size = default_chunk_size(objective, params, ngrid)
   for name, v in (("chunk_size", chunk_size), ("chunks_per_call", chunks_per_call)):
@@ -550,7 +552,6 @@ def loss_surface(
   if d.state_vectors is not None and jax.tree.structure(d.state_vectors) != jax.tree.structure(objective.state):
     raise ValueError("the directions' state_vectors do not have the structure of the objective's state: "
                      f"{jax.tree.structure(d.state_vectors)} vs {jax.tree.structure(objective.state)}")
-  _check_data_dtype(objective, params)
   _check_origin(objective, params)
   replicated = NamedSharding(mesh, P())
   inputs = jax.device_put(PointInputs(key, params, d.vectors, d.state_vectors), replicated)
