@@ -1,9 +1,5 @@
 """saddle_points: critical points of a small MLP are saddles whose index grows with their loss (Dauphin et al. 2014).
 
-Critical points of a small tanh MLP (exact float64 Hessians) are searched from SGD snapshots
-(``critical.find_critical_points``), trained points refined into minima (``newton.minimize_saddle_free``), and
-saddle-free Newton, damped Newton and gradient descent compared next to saddles (``newton.compare_escapes``).
-
 Run: ``make experiment NAME=saddle_points [PRESET=smoke|cpu|full] [SEED=0] [DATA_DIR=...]``.
 """
 
@@ -21,27 +17,24 @@ from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 import jaxscape as js
 from jaxscape import critical, data, experiment, models, newton, objective, plot, stats, train
 from jaxscape import io as jio
-from jaxscape.experiment import Report, fmt, table
+from jaxscape.experiment import Report, table
 
 _BASE = {"pca": 16, "widths": [8], "weight_decay": 1e-2, "learning_rate": 0.05, "batch_size": 32, "snapshot_epochs": 5,
-         "step_cap": 1.0, "tol": 1e-6, "perturbation": 1e-3, "escape_threshold": 1e-3, "escape_margin": 10,
-         "damping_rel": 1e-3}
+         "step_cap": 1.0, "tol": 1e-6, "perturbation": 1e-3, "escape_threshold": 1e-3, "escape_margin": 10, "damping_rel": 1e-3}
 CONFIGS = {
     "smoke": {**_BASE, "dataset": "digits", "num_train": 100, "seeds": 1, "epochs": 20, "snapshots": [0, 1, 4],
               "max_steps": 30, "lm_steps": 20, "window": 15, "minimize_steps": 20, "escapes": 1, "escape_steps": 10,
               "krylov_dim": 10},
     "cpu": {**_BASE, "dataset": "digits", "num_train": 300, "seeds": 10, "epochs": 300,
-            "snapshots": [0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 18, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 58, 60],
-            "max_steps": 160, "lm_steps": 30, "window": 10, "minimize_steps": 100, "escapes": 3, "escape_steps": 60,
-            "krylov_dim": 20},
+            "snapshots": [*range(9), *range(10, 21, 2), *range(24, 57, 4), 58, 60], "max_steps": 160, "lm_steps": 30,
+            "window": 10, "minimize_steps": 100, "escapes": 3, "escape_steps": 60, "krylov_dim": 20},
     "full": {**_BASE, "dataset": "mnist", "num_train": 10000, "pca": 32, "widths": [16], "weight_decay": 1e-3,
              "seeds": 32, "epochs": 200, "batch_size": 64, "snapshot_epochs": 2,
              "snapshots": [0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 100], "max_steps": 400, "lm_steps": 100,
              "window": 20, "minimize_steps": 200, "escapes": 10, "escape_steps": 300, "krylov_dim": 40},
 }
-_FIGURES = {"summary": (90, "Left: loss vs index of the distinct critical points (colour: epoch of the start; red "
-                                "stars: refined trained points). Middle: Hessian spectra at the lowest-loss point, the "
-                                "saddle of median loss and the highest-loss point. Right: leaving the median saddle."),
+_FIGURES = {"summary": (90, "Left: loss vs index of distinct critical points (colour: start epoch; red stars: refined "
+                            "trained points). Middle: spectra at the lowest, highest loss, median saddle. Right: its escape."),
             "loss_vs_index": (100, "Loss vs index of the distinct critical points"),
             "eigenvalue_histograms": (90, "Hessian eigenvalues at the same three points (signed log scale)"),
             "saddle_escape": (90, "Loss change from a point next to a saddle: gd, damped Newton, SFN, Krylov SFN")}
@@ -53,14 +46,12 @@ def main(config: dict, out_dir: str) -> Report:
                                          "subset_seed": seed}, c.get("data_dir")), c["pca"], whiten=True)
   n_in, widths, wd, every, n_seeds = ds.x_train.shape[1], list(c["widths"]), c["weight_decay"], c["snapshot_epochs"], c["seeds"]
   init = lambda k: models.build("mlp", k, in_features=n_in, widths=widths, out_features=ds.num_classes, activation="tanh")
-  t0 = time.perf_counter()
-  _, _, hist = train.train_many(jax.random.split(jax.random.fold_in(root, 0), n_seeds), init, ds, optimizer="sgd",
-                                learning_rate=c["learning_rate"], batch_size=c["batch_size"], epochs=c["epochs"],
-                                weight_decay=wd, snapshot_every=ds.num_train // c["batch_size"] * every)
+  t0, (_, _, hist) = time.perf_counter(), train.train_many(
+      jax.random.split(jax.random.fold_in(root, 0), n_seeds), init, ds, optimizer="sgd", learning_rate=c["learning_rate"],
+      batch_size=c["batch_size"], epochs=c["epochs"], weight_decay=wd, snapshot_every=ds.num_train // c["batch_size"] * every)
   train_wall, num_snap = time.perf_counter() - t0, jax.tree.leaves(hist.trajectory)[0].shape[1]
   snaps = [t for t in c["snapshots"] if t < num_snap]
-  # single-threaded BLAS/LAPACK for the 226 x 226 factorisations: OpenBLAS threads only synchronise at this size,
-  # and on a loaded 2-core machine they made each eigh / Cholesky 20-300x slower (busy-waiting)
+  # single-threaded BLAS: at 226 x 226, OpenBLAS threads busy-wait (eigh / Cholesky 20-300x slower on 2 loaded cores)
   with jax.enable_x64(True), threadpool_limits(limits=1, user_api="blas"):
     with jax.numpy_dtype_promotion("standard"):  # the pre-flight check runs the float32 net on float64 data
       base, _ = js.Objective.from_model(init(jax.random.key(0)), data=(np.asarray(ds.x_train, np.float64), ds.y_train),
@@ -77,38 +68,27 @@ def main(config: dict, out_dir: str) -> Report:
     minimize_wall, start_loss = time.perf_counter() - t0, np.concatenate([start_loss, [float(obj.value(p)) for p in last]])
     loss, index, eigs, sm, ok, refined = pts.loss, pts.index, pts.eigenvalues, critical.summarize(pts), pts.converged, (
         np.arange(len(pts)) >= len(found))
-    # escape from distinct saddles >= escape_margin thresholds above the lowest critical loss: a drop of one threshold
-    # must be attainable (next to a minimum the whole drop can be smaller)
-    dist, floor = sm.distinct, c["escape_margin"] * c["escape_threshold"] + (loss[sm.distinct].min() if sm.distinct else 0.0)
-    saddles = sorted([i for i in dist if index[i] > 0 and loss[i] >= floor], key=lambda i: -loss[i])
-    chosen = [saddles[j] for j in np.unique(np.linspace(0, len(saddles) - 1, c["escapes"]).round().astype(int))
-              ] if saddles else []
-    t0 = time.perf_counter()
-    esc = newton.compare_escapes(jax.random.fold_in(root, 1), obj, [js.tree.select(pts.params, i) for i in chosen],
-                                 eigs[chosen], c["escape_steps"], perturbation=c["perturbation"],
-                                 threshold=c["escape_threshold"], damping_rel=c["damping_rel"], krylov_dim=c["krylov_dim"])
+    dist, chosen = sm.distinct, sm.saddles(pts, c["escapes"], above=c["escape_margin"] * c["escape_threshold"])
+    t0, esc = time.perf_counter(), newton.compare_escapes(  # starting >= escape_margin thresholds above the lowest loss
+        jax.random.fold_in(root, 1), obj, [js.tree.select(pts.params, i) for i in chosen], eigs[chosen], c["escape_steps"],
+        perturbation=c["perturbation"], threshold=c["escape_threshold"], damping_rel=c["damping_rel"],
+        krylov_dim=c["krylov_dim"])
     escape_wall, total_wall = time.perf_counter() - t0, time.perf_counter() - t_start
   seeds, epochs = np.concatenate([np.repeat(np.arange(n_seeds), len(snaps)), np.arange(n_seeds)]), np.concatenate(
       [np.tile(np.array(snaps) * every, n_seeds), np.full(n_seeds, (num_snap - 1) * every)])
-  n_ok, n_d, l_d, i_d, (lo, hi), search, esc_loss = ok.sum(), len(dist), loss[dist], index[dist], sm.loss_range, ~refined, [
-      (float(loss[i]), float(index[i])) for i in chosen]
-  counts, flat = {k: int(np.sum(pts.status == k)) for k in critical.STATUSES[1:]}, search & (pts.status == "gradient_flat")
+  n_ok, n_d, (lo, hi), esc_loss = ok.sum(), len(dist), sm.loss_range, [(float(loss[i]), float(index[i])) for i in chosen]
   jio.save_result(out_dir, {
-      "seed": seeds, "epoch": epochs, "minimiser": refined, "start_loss": start_loss,
-      **{f: getattr(pts, f) for f in ("loss", "grad_norm", "index", "steps", "lm_steps", "flatness", "stall_grad_norm",
-                                      "stall_flatness")}, "status": pts.status.astype("U16"), "converged": ok, "eigenvalues": eigs, "distinct": np.array(dist, int),
-      "train_loss": hist.train_loss, "test_accuracy": hist.test_accuracy,
+      "seed": seeds, "epoch": epochs, "minimiser": refined, "start_loss": start_loss, **pts.arrays(), "distinct":
+      np.array(dist, int), "train_loss": hist.train_loss, "test_accuracy": hist.test_accuracy,
       **{f"escape{j}_{m}": esc.losses[j, k] for j in range(len(esc)) for k, m in enumerate(esc.methods)}}, {
       "config": config, "environment": jio.environment(), "train_wall_s": train_wall, "search_wall_s": search_wall,
-      "minimize_wall_s": minimize_wall, "escape_wall_s": escape_wall, "total_wall_s": total_wall, "status_counts": counts,
-      "spearman_distinct": sm.spearman, "spearman_all": sm.spearman_all, "spearman_lowest_decile": sm.spearman_low,
-      "num_distinct": n_d, "dataset": ds.info, "escapes": [{
-          "loss": l, "index": x, "lambda_min": float(esc.lambda_min[j]), "lambda_max": float(esc.lambda_max[j]),
-          "steps": dict(zip(esc.methods, esc.steps[j].tolist())), "wall": dict(zip(esc.methods, esc.wall[j].tolist()))}
-          for j, (l, x) in enumerate(esc_loss)]})
-  figs = plot.critical_point_figures(l_d, i_d, eigs[dist], color=epochs[dist], marked=refined[dist], cutoff=sm.cutoff,
-                                     title=f"{n_ok} critical points ({n_d} distinct), Spearman rho = {sm.spearman:.3f}",
-                                     escapes=esc, escape_titles=[f"saddle: loss {l:.3g}, index {x:.3f}" for l, x in esc_loss])
+      "minimize_wall_s": minimize_wall, "escape_wall_s": escape_wall, "total_wall_s": total_wall, "status_counts": {
+          k: int(np.sum(pts.status == k)) for k in critical.STATUSES[1:]}, "spearman_distinct": sm.spearman,
+      "spearman_all": sm.spearman_all, "spearman_lowest_decile": sm.spearman_low, "num_distinct": n_d, "dataset": ds.info,
+      "escapes": [{"loss": l, "index": x, **r} for (l, x), r in zip(esc_loss, esc.records())]})
+  figs = plot.critical_point_figures(loss[dist], index[dist], eigs[dist], color=epochs[dist], marked=refined[dist],
+      cutoff=sm.cutoff, escapes=esc, escape_titles=[f"saddle: loss {l:.3g}, index {x:.3f}" for l, x in esc_loss],
+      title=f"{n_ok} critical points ({n_d} distinct), Spearman rho = {sm.spearman:.3f}")
   rep = Report("saddle_points", seed=seed, preset=config["preset"],
                claim="Critical points of a small network's training loss with high error are saddles: the index "
                      "(fraction of negative Hessian eigenvalues) grows with the loss, only low-loss points are "
@@ -118,77 +98,47 @@ def main(config: dict, out_dir: str) -> Report:
       rep.figure(os.path.basename(plot.save(figs[name][0], os.path.join(out_dir, f"{name}.png"), dpi=dpi)), caption)
   rep.setup += [
       f"Data: {ds.name} ({ds.num_train} train examples, subset seed = run seed; {c['pca']} whitened principal components, "
-      f"explained variance {ds.info['pca']['explained_variance_ratio']:.3f}). Model: MLP {n_in}-{'-'.join(map(str, widths))}"
-      f"-{ds.num_classes}, tanh, {eigs.shape[1]} parameters; loss = cross-entropy + ({wd:g}/2)||theta||^2 (critical "
-      f"points at finite weights); float64 after training. Starts: {n_seeds} SGD runs (lr {c['learning_rate']}, batch "
-      f"{c['batch_size']}, weight decay {wd:g}, {c['epochs']} epochs, {train_wall:.1f} s) at epochs "
-      f"{', '.join(str(t * every) for t in snaps)} ({len(found)} starts).",
-      f"Search (`critical.find_critical_points(method=\"hybrid\")`, {search_wall:.1f} s): Levenberg-Marquardt on "
-      f"1/2||grad f||^2 for <= {c['lm_steps']} steps; where it stalls (||grad f|| not halved in {c['window']} steps, or "
-      f"damping > 1e10) Newton's iteration capped at {c['step_cap']:g}, <= {c['max_steps']} steps in all; kept iff "
-      f"||grad f|| < {tol:g}. Minima: each run's last snapshot refined by `newton.minimize_saddle_free` (<= "
-      f"{c['minimize_steps']} steps, {minimize_wall:.1f} s; red stars). Index: share of eigenvalues below -n eps "
-      "max|lambda|; distinct: one point per (loss to 1e-9 relative, index).",
-      f"Escape (`newton.compare_escapes`, {escape_wall:.1f} s): {len(esc)} distinct saddles (highest, median, lowest loss "
-      f"among those >= {c['escape_margin']} thresholds above the lowest critical loss) perturbed by {c['perturbation']:g}; "
-      f"{c['escape_steps']} steps of gd (lr 1/max|lambda|), damped Newton, SFN and SFN in a {c['krylov_dim']}-dim Krylov "
-      f"subspace (damping {c['damping_rel']:g} max|lambda|), all with one Armijo line search; escape = first step with "
-      f"loss <= start - {c['escape_threshold']:g}. Wall time {total_wall:.0f} s ({os.cpu_count()} CPU cores; load "
-      f"average {os.getloadavg()[0]:.1f} at the end)."]
+      f"explained variance {ds.info['pca']['explained_variance_ratio']:.3f}). MLP {n_in}-{'-'.join(map(str, widths))}-"
+      f"{ds.num_classes}, tanh, {eigs.shape[1]} parameters, loss = cross-entropy + ({wd:g}/2)||theta||^2, float64 after "
+      f"training. Starts: {n_seeds} SGD runs (lr {c['learning_rate']}, batch {c['batch_size']}, weight decay {wd:g}, "
+      f"{c['epochs']} epochs, {train_wall:.1f} s) at epochs {', '.join(str(t * every) for t in snaps)} ({len(found)} starts).",
+      f"Search (`critical.find_critical_points`, hybrid, {search_wall:.1f} s): LM on 1/2||grad f||^2 (<= {c['lm_steps']} "
+      f"steps), on a stall (||grad f|| not halved in {c['window']} steps, or damping > 1e10) Newton capped at "
+      f"{c['step_cap']:g} (<= {c['max_steps']} steps in all); kept iff ||grad f|| < {tol:g}. Minima: last snapshots refined "
+      f"by `newton.minimize_saddle_free` (<= {c['minimize_steps']} steps, {minimize_wall:.1f} s). Index: share of "
+      "eigenvalues < -n eps max|lambda|; distinct: per (loss to 1e-9 relative, index).",
+      f"Escape (`newton.compare_escapes`, {escape_wall:.1f} s): {len(esc)} distinct saddles (highest/median/lowest loss of "
+      f"those >= {c['escape_margin']} thresholds above the lowest critical loss) perturbed by {c['perturbation']:g}; "
+      f"{c['escape_steps']} steps of gd (lr 1/max|lambda|), damped Newton, SFN and {c['krylov_dim']}-dim Krylov SFN "
+      f"(damping {c['damping_rel']:g} max|lambda|), Armijo line search; escape: loss <= start - {c['escape_threshold']:g}."
+      f" Wall time {total_wall:.0f} s ({os.cpu_count()} CPU cores; load average {os.getloadavg()[0]:.1f} at the end)."]
   rep.check("Spearman rho(loss, index) >= 0.7 (distinct critical points)", n_d >= 3 and sm.spearman >= 0.7,
             f"rho = {sm.spearman:.3f} over {n_d} distinct points ({sm.spearman_all:.3f} over all {n_ok} converged)")
   rep.check("every index-0 point lies in the lowest 10% of the loss range (needs >= 1)", sm.minima.size > 0 and bool(
       np.all(sm.minima <= sm.cutoff)), (f"{sm.minima.size} index-0 points, max loss {float(sm.minima.max()):.4g}" if
-                                        sm.minima.size else "none (would hold vacuously: FAIL)")
-            + f" vs cutoff {sm.cutoff:.4g} (range {lo:.4g} .. {hi:.4g})")
-  sfn, gd = (esc.steps[:, esc.methods.index(m)] for m in ("sfn", "gd"))
+      sm.minima.size else "none (would hold vacuously: FAIL)") + f" vs cutoff {sm.cutoff:.4g} (range {lo:.4g} .. {hi:.4g})")
   rep.check("saddle-free Newton leaves the saddle in fewer steps than gradient descent", bool(len(esc)) and bool(np.all(
-      esc.faster("sfn", than="gd"))), "; ".join(f"loss {l:.3g}: sfn {s} vs gd {g}" for (l, _), s, g in zip(esc_loss, sfn, gd))
-            or "no saddle found")
-  median, mean = [lambda a, f=f: fmt(float(f(a))) if a.size else "nan" for f in (np.median, np.mean)]
-  fl, m_abs, lm = pts.stall_flatness[flat], sm.min_abs_eigenvalue, int(np.sum(ok & search & (pts.steps <= pts.lm_steps)))
-  rep.section("Search outcome", table(["quantity", "value"], [
-      ("starts: snapshots + refined trained points", f"{int(search.sum())} + {n_seeds}"),
-      ("converged (||grad f|| < tol)", f"{n_ok} ({int(np.sum(ok & search))} from snapshots, {lm} in the LM phase; "
-                                       f"{int(np.sum(ok & refined))}/{n_seeds} refined)"),
-      ("excluded: gradient-flat / step budget exhausted", f"{counts['gradient_flat']} / {counts['max_steps']}"),
-      ("median ||grad f|| / flatness ||Hg||/(max|lambda| ||g||) at the LM stall",
-       f"{median(pts.stall_grad_norm[flat])} / {median(fl)} ({int(np.sum(fl < 1e-3))} with flatness < 1e-3)"),
-      ("minima (index 0), all / distinct; saddles, all / distinct", f"{int(np.sum(ok & (index == 0)))} / "
-       f"{int(np.sum(i_d == 0))}; {int(np.sum(ok & (index > 0)))} / {int(np.sum(i_d > 0))}"),
-      ("distinct points; loss range; index range", f"{n_d}; {lo:.4g} .. {hi:.4g}; "
-       + (f"{i_d.min():.3f} .. {i_d.max():.3f}" if n_d else "n/a")),
-      ("min |lambda| at distinct points: min / median", f"{fmt(float(m_abs.min()))} / {fmt(float(np.median(m_abs)))}"
-       if n_d else "n/a"),
-      ("Spearman rho(loss, index): distinct / all / distinct in the lowest 10% of the range", f"{sm.spearman:.4g} / "
-       f"{sm.spearman_all:.4g} / {sm.spearman_low:.4g} over {int(sm.low.sum())} (the other {int((~sm.low).sum())} span "
-       f"{fmt(float(l_d[~sm.low].min())) if (~sm.low).any() else 'n/a'} .. {hi:.4g})"),
-      ("Pearson r(loss, index): distinct", sm.pearson),
-      ("mean steps per start (converged / not)", f"{mean(pts.steps[ok & search])} / {mean(pts.steps[~ok & search])}"),
-      ("final SGD train loss (mean over runs)", float(np.mean(hist.train_loss[:, -1])))]))
+      esc.faster("sfn", than="gd"))), "; ".join(f"loss {l:.3g}: sfn {r['steps']['sfn']} vs gd {r['steps']['gd']}" for (
+          l, _), r in zip(esc_loss, esc.records())) or "no saddle found")
+  rep.section("Search outcome (searched: trajectory snapshots; refined: trained points)", table(["quantity", "value"], [
+      *sm.outcome_rows(pts, ~refined), ("final SGD train loss (mean over runs)", float(np.mean(hist.train_loss[:, -1])))]))
   sources = lambda i: ", ".join(sorted({f"s{seeds[j]}e{epochs[j]}{'*' if refined[j] else ''}"
                                          for j in np.flatnonzero(ok & stats.copies(loss, index, i))}))
   rep.section("Distinct critical points (source: seed s, start epoch e; * = refined trained point)", table(
       ["loss", "index", "negative eigenvalues", "||grad f||", "min |lambda|", "sources"],
-      [(loss[i], index[i], int(round(index[i] * eigs.shape[1])), pts.grad_norm[i], m, sources(i))
-       for i, m in zip(dist, m_abs)]))
+      [(*r, sources(i)) for r, i in zip(sm.distinct_rows(pts), dist)]))
   if len(esc):
     rep.section(f"Escaping saddles (steps to a loss drop of {c['escape_threshold']:g}; -1 = not within "
-                f"{c['escape_steps']})", table(["saddle loss", "index", "lambda_min", "max|lambda|", *esc.methods, *(
-                    f"{m}: min / final loss change" for m in esc.methods), "wall s (gd / newton / sfn / krylov)"], [
-                    (l, x, esc.lambda_min[j], esc.lambda_max[j], *esc.steps[j].tolist(), *(
-                        f"{fmt(a)} / {fmt(b)}" for a, b in zip(esc.min_change[j], esc.final_change[j])),
-                     " / ".join(f"{w:.1f}" for w in esc.wall[j])) for j, (l, x) in enumerate(esc_loss)]))
+                f"{c['escape_steps']})", table(["saddle loss", "index", *esc.columns], [
+                    (l, x, *r) for (l, x), r in zip(esc_loss, esc.rows())]))
     if blown := int(np.sum(esc.final_change[:, esc.methods.index("sfn")] > 0)):
       rep.notes.append(f"SFN ends above its starting loss at {blown}/{len(esc)} saddles despite the line search.")
   rep.notes += [
-      "Uncalibrated (papers.md §4). Only converged points enter the statistics, each distinct point once. Newton's "
-      "phase is not monotone in ||grad f||: it wanders (||grad f|| ~ 1e-2) until it enters a critical point's basin, "
-      "usually far from the start and lower. Escape steps count iterations, not cost (an SFN step is a dense Hessian "
-      "and an eigendecomposition). A saddle neither SFN nor gd leaves within the budget counts against SFN.",
-      f"The escape saddles lie >= {c['escape_margin']} thresholds above the lowest critical loss, a rule added after "
-      "the first cpu runs (2026-11-25): next to a minimum the whole drop can be below the threshold, so the tie failed "
-      "(seed 0: SFN's total drop 1.0e-4; seed 1 with other settings: 6.6e-4). The threshold is unchanged.",
+      "Uncalibrated (papers.md §4). Statistics use converged points, each distinct point once. Newton wanders (||grad f|| "
+      "~ 1e-2) into a basin usually far from the start and lower. Escape steps count iterations, not cost (SFN: a dense "
+      "Hessian and an eigendecomposition each). A saddle neither SFN nor gd leaves within the budget counts against SFN.",
+      f"The {c['escape_margin']}-threshold margin came after the first cpu runs (2026-11-25; the threshold is unchanged): "
+      "next to a minimum the drop can stay below it, a tie (seed 0: SFN's drop 1.0e-4; seed 1, other settings: 6.6e-4).",
       f"For CPU cost: {ds.num_train} training examples (dense Hessians cost O(N) each) and an L2 term ({wd:g}), without "
       "which the searches drifted with ||grad f|| ~ 1e-3 (unregularised cross-entropy has its minima at infinity)."]
   return rep

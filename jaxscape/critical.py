@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -472,6 +472,12 @@ class CriticalPoints:
   def __len__(self) -> int:
     return int(self.loss.shape[0])
 
+  def arrays(self) -> dict[str, np.ndarray]:
+    """The per-point numpy fields (all but ``params``, ``eps``), for saving; ``status`` as fixed-width ``U16``."""
+    return {**{f: getattr(self, f) for f in ("loss", "grad_norm", "index", "steps", "lm_steps", "flatness",
+                                             "stall_grad_norm", "stall_flatness", "converged", "eigenvalues")},
+            "status": np.asarray(self.status).astype("U16")}
+
 
 def join(found: CriticalPoints, extra: Sequence[CriticalPoint]) -> CriticalPoints:
   """``found`` followed by the single points ``extra`` (e.g. refined minima), as one :class:`CriticalPoints`.
@@ -518,6 +524,10 @@ class PopulationSummary:
     low: ``[D]`` which distinct points lie at or below ``cutoff``.
     spearman_low: Spearman's rho over those (NaN below 3).
     min_abs_eigenvalue: ``[D]`` smallest ``|lambda|`` at each distinct point.
+    low_fraction: the share of the loss range below ``cutoff``.
+
+  :meth:`outcome_rows` and :meth:`distinct_rows` give the rows of a report's tables as raw numbers (a tuple
+  for several numbers in one cell; NaN where there is nothing to count).
   """
 
   distinct: list[int]
@@ -530,6 +540,58 @@ class PopulationSummary:
   low: np.ndarray
   spearman_low: float
   min_abs_eigenvalue: np.ndarray
+  low_fraction: float = 0.1
+
+  def outcome_rows(self, points: CriticalPoints, searched: np.ndarray) -> list[tuple[str, Any]]:
+    """``(quantity, value)`` rows describing the search over ``points`` (the summarised population).
+
+    ``searched`` marks the points found by a search (their LM statistics count); the others are starts refined
+    otherwise (e.g. trained points refined into minima).
+    """
+    ok, idx, st, n = points.converged, points.index, points.steps, len(self.distinct)
+    flat, i_d = searched & (points.status == "gradient_flat"), idx[self.distinct]
+    med, mean = [lambda a, f=f: float(f(a)) if a.size else float("nan") for f in (np.median, np.mean)]
+    count = lambda m: int(np.sum(m))
+    lo, hi = self.loss_range
+    l_high = points.loss[self.distinct][~self.low]
+    return [
+        ("starts: searched / refined", (count(searched), count(~searched))),
+        ("converged (||grad f|| < tol): all / searched / in the LM phase / refined / of refined", (
+            count(ok), count(ok & searched), count(ok & searched & (st <= points.lm_steps)), count(ok & ~searched),
+            count(~searched))),
+        ("excluded: gradient-flat / step budget exhausted", (count(points.status == "gradient_flat"),
+                                                              count(points.status == "max_steps"))),
+        ("at the LM stall: median ||grad f|| / median flatness ||Hg||/(max|lambda| ||g||) / flatness < 1e-3", (
+            med(points.stall_grad_norm[flat]), med(points.stall_flatness[flat]),
+            count(points.stall_flatness[flat] < 1e-3))),
+        ("minima (index 0), all / distinct; saddles, all / distinct", (
+            count(ok & (idx == 0)), count(i_d == 0), count(ok & (idx > 0)), count(i_d > 0))),
+        ("distinct points", n),
+        ("loss range", (lo, hi)),
+        ("index range", (round(float(i_d.min()), 3), round(float(i_d.max()), 3)) if n else float("nan")),
+        ("min |lambda| at distinct points: min / median", (
+            float(self.min_abs_eigenvalue.min()), float(np.median(self.min_abs_eigenvalue))) if n else float("nan")),
+        ("Spearman rho(loss, index): distinct / all", (self.spearman, self.spearman_all)),
+        (f"Spearman rho over the distinct points in the lowest {100 * self.low_fraction:g}% of the loss range / their "
+         "number; the others: number / lowest .. highest loss", (
+             self.spearman_low, count(self.low), count(~self.low), float(l_high.min()) if l_high.size else float("nan"),
+             hi)),
+        ("Pearson r(loss, index): distinct", self.pearson),
+        ("mean steps per searched start: converged / not", (mean(st[ok & searched]), mean(st[~ok & searched]))),
+    ]
+
+  def saddles(self, points: CriticalPoints, count: int, *, above: float = 0.0) -> list[int]:
+    """Up to ``count`` distinct saddles (index > 0) at least ``above`` over the lowest distinct loss, spread evenly
+    from the highest loss to the lowest (e.g. to start escapes where a drop of ``above`` is attainable)."""
+    loss, floor = points.loss, above + (points.loss[self.distinct].min() if self.distinct else 0.0)
+    s = sorted([i for i in self.distinct if points.index[i] > 0 and loss[i] >= floor], key=lambda i: -loss[i])
+    return [s[j] for j in np.unique(np.linspace(0, len(s) - 1, count).round().astype(int))] if s else []
+
+  def distinct_rows(self, points: CriticalPoints) -> list[tuple[float, float, int, float, float]]:
+    """Per distinct point: ``(loss, index, negative eigenvalues, ||grad f||, min |lambda|)``."""
+    n = points.eigenvalues.shape[1]
+    return [(float(points.loss[i]), float(points.index[i]), int(round(points.index[i] * n)),
+             float(points.grad_norm[i]), float(m)) for i, m in zip(self.distinct, self.min_abs_eigenvalue)]
 
 
 def summarize(points: CriticalPoints, *, low_fraction: float = 0.1) -> PopulationSummary:
@@ -556,7 +618,7 @@ def summarize(points: CriticalPoints, *, low_fraction: float = 0.1) -> Populatio
       distinct=dist, spearman=rho(l_d, i_d), pearson=stats.pearson(l_d, i_d) if len(dist) >= 3 else float("nan"),
       spearman_all=rho(loss[ok], idx[ok]), loss_range=(lo, hi), cutoff=cutoff, minima=loss[ok & (idx == 0)], low=low,
       spearman_low=rho(l_d[low], i_d[low]), min_abs_eigenvalue=np.array([np.min(np.abs(points.eigenvalues[i]))
-                                                                         for i in dist]))
+                                                                         for i in dist]), low_fraction=low_fraction)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -47,7 +47,9 @@ __all__ = ["Report", "table", "fmt", "mean_std", "spread", "load_dataset", "run"
 
 
 def fmt(x: Any, digits: int = 4) -> str:
-  """Short human formatting of numbers (and passthrough of strings)."""
+  """Short human formatting of numbers (a tuple: its entries joined by " / "; strings pass through)."""
+  if isinstance(x, tuple):
+    return " / ".join(fmt(v, digits) for v in x)
   if isinstance(x, (bool, np.bool_)):
     return "yes" if x else "no"
   if isinstance(x, (int, np.integer)):

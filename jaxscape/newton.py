@@ -346,6 +346,24 @@ class EscapeComparison:
     """``[S, M]`` final loss minus the starting loss."""
     return self.losses[..., -1] - self.losses[..., 0]
 
+  @property
+  def columns(self) -> list[str]:
+    """Headers of :meth:`rows`."""
+    return ["lambda_min", "max|lambda|", *self.methods, *(f"{m}: min / final loss change" for m in self.methods),
+            f"wall s ({' / '.join(self.methods)})"]
+
+  def records(self) -> list[dict]:
+    """Per saddle, for JSON: ``lambda_min``, ``lambda_max``, and ``steps`` and ``wall`` per method."""
+    return [{"lambda_min": float(self.lambda_min[j]), "lambda_max": float(self.lambda_max[j]),
+             "steps": dict(zip(self.methods, self.steps[j].tolist())),
+             "wall": dict(zip(self.methods, self.wall[j].tolist()))} for j in range(len(self))]
+
+  def rows(self) -> list[tuple]:
+    """Per saddle: ``(lambda_min, max|lambda|, *steps, *(min, final) loss change, wall times to 0.1 s)``."""
+    return [(float(self.lambda_min[j]), float(self.lambda_max[j]), *self.steps[j].tolist(),
+             *zip(self.min_change[j].tolist(), self.final_change[j].tolist()),
+             tuple(round(w, 1) for w in self.wall[j].tolist())) for j in range(len(self))]
+
   def faster(self, method: str, than: str) -> np.ndarray:
     """``[S]`` whether ``method`` escaped in fewer steps than ``than`` (a miss counts as ``budget + 1``: ties fail)."""
     s = np.where(self.steps < 0, self.budget + 1, self.steps)
