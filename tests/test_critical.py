@@ -434,3 +434,40 @@ def test_join_and_summarize_a_population(x64):
   assert both.loss[-1] == extra.loss and both.status[-1] == extra.status
   sm = critical.summarize(both)
   assert len(sm.distinct) == 1 and sm.minima.size == 0 and np.isnan(sm.spearman)  # one saddle, found three times
+
+
+def test_population_rows_saddles_and_arrays():
+  n = 5
+  pts = critical.CriticalPoints(
+      params=None, loss=np.array([0.0, 0.0, 1.0, 2.0, 3.0]), grad_norm=np.full(n, 1e-7),
+      index=np.array([0.0, 0.0, 0.5, 1.0, 0.5]), eigenvalues=np.array([[1.0, 2.0]] * 2 + [[-1.0, 3.0], [-2.0, -1.0],
+                                                                                          [-1.0, 1.0]]),
+      steps=np.array([3, 4, 5, 6, 9]), converged=np.array([True, True, True, True, False]),
+      status=np.array(["converged"] * 4 + ["gradient_flat"]), flatness=np.zeros(n), lm_steps=np.full(n, 4),
+      stall_grad_norm=np.full(n, 0.5), stall_flatness=np.full(n, 1e-4), method="hybrid", tol=1e-6, eps=np.zeros(n))
+  sm = critical.summarize(pts)
+  assert sm.distinct == [0, 2, 3] and sm.low_fraction == 0.1
+  rows = dict(sm.outcome_rows(pts, np.array([True, True, True, True, False])))
+  assert rows["starts: searched / refined"] == (4, 1)
+  assert rows["converged (||grad f|| < tol): all / searched / in the LM phase / refined / of refined"] == (4, 4, 2, 0, 1)
+  assert rows["excluded: gradient-flat / step budget exhausted"] == (1, 0)
+  assert rows["minima (index 0), all / distinct; saddles, all / distinct"] == (2, 1, 2, 2)
+  assert rows["distinct points"] == 3 and rows["loss range"] == (0.0, 2.0) and rows["index range"] == (0.0, 1.0)
+  assert np.isnan(rows["at the LM stall: median ||grad f|| / median flatness ||Hg||/(max|lambda| ||g||) / flatness < 1e-3"][0])
+  mean_steps = rows["mean steps per searched start: converged / not"]  # the unconverged point was not searched
+  assert mean_steps[0] == 4.5 and np.isnan(mean_steps[1])
+  assert sm.distinct_rows(pts) == [(0.0, 0.0, 0, 1e-7, 1.0), (1.0, 0.5, 1, 1e-7, 1.0), (2.0, 1.0, 2, 1e-7, 1.0)]
+  assert sm.saddles(pts, 3) == [3, 2] and sm.saddles(pts, 1, above=1.5) == [3] and sm.saddles(pts, 2, above=5.0) == []
+  arrays = pts.arrays()
+  assert arrays["status"].dtype == np.dtype("U16") and "params" not in arrays and arrays["eigenvalues"].shape == (n, 2)
+
+
+def test_escape_comparison_rows():
+  cmp = newton.EscapeComparison(methods=("gd", "sfn"), starts=[None], lambda_min=np.array([-0.5]),
+                                lambda_max=np.array([2.0]), steps=np.array([[7, -1]]),
+                                losses=np.array([[[1.0, 0.5, 0.75], [1.0, 1.25, 1.5]]]), wall=np.array([[0.123, 1.26]]),
+                                budget=2, threshold=0.1)
+  assert cmp.rows() == [(-0.5, 2.0, 7, -1, (-0.5, -0.25), (0.0, 0.5), (0.1, 1.3))]
+  assert len(cmp.columns) == len(cmp.rows()[0]) and cmp.columns[-1] == "wall s (gd / sfn)"
+  assert cmp.records() == [{"lambda_min": -0.5, "lambda_max": 2.0, "steps": {"gd": 7, "sfn": -1},
+                            "wall": {"gd": 0.123, "sfn": 1.26}}]
