@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import jax
 
-from ..objective import FirstLayer
+from ..first_layer import FirstLayer
 from ..tree import PyTree
 
 __all__ = ["split", "split_train", "update", "first_layer", "recompute_stats"]
