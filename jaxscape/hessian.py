@@ -293,11 +293,14 @@ def _static_leaves(leaves: Leaves) -> Leaves:
 
 
 # --------------------------------------------------------- user-facing calls
-@functools.partial(jax.jit, static_argnames=("k", "num_steps", "kind", "leaves", "dtype"))
-def _eigenvalues(obj, params, key, v0, tol, which, *, k, num_steps, kind, leaves, dtype):
+@functools.partial(jax.jit, static_argnames=("k", "num_steps", "max_hvps", "num_vectors", "verify_steps", "kind",
+                                             "leaves", "dtype", "has_atol"))
+def _eigenvalues(obj, params, key, v0, tol, atol, which, *, k, num_steps, max_hvps, num_vectors, verify_steps, kind,
+                 leaves, dtype, has_atol):
   # `which` is a traced index into spectral.WHICH: one compiled program for all rules
   mv, like = operator(obj, params, kind=kind, leaves=leaves)
-  return spectral.eigh(key, mv, like, k, which=which, num_steps=num_steps, tol=tol, v0=v0, dtype=dtype)
+  return spectral.eigh(key, mv, like, k, which=which, tol=tol, atol=atol if has_atol else None, max_matvecs=max_hvps,
+                       num_vectors=num_vectors, verify_steps=verify_steps, num_steps=num_steps, v0=v0, dtype=dtype)
 
 
 @tree_lib.key_first()
@@ -308,20 +311,28 @@ def eigenvalues(
     k: int = 5,
     which: str = "largest",
     *,
-    num_steps: int | None = None,
     tol: float = 1e-3,
+    atol: float | None = None,
+    max_hvps: int = 2000,
+    num_vectors: int | None = None,
+    verify_steps: int = 3,
+    num_steps: int | None = None,
     v0: PyTree | None = None,
     kind: str = "hessian",
     leaves: Leaves = None,
     dtype: Any = None,
 ) -> spectral.EighResult:
-  """Top-k / bottom-k eigenpairs of the full-data Hessian (or GGN) by Lanczos.
+  """Top-k / bottom-k eigenpairs of the full-data Hessian (or GGN), run until certified.
 
-  One Lanczos run of ``num_steps`` HVPs with full reorthogonalisation and
-  breakdown restarts (:func:`jaxscape.spectral.eigh`), plus k HVPs for the true
-  residuals ``||H y - theta y||``. ``converged`` is
-  ``residual <= tol * max|theta|``; raise ``num_steps`` when pairs are not
-  converged.
+  Thick-restart Lanczos with full reorthogonalisation
+  (:func:`jaxscape.spectral.eigh`): it stops as soon as the k wanted Ritz pairs
+  meet ``||H y - theta y|| <= max(tol |theta|, atol)``, checks once more from
+  a fresh random vector (``verify_steps`` HVPs) for an eigenvalue the first
+  start vector missed, and spends at most ``max_hvps`` HVPs (plus k for the
+  true residuals on which ``converged`` is decided). A certified value lies
+  within its residual of an eigenvalue of H; ``atol`` (default
+  ``100 eps ||H||``) is the floor for eigenvalues near zero, whose relative
+  accuracy no float residual can promise. Both are recorded in the result.
 
   Args:
     key: PRNG key (start vector); ``eigenvalues(obj, params, ..., key=key)`` works too.
@@ -329,9 +340,14 @@ def eigenvalues(
     params: the point.
     k: number of eigenpairs.
     which: ``largest`` / ``smallest`` (algebraic) or ``magnitude``.
-    num_steps: Lanczos steps (default ``max(2k + 20, 40)``, at most n).
-    tol: relative residual tolerance for ``converged``.
-    v0: optional start vector shaped like the operator's vectors.
+    tol: relative residual tolerance.
+    atol: absolute residual floor (default ``100 eps ||H||`` in the HVP dtype).
+    max_hvps: budget of Lanczos HVPs.
+    num_vectors: Krylov basis size (memory: that many parameter vectors;
+      default ``max(2k + 10, 30)``).
+    verify_steps: HVPs from a fresh start vector before stopping (0: none).
+    num_steps: fixed-length mode: exactly this many Lanczos steps, no restarts.
+    v0: optional start vector shaped like the operator's vectors (warm start).
     kind: ``hessian`` or ``ggn``.
     leaves: optional leaf selection (per-layer block).
     dtype: Lanczos recurrence dtype; ``jnp.float64`` runs the recurrence and
@@ -340,8 +356,9 @@ def eigenvalues(
 
   Returns:
     :class:`jaxscape.spectral.EighResult` with ``values``, ``vectors`` (a pytree
-    with a leading axis k), ``residuals``, ``bounds``, ``converged`` and
-    ``num_hvps``.
+    with a leading axis k), ``residuals``, ``bounds``, ``converged``,
+    ``num_converged``, ``tol``, ``atol`` and ``num_hvps``; its repr says how
+    many pairs are certified.
 
   Example:
     >>> res = js.hessian.eigenvalues(key, obj, params, k=5, which="largest")  # doctest: +SKIP
@@ -349,8 +366,12 @@ def eigenvalues(
   """
   if which not in spectral.WHICH:
     raise ValueError(f"which must be one of {spectral.WHICH}; got {which!r}")
-  res = _eigenvalues(obj, params, key, v0, tol, spectral.WHICH.index(which), k=k, num_steps=num_steps, kind=kind,
-                     leaves=_static_leaves(leaves), dtype=dtype)
+  for name, x in (("tol", tol), ("atol", atol)):
+    if x is not None and not x >= 0:
+      raise ValueError(f"{name} must be >= 0; got {x!r}")
+  res = _eigenvalues(obj, params, key, v0, tol, 0.0 if atol is None else atol, spectral.WHICH.index(which), k=k,
+                     num_steps=num_steps, max_hvps=max_hvps, num_vectors=num_vectors, verify_steps=verify_steps,
+                     kind=kind, leaves=_static_leaves(leaves), dtype=dtype, has_atol=atol is not None)
   return dataclasses.replace(res, which=which)
 
 

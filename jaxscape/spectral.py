@@ -222,9 +222,9 @@ def _lanczos_full(key, mv, v0, num_steps, bd_tol):
     b = jnp.linalg.norm(w)
     scale = jnp.maximum(scale, jnp.abs(a) + b)
     broke = b <= bd_tol * scale
-    fresh = orth(basis, _restart_vector(pool, j))
-    fresh = _normalise(orth(basis, _normalise(fresh)))
-    q_next = jnp.where(broke, fresh, w / jnp.where(broke, 1, b))
+    # the restart vector costs two more passes over the basis: only on breakdown
+    q_next = jax.lax.cond(broke, lambda: _normalise(orth(basis, _normalise(orth(basis, _restart_vector(pool, j))))),
+                          lambda: w / jnp.where(broke, 1, b))
     basis = basis.at[j + 1].set(q_next)
     alphas = alphas.at[j].set(a)
     betas = betas.at[j].set(jnp.where(broke, 0, b))
@@ -320,32 +320,52 @@ def lanczos(
 @functools.partial(_register, meta=("which",))
 @dataclasses.dataclass(frozen=True)
 class EighResult:
-  """Ritz pairs from :func:`eigh`.
+  """Ritz pairs from :func:`eigh`, each with its certificate.
+
+  A pair ``(theta, y)`` is ``converged`` (certified) when its true residual
+  ``r = ||A y - theta y||`` (computed from matvec outputs, not from the
+  Lanczos recurrence) is at most ``max(tol * |theta|, atol)``. For a symmetric A and unit
+  y this guarantees an eigenvalue of A within ``r`` of ``theta`` (Weyl / Kahan;
+  within ``r**2 / gap`` when the gap to the rest of the spectrum is known). It
+  does **not** guarantee that no eigenvalue was skipped: a Krylov method can
+  miss an eigenvalue whose eigenvector is (nearly) orthogonal to every vector
+  it has seen, so :func:`eigh` re-checks from a fresh random vector before it
+  stops (``verify_steps``), which makes a skipped eigenvalue rare, not
+  impossible.
 
   Attributes:
     values: ``[k]`` Ritz values, ordered by ``which`` (largest first for
       ``largest`` and ``magnitude``, most negative first for ``smallest``).
     vectors: Ritz vectors, a pytree shaped like ``like`` with a leading axis k
       (unit norm, in the matvec dtype).
-    residuals: ``[k]`` true residual norms ``||A y - theta y||``, each from one
-      extra matvec on the returned vector.
-    bounds: ``[k]`` the Lanczos estimates ``beta_m |s_{m,i}|`` of the same
-      residuals (free; equal to the true ones in exact arithmetic).
-    converged: ``[k]`` bool, ``residuals <= tol * max_i |theta_i|`` (max over all
-      Ritz values of the run, an estimate of ``||A||``). By Weyl/Kahan each
-      Ritz value is then within ``residual`` of a true eigenvalue.
-    num_matvecs: matvecs used (Lanczos steps + k residual checks).
-    breakdowns: restarts after Lanczos breakdown.
+    residuals: ``[k]`` true residual norms ``||A y - theta y||``: from the
+      stored products ``A V`` (``A y = (A V) s`` by linearity) or, in the
+      fixed-length mode, from one extra matvec per pair.
+    estimates: ``[k]`` the Lanczos estimates of the same residuals (free: from
+      the last row of the eigenvectors of the projected matrix; equal to the
+      true ones in exact arithmetic). The iteration stops on these.
+    converged: ``[k]`` bool, ``residuals <= max(tol * |values|, atol)``.
+    num_matvecs: matvecs used (in the fixed-length mode, k of them check the
+      residuals).
+    breakdowns: restarts from a fresh vector after a Lanczos breakdown
+      (an invariant subspace was found).
+    restarts: thick restarts (the basis of ``num_vectors`` was full).
+    tol: the relative tolerance of the rule.
+    atol: the absolute floor of the rule, as used (the default is
+      ``100 eps ||A||``, ``||A||`` estimated by the largest Ritz value seen).
     which: the selection rule.
   """
 
   values: jax.Array
   vectors: PyTree
   residuals: jax.Array
-  bounds: jax.Array
+  estimates: jax.Array
   converged: jax.Array
   num_matvecs: jax.Array
   breakdowns: jax.Array
+  restarts: jax.Array
+  tol: jax.Array
+  atol: jax.Array
   which: str = "largest"
 
   @property
@@ -353,16 +373,169 @@ class EighResult:
     """Alias of ``num_matvecs`` for Hessian operators."""
     return self.num_matvecs
 
+  @property
+  def error_bounds(self) -> jax.Array:
+    """``[k]`` the promised distance from each value to an eigenvalue:
+    ``max(residual, atol)`` (below ``atol`` a float residual is rounding noise)."""
+    return jnp.maximum(self.residuals, self.atol)
 
-def _select(theta: jax.Array, which: str | jax.Array, k: int) -> jax.Array:
-  """Indices of the k wanted Ritz values. ``which`` may also be a traced index
-  into :data:`WHICH` (so one compiled program serves all three rules)."""
+  @property
+  def num_converged(self) -> jax.Array:
+    """How many of the k wanted pairs are certified."""
+    return jnp.sum(self.converged, axis=-1)
+
+  def __repr__(self) -> str:
+    try:
+      vals, res, conv = (np.asarray(x) for x in (self.values, self.residuals, self.converged))
+      tol, atol, nmv = float(self.tol), float(self.atol), int(self.num_matvecs)
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError, TypeError):
+      return f"EighResult(which={self.which!r}, <traced>)"
+    if vals.ndim != 1:
+      return f"EighResult(which={self.which!r}, batch shape {vals.shape[:-1]})"
+    pairs = ", ".join(f"{v:.6g} ± {r:.1e}{'' if c else ' (not certified)'}" for v, r, c in zip(vals, res, conv))
+    return (f"EighResult({self.which or 'eigh'}: certified {int(conv.sum())}/{vals.size} "
+            f"[residual <= max({tol:.0e}·|θ|, {atol:.1e})], {nmv} matvecs: {pairs})")
+
+
+def _score(theta: jax.Array, which: str | jax.Array) -> jax.Array:
+  """Lower is better: the ordering of Ritz values for ``which`` (a name or a
+  traced index into :data:`WHICH`, so one compiled program serves all rules)."""
   if isinstance(which, str):
     if which not in WHICH:
       raise ValueError(f"which must be one of {WHICH}; got {which!r}")
     which = WHICH.index(which)
-  score = jnp.select([which == 0, which == 1], [-theta, theta], -jnp.abs(theta))
-  return jnp.argsort(score)[:k]
+  return jnp.select([which == 0, which == 1], [-theta, theta], -jnp.abs(theta))
+
+
+def _select(theta: jax.Array, which: str | jax.Array, k: int) -> jax.Array:
+  """Indices of the k wanted Ritz values."""
+  return jnp.argsort(_score(theta, which))[:k]
+
+
+def _projected_ritz(t: jax.Array, j: jax.Array, which, e: jax.Array, beta: jax.Array):
+  """Ritz pairs of the leading ``(j+1) x (j+1)`` block of ``t``, best first.
+
+  Returns ``(theta, s, bounds, valid)``: values, eigenvectors of the block
+  (columns, zero outside it), residual bounds
+  ``beta |s_j| + sum_l |s_l| e_l`` (the Lanczos coupling to the next vector
+  plus the residuals of earlier kept vectors that lie outside the basis) and
+  whether each column is a Ritz pair of the block at all (the unused part of
+  ``t`` is set to a decoupled diagonal far outside the spectrum).
+  """
+  used = jnp.arange(t.shape[0], dtype=jnp.int32) <= j
+  tu = jnp.where(used[:, None] & used[None, :], t, 0)
+  big = 4 * jnp.max(jnp.sum(jnp.abs(tu), axis=1)) + jnp.finfo(t.dtype).tiny
+  theta, s = jnp.linalg.eigh(tu + jnp.diag(jnp.where(used, 0, big)))
+  s = jnp.where(used[:, None], s, 0)
+  valid = jnp.sum(s**2, axis=0) > 0.5
+  order = jnp.argsort(jnp.where(valid, _score(theta, which), jnp.inf))
+  theta, s, valid = theta[order], s[:, order], valid[order]
+  bounds = jnp.abs(beta * s[j]) + jnp.abs(s).T @ e
+  return theta, s, bounds, valid
+
+
+def _default_atol(op_dtype: Any, anorm: jax.Array) -> jax.Array:
+  # 100 ulps of ||A||: below this a float residual measures the matvec's own
+  # rounding, not the distance to an eigenvalue.
+  return jnp.asarray(100 * float(jnp.finfo(op_dtype).eps), anorm.dtype) * anorm
+
+
+def _certified_lanczos(key, mv, v0, *, n, m, k, which, tol, atol, max_matvecs, verify_steps, bd_tol, op_dtype):
+  """Thick-restart Lanczos (Wu & Simon 2000) until the k wanted Ritz pairs are
+  certified by their residual bounds, with a fresh-vector check before stopping.
+
+  The basis ``v`` holds ``m + 1`` rows; ``t`` is the projected matrix
+  ``V^T A V``, filled column by column from the full Gram-Schmidt coefficients
+  (so it stays exact after restarts, when it is not tridiagonal); ``e[l]``
+  bounds the part of row l's residual outside the basis (nonzero only for
+  vectors kept across the fresh-vector restart). One matvec per iteration.
+  """
+  cd = v0.dtype
+  idx = jnp.arange(m + 1, dtype=jnp.int32)
+  k_breakdown, k_verify = jax.random.split(key)
+  # A thick restart keeps the k wanted Ritz vectors and two more: on Hessian spectra keeping few
+  # leaves more room for new directions and needed fewer matvecs than keeping half the basis.
+  p = min(m - 1, k + 2)
+
+  def orth(v, w):
+    w = w - v.T @ (v @ w)
+    return w - v.T @ (v @ w)
+
+  def fresh(v, key):
+    return _normalise(orth(v, jax.random.normal(key, (n,), cd)))
+
+  def expand(c):
+    v, t, j = c["v"], c["t"], c["j"]
+    w = mv(v[j])
+    av = c["av"].at[j].set(w)
+    h = v @ w
+    w = w - v.T @ h
+    h2 = v @ w
+    w, h = w - v.T @ h2, h + h2
+    b = jnp.linalg.norm(w)
+    scale = jnp.maximum(c["scale"], jnp.abs(h[j]) + b)
+    broke = b <= bd_tol * scale
+    q = jax.lax.cond(broke, lambda: fresh(v, jax.random.fold_in(k_breakdown, c["nmv"])),
+                     lambda: w / jnp.where(broke, 1, b))
+    b = jnp.where(broke, 0, b)
+    col = jnp.where(idx <= j, h, 0).at[j + 1].set(b)
+    t = t.at[:, j].set(col).at[j, :].set(col)
+    return dict(c, v=v.at[j + 1].set(q), av=av, t=t, beta=b, scale=scale, nmv=c["nmv"] + 1,
+                nbd=c["nbd"] + broke.astype(jnp.int32), vsteps=c["vsteps"] + 1)
+
+  def ritz(c):
+    theta, s, bnd, valid = _projected_ritz(c["t"], c["j"], which, c["e"], c["beta"])
+    anorm = jnp.maximum(c["scale"], jnp.max(jnp.where(valid, jnp.abs(theta), 0)))
+    floor = _default_atol(op_dtype, anorm) if atol is None else jnp.asarray(atol, cd)
+    ok = valid[:k] & (bnd[:k] <= jnp.maximum(tol * jnp.abs(theta[:k]), floor))
+    return theta, s, bnd, ok, floor
+
+  def keep(c, s, theta, num, e_kept, nxt, j_new):
+    v = jnp.zeros_like(c["v"]).at[:num].set(s[:, :num].T @ c["v"]).at[num].set(nxt)
+    av = jnp.zeros_like(c["av"]).at[:num].set(s[:, :num].T @ c["av"])
+    t = jnp.zeros_like(c["t"]).at[jnp.arange(num), jnp.arange(num)].set(theta[:num])
+    e = jnp.zeros_like(c["e"]).at[:num].set(e_kept)
+    return dict(c, v=v, av=av, t=t, e=e, j=jnp.asarray(j_new, jnp.int32))
+
+  def thick_restart(c, theta, s, bnd):
+    # the kept Ritz vectors' residuals lie along v[j+1] (kept as the next vector)
+    # and along the earlier outside parts e
+    return dict(keep(c, s, theta, p, (jnp.abs(s[:, :p]).T @ c["e"]), c["v"][c["j"] + 1], p),
+                nrs=c["nrs"] + 1)
+
+  def verify_restart(c, theta, s, bnd):
+    # keep the k certified vectors (their whole residuals now lie outside the basis)
+    # and go on from a random vector orthogonal to everything seen so far
+    nxt = fresh(c["v"], k_verify)
+    return dict(keep(c, s, theta, k, bnd[:k], nxt, k), phase=jnp.ones((), jnp.int32), vsteps=jnp.zeros((), jnp.int32))
+
+  def body(c):
+    c = expand(c)
+    theta, s, bnd, ok, _ = ritz(c)
+    j = c["j"]
+    all_ok = jnp.all(ok)
+    exhausted = j + 1 >= n
+    checked = (c["phase"] == 1) & (c["vsteps"] >= verify_steps)
+    done = exhausted | (all_ok & (checked | (verify_steps == 0))) | (c["nmv"] >= max_matvecs)
+    go_verify = all_ok & (c["phase"] == 0) & (verify_steps > 0) & (j + 2 < n) & ~done
+    full = j + 1 >= m
+    branch = jnp.where(done, 0, jnp.where(go_verify, 1, jnp.where(full, 2, 0)))
+    advance = lambda c: dict(c, j=jnp.where(done, j, j + 1))
+    c = jax.lax.switch(branch, [advance, lambda c: verify_restart(c, theta, s, bnd),
+                                lambda c: thick_restart(c, theta, s, bnd)], c)
+    return dict(c, done=done)
+
+  zi = jnp.zeros((), jnp.int32)
+  init = dict(v=jnp.zeros((m + 1, n), cd).at[0].set(_normalise(v0)), av=jnp.zeros((m + 1, n), cd), t=jnp.zeros((m + 1, m + 1), cd),
+              e=jnp.zeros((m + 1,), cd), j=zi, beta=jnp.zeros((), cd), scale=jnp.zeros((), cd), nmv=zi, nbd=zi,
+              nrs=zi, phase=zi, vsteps=zi, done=jnp.zeros((), bool))
+  c = jax.lax.while_loop(lambda c: ~c["done"], body, init)
+  theta, s, bnd, _, floor = ritz(c)
+  # true residuals from the stored products A V (linearity; no extra matvecs)
+  y, ay = s[:, :k].T @ c["v"], s[:, :k].T @ c["av"]
+  norm = jnp.linalg.norm(y, axis=1)
+  resid = jnp.linalg.norm(ay - theta[:k, None] * y, axis=1) / norm
+  return theta[:k], y / norm[:, None], resid, bnd[:k], floor, c["nmv"], c["nbd"], c["nrs"]
 
 
 def eigh(
@@ -372,31 +545,65 @@ def eigh(
     k: int = 1,
     *,
     which: str = "largest",
-    num_steps: int | None = None,
     tol: float = 1e-3,
+    atol: float | None = None,
+    max_matvecs: int = 2000,
+    num_vectors: int | None = None,
+    verify_steps: int = 3,
+    num_steps: int | None = None,
     v0: PyTree | None = None,
     dtype: Any = None,
 ) -> EighResult:
-  """k extreme eigenpairs of a symmetric operator by Lanczos.
+  """k extreme eigenpairs of a symmetric operator, run until certified.
 
-  One Lanczos run with full reorthogonalisation and breakdown restarts
-  (:func:`lanczos`), then the Ritz pairs of T selected by ``which``. Each
-  returned pair gets its **true** residual ``||A y - theta y||`` from one extra
-  matvec (k in all), and the free bound ``beta_m |s_{m,i}|`` for comparison.
-  A pair is ``converged`` when its true residual is at most
-  ``tol * max|theta|``.
+  Thick-restart Lanczos (Wu & Simon 2000; the symmetric case of Stewart's
+  Krylov-Schur) with full reorthogonalisation. After every matvec the Ritz
+  pairs of the projected matrix are formed and their residual bounds read
+  off for free (the last row of its eigenvectors times the coupling to the
+  next Lanczos vector); the run stops as soon as the k wanted pairs all meet
+  ``residual <= max(tol * |theta|, atol)``. When the basis of ``num_vectors``
+  vectors is full it restarts, keeping the best half of the Ritz vectors.
+  Before stopping it restarts once more from a fresh random vector orthogonal
+  to everything seen, keeps the k certified vectors, and runs
+  ``verify_steps`` more matvecs: an eigenvalue the first start vector missed
+  (a repeated eigenvalue, or a tight cluster certified as one value) then
+  shows up among the wanted Ritz values and the run goes on until it is
+  certified too. At ``max_matvecs`` it stops and returns the pairs as they
+  are; the uncertified ones have ``converged=False``, never hidden.
+
+  Finally each returned pair gets its **true** residual, from the stored
+  matvec outputs ``A V`` (so no extra matvecs, at the price of storing them:
+  ``2 m`` vectors in all), and ``converged`` is decided on those (see :class:`EighResult`
+  for what it guarantees). ``tol`` is relative to each eigenvalue, not to
+  ``||A||``: a residual of 1e-3 certifies nothing about an eigenvalue of size
+  1e-3, so small eigenvalues are certified against the absolute floor
+  ``atol`` (default ``100 eps ||A||`` in the matvec's dtype) and their bound
+  is stated in ``residuals``.
+
+  ``num_steps`` runs the earlier fixed-length method instead: exactly
+  ``num_steps`` Lanczos steps, no restarts and no fresh-vector check, and k
+  more matvecs for the true residuals; certified by the same rule.
+
+  Inside ``jit`` the loop is a ``lax.while_loop`` (under ``vmap`` it runs until
+  every batch member stops).
 
   Args:
-    key: PRNG key for the start vector and restarts.
+    key: PRNG key for the start vector and the fresh vectors.
     matvec: symmetric ``v -> A v``.
     like: example vector fixing the structure and dtype.
     k: number of pairs (static).
     which: ``largest`` (algebraic), ``smallest`` (algebraic) or ``magnitude``;
       or its index in :data:`WHICH` as a (possibly traced) integer, so that one
       compiled program serves all three rules (``res.which`` is then "").
-    num_steps: Krylov dimension; default ``min(n, max(2k + 20, 40))``. Larger
-      values converge more pairs; clustered spectra need more.
-    tol: relative residual tolerance of the ``converged`` flag.
+    tol: relative residual tolerance.
+    atol: absolute residual floor for eigenvalues near zero (default
+      ``100 eps ||A||``).
+    max_matvecs: budget of matvecs (static).
+    num_vectors: basis size m (memory: the basis and its products, 2m
+      vectors; default ``min(n, max(2k + 10, 30))``).
+    verify_steps: matvecs from a fresh random vector before stopping
+      (0: no check).
+    num_steps: fixed-length mode (see above).
     v0: optional start vector (e.g. a previous eigenvector, to warm-start).
     dtype: recurrence dtype (float64 with a float32 matvec needs x64).
 
@@ -409,31 +616,52 @@ def eigh(
     >>> r = eigh(jax.random.key(1), lambda v: a @ v, jnp.zeros(4), k=1, which="smallest")
     >>> round(float(r.values[0]), 4), bool(r.converged[0])
     (-3.0, True)
+
+  References:
+    Wu & Simon (2000), Thick-restart Lanczos method for large symmetric
+    eigenvalue problems; Stewart (2001), A Krylov-Schur algorithm; Parlett,
+    The Symmetric Eigenvalue Problem, ch. 11 and 13 (residual bounds, Kahan's
+    theorem); Lehoucq, Sorensen & Yang (1998), the ARPACK users' guide
+    (the relative residual rule).
   """
   if isinstance(which, str) and which not in WHICH:
     raise ValueError(f"which must be one of {WHICH}; got {which!r}")
   mv, unravel, n, op_dtype, cd = _flat_operator(matvec, like, dtype)
   if not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
     raise ValueError(f"k must be an integer in [1, n={n}]; got {k!r}")
-  m = _check_steps(num_steps if num_steps is not None else max(2 * k + 20, 40), n)
-  if m < k:
-    raise ValueError(f"num_steps={num_steps} gives fewer Ritz pairs than k={k}")
+  if any(isinstance(x, (int, float)) and not x >= 0 for x in (tol, atol)):
+    raise ValueError(f"tol and atol must be >= 0; got tol={tol!r}, atol={atol!r}")
   k0, k1 = jax.random.split(key)
   start = jax.random.normal(k0, (n,), cd) if v0 is None else ravel_pytree(v0)[0].astype(cd)
-  lz = _lanczos_full(k1, mv, start, m, _breakdown_tol(op_dtype))
-  theta, s = jnp.linalg.eigh(lz.tridiagonal())
-  idx = _select(theta, which, k)
-  vals, svecs = theta[idx], s[:, idx]
-  y = svecs.T @ lz.basis  # [k, n]
-  y = jax.vmap(_normalise)(y)
-  resid = jax.lax.map(lambda args: jnp.linalg.norm(mv(args[0]) - args[1] * args[0]), (y, vals))
-  bounds = jnp.abs(lz.betas[m - 1] * svecs[m - 1])
-  scale = jnp.max(jnp.abs(theta))
-  conv = resid <= tol * scale
+  bd = _breakdown_tol(op_dtype)
+  if num_steps is not None:
+    m = _check_steps(num_steps, n)
+    if m < k:
+      raise ValueError(f"num_steps={num_steps} gives fewer Ritz pairs than k={k}")
+    lz = _lanczos_full(k1, mv, start, m, bd)
+    theta, s, bnd, _ = _projected_ritz(lz.tridiagonal(), jnp.asarray(m - 1, jnp.int32), which, jnp.zeros(m, cd), lz.betas[m - 1])
+    vals, y, bnd = theta[:k], jax.vmap(_normalise)(s[:, :k].T @ lz.basis), bnd[:k]
+    anorm = jnp.max(jnp.abs(theta))
+    nmv, nbd, nrs = jnp.asarray(m), lz.breakdowns, jnp.zeros((), jnp.int32)
+    floor = _default_atol(op_dtype, anorm) if atol is None else jnp.asarray(atol, cd)
+    resid = jax.lax.map(lambda args: jnp.linalg.norm(mv(args[0]) - args[1] * args[0]), (y, vals))
+    nmv = nmv + k
+  else:
+    m = num_vectors if num_vectors is not None else max(2 * k + 10, 30)
+    if not isinstance(m, (int, np.integer)) or m < k + 2 and m < n:
+      raise ValueError(f"num_vectors must be an integer >= k + 2 = {k + 2}; got {num_vectors!r}")
+    if not isinstance(max_matvecs, (int, np.integer)) or max_matvecs < 1:
+      raise ValueError(f"max_matvecs must be a positive integer; got {max_matvecs!r}")
+    if not isinstance(verify_steps, (int, np.integer)) or verify_steps < 0:
+      raise ValueError(f"verify_steps must be an integer >= 0; got {verify_steps!r}")
+    m = n if m >= n - 1 else int(m)  # a basis of n - 1 vectors is full before it is exhausted
+    vals, y, resid, bnd, floor, nmv, nbd, nrs = _certified_lanczos(
+        k1, mv, start, n=n, m=m, k=k, which=which, tol=tol, atol=atol, max_matvecs=int(max_matvecs),
+        verify_steps=int(verify_steps), bd_tol=bd, op_dtype=op_dtype)
+  conv = resid <= jnp.maximum(tol * jnp.abs(vals), floor)
   vecs = _stack_unravel(unravel, y.astype(op_dtype))
-  return EighResult(vals, vecs, resid, bounds, conv, jnp.asarray(m + k), lz.breakdowns,
+  return EighResult(vals, vecs, resid, bnd, conv, nmv, nbd, nrs, jnp.asarray(tol, cd), floor,
                     which if isinstance(which, str) else "")
-
 
 
 def extreme_ritz(

@@ -43,9 +43,9 @@ def test_eigh_matches_numpy_on_prescribed_spectrum(x64):
     np.testing.assert_allclose(res.values, expected, rtol=1e-9, atol=1e-9)
     assert int(res.num_matvecs) == 43 and int(res.breakdowns) == 0
     assert bool(jnp.all(res.converged))
-    # true residuals (extra matvecs) agree with the Lanczos bound beta_m |s_m| and are tiny
+    # true residuals (extra matvecs) agree with the Lanczos estimate beta_m |s_m| and are tiny
     np.testing.assert_array_less(res.residuals, 1e-8)
-    np.testing.assert_allclose(res.residuals, res.bounds, atol=1e-9)
+    np.testing.assert_allclose(res.residuals, res.estimates, atol=1e-9)
     for j in range(3):
       v = res.vectors[j]
       np.testing.assert_allclose(jnp.linalg.norm(v), 1.0, rtol=1e-12)
