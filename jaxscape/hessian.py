@@ -315,7 +315,7 @@ def eigenvalues(
     atol: float | None = None,
     max_hvps: int = 2000,
     num_vectors: int | None = None,
-    verify_steps: int = 3,
+    verify_steps: int = 5,
     num_steps: int | None = None,
     v0: PyTree | None = None,
     kind: str = "hessian",

@@ -549,7 +549,7 @@ def eigh(
     atol: float | None = None,
     max_matvecs: int = 2000,
     num_vectors: int | None = None,
-    verify_steps: int = 3,
+    verify_steps: int = 5,
     num_steps: int | None = None,
     v0: PyTree | None = None,
     dtype: Any = None,

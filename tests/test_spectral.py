@@ -54,6 +54,103 @@ def test_eigh_matches_numpy_on_prescribed_spectrum(x64):
   assert _jit(spectral.eigh, jax.random.key(0), mv, jnp.zeros(60), k=1, which="smallest").which == "smallest"
 
 
+def _clustered(n=200, seed=0):
+  """Separated top, a bulk near zero and clustered small negative eigenvalues (the shape of a
+  trained network's Hessian: the five smallest within 0.0017 of each other, 1000x below lambda_max)."""
+  rng = np.random.default_rng(seed)
+  small = [-0.00717, -0.00704, -0.00582, -0.00564, -0.00549]
+  top = [3.31, 2.9, 2.85, 1.7, 1.2]
+  return np.concatenate([small, top, rng.uniform(-0.005, 0.8, n - 10)])
+
+
+def _wanted(lam, which, k):
+  ref = np.sort(lam)
+  return {"largest": ref[::-1], "smallest": ref, "magnitude": ref[np.argsort(-np.abs(ref))]}[which][:k]
+
+
+def _assert_honest(res, lam, which):
+  """Every certified value lies within its stated bound of the exact eigenvalue at its position."""
+  err = np.abs(np.asarray(res.values) - _wanted(lam, which, res.values.shape[-1]))
+  conv = np.asarray(res.converged)
+  assert np.all(err[conv] <= np.asarray(res.error_bounds)[conv]), (which, err, np.asarray(res.error_bounds), conv)
+
+
+@pytest.mark.parametrize("tol", [1e-3, 1e-8])
+def test_eigh_certificates_hold_on_clustered_small_and_negative_eigenvalues(x64, tol):
+  lam = _clustered()
+  a = jnp.asarray(_matrix(lam, seed=6)[0])
+  run = jax.jit(lambda key, w: spectral.eigh(key, lambda v: a @ v, jnp.zeros(lam.size), k=5, which=w, tol=tol))
+  for i, which in enumerate(spectral.WHICH):
+    for seed in range(3):
+      res = run(jax.random.key(seed), i)
+      assert int(res.num_converged) == 5, (which, res)  # the default budget suffices here
+      _assert_honest(res, lam, which)
+      # the rule is relative to each eigenvalue: the small ones are certified to ~tol of themselves
+      np.testing.assert_array_less(np.asarray(res.residuals), np.maximum(tol * np.abs(np.asarray(res.values)),
+                                                                          np.asarray(res.atol)) * (1 + 1e-12))
+      assert float(res.atol) < 1e-12  # default floor 100 eps ||A|| in float64
+  # the fixed-length run of the issue (45 steps, bottom 5) is honest too: what it cannot certify it says
+  short = jax.jit(lambda key: spectral.eigh(key, lambda v: a @ v, jnp.zeros(lam.size), k=5, which="smallest",
+                                            num_steps=45, tol=1e-3))(jax.random.key(0))
+  assert int(short.num_converged) < 5
+  _assert_honest(short, lam, "smallest")
+
+
+def test_eigh_float32_matvec_is_certified_against_the_float64_spectrum(x64):
+  lam = _clustered(seed=1)
+  a32 = jnp.asarray(_matrix(lam, seed=7)[0], jnp.float32)
+  lam32 = np.linalg.eigvalsh(np.asarray(a32, np.float64))  # the spectrum of the rounded matrix
+  res = jax.jit(lambda key: spectral.eigh(key, lambda v: a32 @ v, jnp.zeros(lam.size, jnp.float32), k=5,
+                                          which="smallest", tol=1e-3))(jax.random.key(0))
+  # float32: the floor 100 eps ||A|| ~ 4e-5 dominates tol |theta| ~ 6e-6 for eigenvalues of size 6e-3
+  # (||A|| estimated from the Lanczos coefficients: between lambda_max and 2 lambda_max)
+  assert 100 * np.finfo(np.float32).eps * 3.31 <= float(res.atol) <= 200 * np.finfo(np.float32).eps * 3.31
+  assert int(res.num_converged) == 5
+  _assert_honest(res, lam32, "smallest")
+
+
+def test_eigh_budget_runs_out_honestly(x64):
+  lam = _clustered(seed=2)
+  a = jnp.asarray(_matrix(lam, seed=8)[0])
+  for budget in (10, 40, 120):
+    res = jax.jit(lambda key: spectral.eigh(key, lambda v: a @ v, jnp.zeros(lam.size), k=5, which="smallest",
+                                            tol=1e-8, max_matvecs=budget))(jax.random.key(0))
+    assert int(res.num_matvecs) == budget and int(res.num_converged) < 5
+    _assert_honest(res, lam, "smallest")
+    assert "not certified" in repr(res) and f"certified {int(res.num_converged)}/5" in repr(res)
+
+
+def test_eigh_stops_as_soon_as_certified_and_restarts_within_its_basis(x64):
+  lam = _spectrum60()
+  a = jnp.asarray(_matrix(lam, seed=9)[0])
+  run = jax.jit(lambda key, tol: spectral.eigh(key, lambda v: a @ v, jnp.zeros(60), k=2, tol=tol, num_vectors=12))
+  loose, tight = run(jax.random.key(0), 1e-2), run(jax.random.key(0), 1e-10)
+  # top-2 of a separated spectrum: the loose rule needs fewer matvecs than the tight one, and a basis of
+  # 12 vectors forces thick restarts for the tight one, which still certifies to 1e-10
+  assert int(loose.num_matvecs) < int(tight.num_matvecs) and int(tight.restarts) >= 1
+  assert int(loose.num_converged) == 2 and int(tight.num_converged) == 2
+  np.testing.assert_allclose(tight.values, [10.0, 9.0], rtol=1e-12)
+  _assert_honest(loose, lam, "largest")
+
+
+@pytest.mark.parametrize("top", [[3.0, 3.0, 2.0, 1.5, 1.2, 1.0], [3.0, 2.5, 2.0, 1.5, 1.5, 1.0]],
+                         ids=["double-top", "double-at-k"])
+def test_fresh_vector_check_finds_a_skipped_eigenvalue(x64, top):
+  # An exact double eigenvalue: a Krylov space from one start vector holds one copy only, so without
+  # the check the second copy is skipped and the k-th value is certified at the wrong eigenvalue.
+  rng = np.random.default_rng(3)
+  lam = np.concatenate([top, rng.uniform(-0.05, 0.5, 194)])
+  a = jnp.asarray(_matrix(lam, seed=10)[0])
+  run = jax.jit(lambda key, steps: spectral.eigh(key, lambda v: a @ v, jnp.zeros(200), k=5, verify_steps=steps),
+                static_argnums=1)
+  unchecked = [run(jax.random.key(s), 0) for s in range(5)]
+  assert all(not np.allclose(r.values, _wanted(lam, "largest", 5), atol=1e-3) for r in unchecked)
+  for s in range(10):  # the default check (5 matvecs from a fresh vector) finds the second copy
+    res = run(jax.random.key(s), 5)
+    assert int(res.num_converged) == 5
+    _assert_honest(res, lam, "largest")
+
+
 def test_lanczos_ritz_values_inside_spectrum_and_identities(x64):
   lam = _spectrum60()
   a, _ = _matrix(lam, seed=1)
