@@ -108,8 +108,15 @@ def _surface_parser(sub) -> None:
                       "'states') or keep the first checkpoint's")
   p.add_argument("--x", default="-1:1:51", help="start:stop:num of the x axis (default -1:1:51)")
   p.add_argument("--y", default=None, help="start:stop:num of the y axis (omit for a 1-D curve)")
-  p.add_argument("--norm", "--xnorm", dest="norm", default="filter", choices=["filter", "layer", "model", "none"])
-  p.add_argument("--ignore", "--xignore", dest="ignore", default="biasbn", choices=["biasbn", "none"])
+  p.add_argument("--directions", default="random", choices=["random", "hessian"],
+                 help="random (filter-normalised Gaussian, Li et al.) or hessian: the top (--which largest) or bottom "
+                      "Hessian eigenvectors at the checkpoint, by Lanczos, recorded with their eigenvalues")
+  p.add_argument("--which", default="largest", choices=["largest", "smallest"],
+                 help="--directions hessian: the largest or the smallest (most negative) eigenvalues' vectors")
+  p.add_argument("--norm", "--xnorm", dest="norm", default=None, choices=["filter", "layer", "model", "none"],
+                 help="direction normalisation (default: filter for random, none (unit eigenvectors) for hessian)")
+  p.add_argument("--ignore", "--xignore", dest="ignore", default=None, choices=["biasbn", "none"],
+                 help="biasbn: do not move biases and norm parameters (default for random; none for hessian)")
   p.add_argument("--orthogonalize", action="store_true", help="make y orthogonal to x")
   p.add_argument("--chunk-size", type=int, default=None, help="grid points evaluated at once (bounds memory)")
   p.add_argument("--out", default=None, help="output directory (default runs/surface-<seed>)")
@@ -173,7 +180,10 @@ def _surface(args: argparse.Namespace) -> int:
   from . import directions, distributed, plot, surface
 
   out = args.out or f"runs/surface-{args.seed}"
-  ignore = None if args.ignore == "none" else args.ignore
+  hessian_axes = args.directions == "hessian"
+  norm = args.norm or ("none" if hessian_axes else "filter")
+  ignore = args.ignore or ("none" if hessian_axes else "biasbn")
+  ignore = None if ignore == "none" else ignore
   if args.checkpoint3 and not args.checkpoint2:
     raise SystemExit("error: --checkpoint3 needs --checkpoint2 (the plane through three checkpoints)")
   model, ds, source = _source(args)
@@ -191,8 +201,12 @@ def _surface(args: argparse.Namespace) -> int:
       dirs = directions.interpolation_direction(params, others[0][1], *(states or ()))
   else:
     n = 1 if args.y is None else 2
-    dirs = directions.random_directions(jax.random.key(args.seed), params, n, norm=args.norm, ignore=ignore,
-                                        orthogonalize=args.orthogonalize, layout=obj.layout)
+    if hessian_axes:
+      dirs = directions.hessian_directions(jax.random.fold_in(jax.random.key(args.seed), 3), obj, params, n,
+                                           which=args.which, norm=norm, ignore=ignore, layout=obj.layout)
+    else:
+      dirs = directions.random_directions(jax.random.key(args.seed), params, n, norm=norm, ignore=ignore,
+                                          orthogonalize=args.orthogonalize, layout=obj.layout)
   y = args.y if dirs.n == 2 else None
   if dirs.n == 2 and y is None:
     raise SystemExit("error: a plane needs --y start:stop:num")
