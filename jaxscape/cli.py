@@ -5,6 +5,7 @@ Commands (``jaxscape <command> --help`` for all flags)::
   jaxscape surface --demo --x=-1:1:51 --y=-1:1:51 --out runs/demo
   jaxscape surface --checkpoint runs/train --x=-1:1:51 --y=-1:1:51 --norm filter --ignore biasbn
   jaxscape surface --checkpoint A --checkpoint2 B --x=-0.5:1.5:41      # 1-D from A to B
+  jaxscape surface --checkpoint A --directions hessian --x=-1:1:51 --y=-1:1:51   # along the top-2 eigenvectors
   jaxscape plot runs/demo --log                                          # re-plot, no recomputation
   jaxscape surface --demo --x=-1:1:51 --y=-1:1:51 --chunk 3/8 --out runs/big   # one of 8 parts (0-based)
   jaxscape merge runs/big                                                # join the 8 parts, as one run
@@ -13,7 +14,8 @@ Commands (``jaxscape <command> --help`` for all flags)::
 The surface flags mirror the original loss-landscape tool (``--x``, ``--y``,
 ``--xnorm``/``--norm``, ``--xignore``/``--ignore``, ``--model_file2`` ->
 ``--checkpoint2``, ``--model_file3`` -> ``--checkpoint3``), with its defaults
-fixed: filter normalisation and ``biasbn`` are on unless you say otherwise.
+fixed: filter normalisation and ``biasbn`` are on unless you say otherwise
+(for ``--directions hessian`` both are off: the axes are the unit eigenvectors).
 """
 
 from __future__ import annotations

@@ -626,12 +626,13 @@ def _loss_operator(loss: Callable[[PyTree], jax.Array], params: PyTree) -> Calla
 
 
 def _warm_start(key: jax.Array, previous: PyTree | None, like: PyTree) -> PyTree:
-  """The sum of the previous call's vectors (leading axis), or a Gaussian draw where there are none (all zero)."""
+  """The sum of the previous call's vectors (leading axis), or a Gaussian draw where there are none (zero or NaN)."""
   draw = tree_lib.normal_like(key, like)
   if previous is None:
     return draw
   total = jax.tree.map(lambda v, x: jnp.sum(v, axis=0).astype(x.dtype), previous, like)
-  have = tree_lib.norm(total) > 0
+  size = tree_lib.norm(total)
+  have = jnp.isfinite(size) & (size > 0)  # NaN vectors (Adam's run before its first step) start afresh too
   return jax.tree.map(lambda t, d: jnp.where(have, t, d), total, draw)
 
 
