@@ -347,8 +347,9 @@ def restore_training(run_dir: str | os.PathLike, like: Mapping[str, PyTree], ste
     with np.load(hp) as z:
       h = {k: z[k] for k in z.files}
     if "step" in h:
-      keep = np.asarray(h["step"]) <= step
-      rows = {k: list(np.asarray(v)[keep]) for k, v in h.items()}
+      # curvature rows (train's curvature_every) have their own steps
+      keep = {k: np.asarray(h["curvature_step" if k.startswith("curvature_") else "step"]) <= step for k in h}
+      rows = {k: list(np.asarray(v)[keep[k]]) for k, v in h.items()}
   return carry, key, rows
 
 

@@ -5,6 +5,7 @@ Commands (``jaxscape <command> --help`` for all flags)::
   jaxscape surface --demo --x=-1:1:51 --y=-1:1:51 --out runs/demo
   jaxscape surface --checkpoint runs/train --x=-1:1:51 --y=-1:1:51 --norm filter --ignore biasbn
   jaxscape surface --checkpoint A --checkpoint2 B --x=-0.5:1.5:41      # 1-D from A to B
+  jaxscape surface --checkpoint A --directions hessian --x=-1:1:51 --y=-1:1:51   # along the top-2 eigenvectors
   jaxscape plot runs/demo --log                                          # re-plot, no recomputation
   jaxscape surface --demo --x=-1:1:51 --y=-1:1:51 --chunk 3/8 --out runs/big   # one of 8 parts (0-based)
   jaxscape merge runs/big                                                # join the 8 parts, as one run
@@ -13,7 +14,8 @@ Commands (``jaxscape <command> --help`` for all flags)::
 The surface flags mirror the original loss-landscape tool (``--x``, ``--y``,
 ``--xnorm``/``--norm``, ``--xignore``/``--ignore``, ``--model_file2`` ->
 ``--checkpoint2``, ``--model_file3`` -> ``--checkpoint3``), with its defaults
-fixed: filter normalisation and ``biasbn`` are on unless you say otherwise.
+fixed: filter normalisation and ``biasbn`` are on unless you say otherwise
+(for ``--directions hessian`` both are off: the axes are the unit eigenvectors).
 """
 
 from __future__ import annotations
@@ -108,8 +110,15 @@ def _surface_parser(sub) -> None:
                       "'states') or keep the first checkpoint's")
   p.add_argument("--x", default="-1:1:51", help="start:stop:num of the x axis (default -1:1:51)")
   p.add_argument("--y", default=None, help="start:stop:num of the y axis (omit for a 1-D curve)")
-  p.add_argument("--norm", "--xnorm", dest="norm", default="filter", choices=["filter", "layer", "model", "none"])
-  p.add_argument("--ignore", "--xignore", dest="ignore", default="biasbn", choices=["biasbn", "none"])
+  p.add_argument("--directions", default="random", choices=["random", "hessian"],
+                 help="random (filter-normalised Gaussian, Li et al.) or hessian: the top (--which largest) or bottom "
+                      "Hessian eigenvectors at the checkpoint, by Lanczos, recorded with their eigenvalues")
+  p.add_argument("--which", default="largest", choices=["largest", "smallest"],
+                 help="--directions hessian: the largest or the smallest (most negative) eigenvalues' vectors")
+  p.add_argument("--norm", "--xnorm", dest="norm", default=None, choices=["filter", "layer", "model", "none"],
+                 help="direction normalisation (default: filter for random, none (unit eigenvectors) for hessian)")
+  p.add_argument("--ignore", "--xignore", dest="ignore", default=None, choices=["biasbn", "none"],
+                 help="biasbn: do not move biases and norm parameters (default for random; none for hessian)")
   p.add_argument("--orthogonalize", action="store_true", help="make y orthogonal to x")
   p.add_argument("--chunk-size", type=int, default=None, help="grid points evaluated at once (bounds memory)")
   p.add_argument("--out", default=None, help="output directory (default runs/surface-<seed>)")
@@ -173,7 +182,10 @@ def _surface(args: argparse.Namespace) -> int:
   from . import directions, distributed, plot, surface
 
   out = args.out or f"runs/surface-{args.seed}"
-  ignore = None if args.ignore == "none" else args.ignore
+  hessian_axes = args.directions == "hessian"
+  norm = args.norm or ("none" if hessian_axes else "filter")
+  ignore = args.ignore or ("none" if hessian_axes else "biasbn")
+  ignore = None if ignore == "none" else ignore
   if args.checkpoint3 and not args.checkpoint2:
     raise SystemExit("error: --checkpoint3 needs --checkpoint2 (the plane through three checkpoints)")
   model, ds, source = _source(args)
@@ -191,8 +203,12 @@ def _surface(args: argparse.Namespace) -> int:
       dirs = directions.interpolation_direction(params, others[0][1], *(states or ()))
   else:
     n = 1 if args.y is None else 2
-    dirs = directions.random_directions(jax.random.key(args.seed), params, n, norm=args.norm, ignore=ignore,
-                                        orthogonalize=args.orthogonalize, layout=obj.layout)
+    if hessian_axes:
+      dirs = directions.hessian_directions(jax.random.fold_in(jax.random.key(args.seed), 3), obj, params, n,
+                                           which=args.which, norm=norm, ignore=ignore, layout=obj.layout)
+    else:
+      dirs = directions.random_directions(jax.random.key(args.seed), params, n, norm=norm, ignore=ignore,
+                                          orthogonalize=args.orthogonalize, layout=obj.layout)
   y = args.y if dirs.n == 2 else None
   if dirs.n == 2 and y is None:
     raise SystemExit("error: a plane needs --y start:stop:num")

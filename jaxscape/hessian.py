@@ -49,6 +49,8 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
 from jax.flatten_util import ravel_pytree
 
 from . import spectral
@@ -76,6 +78,8 @@ __all__ = [
     "projected_hessian",
     "point_curvature",
     "extreme_ritz",
+    "adam_preconditioner",
+    "curvature_probe",
 ]
 
 
@@ -592,3 +596,190 @@ def extreme_ritz(key: jax.Array, obj: Objective, params: PyTree, *, num_steps: i
   mv, like = operator(obj, params, kind=kind)
   k_lz, _ = jax.random.split(key)
   return spectral.extreme_ritz(k_lz, mv, like, num_steps, v0=v0)
+
+
+# ------------------------------------------------------ curvature during training
+def adam_preconditioner(opt_state: Any, *, b2: float = 0.999, eps: float = 1e-8) -> PyTree:
+  """Adam's diagonal preconditioner ``P = sqrt(nu_hat) + eps``, read from an optax state.
+
+  Adam's step is ``-eta P^{-1} m_hat`` with ``nu_hat = nu / (1 - b2^count)``
+  the bias-corrected second moments (``optax.ScaleByAdamState.nu`` and
+  ``.count``, found anywhere in the nested state: ``adam``, ``adamw``,
+  chains). ``b2`` and ``eps`` are the optimiser's hyperparameters (not part
+  of its state; optax's defaults here). Before the first step (``count ==
+  0``) there are no moments and every entry is NaN.
+
+  Args:
+    opt_state: an optax state holding exactly one ``ScaleByAdamState``.
+    b2: Adam's second-moment decay.
+    eps: Adam's ``eps`` (added outside the square root, as optax does).
+
+  Returns:
+    A pytree like the parameters: the diagonal of ``P``.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> tx = optax.adam(0.1)
+    >>> params = {"w": jnp.zeros(2)}
+    >>> state = tx.update({"w": jnp.array([3.0, -4.0])}, tx.init(params), params)[1]
+    >>> [round(x, 3) for x in adam_preconditioner(state, eps=0.0)["w"].tolist()]   # nu_hat = g^2 after one step
+    [3.0, 4.0]
+  """
+  is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)
+  found = [x for x in jax.tree.leaves(opt_state, is_leaf=is_adam) if is_adam(x)]
+  if len(found) != 1:
+    kinds = sorted({type(x).__name__ for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, tuple))})
+    raise ValueError(f"expected an optax state holding one ScaleByAdamState (Adam's second moments); found "
+                     f"{len(found)} in a state of {kinds}. For another diagonal preconditioner pass "
+                     "preconditioner=P (a pytree like the parameters)")
+  state = found[0]
+
+  def diagonal(nu):
+    count = jnp.asarray(state.count).astype(nu.dtype)
+    return jnp.sqrt(nu / (1 - jnp.asarray(b2, nu.dtype) ** count)) + jnp.asarray(eps, nu.dtype)
+
+  return jax.tree.map(diagonal, state.nu)
+
+
+def _loss_operator(loss: Callable[[PyTree], jax.Array], params: PyTree) -> Callable[[PyTree], PyTree]:
+  grad = jax.grad(loss)
+  return lambda v: jax.jvp(grad, (params,), (v,))[1]
+
+
+def _warm_start(key: jax.Array, previous: PyTree | None, like: PyTree) -> PyTree:
+  """The sum of the previous call's vectors (leading axis), or a Gaussian draw where there are none (zero or NaN)."""
+  draw = tree_lib.normal_like(key, like)
+  if previous is None:
+    return draw
+  total = jax.tree.map(lambda v, x: jnp.sum(v, axis=0).astype(x.dtype), previous, like)
+  size = tree_lib.norm(total)
+  have = jnp.isfinite(size) & (size > 0)  # NaN vectors (Adam's run before its first step) start afresh too
+  return jax.tree.map(lambda t, d: jnp.where(have, t, d), total, draw)
+
+
+def curvature_probe(
+    key: jax.Array,
+    obj: Objective | Callable[[PyTree], jax.Array],
+    params: PyTree,
+    opt_state: Any = None,
+    *,
+    k: int = 1,
+    v0: PyTree | None = None,
+    tol: float = 1e-3,
+    preconditioner: PyTree | None = None,
+    v0_preconditioned: PyTree | None = None,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    trace: bool = False,
+    trace_rtol: float = 0.05,
+    trace_max_probes: int = 100,
+    kind: str = "hessian",
+) -> dict[str, Any]:
+  """Sharpness during training: the top-k Hessian eigenvalues, optionally Adam's preconditioned sharpness and the trace.
+
+  A pure, traceable function for any training loop (``jit`` it, or call it
+  inside a jitted step every few steps); :func:`jaxscape.train.train` calls
+  it with ``TrainConfig(curvature_every=...)``. Each part is certified as
+  elsewhere in jaxscape: residuals and ``converged`` flags for the Lanczos
+  pairs (:func:`jaxscape.spectral.eigh`), a standard error for the trace.
+
+  * ``eigenvalues``: the ``k`` largest eigenvalues of ``H``, the Hessian of
+    ``obj`` at ``params`` (``lambda_1`` is the sharpness; gradient descent
+    with step ``eta`` is stable on a quadratic only while it is below
+    ``2 / eta``, and full-batch training drives it there: Cohen et al. 2021).
+    Pass the previous call's ``vectors`` as ``v0``: the run starts from their
+    sum, so that slowly moving eigenvectors cost few HVPs.
+  * ``preconditioned_sharpness`` (when ``opt_state`` holds Adam's state, or
+    ``preconditioner`` is given): the largest eigenvalue of
+    ``P^{-1/2} H P^{-1/2}`` with ``P = diag(sqrt(nu_hat) + eps)``
+    (:func:`adam_preconditioner`), the sharpness that governs Adam's
+    stability (threshold ``(2 + 2 b1) / ((1 - b1) eta)``: Cohen et al. 2022).
+    Warm-started from ``v0_preconditioned``.
+  * ``trace`` (``trace=True``): ``tr H`` by :func:`jaxscape.spectral.trace`
+    to ``trace_rtol`` relative standard error, at most ``trace_max_probes``
+    probes.
+
+  Args:
+    key: PRNG key (start vectors where there is no warm start, trace probes).
+    obj: an :class:`Objective` (the full-data loss of its data: pass the
+      measurement set) or a plain ``loss(params) -> scalar``.
+    params: the point.
+    opt_state: an optax state; when it holds a ``ScaleByAdamState`` the
+      preconditioned sharpness is computed too. ``None``: not.
+    k: number of top eigenvalues (static).
+    v0: the previous call's ``vectors`` (leading axis any length), or ``None``.
+    tol: relative residual tolerance of the ``converged`` flags.
+    preconditioner: the diagonal of ``P`` as a pytree like ``params``
+      (instead of reading Adam's from ``opt_state``: RMSProp, Adafactor, ...).
+    v0_preconditioned: the previous call's ``preconditioned_vector``.
+    b2, eps: Adam's hyperparameters (see :func:`adam_preconditioner`).
+    trace: also estimate the trace.
+    trace_rtol, trace_max_probes: the trace's stopping rule.
+    kind: ``hessian`` or ``ggn`` (an :class:`Objective` only).
+
+  Returns:
+    A dict of arrays: ``eigenvalues``, ``residuals``, ``converged`` (``[k]``,
+    largest first), ``vectors`` (pytree, leading axis ``k``), ``num_hvps``;
+    with a preconditioner ``preconditioned_sharpness``,
+    ``preconditioned_residual``, ``preconditioned_converged``,
+    ``preconditioned_vector`` (leading axis 1) and ``preconditioned_num_hvps``;
+    with ``trace=True`` ``trace``, ``trace_stderr``, ``trace_converged``
+    and ``trace_num_hvps``.
+
+  Example:
+    >>> import functools, jax, jax.numpy as jnp, numpy as np, optax
+    >>> x = np.random.default_rng(0).normal(size=(32, 3)).astype(np.float32)
+    >>> loss = lambda p: jnp.mean((x @ p["w"] - 1.0) ** 2)
+    >>> tx, params = optax.adam(0.01), {"w": jnp.zeros(3)}
+    >>> opt_state = tx.init(params)
+    >>> probe = jax.jit(functools.partial(curvature_probe, obj=loss, k=1))
+    >>> out = None
+    >>> for step in range(20):
+    ...   updates, opt_state = tx.update(jax.grad(loss)(params), opt_state)
+    ...   params = optax.apply_updates(params, updates)
+    ...   if step % 10 == 9:
+    ...     out = probe(jax.random.key(step), params=params, opt_state=opt_state,
+    ...                 v0=None if out is None else out["vectors"])
+    >>> top = np.linalg.eigvalsh(2 * x.T @ x / 32)[-1]
+    >>> bool(np.isclose(out["eigenvalues"][0], top, rtol=1e-4)), bool(out["converged"][0])
+    (True, True)
+    >>> bool(out["preconditioned_sharpness"] > 0)
+    True
+
+  References:
+    Cohen, Kaur, Li, Kolter & Talwalkar (2021), "Gradient descent on neural
+    networks typically occurs at the edge of stability"; Cohen et al. (2022),
+    "Adaptive gradient methods at the edge of stability".
+  """
+  if not isinstance(k, (int, np.integer)) or k < 1:
+    raise ValueError(f"k must be a positive integer; got {k!r}")
+  if isinstance(obj, Objective):
+    mv, like = operator(obj, params, kind=kind)
+  elif callable(obj):
+    if kind != "hessian":
+      raise ValueError(f"kind={kind!r} needs an Objective (the GGN needs the model's outputs); got a plain loss "
+                       "function, whose curvature is its Hessian (kind='hessian')")
+    mv, like = _loss_operator(obj, params), params
+  else:
+    raise ValueError(f"obj must be an Objective or a loss(params) -> scalar; got {type(obj).__name__}")
+  k_top, k_pre, k_tr = jax.random.split(key, 3)
+  k_top_start, k_top_run = jax.random.split(k_top)
+  res = spectral.eigh(k_top_run, mv, like, int(k), which="largest", tol=tol,
+                      v0=_warm_start(k_top_start, v0, like))
+  out = {"eigenvalues": res.values, "residuals": res.residuals, "converged": res.converged, "vectors": res.vectors,
+         "num_hvps": res.num_hvps}
+  if preconditioner is None and opt_state is not None:
+    preconditioner = adam_preconditioner(opt_state, b2=b2, eps=eps)
+  if preconditioner is not None:
+    scale = jax.tree.map(lambda p, x: jax.lax.rsqrt(p).astype(x.dtype), preconditioner, like)
+    scaled = lambda v: jax.tree.map(jnp.multiply, scale, mv(jax.tree.map(jnp.multiply, scale, v)))
+    k_pre_start, k_pre_run = jax.random.split(k_pre)
+    pre = spectral.eigh(k_pre_run, scaled, like, 1, which="largest", tol=tol,
+                        v0=_warm_start(k_pre_start, v0_preconditioned, like))
+    out.update(preconditioned_sharpness=pre.values[0], preconditioned_residual=pre.residuals[0],
+               preconditioned_converged=pre.converged[0], preconditioned_vector=pre.vectors,
+               preconditioned_num_hvps=pre.num_hvps)
+  if trace:
+    tr = spectral.trace(k_tr, mv, like, rtol=trace_rtol, max_probes=int(trace_max_probes))
+    out.update(trace=tr.estimate, trace_stderr=tr.stderr, trace_converged=tr.converged, trace_num_hvps=tr.num_hvps)
+  return out

@@ -902,3 +902,71 @@ def seed_surface_figures(studies: dict[tuple[str, int], Any], *, rel: float = 0.
         lambda r, v, d: f"{v}, {size_name} {d}: median {np.nanmedian(r['ratios'][0].metrics['convexity_ratio']):.2f}"),
         title=f"{label}: full-Hessian |lambda_min/lambda_max| on a coarse grid (diagnostic; blue = convex)")
   return out
+
+
+__all__ += ["sharpness_history"]
+
+
+def sharpness_history(history: Any, *, run: tuple[int, ...] = (), ax=None, log: bool = False,
+                      title: str | None = None):
+  """Sharpness against training step, with the stability thresholds ``2 / eta`` (Cohen et al. 2021, 2022).
+
+  Draws the recorded top Hessian eigenvalues (``lambda_1`` solid, the others
+  thin), a dashed ``2 / eta`` line (``eta`` the learning rate of the
+  schedule at each recorded step) and, where the optimiser's threshold
+  differs (momentum, Nesterov, Adam), a dotted line at it
+  (``history.curvature["threshold"]``); with Adam also the preconditioned
+  sharpness, whose threshold that is. Eigenvalues whose Lanczos pair is not
+  ``converged`` are marked with an open circle.
+
+  Args:
+    history: a :class:`jaxscape.train.History` recorded with
+      ``TrainConfig(curvature_every=...)``, or its ``curvature`` dict.
+    run: index of one run in the run axes of a :func:`jaxscape.train.train_many`
+      history (``(seed,)`` or ``(config, seed)``).
+    ax: axes to draw on (default: a new figure).
+    log: log-scale y axis.
+    title: axes title.
+
+  Returns:
+    ``(fig, ax)``.
+
+  Example:
+    >>> import numpy as np
+    >>> curv = {"step": np.arange(3), "eigenvalues": np.array([[1.0], [2.0], [3.5]]),
+    ...         "converged": np.ones((3, 1), bool), "learning_rate": np.full(3, 0.5), "threshold": np.full(3, 4.0)}
+    >>> fig, ax = sharpness_history(curv)
+  """
+  curv = history if isinstance(history, dict) else getattr(history, "curvature", None)
+  if curv is None:
+    raise ValueError("no curvature in this history: train with TrainConfig(curvature_every=N) to record it")
+  pick = lambda name: np.asarray(curv[name])[tuple(run)]
+  steps, values = np.asarray(curv["step"]), pick("eigenvalues")
+  if values.ndim != 2 or values.shape[0] != steps.shape[0]:
+    raise ValueError(f"expected eigenvalues [steps, k] for one run (pass run=(i,) for a train_many history); got "
+                     f"{values.shape} for {steps.shape[0]} steps")
+  fig, ax = _axes(ax)
+  for i in range(values.shape[1]):
+    ax.plot(steps, values[:, i], color="C0", lw=1.8 if i == 0 else 0.8,
+            label=r"$\lambda_1$" if i == 0 else (r"$\lambda_2 \ldots \lambda_k$" if i == 1 else None))
+  if "converged" in curv:
+    off = ~pick("converged").astype(bool)
+    ax.plot(np.broadcast_to(steps[:, None], values.shape)[off], values[off], "o", mfc="none", color="C3",
+            label="not converged" if off.any() else None)
+  lr = pick("learning_rate")
+  ax.plot(steps, 2 / lr, "--", color="0.4", label=r"$2/\eta$")
+  if "preconditioned_sharpness" in curv:
+    ax.plot(steps, pick("preconditioned_sharpness"), color="C1", lw=1.8, label="preconditioned")
+  if "threshold" in curv:
+    threshold = pick("threshold")
+    if not np.allclose(threshold, 2 / lr):
+      ax.plot(steps, threshold, ":", color="C1" if "preconditioned_sharpness" in curv else "0.2",
+              label="optimiser threshold")
+  if log:
+    ax.set_yscale("log")
+  ax.set_xlabel("step")
+  ax.set_ylabel("sharpness")
+  if title:
+    ax.set_title(title)
+  ax.legend(fontsize=8)
+  return fig, ax

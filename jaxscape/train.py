@@ -45,6 +45,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from . import hessian
+from . import tree as tree_lib
 from .adapters.nnx import as_pure, split_train, update
 from .data import Dataset
 from .objective import LOSSES, Objective, per_example_loss
@@ -91,6 +93,19 @@ class TrainConfig:
     eval_every: evaluate (train/test loss and accuracy in the history) every
       this many epochs, and at the end. Full-batch runs have one step per
       epoch: evaluating every step can cost a third of the training.
+    curvature_every: record the curvature of the training objective every
+      this many steps, and at step 0, in ``history.curvature``
+      (:func:`jaxscape.hessian.curvature_probe`); ``None`` (default): never.
+    curvature_k: number of top Hessian eigenvalues recorded.
+    curvature_examples: the measurement set: this many training examples,
+      evenly strided through the training set (the same ones at every
+      recorded step, so the series is not sampling noise); ``None``: all.
+    curvature_tol: relative residual tolerance of the eigenvalues'
+      ``converged`` flags.
+    curvature_trace: also record the Hessian trace (with its standard error).
+    curvature_preconditioned: for ``adam``/``adamw``, also record the
+      preconditioned sharpness (the top eigenvalue of ``P^{-1/2} H P^{-1/2}``,
+      Adam's ``P``).
   """
 
   optimizer: str = "sgd"
@@ -108,6 +123,12 @@ class TrainConfig:
   loss: str = "cross_entropy"
   eval_batch_size: int = 1024
   eval_every: int = 1
+  curvature_every: int | None = None
+  curvature_k: int = 1
+  curvature_examples: int | None = 2048
+  curvature_tol: float = 1e-3
+  curvature_trace: bool = False
+  curvature_preconditioned: bool = True
 
   def __post_init__(self):
     if self.optimizer not in ("sgd", "adam", "adamw"):
@@ -124,6 +145,12 @@ class TrainConfig:
       raise ValueError(f"eval_every must be >= 1 (epochs); got {self.eval_every!r}")
     if self.loss not in LOSSES:
       raise ValueError(f"unknown loss {self.loss!r}: expected one of {sorted(LOSSES)}")
+    for name in ("curvature_every", "curvature_examples"):
+      value = getattr(self, name)
+      if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
+        raise ValueError(f"{name} must be a positive integer or None; got {value!r}")
+    if not isinstance(self.curvature_k, (int, np.integer)) or self.curvature_k < 1:
+      raise ValueError(f"curvature_k must be a positive integer; got {self.curvature_k!r}")
     object.__setattr__(self, "decay_epochs", tuple(int(e) for e in self.decay_epochs))
 
   @classmethod
@@ -136,8 +163,11 @@ class TrainConfig:
     return cls(**d)
 
   def to_dict(self) -> dict[str, Any]:
+    """The settings as JSON values; without the ``curvature_*`` ones when curvature is off (as recorded before them)."""
     d = dataclasses.asdict(self)
     d["decay_epochs"] = list(self.decay_epochs)
+    if self.curvature_every is None:
+      d = {k: v for k, v in d.items() if not k.startswith("curvature_")}
     return d
 
 
@@ -158,6 +188,19 @@ class History:
       axes (``None`` unless ``snapshot_every`` was given); the initial
       parameters first.
     trajectory_step: the step of each snapshot.
+    curvature: ``None`` unless ``TrainConfig.curvature_every`` was set; then
+      a dict of arrays, one entry per recorded step on the axis after the
+      run axes: ``step`` (``[T]``), ``eigenvalues``, ``residuals``,
+      ``converged`` (``[..., T, k]``, the top-k Hessian eigenpairs of the
+      measurement set's loss, largest first), ``num_hvps``,
+      ``learning_rate`` (the step size of the next update), ``threshold``
+      (the stability threshold of the optimiser's sharpness: ``(2 + 2
+      beta) / eta`` for heavy-ball SGD, ``2 / eta`` without momentum,
+      ``(2 + 2 beta) / ((1 + 2 beta) eta)`` with Nesterov; ``(2 + 2 b1) /
+      ((1 - b1) eta)`` of the preconditioned sharpness for Adam), and with
+      Adam ``preconditioned_sharpness`` (NaN at step 0: no moments yet),
+      ``preconditioned_residual``, ``preconditioned_converged``; with
+      ``curvature_trace`` ``trace``, ``trace_stderr``, ``trace_converged``.
   """
 
   epoch: np.ndarray
@@ -169,6 +212,7 @@ class History:
   batch_loss: np.ndarray
   trajectory: PyTree = None
   trajectory_step: np.ndarray | None = None
+  curvature: dict[str, np.ndarray] | None = None
 
   METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "batch_loss")
 
@@ -201,7 +245,22 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int, total_steps: int,
   """
   h = {k: getattr(config, k) for k in SWEEPABLE}
   h.update(hyper or {})
-  lr, wd, mom = h["learning_rate"], h["weight_decay"], h["momentum"]
+  wd, mom = h["weight_decay"], h["momentum"]
+  sched = _schedule(config, steps_per_epoch, total_steps, h["learning_rate"])
+  use_momentum = bool(config.momentum) or "momentum" in (hyper or {})
+  decay = bool(config.weight_decay) or "weight_decay" in (hyper or {})
+  if config.optimizer == "sgd":
+    tx = optax.sgd(sched, momentum=mom if use_momentum else None, nesterov=config.nesterov)
+    return optax.chain(optax.add_decayed_weights(wd), tx) if decay else tx
+  b1 = mom if use_momentum else 0.9
+  if config.optimizer == "adam":
+    tx = optax.adam(sched, b1=b1)
+    return optax.chain(optax.add_decayed_weights(wd), tx) if decay else tx
+  return optax.adamw(sched, b1=b1, weight_decay=wd)
+
+
+def _schedule(config: TrainConfig, steps_per_epoch: int, total_steps: int, lr: Any) -> Callable[[jax.Array], jax.Array]:
+  """The learning rate as a function of the optimiser's step count."""
   # The integer step count is cast to the default float on purpose (what implicit promotion gave).
   real = jnp.result_type(float)
   if config.schedule == "constant":
@@ -216,16 +275,22 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int, total_steps: int,
   if config.warmup_steps:
     base, w = sched, config.warmup_steps
     sched = lambda step: jnp.where(step < w, lr * (step + 1).astype(real) / w, base(jnp.maximum(step - w, 0)))
-  use_momentum = bool(config.momentum) or "momentum" in (hyper or {})
-  decay = bool(config.weight_decay) or "weight_decay" in (hyper or {})
-  if config.optimizer == "sgd":
-    tx = optax.sgd(sched, momentum=mom if use_momentum else None, nesterov=config.nesterov)
-    return optax.chain(optax.add_decayed_weights(wd), tx) if decay else tx
-  b1 = mom if use_momentum else 0.9
-  if config.optimizer == "adam":
-    tx = optax.adam(sched, b1=b1)
-    return optax.chain(optax.add_decayed_weights(wd), tx) if decay else tx
-  return optax.adamw(sched, b1=b1, weight_decay=wd)
+  return sched
+
+
+def _stability_threshold(config: TrainConfig, lr: jax.Array, hyper: Mapping[str, Any]) -> jax.Array:
+  """The largest sharpness at which the optimiser is stable on a quadratic (see ``History.curvature``).
+
+  Cohen et al. (2021, App. A) for gradient descent with (Nesterov) momentum;
+  Cohen et al. (2022) for Adam's preconditioned sharpness; the momentum is
+  ``b1`` exactly as :func:`make_optimizer` sets it.
+  """
+  use_momentum = bool(config.momentum) or "momentum" in hyper
+  default = 0.0 if config.optimizer == "sgd" else 0.9
+  beta = jnp.asarray(hyper.get("momentum", config.momentum) if use_momentum else default, lr.dtype)
+  if config.optimizer != "sgd":
+    return (2 + 2 * beta) / ((1 - beta) * lr)
+  return (2 + 2 * beta) / ((1 + 2 * beta) * lr) if config.nesterov else (2 + 2 * beta) / lr
 
 
 # ----------------------------------------------------------------------------- the engine
@@ -281,6 +346,38 @@ class _Engine:
     carry["epoch_losses"] = jax.lax.dynamic_update_slice_in_dim(buf, losses.astype(buf.dtype), offset, axis=0)
     return carry
 
+  def curvature(self, carry, hyper, key, warm, obj):
+    """The curvature record at the carry's parameters, and the next warm start (``TrainConfig.curvature_*``).
+
+    ``obj`` is the eval-mode objective of the measurement set; it takes the
+    run's current model state. The loss includes coupled weight decay (the
+    objective SGD and Adam descend); AdamW's decoupled decay is not part of it.
+    """
+    cfg = self.config
+    h = {k: getattr(cfg, k) for k in SWEEPABLE}
+    h.update(hyper)
+    obj = dataclasses.replace(obj, state=carry["state"])
+    loss: Any = obj
+    if cfg.optimizer != "adamw" and (bool(cfg.weight_decay) or "weight_decay" in hyper):
+      wd = h["weight_decay"]
+
+      def loss(p):
+        value = obj.value(p)
+        return value + 0.5 * jnp.asarray(wd, value.dtype) * tree_lib.dot(p, p).astype(value.dtype)
+
+    adam = cfg.optimizer != "sgd" and cfg.curvature_preconditioned
+    step = carry["step"]
+    # Its own stream: the data order uses fold_in(key, epoch) with small epochs.
+    probe_key = jax.random.fold_in(jax.random.fold_in(key, _CURVATURE_STREAM), step)
+    out = hessian.curvature_probe(probe_key, loss, carry["params"], carry["opt_state"] if adam else None,
+                                  k=cfg.curvature_k, v0=warm["vectors"], tol=cfg.curvature_tol,
+                                  v0_preconditioned=warm.get("preconditioned_vector"), trace=cfg.curvature_trace)
+    lr = _schedule(cfg, self.steps_per_epoch, self.total_steps, h["learning_rate"])(step)
+    record = {k: v for k, v in out.items() if k not in _WARM}
+    record.update(learning_rate=lr, threshold=_stability_threshold(cfg, lr, hyper))
+    like = lambda v: jax.tree.map(lambda a, p: a.astype(p.dtype), v, carry["params"])
+    return record, {k: like(out[k]) for k in warm}
+
   def evaluate(self, params, state, obj_train, obj_test):
     out = {}
     for split, obj in (("train", obj_train), ("test", obj_test)):
@@ -291,6 +388,31 @@ class _Engine:
       out[f"{split}_loss"] = loss
       out[f"{split}_accuracy"] = metrics.get("accuracy", jnp.full((), jnp.nan, loss.dtype))
     return out
+
+
+_CURVATURE_STREAM = 2**31 - 1
+_WARM = ("vectors", "preconditioned_vector")
+
+
+def _curvature_objective(engine: "_Engine", data, name: str) -> Objective:
+  """Eval-mode objective over the parameters of the measurement set: ``curvature_examples`` evenly strided examples."""
+  x, y = np.asarray(data[0]), np.asarray(data[1])
+  n, m = x.shape[0], engine.config.curvature_examples
+  idx = np.round(np.linspace(0, n - 1, n if m is None else min(n, m))).astype(np.int64)
+  # the state is a stand-in: every measurement replaces it by the run's current state
+  return Objective.from_stateful(engine.apply, {}, data=(x[idx], y[idx]), loss=engine.config.loss,
+                                 batch_size=engine.config.eval_batch_size, name=f"{name}_curvature")
+
+
+def _cold_start(engine: "_Engine", params: PyTree, num_runs_axes: int) -> dict[str, PyTree]:
+  """All-zero warm starts (``curvature_probe`` then draws random ones), with the run axes of ``params``."""
+  cfg = engine.config
+  sizes = {"vectors": int(cfg.curvature_k)}
+  if cfg.optimizer != "sgd" and cfg.curvature_preconditioned:
+    sizes["preconditioned_vector"] = 1
+  return {name: jax.tree.map(lambda p, n=n: jnp.zeros((*p.shape[:num_runs_axes], n, *p.shape[num_runs_axes:]),
+                                                        p.dtype), params)
+          for name, n in sizes.items()}
 
 
 def _eval_objective(engine: "_Engine", data, name: str) -> Objective | None:
@@ -331,6 +453,18 @@ def _compiled(engine: "_Engine", depth: int, runs: str = "vmap") -> tuple[Callab
       seg = jax.vmap(seg, in_axes=(0, 0, 0, None, None, None, None, None))
       ev = jax.vmap(ev, in_axes=(0, 0, None, None))
   return jax.jit(seg, static_argnums=(7,)), jax.jit(ev)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_curvature(engine: "_Engine", depth: int, runs: str = "vmap") -> Callable:
+  """The jitted curvature probe over ``depth`` run axes (as :func:`_compiled`)."""
+  fn = engine.curvature
+  for level in range(depth):
+    if runs == "sequential" and level == depth - 1:
+      fn = _map_leading(fn, 4)
+    else:
+      fn = jax.vmap(fn, in_axes=(0, 0, 0, 0, None))
+  return jax.jit(fn)
 
 
 def _split_data(data: Dataset | tuple) -> tuple[tuple, tuple | None, str]:
@@ -384,6 +518,8 @@ def _run(engine: _Engine, carry, hyper, key, data_train, data_test, name: str, *
       start = int(np.asarray(carry["step"]).reshape(-1)[0])
       for k in rows:
         rows[k] = list(old_rows.get(k, []))
+      if engine.config.curvature_every:
+        rows.update({k: list(v) for k, v in old_rows.items() if k.startswith("curvature_")})
       if snapshot_every:
         old = _ckpt.load_trajectory(checkpoint_dir, carry["params"], max_step=start)
         if old is not None:
@@ -396,11 +532,28 @@ def _run(engine: _Engine, carry, hyper, key, data_train, data_test, name: str, *
     if checkpoint_dir is not None:
       _ckpt.save_snapshot(checkpoint_dir, step, carry["params"])
 
+  lead = tuple(np.shape(np.asarray(carry["step"])))
+  curvature_every = engine.config.curvature_every
+  if curvature_every:
+    probe = _compiled_curvature(engine, len(vmapped), runs)
+    obj_curv = _curvature_objective(engine, data_train, name)
+    # not checkpointed: a resumed run starts its next measurement cold (same values, to the tolerance)
+    warm = _cold_start(engine, carry["params"], len(lead))
+
+  def measure(step):
+    nonlocal warm
+    record, warm = probe(carry, hyper, key, warm, obj_curv)
+    rows.setdefault("curvature_step", []).append(step)
+    for k, v in record.items():
+      rows.setdefault("curvature_" + k, []).append(np.asarray(v))
+
   if snapshot_every and start == 0:
     snapshot(0)
+  if curvature_every and start == 0:
+    measure(0)
 
   stop = total if stop_after_steps is None else min(total, start + int(stop_after_steps))
-  for first, length in _plan(start, spe, (snapshot_every, checkpoint_every), stop):
+  for first, length in _plan(start, spe, (snapshot_every, checkpoint_every, curvature_every), stop):
     carry = seg(carry, hyper, key, x, y, first // spe, first % spe, length)
     now = first + length
     if now % (spe * int(engine.config.eval_every)) == 0 or now == total:
@@ -413,12 +566,15 @@ def _run(engine: _Engine, carry, hyper, key, data_train, data_test, name: str, *
       rows["batch_loss"].append(np.asarray(carry["epoch_losses"][..., :done].mean(axis=-1)))
     if snapshot_every and now % snapshot_every == 0:
       snapshot(now)
+    if curvature_every and now % curvature_every == 0:
+      measure(now)
     if checkpoint_dir is not None and ((checkpoint_every and now % checkpoint_every == 0) or now == stop):
       _ckpt.save_training(checkpoint_dir, carry, key, rows, spec=spec)
 
-  lead = tuple(np.shape(np.asarray(carry["step"])))
-  hist = {}
+  hist: dict[str, Any] = {}
   for k, v in rows.items():
+    if k.startswith("curvature_"):
+      continue
     if k in ("epoch", "step"):
       hist[k] = np.asarray(v, np.int64 if k == "step" else np.float64)
     else:
@@ -426,6 +582,10 @@ def _run(engine: _Engine, carry, hyper, key, data_train, data_test, name: str, *
   if snapshot_every:
     hist["trajectory"] = jax.tree.map(lambda *a: np.stack(a, axis=len(lead)), *traj) if traj else None
     hist["trajectory_step"] = np.asarray(traj_steps, np.int64)
+  if curvature_every:
+    curv = {k[len("curvature_"):]: v for k, v in rows.items() if k.startswith("curvature_")}
+    hist["curvature"] = {"step": np.asarray(curv.pop("step", []), np.int64),
+                         **{k: np.stack(v, axis=len(lead)) for k, v in curv.items()}}
   return carry, History(**hist)
 
 

@@ -58,6 +58,35 @@ def test_surface_curvature_warm_start_flag_reaches_the_library(tmp_path, monkeyp
   assert cli.main(base) == 2 and seen["warm_start"] is None
 
 
+def test_surface_directions_flag_picks_hessian_eigenvectors(tmp_path, monkeypatch):
+  import jax.numpy as jnp
+
+  import jaxscape as js
+  from jaxscape import surface
+
+  x = np.diag([1.0, 2.0, 3.0]).astype(np.float32)
+  obj = js.Objective.from_apply(lambda p, x: x @ p["w"], data=(x, np.zeros(3, np.float32)), loss="mse")
+  monkeypatch.setattr(cli, "_source", lambda args: (None, None, {"demo": True}))  # no demo training
+  monkeypatch.setattr(cli, "_objective", lambda *a: (obj, {"w": jnp.ones(3)}))
+  seen = []
+
+  def fake(obj, params, dirs, **kwargs):
+    seen.append(dirs)
+    raise ValueError("stop")
+
+  monkeypatch.setattr(surface, "loss_surface", fake)
+  base = ["surface", "--demo", "--x=-1:1:3", "--y=-1:1:3", "--out", str(tmp_path / "d"), "--quiet"]
+  assert cli.main(base + ["--directions", "hessian"]) == 2
+  info = seen[-1].info
+  assert info["kind"] == "hessian" and info["which"] == "largest" and info["norm"] == "none" and info["ignore"] is None
+  np.testing.assert_allclose(info["eigenvalues"], [6.0, 8 / 3], rtol=1e-4)  # H = (2/3) diag(1, 4, 9)
+  assert cli.main(base + ["--directions", "hessian", "--which", "smallest", "--norm", "model"]) == 2
+  np.testing.assert_allclose(seen[-1].info["eigenvalues"], [2 / 3, 8 / 3], rtol=1e-4)
+  assert seen[-1].info["norm"] == "model"
+  assert cli.main(base) == 2
+  assert seen[-1].info["kind"] == "random" and seen[-1].info["norm"] == "filter" and seen[-1].info["ignore"] == "biasbn"
+
+
 def test_hessian_command(tmp_path, capsys):
   out = str(tmp_path / "h")
   argv = ["hessian", "--demo", "--demo-epochs", "2", "--top-k", "2", "--bottom-k", "1", "--lanczos-steps", "40",

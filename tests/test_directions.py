@@ -183,3 +183,62 @@ def test_interpolating_batchnorm_statistics_reaches_the_second_model():
   assert not np.isclose(frozen.loss[2], float(ob.value(pb)), rtol=1e-3)  # a's statistics with b's weights
   with pytest.raises(ValueError, match="state of every endpoint"):
     js.interpolation_direction(pa, pb, oa.state, None)
+
+
+def _hessian_setup(seed=3):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(48, 4))
+  y = rng.integers(0, 3, 48)
+  p = {"l1": {"kernel": jnp.asarray(rng.normal(size=(4, 6))), "bias": jnp.asarray(0.1 * rng.normal(size=6))},
+       "l2": {"kernel": jnp.asarray(rng.normal(size=(6, 3))), "bias": jnp.zeros(3)}}
+  return js.Objective.from_apply(_mlp, p, data=(x, y), batch_size=16), p
+
+
+@pytest.mark.parametrize("which", ["largest", "smallest"])
+def test_hessian_directions_are_the_dense_eigenvectors(x64, which):
+  obj, p = _hessian_setup()
+  vals, vecs = js.hessian.dense_eigh(obj, p)
+  vals, vecs = np.asarray(vals), np.asarray(vecs)
+  order = np.argsort(-vals if which == "largest" else vals)[:2]
+  gap = np.min(np.abs(vals[order][:, None] - np.delete(vals, order)[None]))
+  assert gap > 1e-3 and abs(vals[order[0]] - vals[order[1]]) > 1e-3  # separated pairs: the vectors are well defined
+  d = js.hessian_directions(jax.random.key(0), obj, p, k=2, which=which, tol=1e-10)
+  assert d.info["kind"] == "hessian" and d.info["which"] == which and d.info["k"] == 2 and d.info["matrix"] == "hessian"
+  assert all(d.info["converged"]) and len(d.info["residuals"]) == 2 and d.info["key"] == js.io.key_record(jax.random.key(0))
+  np.testing.assert_allclose(d.info["eigenvalues"], vals[order], rtol=1e-8, atol=1e-10)
+  for i, v in enumerate(d):
+    flat = np.asarray(js.tree.ravel(v)[0])
+    ref = vecs[:, order[i]] * np.sign(vecs[np.argmax(np.abs(vecs[:, order[i]])), order[i]])
+    # separated eigenvalues with residual <= 1e-10 |lambda|: the vector is within residual/gap of the dense one
+    np.testing.assert_allclose(flat, ref, atol=1e-6)
+    assert flat[np.argmax(np.abs(flat))] > 0  # the sign is fixed
+    assert all(leaf.dtype == jnp.float64 for leaf in jax.tree.leaves(v))
+
+
+def test_hessian_directions_normalise_like_random_directions(x64):
+  obj, p = _hessian_setup()
+  d = js.hessian_directions(jax.random.key(1), obj, p, k=2, norm="filter", ignore="biasbn")
+  assert d.info["norm"] == "filter" and d.info["ignore"] == "biasbn"
+  for v in d:
+    for name in ("l1", "l2"):
+      np.testing.assert_allclose(np.linalg.norm(np.asarray(v[name]["kernel"]), axis=0),
+                                 np.linalg.norm(np.asarray(p[name]["kernel"]), axis=0), rtol=1e-8)
+      assert np.all(np.asarray(v[name]["bias"]) == 0.0)
+  m = js.hessian_directions(jax.random.key(1), obj, p, k=1, norm="model")
+  np.testing.assert_allclose(js.tree.norm(m[0]), js.tree.norm(p), rtol=1e-8)
+  with pytest.raises(ValueError, match="unknown norm"):
+    js.hessian_directions(jax.random.key(1), obj, p, k=1, norm="filters")
+  with pytest.raises(ValueError, match="k must be a positive integer"):
+    js.hessian_directions(jax.random.key(1), obj, p, k=0)
+
+
+def test_surface_along_hessian_directions_has_their_curvature(x64):
+  obj, p = _hessian_setup()
+  d = js.hessian_directions(jax.random.key(2), obj, p, k=2, tol=1e-10)
+  h = 1e-3
+  surf = js.loss_surface(obj, p, d, x=(-h, h, 3), y=(-h, h, 3), quiet=True)
+  assert surf.meta["config"]["directions"]["kind"] == "hessian"
+  loss = surf.loss
+  # second differences along unit eigenvectors are the eigenvalues: error O(h^2) from the fourth derivative
+  second = [(loss[1, 2] + loss[1, 0] - 2 * loss[1, 1]) / h**2, (loss[2, 1] + loss[0, 1] - 2 * loss[1, 1]) / h**2]
+  np.testing.assert_allclose(second, d.info["eigenvalues"], rtol=1e-4)

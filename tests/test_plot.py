@@ -212,3 +212,26 @@ def test_critical_point_figures_pick_three_points_and_the_median_escape():
   assert figs["summary"][1][2].get_title() == "second"
   assert sorted(plot.critical_point_figures(loss[:0], index[:0], np.zeros((0, 6)), color=np.arange(0),
                                             marked=np.zeros(0, bool), cutoff=0.0, title="t")) == ["loss_vs_index", "summary"]
+
+
+def test_sharpness_history_draws_eigenvalues_the_2_over_eta_line_and_adams_threshold():
+  steps = np.arange(4) * 5
+  curv = {"step": steps, "eigenvalues": np.array([[1.0, 0.5], [2.0, 1.0], [3.5, 1.0], [3.9, 2.0]]),
+          "converged": np.array([[True, True], [True, False], [True, True], [True, True]]),
+          "learning_rate": np.array([0.5, 0.5, 0.25, 0.25]), "threshold": np.array([4.0, 4.0, 8.0, 8.0])}
+  fig, ax = plot.sharpness_history(curv)
+  lines = {line.get_label(): line for line in ax.lines}
+  np.testing.assert_allclose(lines[r"$2/\eta$"].get_ydata(), [4.0, 4.0, 8.0, 8.0])
+  np.testing.assert_allclose(lines[r"$\lambda_1$"].get_ydata(), curv["eigenvalues"][:, 0])
+  np.testing.assert_allclose(lines["not converged"].get_ydata(), [1.0])  # the one unconverged pair
+  assert "optimiser threshold" not in lines  # plain GD: the threshold is 2/eta
+  adam = dict(curv, threshold=38 / curv["learning_rate"], preconditioned_sharpness=np.array([np.nan, 20.0, 60.0, 140.0]))
+  stacked = {k: (v if k == "step" else np.stack([v, 2 * v])) for k, v in adam.items()}  # train_many: [seeds, T, ...]
+  fig, ax = plot.sharpness_history(stacked, run=(1,))
+  lines = {line.get_label(): line for line in ax.lines}
+  np.testing.assert_allclose(lines["optimiser threshold"].get_ydata(), 2 * 38 / curv["learning_rate"])
+  np.testing.assert_allclose(lines["preconditioned"].get_ydata(), [np.nan, 40.0, 120.0, 280.0])
+  with pytest.raises(ValueError, match="run="):
+    plot.sharpness_history(stacked)
+  with pytest.raises(ValueError, match="curvature_every"):
+    plot.sharpness_history(types.SimpleNamespace(curvature=None))
