@@ -412,15 +412,13 @@ def _select(theta: jax.Array, which: str | jax.Array, k: int) -> jax.Array:
   return jnp.argsort(_score(theta, which))[:k]
 
 
-def _projected_ritz(t: jax.Array, j: jax.Array, which, e: jax.Array, beta: jax.Array):
+def _projected_ritz(t: jax.Array, j: jax.Array, which):
   """Ritz pairs of the leading ``(j+1) x (j+1)`` block of ``t``, best first.
 
-  Returns ``(theta, s, bounds, valid)``: values, eigenvectors of the block
-  (columns, zero outside it), residual bounds
-  ``beta |s_j| + sum_l |s_l| e_l`` (the Lanczos coupling to the next vector
-  plus the residuals of earlier kept vectors that lie outside the basis) and
-  whether each column is a Ritz pair of the block at all (the unused part of
-  ``t`` is set to a decoupled diagonal far outside the spectrum).
+  Returns ``(theta, s, valid)``: values, eigenvectors of the block (columns,
+  zero outside it) and whether each column is a Ritz pair of the block at all
+  (the unused part of ``t`` is set to a decoupled diagonal far outside the
+  spectrum).
   """
   used = jnp.arange(t.shape[0], dtype=jnp.int32) <= j
   tu = jnp.where(used[:, None] & used[None, :], t, 0)
@@ -429,9 +427,7 @@ def _projected_ritz(t: jax.Array, j: jax.Array, which, e: jax.Array, beta: jax.A
   s = jnp.where(used[:, None], s, 0)
   valid = jnp.sum(s**2, axis=0) > 0.5
   order = jnp.argsort(jnp.where(valid, _score(theta, which), jnp.inf))
-  theta, s, valid = theta[order], s[:, order], valid[order]
-  bounds = jnp.abs(beta * s[j]) + jnp.abs(s).T @ e
-  return theta, s, bounds, valid
+  return theta[order], s[:, order], valid[order]
 
 
 def _default_atol(op_dtype: Any, anorm: jax.Array) -> jax.Array:
@@ -442,20 +438,24 @@ def _default_atol(op_dtype: Any, anorm: jax.Array) -> jax.Array:
 
 def _certified_lanczos(key, mv, v0, *, n, m, k, which, tol, atol, max_matvecs, verify_steps, bd_tol, op_dtype):
   """Thick-restart Lanczos (Wu & Simon 2000) until the k wanted Ritz pairs are
-  certified by their residual bounds, with a fresh-vector check before stopping.
+  certified, then a check from a fresh vector with the k pairs locked.
 
-  The basis ``v`` holds ``m + 1`` rows; ``t`` is the projected matrix
-  ``V^T A V``, filled column by column from the full Gram-Schmidt coefficients
-  (so it stays exact after restarts, when it is not tridiagonal); ``e[l]``
-  bounds the part of row l's residual outside the basis (nonzero only for
-  vectors kept across the fresh-vector restart). One matvec per iteration.
+  The basis ``v`` holds ``m + 1`` rows and ``av`` their products ``A v`` (so
+  true residuals of Ritz vectors need no matvec); ``t = V^T A V`` is filled
+  column by column from the full Gram-Schmidt coefficients, so it stays exact
+  after restarts, when it is not tridiagonal. After the check starts, the
+  first k rows are locked: the Ritz problem is block diagonal (locked values
+  stay as certified; the rest is Lanczos on the operator deflated by them,
+  whose couplings to the locked rows enter the residual estimates). One
+  matvec per iteration.
   """
   cd = v0.dtype
   idx = jnp.arange(m + 1, dtype=jnp.int32)
   k_breakdown, k_verify = jax.random.split(key)
   # A thick restart keeps the k wanted Ritz vectors and two more: on Hessian spectra keeping few
   # leaves more room for new directions and needed fewer matvecs than keeping half the basis.
-  p = min(m - 1, k + 2)
+  # With k rows locked it keeps them and the k + 2 best of the rest.
+  keep_free, keep_locked = min(m - 1, k + 2), min(m - 1, 2 * k + 2)
 
   def orth(v, w):
     w = w - v.T @ (v @ w)
@@ -484,36 +484,54 @@ def _certified_lanczos(key, mv, v0, *, n, m, k, which, tol, atol, max_matvecs, v
                 nbd=c["nbd"] + broke.astype(jnp.int32), vsteps=c["vsteps"] + 1)
 
   def ritz(c):
-    theta, s, bnd, valid = _projected_ritz(c["t"], c["j"], which, c["e"], c["beta"])
+    locked = idx < c["nlock"]
+    split = locked[:, None] ^ locked[None, :]
+    theta, s, valid = _projected_ritz(jnp.where(split, 0, c["t"]), c["j"], which)
+    # residual estimates: the coupling to the next vector, plus (unlocked pairs) the couplings to the
+    # locked rows, or (locked pairs) their residuals when they were locked
+    coupling = jnp.where(locked[:, None] & ~locked[None, :], c["t"], 0) @ s
+    est_free = jnp.sqrt((c["beta"] * s[c["j"]]) ** 2 + jnp.sum(coupling**2, axis=0))
+    is_locked = jnp.sum(jnp.where(locked[:, None], s, 0) ** 2, axis=0) > 0.5
+    est = jnp.where(is_locked, jnp.abs(s).T @ c["lres"], est_free)
     anorm = jnp.maximum(c["scale"], jnp.max(jnp.where(valid, jnp.abs(theta), 0)))
     floor = _default_atol(op_dtype, anorm) if atol is None else jnp.asarray(atol, cd)
-    ok = valid[:k] & (bnd[:k] <= jnp.maximum(tol * jnp.abs(theta[:k]), floor))
-    return theta, s, bnd, ok, floor
+    return theta, s, valid, est, is_locked, floor
 
-  def keep(c, s, theta, num, e_kept, nxt, j_new):
-    v = jnp.zeros_like(c["v"]).at[:num].set(s[:, :num].T @ c["v"]).at[num].set(nxt)
-    av = jnp.zeros_like(c["av"]).at[:num].set(s[:, :num].T @ c["av"])
-    t = jnp.zeros_like(c["t"]).at[jnp.arange(num), jnp.arange(num)].set(theta[:num])
-    e = jnp.zeros_like(c["e"]).at[:num].set(e_kept)
-    return dict(c, v=v, av=av, t=t, e=e, j=jnp.asarray(j_new, jnp.int32))
+  def residuals(c, s, theta, num):
+    # true residuals ||A y - theta y|| from the stored products (A y = (A V) s by linearity)
+    y, ay = s[:, :num].T @ c["v"], s[:, :num].T @ c["av"]
+    norm = jnp.linalg.norm(y, axis=1)
+    return jnp.linalg.norm(ay - theta[:num, None] * y, axis=1) / norm, y / norm[:, None]
 
-  def thick_restart(c, theta, s, bnd):
-    # the kept Ritz vectors' residuals lie along v[j+1] (kept as the next vector)
-    # and along the earlier outside parts e
-    return dict(keep(c, s, theta, p, (jnp.abs(s[:, :p]).T @ c["e"]), c["v"][c["j"] + 1], p),
-                nrs=c["nrs"] + 1)
+  def keep(c, s, theta, num, lres, nxt):
+    mask = idx < num
+    s = jnp.where(mask[None, :], s, 0)
+    v = (s.T @ c["v"]).at[num].set(nxt)
+    av = s.T @ c["av"]
+    t = jnp.diag(jnp.where(mask, theta, 0))
+    return dict(c, v=v, av=av, t=t, lres=jnp.where(mask, lres, 0), j=jnp.asarray(num, jnp.int32))
 
-  def verify_restart(c, theta, s, bnd):
-    # keep the k certified vectors (their whole residuals now lie outside the basis)
-    # and go on from a random vector orthogonal to everything seen so far
-    nxt = fresh(c["v"], k_verify)
-    return dict(keep(c, s, theta, k, bnd[:k], nxt, k), phase=jnp.ones((), jnp.int32), vsteps=jnp.zeros((), jnp.int32))
+  def thick_restart(c, theta, s, is_locked):
+    # locked pairs first, then the best of the rest; the next vector stays the next vector
+    order = jnp.argsort(jnp.where(is_locked, -1, idx))
+    s, theta = s[:, order], theta[order]
+    num = jnp.where(c["nlock"] > 0, keep_locked, keep_free)
+    return dict(keep(c, s, theta, num, jnp.abs(s).T @ c["lres"], c["v"][c["j"] + 1]), nrs=c["nrs"] + 1)
+
+  def verify_restart(c, theta, s, res):
+    # lock the k certified pairs and go on from a random vector orthogonal to everything seen so far
+    c = keep(c, s, theta, k, jnp.zeros_like(c["lres"]).at[:k].set(res), fresh(c["v"], k_verify))
+    return dict(c, nlock=jnp.asarray(k, jnp.int32), phase=jnp.ones((), jnp.int32), vsteps=jnp.zeros((), jnp.int32))
 
   def body(c):
     c = expand(c)
-    theta, s, bnd, ok, _ = ritz(c)
+    theta, s, valid, est, is_locked, floor = ritz(c)
+    rule = jnp.maximum(tol * jnp.abs(theta[:k]), floor)
+    # the estimates decide when to look; the true residuals decide
+    hopeful = jnp.all(valid[:k] & (est[:k] <= rule))
+    res = jax.lax.cond(hopeful, lambda: residuals(c, s, theta, k)[0], lambda: jnp.full((k,), jnp.inf, cd))
+    all_ok = jnp.all(res <= rule)
     j = c["j"]
-    all_ok = jnp.all(ok)
     exhausted = j + 1 >= n
     checked = (c["phase"] == 1) & (c["vsteps"] >= verify_steps)
     done = exhausted | (all_ok & (checked | (verify_steps == 0))) | (c["nmv"] >= max_matvecs)
@@ -521,21 +539,19 @@ def _certified_lanczos(key, mv, v0, *, n, m, k, which, tol, atol, max_matvecs, v
     full = j + 1 >= m
     branch = jnp.where(done, 0, jnp.where(go_verify, 1, jnp.where(full, 2, 0)))
     advance = lambda c: dict(c, j=jnp.where(done, j, j + 1))
-    c = jax.lax.switch(branch, [advance, lambda c: verify_restart(c, theta, s, bnd),
-                                lambda c: thick_restart(c, theta, s, bnd)], c)
+    c = jax.lax.switch(branch, [advance, lambda c: verify_restart(c, theta, s, res),
+                                lambda c: thick_restart(c, theta, s, is_locked)], c)
     return dict(c, done=done)
 
   zi = jnp.zeros((), jnp.int32)
-  init = dict(v=jnp.zeros((m + 1, n), cd).at[0].set(_normalise(v0)), av=jnp.zeros((m + 1, n), cd), t=jnp.zeros((m + 1, m + 1), cd),
-              e=jnp.zeros((m + 1,), cd), j=zi, beta=jnp.zeros((), cd), scale=jnp.zeros((), cd), nmv=zi, nbd=zi,
-              nrs=zi, phase=zi, vsteps=zi, done=jnp.zeros((), bool))
+  init = dict(v=jnp.zeros((m + 1, n), cd).at[0].set(_normalise(v0)), av=jnp.zeros((m + 1, n), cd),
+              t=jnp.zeros((m + 1, m + 1), cd), lres=jnp.zeros((m + 1,), cd), j=zi, beta=jnp.zeros((), cd),
+              scale=jnp.zeros((), cd), nmv=zi, nbd=zi, nrs=zi, nlock=zi, phase=zi, vsteps=zi,
+              done=jnp.zeros((), bool))
   c = jax.lax.while_loop(lambda c: ~c["done"], body, init)
-  theta, s, bnd, _, floor = ritz(c)
-  # true residuals from the stored products A V (linearity; no extra matvecs)
-  y, ay = s[:, :k].T @ c["v"], s[:, :k].T @ c["av"]
-  norm = jnp.linalg.norm(y, axis=1)
-  resid = jnp.linalg.norm(ay - theta[:k, None] * y, axis=1) / norm
-  return theta[:k], y / norm[:, None], resid, bnd[:k], floor, c["nmv"], c["nbd"], c["nrs"]
+  theta, s, _, est, _, floor = ritz(c)
+  resid, y = residuals(c, s, theta, k)
+  return theta[:k], y, resid, est[:k], floor, c["nmv"], c["nbd"], c["nrs"]
 
 
 def eigh(
@@ -639,8 +655,8 @@ def eigh(
     if m < k:
       raise ValueError(f"num_steps={num_steps} gives fewer Ritz pairs than k={k}")
     lz = _lanczos_full(k1, mv, start, m, bd)
-    theta, s, bnd, _ = _projected_ritz(lz.tridiagonal(), jnp.asarray(m - 1, jnp.int32), which, jnp.zeros(m, cd), lz.betas[m - 1])
-    vals, y, bnd = theta[:k], jax.vmap(_normalise)(s[:, :k].T @ lz.basis), bnd[:k]
+    theta, s, _ = _projected_ritz(lz.tridiagonal(), jnp.asarray(m - 1, jnp.int32), which)
+    vals, y, bnd = theta[:k], jax.vmap(_normalise)(s[:, :k].T @ lz.basis), jnp.abs(lz.betas[m - 1] * s[m - 1, :k])
     anorm = jnp.max(jnp.abs(theta))
     nmv, nbd, nrs = jnp.asarray(m), lz.breakdowns, jnp.zeros((), jnp.int32)
     floor = _default_atol(op_dtype, anorm) if atol is None else jnp.asarray(atol, cd)
