@@ -129,4 +129,4 @@ def test_train_then_surface_and_hessian_from_checkpoints(tmp_path, capsys):
     meta = json.load(f)
   assert meta["config"]["directions"]["kind"] == "interpolation" and meta["config"]["source"]["checkpoint2"].endswith("train2")
   assert cli.main(["hessian", "--checkpoint", runs[0], "--top-k", "1", "--out", str(tmp_path / "h")]) == 0
-  assert "largest 1:" in capsys.readouterr().out
+  assert "largest 1 (certified " in capsys.readouterr().out
