@@ -23,8 +23,8 @@ Printed, all measured in this run:
   the coarse pass's HVPs spread over the grid points. Also the ratio cold /
   warm.
 
-One Hutchinson probe per point is also computed (``trace_probes=1``). It is
-the same for both methods and is not counted.
+Two Hutchinson probes per point are also computed (``trace_probes=2``, the fewest with an error bar). They are
+the same for both methods and are not counted.
 
 Run: ``python benchmarks/curvature.py [--num 9] [--steps 3 4 5 ...] [--every 4 8] [--coarse-steps 30]``
 (16 minutes on the 2-core CPU; every map recomputes its coarse pass, so the
@@ -141,7 +141,7 @@ def main() -> int:
           f"reference [{ref[i, 0]:.6g}, {ref[i, 1]:.6g}]: relative difference "
           f"{np.abs(dense - ref[i]).max() / np.abs(dense).min():.1e}")
 
-  grid = dict(x=(-1, 1, args.num), y=(-1, 1, args.num), curvature="full", key=jax.random.key(2), trace_probes=1,
+  grid = dict(x=(-1, 1, args.num), y=(-1, 1, args.num), curvature="full", key=jax.random.key(2), trace_probes=2,
               quiet=True)
   methods = [("cold", None, None)] + [(f"warm k={k}/{c}", k, c) for k in args.every for c in args.coarse_steps]
   errors = {m: {} for m, _, _ in methods}

@@ -29,7 +29,7 @@ CONFIGS = {
     "smoke": {  # seconds: every code path of the cpu preset except the ratio maps and the ResNet pair
         "main": {**_MLP, "data": {"name": "digits", "flatten": True, "num_train": 256, "num_test": 128}, "kwargs": {
             "in_features": 64, "width": 8, "out_features": 10}, "depths": [1, 2], "seeds": 2, "train": {**_ADAM, "epochs": 2},
-            "grid": 5, "ratio_grid": 0, "ratio_seeds": 0, "lanczos_steps": 4, "trace_probes": 1, "eval_batch_size": 512},
+            "grid": 5, "ratio_grid": 0, "ratio_seeds": 0, "lanczos_steps": 4, "trace_probes": 2, "eval_batch_size": 512},
         "extra": [], "checks": {**_CHECKS, "deep_from": 2}},
     "cpu": {
         "main": {**_MLP, "data": {"name": "digits", "flatten": True}, "kwargs": {
@@ -45,12 +45,12 @@ CONFIGS = {
             "optimizer": "sgd", "learning_rate": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
             "batch_size": 128, "epochs": 300, "schedule": "step", "decay_epochs": [150, 225, 275],
             "decay_factor": 0.1, "eval_batch_size": 1000}, "grid": 51, "ratio_grid": 11, "ratio_seeds": 1,
-            "lanczos_steps": 20, "trace_probes": 1, "eval_batch_size": 1000},
+            "lanczos_steps": 20, "trace_probes": 2, "eval_batch_size": 1000},
         "extra": [], "checks": {**_CHECKS, "deep_from": 56}},
 }
 VARIANTS, _LABELS, _COLORS = ("plain", "residual"), ("family", "variant", "depth"), {"plain": "tab:red", "residual": "tab:blue"}
 _FIGURES = {"trends": ({}, "Non-convex fraction, log10 of the maximum grid loss and test accuracy against depth."),
-            "ratio_maps": ({"dpi": 80, "tight": False}, "Full-Hessian |lambda_min/lambda_max| maps (Li et al. Fig. 7 "
+            "ratio_maps": ({"dpi": 80, "tight": False}, "Full-Hessian lambda_min/lambda_max maps (Li et al. Fig. 7 "
                            "style), seed 0.")}
 
 
@@ -129,8 +129,8 @@ def main(config: dict, out_dir: str) -> Report:
     for key, (fig, _) in figs.items():
       rep.figure(plot.save(fig, f"{out_dir}/{key}.png", **_FIGURES[key][0]).rsplit("/", 1)[1], _FIGURES[key][1])
   rep.notes += [
-      "Ratio maps: a short Lanczos run gives inner bounds (lambda_min from above), so |lambda_min| and the ratio "
-      "are under-estimated; papers.md found them not discriminative at CPU scale.", *experiment.seed_surface_notes({
+      "Ratio maps (signed lambda_min/lambda_max): a short Lanczos run gives inner bounds (lambda_min from above), "
+      "so |lambda_min| and |ratio| are under-estimated; papers.md found them not discriminative at CPU scale.", *experiment.seed_surface_notes({
           (f["label"], v, f"depth {d}"): x for f, r in zip(fams, results) for (v, d), x in r.items()})] + [
       "The training loop has no data augmentation (Li et al. used random crop + flip), and every model uses lr 0.1 "
       "(Li et al. trained the deepest -noshort nets with 0.01)."] * (config["preset"] == "full")

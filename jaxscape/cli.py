@@ -298,8 +298,9 @@ def _hessian_parser(sub) -> None:
   p.add_argument("--bottom-k", type=int, default=0, help="smallest (most negative) eigenpairs (0: none)")
   p.add_argument("--lanczos-steps", type=int, default=None, help="Lanczos steps (default max(2k + 20, 40))")
   p.add_argument("--tol", type=float, default=1e-3, help="relative residual for 'converged'")
-  p.add_argument("--trace", action="store_true", help="Hutchinson trace with a standard error")
-  p.add_argument("--trace-rtol", type=float, default=0.01, help="stop when stderr < rtol * |trace|")
+  p.add_argument("--trace", action="store_true", help="trace with a standard error and a 95%% interval")
+  p.add_argument("--trace-rtol", type=float, default=0.01, help="stop when stderr <= rtol * |trace|")
+  p.add_argument("--trace-method", default="hutch++", choices=["hutch++", "hutchinson"])
   p.add_argument("--density", action="store_true", help="spectral density by stochastic Lanczos quadrature")
   p.add_argument("--density-probes", type=int, default=4)
   p.add_argument("--density-steps", type=int, default=90)
@@ -333,15 +334,23 @@ def _hessian(args: argparse.Namespace) -> int:
                                 num_steps=args.lanczos_steps, tol=args.tol, kind=args.kind)
       for field in ("values", "residuals", "converged"):
         arrays[f"{which}_{field}"] = np.asarray(getattr(res, field))
+      certified = int(np.sum(np.asarray(res.converged)))
       stats[f"{which}_num_hvps"] = int(res.num_hvps)
+      stats[f"{which}_certified"] = certified
       stats[f"{which}_seconds"] = time.perf_counter() - t
-      lines.append(f"{which} {k}: " + ", ".join(f"{v:.5g} (res {r:.1e}{'' if c else ', NOT converged'})" for v, r, c in
+      lines.append(f"{which} {k} (certified {certified}/{k}): " + ", ".join(f"{v:.5g} (res {r:.1e}{'' if c else ', NOT converged'})" for v, r, c in
                                                   zip(res.values, res.residuals, res.converged)))
   if args.trace:
-    tr = hessian.trace(obj, params, key=jax.random.fold_in(key, 10), rtol=args.trace_rtol, kind=args.kind)
-    arrays.update(trace=np.asarray(tr.estimate), trace_stderr=np.asarray(tr.stderr))
-    stats.update(trace_num_hvps=int(tr.num_hvps), trace_converged=bool(tr.converged))
-    lines.append(f"trace {float(tr.estimate):.5g} ± {float(tr.stderr):.2g} ({int(tr.num_hvps)} HVPs)")
+    tr = hessian.trace(obj, params, key=jax.random.fold_in(key, 10), rtol=args.trace_rtol, method=args.trace_method,
+                       kind=args.kind)
+    arrays.update(trace=np.asarray(tr.estimate), trace_stderr=np.asarray(tr.stderr), trace_ci95=np.asarray(tr.ci95))
+    rel = float(tr.stderr) / max(abs(float(tr.estimate)), np.finfo(np.float64).tiny)
+    stats.update(trace_num_hvps=int(tr.num_hvps), trace_converged=bool(tr.converged), trace_rtol=args.trace_rtol,
+                 trace_method=tr.method, trace_relative_stderr=rel)
+    verdict = (f"converged: SE {100 * rel:.2g} % <= {100 * args.trace_rtol:g} %" if bool(tr.converged) else
+               f"NOT converged: SE {100 * rel:.2g} % > {100 * args.trace_rtol:g} %")
+    lines.append(f"trace {float(tr.estimate):.5g} ± {float(tr.stderr):.2g} (95 % interval ± {float(tr.ci95):.2g}; "
+                 f"{tr.method}, {int(tr.num_hvps)} HVPs, {verdict})")
   if args.density:
     dens = hessian.density(obj, params, key=jax.random.fold_in(key, 11), num_probes=args.density_probes,
                            num_steps=args.density_steps, kind=args.kind)

@@ -586,10 +586,10 @@ def seed_surface_statistics(studies: Mapping[tuple, Mapping[str, Any]], labels: 
   ms = lambda r, k, n=3: mean_std(r["summary"], k, n)  # noqa: E731
   return table([*labels, "params", "seeds", "test acc", "non-convex frac (finite diff.)",
                 "non-convex frac (exact pointwise, diagnostic)", "log10 max loss", "max loss (worst seed)",
-                "non-finite pts", "ratio median", "share ratio > 0.1", "train s", "surface s"], [
+                "non-finite pts", "ratio median", "share ratio < -0.1", "train s", "surface s"], [
       (*lab, r["num_params"], len(r["seeds"]), ms(r, "test_accuracy", 4), ms(r, "fd_nonconvex_fraction"),
        ms(r, "nonconvex_fraction"), ms(r, "log10_max_loss", 2), fmt(r["summary"]["max_loss"]["max"]),
-       int(sum(s["num_nonfinite"] for s in r["seeds"])), ms(r, "ratio_median"), ms(r, "ratio_frac_above", 2),
+       int(sum(s["num_nonfinite"] for s in r["seeds"])), ms(r, "ratio_median"), ms(r, "ratio_frac_nonconvex", 2),
        f"{r['train_s']:.0f}", f"{r['surface_s']:.0f}") for lab, r in studies.items()])
 
 

@@ -38,7 +38,7 @@ References:
   Pearlmutter (1994) for exact Hessian-vector products; Schraudolph (2002)
   and Martens (2014) for the Gauss-Newton matrix; Ghorbani, Krishnan & Xiao
   (2019) and Yao et al. (2020, PyHessian) for Hessian spectra of networks;
-  Li et al. (2018) for the ``|lambda_min / lambda_max|`` convexity ratio.
+  Li et al. (2018) for the ``lambda_min / lambda_max`` convexity ratio (they plot its magnitude).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ from jax.flatten_util import ravel_pytree
 
 from . import spectral
 from . import tree as tree_lib
-from .objective import Objective
+from .objective import Objective, split_l2
 
 from .tree import PyTree
 Leaves = str | Sequence[str] | Callable[[str], bool] | None
@@ -226,7 +226,10 @@ def operator(obj: Objective, params: PyTree, *, kind: str = "hessian",
     ``J = d obj.apply(params, obj.state, x) / d params`` (linearised once per
     batch and transposed, so one forward pass) and
     ``H_out = d^2/d out^2 sum_i w_i obj.per_example(out, y)_i``; padded examples
-    have ``w_i = 0``. Positive semi-definite for convex losses.
+    have ``w_i = 0``. Positive semi-definite for convex losses. For an
+    objective with an L2 penalty (:func:`jaxscape.objective.with_l2`) it is
+    the GGN of the unpenalised model plus ``weight_decay * I``, the penalty's
+    exact Hessian.
 
   Args:
     obj: the objective.
@@ -260,23 +263,27 @@ def operator(obj: Objective, params: PyTree, *, kind: str = "hessian",
     return matvec, like
 
   n = obj.num_examples
+  # An L2 penalty is linear in the extra output with_l2 adds, so J^T H_out J
+  # would drop its Hessian weight_decay * I: take the GGN of the unpenalised
+  # model and add the penalty's (exact) curvature.
+  base, weight_decay = split_l2(obj)
 
   def ggn_matvec(v):
     def body(acc, batch):
       x, y, w = batch
-      out_fn = lambda s: obj.apply(full(s), obj.state, x)
+      out_fn = lambda s: base.apply(full(s), base.state, x)
       out, lin = jax.linearize(out_fn, like)
       jv = lin(v)
 
       def total(o):
-        return jnp.sum(w.astype(o.dtype) * obj.per_example(o, y))
+        return jnp.sum(w.astype(o.dtype) * base.per_example(o, y))
 
       hjv = jax.jvp(jax.grad(total), (out,), (jv,))[1]
       (g,) = jax.linear_transpose(lin, like)(hjv)
       return tree_lib.add(acc, g), None
 
     acc, _ = jax.lax.scan(body, tree_lib.zeros_like(like), (obj.x, obj.y, obj.w))
-    return jax.tree.map(lambda a: a / n, acc)
+    return jax.tree.map(lambda a, b: a / n + weight_decay * b, acc, v)
 
   return ggn_matvec, like
 
@@ -425,26 +432,30 @@ def trace(
     params: PyTree,
     *,
     rtol: float = 0.01,
-    min_probes: int = 10,
+    min_probes: int = 20,
     max_probes: int = 1000,
     block_size: int = 10,
-    method: str = "hutchinson",
-    sketch_size: int = 10,
+    method: str = "hutch++",
+    sketch_size: int = 20,
     batch_size: int | None = None,
     kind: str = "hessian",
     leaves: Leaves = None,
 ) -> spectral.TraceResult:
-  """Hessian (or GGN) trace with a standard error, per-leaf traces and diagonal.
+  """Hessian (or GGN) trace with a calibrated 95 % interval, per-leaf traces and diagonal.
 
-  Rademacher Hutchinson (default) or Hutch++, stopping when
-  ``stderr < rtol |estimate|`` after at least ``min_probes`` and at most
-  ``max_probes`` probes (:func:`jaxscape.spectral.trace`). ``per_leaf`` holds
-  the trace of each leaf's diagonal block (per-layer traces) and ``diagonal``
-  the diagonal estimate, both from the same probes and shaped like ``params``.
+  Hutch++ (default; ``method="hutchinson"`` for plain Rademacher probes):
+  ``2 sketch_size`` HVPs deflate the top of the spectrum, then a pilot of
+  ``min_probes`` probes fixes the standard error's variance and probes
+  continue until ``stderr <= rtol |estimate|`` or ``max_probes``
+  (:func:`jaxscape.spectral.trace`). ``tr.interval()`` is the Student-t 95 %
+  interval ``estimate +- ci95``; ``converged`` says whether the target was
+  met. ``per_leaf`` holds the trace of each leaf's diagonal block (per-layer
+  traces) and ``diagonal`` the diagonal estimate, both unbiased, from the same
+  probes and shaped like ``params``.
 
   Example:
     >>> tr = js.hessian.trace(key, obj, params, rtol=0.01)  # doctest: +SKIP
-    >>> tr.estimate, tr.stderr, tr.num_hvps, tr.per_leaf, tr.diagonal  # doctest: +SKIP
+    >>> tr.estimate, tr.interval(), tr.converged, tr.num_hvps, tr.per_leaf, tr.diagonal  # doctest: +SKIP
   """
   return _trace(obj, params, key, rtol, min_probes=min_probes, max_probes=max_probes, block_size=block_size,
                 method=method, sketch_size=sketch_size, batch_size=batch_size, kind=kind,
@@ -530,13 +541,24 @@ def point_curvature(key: jax.Array, obj: Objective, params: PyTree, *, num_steps
   One Lanczos run of ``num_steps`` HVPs (full reorthogonalisation) gives the
   extreme Ritz values ``lambda_max`` and ``lambda_min``: with a few steps they
   are inner bounds (``lambda_max`` from below, ``lambda_min`` from above) that
-  converge fastest for well-separated extremes. ``convexity_ratio`` is
-  ``|lambda_min / lambda_max|`` (Li et al. 2018, Fig. 6). The trace is a
-  fixed-size Rademacher Hutchinson estimate with ``num_probes`` HVPs, one
-  after another (``lax.scan``: peak memory is that of one HVP whatever the
-  number of probes); its standard error is the population standard deviation
-  of the probes over ``sqrt(num_probes)`` (as matfree's
-  ``estimator_monte_carlo_mean_and_sem``).
+  converge fastest for well-separated extremes. ``lambda_max_bound`` and
+  ``lambda_min_bound`` are their free Lanczos residual bounds
+  ``beta_m |s_{m,i}|`` (from the last entries of the tridiagonal's
+  eigenvectors; equal to ``||H y - theta y||`` in exact arithmetic): a true
+  eigenvalue lies within that distance of each Ritz value (not necessarily the
+  extreme one: a residual cannot tell whether an eigenvalue was missed).
+
+  ``convexity_ratio`` is the signed ``lambda_min / lambda_max`` (Li et al.
+  2018, Fig. 6, who plot its magnitude): negative where the Hessian is
+  indefinite (non-convex), in ``[0, 1]`` where it is positive semi-definite,
+  ``>= 1`` where it is negative definite (both negative); ``lambda_max`` near 0
+  is replaced by the smallest positive float so that the ratio stays finite.
+
+  The trace is a fixed-size Rademacher Hutchinson estimate with
+  ``num_probes`` HVPs, one after another (``lax.scan``: peak memory is that of
+  one HVP whatever the number of probes); ``trace_stderr`` is the sample
+  standard deviation (ddof=1) of the probes over ``sqrt(num_probes)``, so
+  ``num_probes >= 2`` (a single probe has no error estimate).
 
   Pure and ``vmap``-able over ``params`` (and ``key``, ``v0``); the number of
   steps and probes is static. The earlier order ``point_curvature(obj, params,
@@ -548,13 +570,20 @@ def point_curvature(key: jax.Array, obj: Objective, params: PyTree, *, num_steps
   on it.
 
   Returns:
-    ``{"lambda_max", "lambda_min", "convexity_ratio", "trace", "trace_stderr"}``,
-    scalars.
+    ``{"lambda_max", "lambda_min", "lambda_max_bound", "lambda_min_bound",
+    "convexity_ratio", "trace", "trace_stderr"}``, scalars.
+
+  Raises:
+    ValueError: when ``num_probes < 2``.
   """
+  if not isinstance(num_probes, int) or num_probes < 2:
+    raise ValueError(f"num_probes must be an integer >= 2 (a trace standard error needs two probes); "
+                     f"got num_probes={num_probes!r}")
   mv, like = operator(obj, params, kind=kind)
   k_lz, k_tr = jax.random.split(key)
   lz = spectral.lanczos(k_lz, mv, like, num_steps, v0=v0)
-  theta = jnp.linalg.eigvalsh(lz.tridiagonal())
+  theta, s = jnp.linalg.eigh(lz.tridiagonal())
+  bounds = jnp.abs(lz.betas[-1] * s[-1])
   lmax, lmin = theta[-1], theta[0]
   flat_like, unravel = ravel_pytree(like)
 
@@ -563,9 +592,11 @@ def point_curvature(key: jax.Array, obj: Objective, params: PyTree, *, num_steps
     return carry, jnp.vdot(v, ravel_pytree(mv(unravel(v)))[0])
 
   _, samples = jax.lax.scan(probe, None, jax.random.split(k_tr, num_probes))
-  tr, se = jnp.mean(samples), jnp.std(samples) / jnp.sqrt(num_probes).astype(samples.dtype)
-  ratio = jnp.abs(lmin) / jnp.maximum(jnp.abs(lmax), jnp.finfo(flat_like.dtype).tiny)
-  return {"lambda_max": lmax, "lambda_min": lmin, "convexity_ratio": ratio, "trace": tr, "trace_stderr": se}
+  tr, se = jnp.mean(samples), jnp.std(samples, ddof=1) / jnp.sqrt(num_probes).astype(samples.dtype)
+  tiny = jnp.finfo(flat_like.dtype).tiny
+  ratio = lmin / jnp.where(jnp.abs(lmax) > tiny, lmax, tiny)
+  return {"lambda_max": lmax, "lambda_min": lmin, "lambda_max_bound": bounds[-1], "lambda_min_bound": bounds[0],
+          "convexity_ratio": ratio, "trace": tr, "trace_stderr": se}
 
 
 @tree_lib.key_first(legacy_position=2)

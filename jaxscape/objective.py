@@ -76,7 +76,7 @@ BN_POLICIES = ("frozen", "interpolate", "recompute")
   ``bn_policy="recompute"``; recorded with ``recompute_batches``).
 """
 
-__all__ = ["Objective", "FirstLayer", "per_example_loss", "LOSSES", "BN_POLICIES", "with_l2", "l2_penalty"]
+__all__ = ["Objective", "FirstLayer", "per_example_loss", "LOSSES", "BN_POLICIES", "with_l2", "l2_penalty", "split_l2"]
 
 
 def _cross_entropy(outputs: jax.Array, targets: jax.Array) -> jax.Array:
@@ -790,3 +790,30 @@ def with_l2(obj: Objective, weight_decay: float) -> Objective:
   return dataclasses.replace(
       obj, apply=_PenalisedApply(obj.apply, weight_decay), per_example=_PenalisedLoss(obj.per_example),
       metric_fns=tuple((name, _OnOutputs(fn)) for name, fn in obj.metric_fns), info=tuple(info.items()))
+
+
+def split_l2(obj: Objective) -> tuple[Objective, float]:
+  """``(base, weight_decay)`` with ``obj.value = base.value + (weight_decay / 2) ||theta||^2``.
+
+  Peels off every :func:`with_l2` layer (their weight decays add up); an
+  objective without one comes back unchanged with ``weight_decay = 0``. For
+  curvature that must treat the penalty apart from the model outputs, e.g. the
+  Gauss-Newton matrix: the penalty is linear in its extra output, so
+  ``J^T H_out J`` would drop its ``weight_decay * I``.
+
+  Example:
+    >>> import jax.numpy as jnp, jaxscape as js
+    >>> obj = js.Objective.from_apply(lambda p, x: x @ p, data=(jnp.eye(2), jnp.zeros(2)), loss="mse")
+    >>> base, wd = split_l2(with_l2(with_l2(obj, 0.5), 0.25))
+    >>> wd, float(base.value(jnp.ones(2))) == float(obj.value(jnp.ones(2)))
+    (0.75, True)
+  """
+  weight_decay, apply, per_example, metric_fns = 0.0, obj.apply, obj.per_example, obj.metric_fns
+  while isinstance(apply, _PenalisedApply):
+    weight_decay += apply.weight_decay
+    apply, per_example = apply.apply, per_example.per_example
+    metric_fns = tuple((name, fn.fn) for name, fn in metric_fns)
+  if apply is obj.apply:
+    return obj, 0.0
+  info = tuple((k, v) for k, v in obj.info if k != "weight_decay")
+  return dataclasses.replace(obj, apply=apply, per_example=per_example, metric_fns=metric_fns, info=info), weight_decay

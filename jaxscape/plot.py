@@ -541,8 +541,11 @@ def landscape_grid(surfaces: Any, *, titles: Any = None, rel: float = 0.01, titl
 
 
 def ratio_maps(surfaces: Any, *, titles: Any = None, field: str = "convexity_ratio", title: str = "",
-               label: str = "|lambda_min / lambda_max| (full Hessian)"):
-  """Rows x columns of heat maps of one curvature map in [0, 1] with a shared colour bar (Li et al. 2018, Fig. 7).
+               label: str = "lambda_min / lambda_max (full Hessian; < 0: non-convex)"):
+  """Rows x columns of heat maps of one curvature map in [-1, 1] with a shared colour bar (Li et al. 2018, Fig. 7).
+
+  The signed ratio ``lambda_min / lambda_max`` (Li et al. plot its magnitude):
+  red below 0 (non-convex), blue above (convex); values beyond +-1 saturate.
 
   Args:
     surfaces: a nested sequence ``[row][col]`` of 2-D surfaces holding ``field``.
@@ -560,8 +563,8 @@ def ratio_maps(surfaces: Any, *, titles: Any = None, field: str = "convexity_rat
   for i, row in enumerate(rows):
     for j, s in enumerate(row):
       m = _field(s, field)
-      im = axes[i, j].imshow(m, origin="lower", extent=(s.x[0], s.x[-1], s.y[0], s.y[-1]), cmap="viridis",
-                             vmin=0.0, vmax=1.0)
+      im = axes[i, j].imshow(m, origin="lower", extent=(s.x[0], s.x[-1], s.y[0], s.y[-1]), cmap="RdBu",
+                             vmin=-1.0, vmax=1.0)
       axes[i, j].set_title(titles[i][j] if titles is not None else f"median {np.nanmedian(m):.2f}", fontsize=9)
   fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label=label)
   if title:
@@ -900,7 +903,7 @@ def seed_surface_figures(studies: dict[tuple[str, int], Any], *, rel: float = 0.
   if all(r["ratios"] for r in studies.values()):
     out["ratio_maps"] = ratio_maps(grid(lambda r, v, d: r["ratios"][0]), titles=grid(
         lambda r, v, d: f"{v}, {size_name} {d}: median {np.nanmedian(r['ratios'][0].metrics['convexity_ratio']):.2f}"),
-        title=f"{label}: full-Hessian |lambda_min/lambda_max| on a coarse grid (diagnostic; blue = convex)")
+        title=f"{label}: full-Hessian lambda_min/lambda_max on a coarse grid (diagnostic; blue = convex, red = not)")
   return out
 
 

@@ -20,9 +20,9 @@ What is here:
   run (no residual matvecs), optionally warm-started from ``v0``.
 * :func:`power_iteration` -- deflated, warm-startable power iteration with a
   relative-residual stopping rule.
-* :func:`trace` -- Hutchinson (Rademacher probes) or Hutch++ with a
-  standard-error stopping rule; per-leaf traces and the diagonal from the same
-  probes.
+* :func:`trace` -- Hutch++ (default) or Hutchinson with a pilot-variance
+  stopping rule and a Student-t 95 % interval; per-leaf traces and the
+  diagonal from the same probes.
 * :func:`slq` / :class:`Density` -- stochastic Lanczos quadrature for the
   spectral density, Gaussian smoothing that can be redone without recomputing,
   and the mass below ``-eps`` (index estimate).
@@ -80,6 +80,7 @@ __all__ = [
     "LanczosResult",
     "EighResult",
     "PowerResult",
+    "TRACE_METHODS",
     "TraceResult",
     "Density",
     "lanczos",
@@ -851,42 +852,73 @@ def power_iteration(
 
 
 # -------------------------------------------------------------------- trace
+TRACE_METHODS = ("hutch++", "hutchinson")
+"""Trace estimators of :func:`trace`: ``hutch++`` (default) and ``hutchinson``."""
+
+
+def _t_quantile(q: float, dof: int) -> float:
+  """The ``q`` quantile of Student's t with ``dof`` degrees of freedom (a host constant)."""
+  from scipy import stats as scipy_stats  # scipy is a JAX dependency; imported here to keep import time low
+  return float(scipy_stats.t.ppf(q, dof))
+
+
 @functools.partial(_register, meta=("method",))
 @dataclasses.dataclass(frozen=True)
 class TraceResult:
-  """A stochastic trace estimate ``estimate +- stderr``.
+  """A stochastic trace estimate with a calibrated 95 % interval ``estimate +- ci95``.
 
   Attributes:
-    estimate: the trace estimate.
-    stderr: its standard error (sample std of the per-probe values over
-      ``sqrt(num_probes)``; for Hutch++ the error of the residual part, the
-      low-rank part being exact).
+    estimate: the trace estimate (unbiased).
+    stderr: its standard error: the sample standard deviation (ddof=1) of
+      the per-probe values over ``sqrt(num_probes)``. For Hutch++ it is the
+      error of the deflated remainder, the low-rank part being exact.
+    ci95: half-width of the 95 % confidence interval
+      ``t_{0.975, dof} * stderr`` (Student's t with the pilot's degrees of
+      freedom, see :func:`trace`); :meth:`interval` gives its ends.
+    dof: the degrees of freedom of that quantile: pilot probes - 1.
     num_probes: Rademacher probes used by the (residual) Hutchinson loop.
     num_matvecs: matvecs in all (probes, plus ``2 * sketch_size`` for Hutch++).
-    converged: whether the stopping rule ``stderr < rtol |estimate|`` was met
-      (False when ``max_probes`` ran out first).
+    converged: whether the target was met: ``stderr <= rtol |estimate|``
+      (False when ``max_probes`` capped the probe count, or when the estimate
+      moved after the pilot so that the target is missed).
     per_leaf: pytree shaped like ``like`` with one scalar per leaf: the trace
-      of each diagonal block (per-layer trace), from the same probes.
-    per_leaf_stderr: standard errors of ``per_leaf``.
-    diagonal: pytree shaped like ``like``: the diagonal estimate
-      ``mean(v * A v)`` from the same probes.
-    method: ``hutchinson`` or ``hutch++``.
+      of each diagonal block (per-layer trace), from the same probes (unbiased).
+    per_leaf_stderr: plain sample standard errors (ddof=1, all probes) of ``per_leaf``.
+    diagonal: pytree shaped like ``like``: the unbiased diagonal estimate
+      ``mean(v * A v)`` (plus Hutch++'s exact low-rank part) from the same probes.
+    method: one of :data:`TRACE_METHODS`.
   """
 
   estimate: jax.Array
   stderr: jax.Array
+  ci95: jax.Array
+  dof: jax.Array
   num_probes: jax.Array
   num_matvecs: jax.Array
   converged: jax.Array
   per_leaf: PyTree
   per_leaf_stderr: PyTree
   diagonal: PyTree
-  method: str = "hutchinson"
+  method: str = "hutch++"
 
   @property
   def num_hvps(self) -> jax.Array:
     """Alias of ``num_matvecs`` for Hessian operators."""
     return self.num_matvecs
+
+  def interval(self) -> tuple[jax.Array, jax.Array]:
+    """The 95 % confidence interval ``(estimate - ci95, estimate + ci95)``."""
+    return self.estimate - self.ci95, self.estimate + self.ci95
+
+
+def _hutchpp_sketch(key, mv, n, cd, sketch_size, batch_size):
+  """Hutch++'s exact low-rank part: ``(Q, tr(Q^T A Q), diag offset)`` from ``2 sketch_size`` matvecs."""
+  omega = stochtrace.sampler_signs(jnp.zeros(n, cd), num=sketch_size)(key)  # [s, n]
+  y = jax.lax.map(mv, omega, batch_size=batch_size)
+  q, _ = jnp.linalg.qr(y.T)  # [n, s]
+  z = jax.lax.map(mv, q.T, batch_size=batch_size).T  # A Q, [n, s]
+  # diag(A) = diag(QQ^T A QQ^T) + 2 diag(QQ^T A P) + diag(P A P), P = I - QQ^T
+  return q, jnp.sum(q * z), jnp.sum(q * (2 * z - q @ (q.T @ z)), axis=1)
 
 
 def trace(
@@ -895,40 +927,58 @@ def trace(
     like: PyTree,
     *,
     rtol: float = 0.01,
-    min_probes: int = 10,
+    min_probes: int = 20,
     max_probes: int = 1000,
     block_size: int = 10,
-    method: str = "hutchinson",
-    sketch_size: int = 10,
+    method: str = "hutch++",
+    sketch_size: int = 20,
     batch_size: int | None = None,
     dtype: Any = None,
 ) -> TraceResult:
-  """Trace, per-leaf traces and diagonal by Hutchinson or Hutch++.
+  """Trace with a calibrated 95 % interval, per-leaf traces and diagonal.
 
-  Hutchinson: ``tr(A) ~ mean_i v_i^T A v_i`` with Rademacher probes ``v_i``
-  (matfree's ``sampler_signs`` and ``monte_carlo_trace_and_diagonal``).
-  Probes are drawn ``block_size`` at a time; after at least ``min_probes``
-  the loop stops when the standard error is below ``rtol * |estimate|``, or
-  at ``max_probes``. The same probes give the diagonal ``mean(v * A v)`` and
-  its sums over each leaf (per-layer traces), with their standard errors.
+  Hutch++ (default, Meyer et al. 2021): a sketch ``Q = orth(A S)`` of
+  ``sketch_size`` Rademacher columns (``2 sketch_size`` matvecs) gives
+  ``tr(Q^T A Q)`` exactly, and Rademacher Hutchinson probes ``v`` estimate the
+  trace of the deflated remainder ``(I - QQ^T) A (I - QQ^T)`` by
+  ``mean v^T P A P v`` (matfree's ``monte_carlo_trace_and_diagonal``). The
+  few large outlying eigenvalues of a network Hessian dominate the
+  Hutchinson variance, so deflating them cuts the probes to a given error
+  many times (3,466-parameter digits MLP, SE < 1 %: see
+  ``benchmarks/hessian.py``). ``method="hutchinson"`` skips the sketch.
 
-  Hutch++ (``method="hutch++"``, Meyer et al. 2021): a sketch
-  ``Q = orth(A S)`` of ``sketch_size`` Rademacher columns (``2 sketch_size``
-  matvecs) takes ``tr(Q^T A Q)`` exactly, and the same adaptive Hutchinson
-  loop estimates the trace of the deflated remainder ``(I - QQ^T) A (I - QQ^T)``.
-  It wins when a few eigenvalues dominate the trace; on bulk-dominated Hessian
-  spectra it gives little, which is why Hutchinson is the default. The
-  diagonal adds the exact cross terms, so it stays unbiased.
+  Stopping rule: a pilot of ``min_probes`` probes (rounded up to whole
+  blocks) gives a sample variance ``s0^2`` (ddof=1); probes then continue,
+  ``block_size`` at a time, until ``sqrt(max(s0^2, s^2) / N) <= rtol
+  |estimate|`` (``s^2`` the running sample variance of all ``N`` probes) or
+  ``max_probes``. The pilot's variance is a floor because the plain sequential
+  rule "stop when the running standard error is below target" stops exactly
+  when the variance happens to be underestimated, and its intervals
+  under-cover (0.92 for a nominal 0.95 with 10-probe Hutch++ runs on a
+  prescribed spectrum); with the floor the number of probes is about Stein's
+  two-stage count (Stein 1945). The reported ``stderr`` is ``s / sqrt(N)``
+  (so ``converged`` agrees with it) and the interval
+  ``estimate +- t_{0.975, min_probes - 1} stderr`` takes the quantile with the
+  pilot's degrees of freedom. Measured coverage of the 95 % interval:
+  0.935-0.975 over 200 keys on a prescribed spectrum (both methods), 0.92 over
+  300 keys on the 3,466-parameter digits MLP against its dense float64 trace
+  (Hutch++ stops at the pilot there: 60 HVPs; the shortfall is the skew of the
+  per-probe values, which a 20-probe t interval does not fully absorb).
+
+  The same probes give the diagonal ``mean(v * A v)`` and its sums over each
+  leaf (per-layer traces) with their sample standard errors; Hutch++ adds the
+  exact cross terms of the low-rank part, so both stay unbiased.
 
   Args:
     key: PRNG key.
     matvec: symmetric ``v -> A v``.
     like: example vector.
     rtol: relative standard-error target.
-    min_probes, max_probes: probe-count bounds (rounded up to whole blocks).
+    min_probes: pilot probes (>= 2; rounded up to whole blocks).
+    max_probes: probe cap (rounded up to whole blocks).
     block_size: probes per loop iteration (static).
-    method: ``hutchinson`` or ``hutch++``.
-    sketch_size: Hutch++ sketch columns.
+    method: one of :data:`TRACE_METHODS`.
+    sketch_size: Hutch++ sketch columns (at most n).
     batch_size: probes vectorised together inside a block (``lax.map``
       batch size; None = one at a time, least memory).
     dtype: accumulation dtype.
@@ -938,17 +988,27 @@ def trace(
 
   Example:
     >>> import jax, jax.numpy as jnp
-    >>> a = jnp.array([[2.0, 1.0], [1.0, 3.0]])
-    >>> t = trace(jax.random.key(0), lambda v: a @ v, jnp.zeros(2), rtol=0.05)
-    >>> bool(abs(t.estimate - 5.0) < 4 * t.stderr + 1e-6)
-    True
+    >>> a = jnp.diag(jnp.arange(1.0, 41.0)) + 0.1
+    >>> t = trace(jax.random.key(0), lambda v: a @ v, jnp.zeros(40), rtol=0.01)
+    >>> lo, hi = t.interval()
+    >>> bool(lo <= jnp.trace(a) <= hi), bool(t.converged)
+    (True, True)
+
+  References:
+    Hutchinson (1989); Meyer, Musco, Musco & Woodruff (2021), Hutch++;
+    Stein (1945), a two-sample test for a linear hypothesis whose power is
+    independent of the variance (two-stage sampling).
   """
-  if method not in ("hutchinson", "hutch++"):
-    raise ValueError(f"method must be 'hutchinson' or 'hutch++'; got {method!r}")
-  if not (1 <= min_probes <= max_probes):
-    raise ValueError(f"need 1 <= min_probes <= max_probes; got {min_probes}, {max_probes}")
+  if method not in TRACE_METHODS:
+    raise ValueError(f"method must be one of {TRACE_METHODS}; got {method!r}")
   if block_size < 1:
     raise ValueError(f"block_size must be >= 1; got {block_size}")
+  nblocks_min = -(-min_probes // block_size)
+  pilot = nblocks_min * block_size
+  if not (2 <= pilot and min_probes <= max_probes):
+    raise ValueError("need 2 <= min_probes <= max_probes (a standard error needs two probes); "
+                     f"got min_probes={min_probes}, max_probes={max_probes}, block_size={block_size}")
+  nblocks_max = max(-(-max_probes // block_size), nblocks_min)
   mv, unravel, n, op_dtype, cd = _flat_operator(matvec, like, dtype)
   seg, nleaves, to_tree = _leaf_segments(like)
   seg = jnp.asarray(seg)
@@ -956,13 +1016,7 @@ def trace(
 
   if method == "hutch++":
     s = int(min(sketch_size, n))
-    omega = stochtrace.sampler_signs(jnp.zeros(n, cd), num=s)(k_sketch)  # [s, n]
-    y = jax.lax.map(mv, omega, batch_size=batch_size)
-    q, _ = jnp.linalg.qr(y.T)  # [n, s]
-    z = jax.lax.map(mv, q.T, batch_size=batch_size).T  # A Q, [n, s]
-    offset = jnp.sum(q * z)
-    # diag(A) = diag(QQ^T A QQ^T) + 2 diag(QQ^T A P) + diag(P A P), P = I - QQ^T
-    diag_offset = jnp.sum(q * (2 * z - q @ (q.T @ z)), axis=1)
+    q, offset, diag_offset = _hutchpp_sketch(k_sketch, mv, n, cd, s, batch_size)
 
     def proj(v):
       return v - q @ (q.T @ v)
@@ -975,8 +1029,6 @@ def trace(
 
   integrand = stochtrace.monte_carlo_trace_and_diagonal()
   sampler = stochtrace.sampler_signs(jnp.zeros(n, cd), num=block_size)
-  nblocks_min = -(-min_probes // block_size)
-  nblocks_max = max(-(-max_probes // block_size), nblocks_min)
 
   def block(i):
     probes = sampler(jax.random.fold_in(k_probe, i))
@@ -985,19 +1037,10 @@ def trace(
     leaf = jax.vmap(lambda r: jax.ops.segment_sum(r, seg, nleaves))(d)
     return out["trace"], d, leaf
 
-  def stats(c):
-    cnt, s1, s2, _, l1, l2 = c
+  def mean_var(cnt, s1, s2):
     cnt = cnt.astype(cd)  # the probe count, exactly, in the recurrence dtype
     mean = s1 / cnt
-    var = jnp.maximum(s2 / cnt - mean**2, 0) * cnt / jnp.maximum(cnt - 1, 1)
-    lmean = l1 / cnt
-    lvar = jnp.maximum(l2 / cnt - lmean**2, 0) * cnt / jnp.maximum(cnt - 1, 1)
-    return offset + mean, jnp.sqrt(var / cnt), lmean, jnp.sqrt(lvar / cnt)
-
-  def cond(c):
-    est, se, _, _ = stats(c)
-    i = c[0] // block_size
-    return (i < nblocks_min) | ((i < nblocks_max) & ~(se < rtol * jnp.abs(est)))
+    return mean, jnp.maximum(s2 / cnt - mean**2, 0) * cnt / (cnt - 1)
 
   def body(c):
     cnt, s1, s2, dsum, l1, l2 = c
@@ -1007,19 +1050,34 @@ def trace(
 
   z0 = jnp.zeros((), cd)
   init = (jnp.zeros((), jnp.int32), z0, z0, jnp.zeros((n,), cd), jnp.zeros((nleaves,), cd), jnp.zeros((nleaves,), cd))
-  c = jax.lax.while_loop(cond, body, init)
-  est, se, lmean, lse = stats(c)
+  c = jax.lax.while_loop(lambda c: c[0] < pilot, body, init)
+  var0 = mean_var(*c[:3])[1]
+
+  def more(c):
+    # The pilot's variance is a floor: a run of probes that happens to
+    # underestimate the variance cannot stop the loop before the pilot's plan.
+    mean, var = mean_var(*c[:3])
+    se = jnp.sqrt(jnp.maximum(var, var0) / c[0].astype(cd))
+    return (c[0] < nblocks_max * block_size) & ~(se <= rtol * jnp.abs(offset + mean))
+
+  c = jax.lax.while_loop(more, body, c)
   cnt = c[0]
+  mean, var = mean_var(*c[:3])
+  lmean, lvar = mean_var(cnt, c[4], c[5])
+  est = offset + mean
+  se = jnp.sqrt(var / cnt.astype(cd))
   diag = c[3] / cnt.astype(cd) + diag_offset
   leaf_offset = jax.ops.segment_sum(diag_offset, seg, nleaves)
   return TraceResult(
       estimate=est,
       stderr=se,
+      ci95=_t_quantile(0.975, pilot - 1) * se,
+      dof=jnp.asarray(pilot - 1, jnp.int32),
       num_probes=cnt,
       num_matvecs=cnt + extra,
-      converged=se < rtol * jnp.abs(est),
+      converged=se <= rtol * jnp.abs(est),
       per_leaf=to_tree(lmean + leaf_offset),
-      per_leaf_stderr=to_tree(lse),
+      per_leaf_stderr=to_tree(jnp.sqrt(lvar / cnt.astype(cd))),
       diagonal=unravel(diag.astype(op_dtype)),
       method=method,
   )

@@ -275,14 +275,17 @@ def surface_stats(surf: Any, *, rel: float = 0.01, ratio_threshold: float = 0.1,
   ``plane_lambda_min < -rel * |plane_lambda_max|``, see
   :func:`nonconvex_fraction`) and ``plane_min_over_max``, the
   most negative ``plane_lambda_min / |plane_lambda_max|``. With full-Hessian
-  maps (``convexity_ratio``): ``ratio_median``, ``ratio_max``,
-  ``ratio_frac_above`` (share of points with ratio > ``ratio_threshold``),
-  ``ratio_origin`` and ``full_lambda_min`` (the most negative Ritz value).
+  maps (``convexity_ratio``, the signed ``lambda_min / lambda_max``):
+  ``ratio_median``, ``ratio_min`` (the most non-convex point), ``ratio_max``,
+  ``ratio_frac_nonconvex`` (share of points with ``lambda_min < 0`` and
+  ``|ratio| > ratio_threshold``; without a ``lambda_min`` map, the share with
+  ratio ``< -ratio_threshold``), ``ratio_origin`` and ``full_lambda_min`` (the
+  most negative Ritz value).
 
   Args:
     surf: a :class:`~jaxscape.Surface` (anything with ``loss``, ``metrics``, ``axes``).
     rel: relative threshold of significant negative plane curvature.
-    ratio_threshold: threshold of the |λmin/λmax| share.
+    ratio_threshold: threshold of the non-convex share (on |λmin/λmax|).
     interior: leave the outer ring out of the non-convex fraction (2-D grids).
 
   Returns:
@@ -318,8 +321,15 @@ def surface_stats(surf: Any, *, rel: float = 0.01, ratio_threshold: float = 0.1,
     ratio = np.asarray(metrics["convexity_ratio"], np.float64)
     fr = _finite(ratio)
     out["ratio_median"] = float(np.median(fr)) if fr.size else float("nan")
+    out["ratio_min"] = float(fr.min()) if fr.size else float("nan")
     out["ratio_max"] = float(fr.max()) if fr.size else float("nan")
-    out["ratio_frac_above"] = float(np.mean(fr > ratio_threshold)) if fr.size else float("nan")
+    ok = np.isfinite(ratio)
+    if "lambda_min" in metrics:
+      # a concave point (both extremes negative) has a ratio >= 1 but is non-convex too
+      nonconvex = (np.asarray(metrics["lambda_min"], np.float64) < 0) & (np.abs(ratio) > ratio_threshold)
+    else:
+      nonconvex = ratio < -ratio_threshold
+    out["ratio_frac_nonconvex"] = float(np.mean(nonconvex[ok])) if fr.size else float("nan")
     if axes and all(h.size for h in hits):
       out["ratio_origin"] = float(ratio[tuple(int(h[0]) for h in hits)])
     if "lambda_min" in metrics:

@@ -97,10 +97,25 @@ def test_hessian_command(tmp_path, capsys):
     assert top.shape == (2,) and bottom.shape == (1,) and top[0] >= top[1] >= bottom[0]
     assert f["largest_residuals"].shape == (2,)
     assert abs(np.trapezoid(f["density"], f["density_grid"]) - 1.0) < 1e-2
-    assert f["trace_stderr"] > 0
+    assert f["trace_stderr"] > 0 and f["trace_ci95"] > 2 * f["trace_stderr"]
+    certified = [int(np.sum(f[f"{w}_converged"])) for w in ("largest", "smallest")]
   for name in ("density.png", "density_log.png", "meta.json"):
     assert os.path.isfile(os.path.join(out, name))
-  assert "largest 2:" in capsys.readouterr().out
+  with open(os.path.join(out, "meta.json")) as fh:
+    meta = json.load(fh)
+  printed = capsys.readouterr().out
+  assert f"largest 2 (certified {certified[0]}/2):" in printed and f"smallest 1 (certified {certified[1]}/1):" in printed
+  assert [meta["largest_certified"], meta["smallest_certified"]] == certified
+  # the trace line says whether the SE target was met, as meta.json does
+  assert meta["trace_method"] == "hutch++" and meta["trace_rtol"] == 0.2
+  assert ("converged: SE" in printed) == meta["trace_converged"] and "95 % interval" in printed
+  # a target the probe cap cannot reach: printed as NOT converged, recorded so
+  assert cli.main(["hessian", "--demo", "--demo-epochs", "2", "--top-k", "0", "--trace", "--trace-rtol", "1e-6",
+                   "--out", out + "2"]) == 0
+  printed = capsys.readouterr().out
+  with open(os.path.join(out + "2", "meta.json")) as fh:
+    assert json.load(fh)["trace_converged"] is False
+  assert "NOT converged: SE" in printed and "> 0.0001 %" in printed
   assert cli.main(["hessian", "--demo", "--demo-epochs", "1", "--top-k", "0", "--out", out]) == 2
 
 
@@ -143,4 +158,4 @@ def test_train_then_surface_and_hessian_from_checkpoints(tmp_path, capsys):
     meta = json.load(f)
   assert meta["config"]["directions"]["kind"] == "interpolation" and meta["config"]["source"]["checkpoint2"].endswith("train2")
   assert cli.main(["hessian", "--checkpoint", runs[0], "--top-k", "1", "--out", str(tmp_path / "h")]) == 0
-  assert "largest 1:" in capsys.readouterr().out
+  assert "largest 1 (certified " in capsys.readouterr().out

@@ -269,7 +269,8 @@ def test_hutchinson_trace_within_3_se_with_per_leaf_and_diagonal(x64):
   like = {k: jnp.zeros(s) for k, s in sizes.items()}
   flat = lambda t: jnp.concatenate([t["a"], t["b"].ravel()])
   mv = lambda t: {"a": (a @ flat(t))[:30], "b": (a @ flat(t))[30:].reshape(7, 10)}
-  tr = _jit(spectral.trace, jax.random.key(0), mv, like, rtol=0.01, min_probes=20, max_probes=2000)
+  tr = _jit(spectral.trace, jax.random.key(0), mv, like, rtol=0.01, min_probes=20, max_probes=2000,
+            method="hutchinson")
   exact = np.trace(a)
   assert bool(tr.converged) and float(tr.stderr) < 0.01 * abs(float(tr.estimate))
   assert abs(float(tr.estimate) - exact) < 3 * float(tr.stderr)
@@ -282,7 +283,12 @@ def test_hutchinson_trace_within_3_se_with_per_leaf_and_diagonal(x64):
   np.testing.assert_allclose(float(tr.per_leaf["a"] + tr.per_leaf["b"]), float(tr.estimate), rtol=1e-10)
   # max_probes caps an unreachable target
   capped = _jit(spectral.trace, jax.random.key(0), mv, like, rtol=1e-9, min_probes=10, max_probes=30)
-  assert int(capped.num_probes) == 30 and not bool(capped.converged)
+  assert int(capped.num_probes) == 30 and int(capped.num_matvecs) == 30 + 2 * 20 and not bool(capped.converged)
+  # the sample standard error (ddof=1) is reported even when the target is missed
+  assert 0 < float(capped.stderr) and float(capped.ci95) > 2 * float(capped.stderr)
+  for bad in ({"min_probes": 1, "block_size": 1}, {"min_probes": 40, "max_probes": 30}):
+    with pytest.raises(ValueError, match="min_probes"):
+      spectral.trace(jax.random.key(0), mv, like, **bad)
 
 
 def test_hutchpp_exact_on_low_rank_and_better_on_decaying_spectrum(x64):
@@ -298,7 +304,8 @@ def test_hutchpp_exact_on_low_rank_and_better_on_decaying_spectrum(x64):
   # fast-decaying spectrum, equal budget of 60 matvecs: Hutch++ error is smaller (median over seeds)
   a = jnp.asarray(_matrix(100.0 * 0.5 ** np.arange(100), seed=10)[0])
   mv = lambda v: a @ v
-  hutch = jax.jit(lambda key: spectral.trace(key, mv, jnp.zeros(100), rtol=0.0, min_probes=60, max_probes=60))
+  hutch = jax.jit(lambda key: spectral.trace(key, mv, jnp.zeros(100), rtol=0.0, min_probes=60, max_probes=60,
+                                             method="hutchinson"))
   hpp = jax.jit(lambda key: spectral.trace(key, mv, jnp.zeros(100), rtol=0.0, min_probes=40, max_probes=40,
                                            method="hutch++", sketch_size=10))
   err_h, err_pp = [], []
@@ -310,6 +317,29 @@ def test_hutchpp_exact_on_low_rank_and_better_on_decaying_spectrum(x64):
   assert np.median(err_pp) < 0.01 * np.median(err_h)
   with pytest.raises(ValueError, match="method"):
     _jit(spectral.trace, jax.random.key(0), mv, jnp.zeros(100), method="xtrace")
+
+
+@pytest.mark.parametrize("method,rtol", [("hutch++", 0.01), ("hutch++", 0.03), ("hutchinson", 0.03)])
+def test_trace_95_intervals_cover_the_exact_trace_over_keys(x64, method, rtol):
+  # A prescribed spectrum like a network Hessian's: a few large outliers, an indefinite bulk, clustered negatives.
+  # Over 200 keys the 95 % interval must cover the exact trace in >= 90 % of them (binomial: a true 95 % fails
+  # this with probability < 1e-4) and the flag must agree with the reported error. For comparison, the plain
+  # sequential rule (stop at the first SE below target after 10 probes, Hutch++ sketch 10) covered 0.92 over 400 keys
+  # on a similar spectrum with a smaller bulk.
+  rng = np.random.default_rng(3)
+  lam = np.concatenate([[30.0, 20.0, 10.0, 6.0, 4.0], rng.normal(0.3, 0.6, 175), -rng.uniform(0.0, 1.0, 20)])
+  a = jnp.asarray(_matrix(lam, seed=4)[0])
+  run = jax.jit(jax.vmap(lambda key: spectral.trace(key, lambda v: a @ v, jnp.zeros(200), rtol=rtol, method=method,
+                                                    max_probes=5000)))
+  tr = run(jax.random.split(jax.random.key(0), 200))
+  lo, hi = tr.interval()
+  covered = np.mean((np.asarray(lo) <= lam.sum()) & (lam.sum() <= np.asarray(hi)))
+  assert covered >= 0.90, covered
+  assert bool(np.all(tr.converged)) and bool(np.all(tr.stderr <= rtol * np.abs(tr.estimate)))
+  np.testing.assert_array_equal(tr.dof, 19)
+  np.testing.assert_allclose(tr.ci95, 2.093024 * tr.stderr, rtol=1e-6)  # t_{0.975, 19}
+  # unbiased: the mean over keys is within 4 standard errors of the mean of the exact trace
+  assert abs(float(np.mean(tr.estimate)) - lam.sum()) < 4 * float(np.std(tr.estimate)) / np.sqrt(200)
 
 
 def _exact_density(lam, sigma, grid):

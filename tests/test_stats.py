@@ -84,12 +84,18 @@ def test_surface_stats_by_hand():
 
 
 def test_surface_stats_ratio_maps():
-  ratio = np.array([[0.0, 0.05, 0.2], [0.3, 0.01, 0.5], [np.nan, 0.02, 0.1]])
-  lmin = np.array([[1.0, -0.1, -2.0], [0.0, 0.5, 1.0], [1.0, 1.0, -0.3]])
+  # signed ratios lambda_min / lambda_max: negative where lambda_min < 0; 1.5 at a concave point (both negative)
+  ratio = np.array([[0.0, -0.05, -0.2], [0.3, 0.01, 0.5], [np.nan, 0.02, 1.5]])
+  lmin = np.array([[0.0, -0.1, -2.0], [0.3, 0.01, 1.0], [1.0, 0.02, -0.3]])
   s = stats.surface_stats(_surface(np.ones((3, 3)), convexity_ratio=ratio, lambda_min=lmin))
-  np.testing.assert_allclose(s["ratio_median"], np.median([0.0, 0.05, 0.2, 0.3, 0.01, 0.5, 0.02, 0.1]), rtol=1e-12)
-  assert s["ratio_max"] == 0.5 and s["ratio_origin"] == 0.01 and s["full_lambda_min"] == -2.0
-  np.testing.assert_allclose(s["ratio_frac_above"], 3 / 8, rtol=1e-12)   # 0.2, 0.3, 0.5 (0.1 is not above)
+  np.testing.assert_allclose(s["ratio_median"], np.median([0.0, -0.05, -0.2, 0.3, 0.01, 0.5, 0.02, 1.5]), rtol=1e-12)
+  assert s["ratio_max"] == 1.5 and s["ratio_min"] == -0.2 and s["ratio_origin"] == 0.01
+  assert s["full_lambda_min"] == -2.0
+  # non-convex and |ratio| > 0.1: -0.2 and the concave 1.5; not -0.05 (small), not 0.3 or 0.5 (convex) -> 2/8
+  np.testing.assert_allclose(s["ratio_frac_nonconvex"], 2 / 8, rtol=1e-12)
+  # without a lambda_min map the sign of the ratio decides: only -0.2 -> 1/8
+  s = stats.surface_stats(_surface(np.ones((3, 3)), convexity_ratio=ratio))
+  np.testing.assert_allclose(s["ratio_frac_nonconvex"], 1 / 8, rtol=1e-12)
 
 
 def test_seed_summary_and_increasing():

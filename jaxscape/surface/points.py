@@ -40,8 +40,10 @@ CURVATURES = ("plane", "full")
 """Curvature maps: ``plane`` = the exact 2x2 Hessian projected on the plot
 plane (nested ``jvp``; ``h_xx, h_xy, h_yy`` and its eigenvalues
 ``plane_lambda_min/max``); ``full`` = the full Hessian's ``lambda_max``,
-``lambda_min``, ``convexity_ratio`` = |λmin/λmax| (Li et al. 2018) from a
-short Lanczos run, and a Hutchinson ``trace`` (± ``trace_stderr``)."""
+``lambda_min`` (with their Lanczos residual bounds ``lambda_max_bound``,
+``lambda_min_bound``), the signed ``convexity_ratio`` = λmin/λmax (< 0 where
+non-convex; Li et al. 2018 plot its magnitude) from a short Lanczos run, and a
+Hutchinson ``trace`` (± ``trace_stderr``, at least 2 probes)."""
 
 _WARM_NOISE = 1e-3
 """Weight of the random component of a warm start (relative to the unit seed)."""
