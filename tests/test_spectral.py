@@ -234,6 +234,18 @@ def test_eigh_on_pytree_vectors_under_jit_and_vmap(x64):
   # scaling by -1 makes the largest eigenvalue 5 (from -5)
   np.testing.assert_allclose(out, [10.0, 20.0, 5.0], rtol=1e-9)
 
+  # the run-until-certified loop (a lax.while_loop) under vmap: each member is certified, and runs on
+  # until the slowest stops (its matvec count is the slowest member's)
+  @jax.jit
+  @jax.vmap
+  def certified(scale):
+    return spectral.eigh(jax.random.key(0), lambda t: jax.tree.map(lambda x: scale * x, mv(t)), like, k=2,
+                         which="smallest", tol=1e-8)
+
+  res = certified(jnp.array([1.0, 2.0, -1.0]))
+  np.testing.assert_allclose(res.values, [[-5.0, -4.5], [-10.0, -9.0], [-10.0, -9.0]], rtol=1e-9)
+  assert bool(jnp.all(res.converged)) and res.vectors["u"].shape == (3, 2, 6, 5)
+
 
 def test_power_iteration_deflation_residual_rule_and_warm_start(x64):
   lam = np.concatenate([[10.0, -8.0, 5.0], np.linspace(-2, 2, 37)])
