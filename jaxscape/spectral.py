@@ -524,32 +524,40 @@ def _certified_lanczos(key, mv, v0, *, n, m, k, which, tol, atol, max_matvecs, v
     c = keep(c, s, theta, k, jnp.zeros_like(c["lres"]).at[:k].set(res), fresh(c["v"], k_verify))
     return dict(c, nlock=jnp.asarray(k, jnp.int32), phase=jnp.ones((), jnp.int32), vsteps=jnp.zeros((), jnp.int32))
 
-  def body(c):
+  def step(c):
+    # one matvec, then the Ritz check; stops the inner loop to finish or restart
     c = expand(c)
-    theta, s, valid, est, is_locked, floor = ritz(c)
+    theta, s, valid, est, _, floor = ritz(c)
     rule = jnp.maximum(tol * jnp.abs(theta[:k]), floor)
     # the estimates decide when to look; the true residuals decide
     hopeful = jnp.all(valid[:k] & (est[:k] <= rule))
     res = jax.lax.cond(hopeful, lambda: residuals(c, s, theta, k)[0], lambda: jnp.full((k,), jnp.inf, cd))
     all_ok = jnp.all(res <= rule)
     j = c["j"]
-    exhausted = j + 1 >= n
     checked = (c["phase"] == 1) & (c["vsteps"] >= verify_steps)
-    done = exhausted | (all_ok & (checked | (verify_steps == 0))) | (c["nmv"] >= max_matvecs)
-    go_verify = all_ok & (c["phase"] == 0) & (verify_steps > 0) & (j + 2 < n) & ~done
-    full = j + 1 >= m
-    branch = jnp.where(done, 0, jnp.where(go_verify, 1, jnp.where(full, 2, 0)))
-    advance = lambda c: dict(c, j=jnp.where(done, j, j + 1))
-    c = jax.lax.switch(branch, [advance, lambda c: verify_restart(c, theta, s, res),
-                                lambda c: thick_restart(c, theta, s, is_locked)], c)
-    return dict(c, done=done)
+    done = (j + 1 >= n) | (all_ok & (checked | (verify_steps == 0))) | (c["nmv"] >= max_matvecs)
+    verify = all_ok & (c["phase"] == 0) & (verify_steps > 0) & (j + 2 < n) & ~done
+    stop = done | verify | (j + 1 >= m)
+    return dict(c, j=jnp.where(stop, j, j + 1), done=done, verify=verify, stop=stop)
 
-  zi = jnp.zeros((), jnp.int32)
+  def cycle(c):
+    # expansions until the basis is full (or the run ends), then one restart: the restart's
+    # whole-basis update stays out of the per-matvec loop
+    c = jax.lax.while_loop(lambda c: ~c["stop"], step, dict(c, stop=jnp.zeros((), bool)))
+    theta, s, _, _, is_locked, _ = ritz(c)
+
+    def restart(c):
+      return jax.lax.cond(c["verify"], lambda: verify_restart(c, theta, s, residuals(c, s, theta, k)[0]),
+                          lambda: thick_restart(c, theta, s, is_locked))
+
+    return jax.lax.cond(c["done"], lambda: c, lambda: restart(c))
+
+  zi, false = jnp.zeros((), jnp.int32), jnp.zeros((), bool)
   init = dict(v=jnp.zeros((m + 1, n), cd).at[0].set(_normalise(v0)), av=jnp.zeros((m + 1, n), cd),
               t=jnp.zeros((m + 1, m + 1), cd), lres=jnp.zeros((m + 1,), cd), j=zi, beta=jnp.zeros((), cd),
-              scale=jnp.zeros((), cd), nmv=zi, nbd=zi, nrs=zi, nlock=zi, phase=zi, vsteps=zi,
-              done=jnp.zeros((), bool))
-  c = jax.lax.while_loop(lambda c: ~c["done"], body, init)
+              scale=jnp.zeros((), cd), nmv=zi, nbd=zi, nrs=zi, nlock=zi, phase=zi, vsteps=zi, done=false,
+              verify=false, stop=false)
+  c = jax.lax.while_loop(lambda c: ~c["done"], cycle, init)
   theta, s, _, est, _, floor = ritz(c)
   resid, y = residuals(c, s, theta, k)
   return theta[:k], y, resid, est[:k], floor, c["nmv"], c["nbd"], c["nrs"]
