@@ -274,11 +274,12 @@ def _merge(args: argparse.Namespace) -> int:
   from . import io as jio
   from . import plot, surface
 
-  surf = surface.merge_surfaces(args.out)
-  jio.save_result(args.out, {**surf.to_arrays(), "done": np.ones(surf.loss.shape, bool)}, surf.meta)
-  paths = plot.save_figures(surf, args.out, log=args.log)
-  if args.vtk and surf.ndim == 2:
-    paths.append(_vtk(surf, args.out, log=args.log))
+  with jio.RunLock(args.out):  # one merge (or other writer) of OUT at a time
+    surf = surface.merge_surfaces(args.out)
+    jio.save_result(args.out, {**surf.to_arrays(), "done": np.ones(surf.loss.shape, bool)}, surf.meta)
+    paths = plot.save_figures(surf, args.out, log=args.log)
+    if args.vtk and surf.ndim == 2:
+      paths.append(_vtk(surf, args.out, log=args.log))
   print(f"merged {surf.meta['parts']['count']} parts: surface {surf.loss.shape} in {args.out}: loss "
         f"{float(_nanmin(surf.loss)):.4g} .. {float(_nanmax(surf.loss)):.4g}, {surf.num_nonfinite} non-finite")
   for path in paths:
@@ -534,10 +535,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
   """Entry point of the ``jaxscape`` command."""
+  from .io import ResultWriteError, RunLockedError
+
   args = build_parser().parse_args(argv)
   try:
     return int(args.func(args) or 0)
-  except (ValueError, FileNotFoundError) as e:
+  except (ValueError, FileNotFoundError, RunLockedError, ResultWriteError) as e:  # one line, no traceback
     print(f"jaxscape {args.command}: error: {e}", file=sys.stderr)
     return 2
 

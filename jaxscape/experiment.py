@@ -221,15 +221,15 @@ def run(module: Any, argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   config = {**module.CONFIGS[args.preset], "preset": args.preset, "seed": args.seed, "data_dir": args.data_dir}
   out = args.out or getattr(module, "RUN_DIR", None) or os.path.join("runs", f"{name}-{args.preset}")
-  os.makedirs(out, exist_ok=True)
-  jio.write_json(os.path.join(out, "config.json"), config)
   try:
-    report = module.main(config, out)
-  except (FileNotFoundError, ValueError) as e:
+    with jio.RunLock(out):  # the run owns its directory until its report is written
+      jio.write_json(os.path.join(out, "config.json"), config)
+      report = module.main(config, out)
+      with open(os.path.join(out, "report.md"), "w") as f:
+        f.write(report.render())
+  except (FileNotFoundError, ValueError, jio.RunLockedError) as e:
     print(f"{name} [{args.preset}]: error: {e}", file=sys.stderr)
     return 2
-  with open(os.path.join(out, "report.md"), "w") as f:
-    f.write(report.render())
   parent = os.path.dirname(os.path.abspath(out))
   if os.path.basename(parent) == "runs":
     write_index(parent)

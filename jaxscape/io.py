@@ -1,4 +1,4 @@
-"""Results on disk: ``results.npz`` + ``meta.json``, written atomically, resumable.
+"""Results on disk: ``results.npz`` + ``meta.json``, published together atomically, resumable, one writer.
 
 A result directory holds
 
@@ -9,15 +9,25 @@ A result directory holds
   (package versions, device kind and count, dtype), run statistics, and the
   SHA-256 of ``results.npz`` (``checksum``).
 
-Both files are replaced atomically (written to a temporary file, then
-``os.replace``), so a run killed at any moment leaves the last complete
-state behind. ``meta.json`` is written first and also records the checksum
-of the ``results.npz`` it replaces (``previous_checksum``): a kill between
-the two renames leaves the older, complete arrays, which are still accepted.
-A ``results.npz`` that matches neither checksum (truncated, corrupted,
-replaced), or that cannot be parsed, raises :class:`CorruptResultError`;
-it is never silently reused or overwritten. This module also exports 2-D
-surfaces to VTK for ParaView.
+Every write puts both files into a new generation folder (``.gen-*``) and then
+switches one symbolic link, ``.current``, to it with a single ``os.replace``;
+``results.npz`` and ``meta.json`` at the top are fixed links through
+``.current``. A reader (:func:`load_result`) resolves ``.current`` once and
+reads both files of that generation, so it always sees one complete state,
+however often the writer replaces it; a run killed (or out of disk space) at
+any moment leaves the last complete state behind. Directories written by
+earlier versions (two plain files) are read as before: a ``results.npz`` that
+matches neither checksum of ``meta.json`` (``checksum`` or, for an old run
+killed between its two renames, ``previous``), or that cannot be parsed,
+raises :class:`CorruptResultError`; it is never silently reused or
+overwritten.
+
+One process writes a directory at a time: :class:`RunLock` (``flock`` on
+``.lock``, held for the whole run and dropped by the kernel when the owner
+exits or is killed) refuses a second writer with :class:`RunLockedError`
+naming the owner's pid and host. The owner removes what killed writes left
+(``.tmp-*``, unpublished generations). This module also exports 2-D surfaces
+to VTK for ParaView.
 
 Example:
   >>> import tempfile, numpy as np
@@ -30,13 +40,18 @@ Example:
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import io
 import json
 import os
 import platform
+import shutil
+import socket
 import sys
 import tempfile
+import time
 from importlib import metadata
 from typing import Any, Mapping
 
@@ -46,9 +61,17 @@ import numpy as np
 
 RESULTS = "results.npz"
 META = "meta.json"
+CURRENT = ".current"
+"""The link that publishes a result: it names the generation folder (``.gen-*``) holding the current pair."""
+LOCK = ".lock"
+"""The lock file of a directory (see :class:`RunLock`); it holds the owner's pid and host while held."""
+_GEN, _TMP = ".gen-", ".tmp-"
 
 __all__ = [
     "CorruptResultError",
+    "RunLockedError",
+    "ResultWriteError",
+    "RunLock",
     "save_result",
     "load_result",
     "ResultStore",
@@ -67,6 +90,17 @@ __all__ = [
 
 class CorruptResultError(ValueError):
   """A result directory whose files are truncated, corrupted or do not belong together."""
+
+
+class RunLockedError(RuntimeError):
+  """Another process is writing this directory: it holds the directory's :class:`RunLock`."""
+
+
+class ResultWriteError(OSError):
+  """A result could not be written (e.g. ``errno.ENOSPC``); the previous complete result, if any, is intact.
+
+  ``errno`` is the failed operation's (``ENOSPC`` for a full disk).
+  """
 
 
 _FIX = ("Delete the directory, or rerun with overwrite=True (CLI: --overwrite) to replace it; "
@@ -153,38 +187,282 @@ def sha256_file(path: str) -> str:
   return h.hexdigest()
 
 
-def _previous_sha256(path: str) -> str | None:
+def _write_bytes(path: str, data: bytes) -> None:
+  """Writes a new file and flushes it to the disk (the one place result bytes are written)."""
+  with open(path, "xb") as f:
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _fsync_dir(directory: str) -> None:
+  """Makes the renames in ``directory`` durable (a no-op where directories cannot be opened)."""
   try:
-    return sha256_file(path)
+    fd = os.open(directory, os.O_RDONLY)
+  except OSError:
+    return
+  try:
+    os.fsync(fd)
+  except OSError:
+    pass
+  finally:
+    os.close(fd)
+
+
+def _remove(path: str) -> None:
+  if os.path.isdir(path) and not os.path.islink(path):
+    shutil.rmtree(path, ignore_errors=True)
+  else:
+    try:
+      os.remove(path)
+    except FileNotFoundError:
+      pass
+
+
+# ----------------------------------------------------------------------------- one writer per directory
+
+_HELD: dict[str, list] = {}
+"""The locks this process holds: real path of the directory -> [lock file descriptor, depth]."""
+
+
+def _lock_owner(fd: int) -> dict[str, Any]:
+  """The owner recorded in a held lock file (it writes it just after taking the lock: wait a moment for it)."""
+  for _ in range(20):
+    raw = os.pread(fd, 4096, 0)
+    try:
+      owner = json.loads(raw.decode("utf-8"))
+      if isinstance(owner, dict):
+        return owner
+    except ValueError:
+      pass
+    time.sleep(0.01)
+  return {}
+
+
+class RunLock:
+  """The exclusive right to write a run directory, held by one process for a whole run.
+
+  ``fcntl.flock`` on ``<directory>/.lock``; the owner writes its pid, host
+  and start time into the file. The kernel drops the lock when the owner
+  exits, however it ends (SIGKILL included), so a lock file left behind is
+  not a held lock and the next run takes it. A process that holds the lock
+  may take it again (nested runs and writes count depth). On taking the lock
+  the owner removes what killed writes left in the directory: ``.tmp-*``
+  files and generation folders that :data:`CURRENT` does not name.
+
+  Locks are advisory and per host where the file system does not share
+  ``flock`` between hosts (some network file systems): one directory per run
+  is still the rule there.
+
+  Args:
+    directory: the run directory (created if missing).
+
+  Raises:
+    RunLockedError: on :meth:`acquire` (or entering the ``with`` block), when
+      another process holds the lock; the message names its pid and host.
+
+  Example:
+    >>> import tempfile, numpy as np
+    >>> d = tempfile.mkdtemp()
+    >>> with RunLock(d):      # writes inside belong to this run; another process is refused meanwhile
+    ...   save_result(d, {"loss": np.zeros(3)}, {"config": {}})
+  """
+
+  def __init__(self, directory: str | os.PathLike):
+    self.directory = os.fspath(directory)
+    self._key: str | None = None
+
+  def acquire(self) -> "RunLock":
+    if self._key is not None:
+      return self
+    os.makedirs(self.directory, exist_ok=True)
+    key = os.path.realpath(self.directory)
+    if key in _HELD:
+      _HELD[key][1] += 1
+      self._key = key
+      return self
+    path = os.path.join(self.directory, LOCK)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      owner = _lock_owner(fd)
+      os.close(fd)
+      raise RunLockedError(
+          f"{self.directory!r} is being written by another run: pid {owner.get('pid', '(unknown)')} on host "
+          f"{owner.get('host', '(unknown)')} (since {owner.get('since', '(unknown)')}) holds {path!r}. Wait for it "
+          "to finish or stop it, or choose another output directory: one run writes a directory at a time (the "
+          "lock is released when that process ends, even if it is killed).") from None
+    except BaseException:
+      os.close(fd)
+      raise
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(record).encode(), 0)
+    _HELD[key] = [fd, 1]
+    self._key = key
+    try:
+      _remove_leftovers(self.directory)
+    except BaseException:
+      self.release()
+      raise
+    return self
+
+  def release(self) -> None:
+    if self._key is None:
+      return
+    held = _HELD[self._key]
+    held[1] -= 1
+    if held[1] == 0:
+      del _HELD[self._key]
+      try:
+        os.ftruncate(held[0], 0)  # no owner recorded once released
+      except OSError:
+        pass
+      os.close(held[0])  # closing the descriptor drops the flock
+    self._key = None
+
+  def __enter__(self) -> "RunLock":
+    return self.acquire()
+
+  def __exit__(self, *exc: Any) -> None:
+    self.release()
+
+
+def _remove_leftovers(directory: str) -> None:
+  """Removes ``.tmp-*`` and unpublished or superseded generations (only the lock's owner may)."""
+  current = _current_generation(directory)
+  for name in os.listdir(directory):
+    if name.startswith(_TMP) or (name.startswith(_GEN) and name != current):
+      _remove(os.path.join(directory, name))
+
+
+# ----------------------------------------------------------------------------- generations
+
+
+def _current_generation(directory: str) -> str | None:
+  """The generation folder :data:`CURRENT` names, or None (no result, or the two-file layout)."""
+  try:
+    target = os.readlink(os.path.join(directory, CURRENT))
+  except OSError:
+    return None
+  return target if target.startswith(_GEN) and os.sep not in target else None
+
+
+def _is_fixed_link(directory: str, name: str) -> bool:
+  path = os.path.join(directory, name)
+  return os.path.islink(path) and os.readlink(path) == os.path.join(CURRENT, name)
+
+
+def _locate(directory: str) -> tuple[tuple[str, str], str | None]:
+  """``((results path, meta path), generation)``: the pair to read, from one generation when the top-level
+  names are the fixed links through :data:`CURRENT`; the top-level files themselves otherwise (earlier layout,
+  or files replaced by hand)."""
+  generation = _current_generation(directory)
+  if generation is not None and all(_is_fixed_link(directory, n) for n in (RESULTS, META)):
+    return (os.path.join(directory, generation, RESULTS), os.path.join(directory, generation, META)), generation
+  return (os.path.join(directory, RESULTS), os.path.join(directory, META)), None
+
+
+def _link(directory: str, name: str) -> None:
+  """Makes ``directory/name`` the fixed link ``.current/name`` (replacing a plain file of the earlier layout)."""
+  if _is_fixed_link(directory, name):
+    return
+  tmp = os.path.join(directory, f"{_TMP}link-{os.getpid()}-{name}")
+  _remove(tmp)
+  os.symlink(os.path.join(CURRENT, name), tmp)
+  os.replace(tmp, os.path.join(directory, name))
+
+
+def _publish(directory: str, files: Mapping[str, bytes]) -> None:
+  """Writes ``files`` into a new generation folder and publishes it with one ``os.replace`` of :data:`CURRENT`.
+
+  Any failure before that replace (no space left, a kill) leaves the published
+  generation as it was; an ``OSError`` becomes a :class:`ResultWriteError`
+  that says so.
+  """
+  before = _current_generation(directory)
+  had_result = before is not None or os.path.exists(os.path.join(directory, RESULTS))
+  tmp = tempfile.mkdtemp(dir=directory, prefix=_TMP + "gen-")
+  generation = _GEN + os.path.basename(tmp)[len(_TMP + "gen-"):]
+  link = os.path.join(directory, _TMP + "link" + generation)
+  published = False
+  try:
+    for name, data in files.items():
+      _write_bytes(os.path.join(tmp, name), data)
+    _fsync_dir(tmp)
+    os.rename(tmp, os.path.join(directory, generation))
+    os.symlink(generation, link)
+    os.replace(link, os.path.join(directory, CURRENT))  # the single step that publishes the pair
+    published = True
+    _fsync_dir(directory)
+    for name in (META, RESULTS):  # meta.json first: in between, an earlier layout's results.npz is its `previous`
+      _link(directory, name)
+  except OSError as e:
+    if not published:
+      for path in (tmp, os.path.join(directory, generation), link):
+        _remove(path)
+    state = ("the new result was published but the links results.npz/meta.json could not be made; the next write "
+             "makes them" if published else
+             "the previous complete result is intact and loadable" if had_result else
+             "nothing was saved (there was no earlier result)")
+    raise ResultWriteError(e.errno, f"could not write the result in {directory!r} ({e.strerror or e}): {state}"
+                           + ("; free some space and rerun to resume" if e.errno == errno.ENOSPC else "")) from e
+  except BaseException:
+    if not published:
+      for path in (tmp, os.path.join(directory, generation), link):
+        _remove(path)
+    raise
+  for name in os.listdir(directory):  # keep the generation just replaced: a reader may have resolved it
+    if name.startswith(_GEN) and name not in (generation, before):
+      _remove(os.path.join(directory, name))
+
+
+def _previous_sha256(directory: str) -> str | None:
+  try:
+    return sha256_file(_locate(directory)[0][0])
   except OSError:  # no earlier results.npz
     return None
 
 
 def save_result(directory: str, arrays: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
-  """Writes ``results.npz`` and ``meta.json`` (with the checksum of the arrays) into ``directory`` atomically.
+  """Publishes ``results.npz`` and ``meta.json`` (with the checksum of the arrays) in ``directory`` as one unit.
 
-  ``meta.json`` goes first, so that at every moment the directory holds a
-  ``results.npz`` whose checksum ``meta.json`` records (``checksum`` or,
-  between the two renames, ``previous_checksum``).
+  Both files go into a new generation folder that one atomic switch of
+  :data:`CURRENT` publishes, so that a reader sees the earlier pair or this
+  one, never a mix, and a failed or killed write leaves the earlier pair. The
+  write holds the directory's :class:`RunLock` (taken here unless this
+  process holds it already).
+
+  Raises:
+    RunLockedError: another process is writing the directory.
+    ResultWriteError: the write failed (``errno.ENOSPC`` for a full disk); the
+      message says whether the previous result is intact (it is, unless the
+      failure came after publishing).
   """
   buf = io.BytesIO()
   np.savez_compressed(buf, **{k: np.asarray(v) for k, v in arrays.items()})
   data = buf.getvalue()
-  checksum = {"algorithm": "sha256", RESULTS: _sha256(data),
-              "previous": _previous_sha256(os.path.join(directory, RESULTS))}
-  write_json(os.path.join(directory, META), {**meta, "checksum": checksum})
-  _atomic_write(os.path.join(directory, RESULTS), lambda f: f.write(data))
+  with RunLock(directory):
+    checksum = {"algorithm": "sha256", RESULTS: _sha256(data), "previous": _previous_sha256(directory)}
+    text = json.dumps(to_jsonable({**meta, "checksum": checksum}), indent=2, sort_keys=True, allow_nan=True)
+    _publish(directory, {RESULTS: data, META: text.encode()})
 
 
-def _read_meta(path: str) -> dict[str, Any]:
+def _parse_meta(path: str, raw: bytes) -> dict[str, Any]:
   try:
-    meta = read_json(path)
+    meta = json.loads(raw.decode("utf-8"))
   except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
     raise CorruptResultError(f"{path!r} is not valid JSON ({type(e).__name__}: {e}): the file is truncated or "
                              f"corrupted. {_FIX}") from None
   if not isinstance(meta, dict):
     raise CorruptResultError(f"{path!r} should hold a JSON object; found {type(meta).__name__}. {_FIX}")
   return meta
+
+
+def _read_meta(path: str) -> dict[str, Any]:
+  with open(path, "rb") as f:
+    return _parse_meta(path, f.read())
 
 
 def _check_sum(path: str, data: bytes, meta: Mapping[str, Any]) -> None:
@@ -200,8 +478,31 @@ def _check_sum(path: str, data: bytes, meta: Mapping[str, Any]) -> None:
                              f"truncated, corrupted or was replaced. {_FIX}")
 
 
+_READ_ATTEMPTS = 20
+"""How often a reader resolves :data:`CURRENT` again when the generation it found was removed before it opened
+its files (a writer replaced it twice meanwhile)."""
+
+
+def _read_pair(directory: str) -> tuple[str, bytes, str, bytes]:
+  """``(results path, its bytes, meta path, its bytes)`` of one published state."""
+  for _ in range(_READ_ATTEMPTS):
+    (results_path, meta_path), generation = _locate(directory)
+    try:
+      # Both opened before either is read: an open file stays readable when its generation is removed.
+      with open(meta_path, "rb") as fm, open(results_path, "rb") as fr:
+        return results_path, fr.read(), meta_path, fm.read()
+    except (FileNotFoundError, NotADirectoryError):
+      if generation is None or _current_generation(directory) == generation:
+        break
+  for path in (os.path.join(directory, RESULTS), os.path.join(directory, META)):
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"no result in {directory!r}: expected {RESULTS} and {META}, missing "
+                              f"{os.path.basename(path)}")
+  raise FileNotFoundError(f"no result in {directory!r}: its files kept disappearing while being read")
+
+
 def load_result(directory: str, *, verify: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-  """Reads ``(arrays, meta)`` from a result directory.
+  """Reads ``(arrays, meta)`` from a result directory: one complete published state, even while a run writes it.
 
   Args:
     directory: the result directory.
@@ -212,20 +513,15 @@ def load_result(directory: str, *, verify: bool = True) -> tuple[dict[str, np.nd
     FileNotFoundError: naming the missing file.
     CorruptResultError: when a file cannot be parsed or the checksum does not match.
   """
-  paths = [os.path.join(directory, RESULTS), os.path.join(directory, META)]
-  for path in paths:
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"no result in {directory!r}: expected {RESULTS} and {META}, missing {os.path.basename(path)}")
-  meta = _read_meta(paths[1])
-  with open(paths[0], "rb") as f:
-    data = f.read()
+  results_path, data, meta_path, raw = _read_pair(directory)
+  meta = _parse_meta(meta_path, raw)
   if verify:
-    _check_sum(paths[0], data, meta)
+    _check_sum(results_path, data, meta)
   try:
     with np.load(io.BytesIO(data), allow_pickle=False) as f:
       arrays = {k: f[k] for k in f.files}
   except Exception as e:  # zipfile, zlib, numpy format errors: all mean a damaged file
-    raise CorruptResultError(f"{paths[0]!r} is not a readable .npz archive ({type(e).__name__}: {e}). {_FIX}") from None
+    raise CorruptResultError(f"{results_path!r} is not a readable .npz archive ({type(e).__name__}: {e}). {_FIX}") from None
   return arrays, meta
 
 
@@ -243,35 +539,57 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 
 class ResultStore:
-  """A resumable result directory tied to one config.
+  """A resumable result directory tied to one config, written by one run at a time.
 
-  ``open`` returns the arrays of a finished or partial earlier run with the
-  same config (or ``None``); a different config raises ``ValueError`` naming
-  what differs, a damaged directory :class:`CorruptResultError`. With
-  ``overwrite=True``, ``open`` deletes an earlier result instead (whatever
-  its config or state). ``write`` replaces both files atomically.
+  ``open`` takes the directory's :class:`RunLock` (held until ``close``, or
+  the end of a ``with`` block; a directory another process writes raises
+  :class:`RunLockedError` at once), then returns the arrays of a finished or
+  partial earlier run with the same config (or ``None``); a different config
+  raises ``ValueError`` naming what differs, a damaged directory
+  :class:`CorruptResultError`. With ``overwrite=True``, ``open`` deletes an
+  earlier result instead (whatever its config or state). ``write`` publishes
+  both files as one unit (:func:`save_result`).
   """
 
   def __init__(self, directory: str, config: Mapping[str, Any], *, overwrite: bool = False):
     self.directory = directory
     self.config = to_jsonable(config)
     self.overwrite = bool(overwrite)
+    self._lock = RunLock(directory)
+
+  def __enter__(self) -> "ResultStore":
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    self.close()
+
+  def close(self) -> None:
+    """Releases the directory's lock (``open`` took it)."""
+    self._lock.release()
 
   def open(self) -> dict[str, np.ndarray] | None:
+    self._lock.acquire()
+    try:
+      return self._resume()
+    except BaseException:
+      self.close()
+      raise
+
+  def _resume(self) -> dict[str, np.ndarray] | None:
     paths = [os.path.join(self.directory, name) for name in (RESULTS, META)]
     if self.overwrite:
-      for path in paths:
-        if os.path.isfile(path):
-          os.remove(path)
+      for name in os.listdir(self.directory):
+        if name in (RESULTS, META, CURRENT) or name.startswith(_GEN):
+          _remove(os.path.join(self.directory, name))
       return None
-    if not any(os.path.exists(p) for p in paths):
+    if not any(os.path.lexists(p) for p in paths):
       return None
     if not os.path.exists(paths[1]):
       raise CorruptResultError(f"{self.directory!r} holds {RESULTS} without {META}: it cannot be verified or "
                                f"resumed. {_FIX}")
     if os.path.exists(paths[0]):
       arrays, meta = load_result(self.directory)
-    else:  # killed between the two renames of the first write: nothing finished yet
+    else:  # killed between the two renames of an earlier version's first write: nothing finished yet
       arrays, meta = None, _read_meta(paths[1])
       checksum = meta.get("checksum")
       if not (isinstance(checksum, dict) and RESULTS in checksum and checksum.get("previous", "") is None):

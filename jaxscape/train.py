@@ -34,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -46,6 +47,7 @@ import numpy as np
 import optax
 
 from . import hessian
+from . import io as _io
 from . import tree as tree_lib
 from .adapters.nnx import as_pure, split_train, update
 from .data import Dataset
@@ -647,10 +649,16 @@ def train(key: jax.Array, model: Any, data: Dataset | tuple, config: TrainConfig
   data_train, data_test, name = _split_data(data)
   engine = _engine(train_apply, apply, config, int(np.shape(data_train[0])[0]))
   carry = engine.init(params, state, {})
-  carry, hist = _run(engine, carry, {}, key, data_train, data_test, name, vmapped=(), snapshot_every=snapshot_every,
-                     checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
-                     stop_after_steps=stop_after_steps, spec=spec, resume=resume)
+  with _run_lock(checkpoint_dir):
+    carry, hist = _run(engine, carry, {}, key, data_train, data_test, name, vmapped=(),
+                       snapshot_every=snapshot_every, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+                       stop_after_steps=stop_after_steps, spec=spec, resume=resume)
   return carry["params"], carry["state"], hist
+
+
+def _run_lock(run_dir: str | os.PathLike | None) -> contextlib.AbstractContextManager:
+  """The run directory's lock (:class:`jaxscape.io.RunLock`) for a whole training run; nothing without one."""
+  return contextlib.nullcontext() if run_dir is None else _io.RunLock(run_dir)
 
 
 def train_many(keys: jax.Array, init: Callable[[jax.Array], Any], data: Dataset | tuple,
@@ -837,13 +845,14 @@ def train_from_spec(spec: Mapping, out_dir: str | os.PathLike, *, resume: bool =
                     "checkpoint_every": checkpoint_every}}
   full = json.loads(json.dumps(full))  # the JSON form, as recorded
   out = os.path.abspath(os.fspath(out_dir))
-  if resume and os.path.isfile(os.path.join(out, _ckpt.SPEC_FILE)):
-    old = _ckpt.read_spec(out)
-    if old != full:
-      raise ValueError(f"{out!r} holds a run with a different spec; use another out_dir or resume=False.\n"
-                       f"existing: {old}\nnew: {full}")
-  k_init, k_data = jax.random.split(jax.random.key(seed))
-  model = models.build(m_name, k_init, **m_kwargs)
-  params, state, hist = train(k_data, model, ds, config, snapshot_every=snapshot_every, checkpoint_dir=out,
-                              checkpoint_every=checkpoint_every, resume=resume, spec=full)
+  with _run_lock(out):  # before the spec check: a run that starts meanwhile cannot slip past it
+    if resume and os.path.isfile(os.path.join(out, _ckpt.SPEC_FILE)):
+      old = _ckpt.read_spec(out)
+      if old != full:
+        raise ValueError(f"{out!r} holds a run with a different spec; use another out_dir or resume=False.\n"
+                         f"existing: {old}\nnew: {full}")
+    k_init, k_data = jax.random.split(jax.random.key(seed))
+    model = models.build(m_name, k_init, **m_kwargs)
+    params, state, hist = train(k_data, model, ds, config, snapshot_every=snapshot_every, checkpoint_dir=out,
+                                checkpoint_every=checkpoint_every, resume=resume, spec=full)
   return update(model, params, state), hist

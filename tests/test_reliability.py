@@ -75,10 +75,10 @@ if where == "after_write":     # the process dies right after its k-th complete 
     real_write(self, *a, **kw)
     kill_on(k)
   jio.ResultStore.write = write
-else:                          # ... or inside it: meta.json renamed, results.npz not yet
+else:                          # ... or inside it: the new generation written, not yet published
   real_replace = os.replace
   def replace(src, dst):
-    if dst.endswith("results.npz"):
+    if dst.endswith(jio.CURRENT):
       kill_on(k)
     real_replace(src, dst)
   os.replace = replace
@@ -91,19 +91,20 @@ print("not killed")
 """
 
 
-@pytest.mark.parametrize("curvature,where,done", [("none", "after_write", 12), ("plane", "between_renames", 8)])
+@pytest.mark.parametrize("curvature,where,done", [("none", "after_write", 12), ("plane", "before_publish", 8)])
 def test_sigkilled_surface_resumes_to_the_uninterrupted_result(tmp_path, curvature, where, done):
   out = str(tmp_path / "run")
   proc = _python(KILL_SURFACE, out, curvature, where, "3")
   assert proc.returncode == -9, proc.stdout + proc.stderr
   with np.load(os.path.join(out, "results.npz")) as f:
     assert int(f["done"].sum()) == done  # 25 points in calls of 4: 3 (or 2) calls survived
-  if where == "between_renames":
-    with open(os.path.join(out, "meta.json")) as f:
-      assert json.load(f)["num_done"] == 12  # meta.json is one write ahead of the arrays: still accepted
-    assert any(n.startswith(".tmp-") for n in os.listdir(out))  # the unfinished write never replaced the arrays
+  with open(os.path.join(out, "meta.json")) as f:
+    assert json.load(f)["num_done"] == done  # the pair is published as one: meta.json agrees with the arrays
+  if where == "before_publish":
+    assert any(n.startswith(".tmp-") for n in os.listdir(out))  # the unfinished write never replaced the pair
   curv = None if curvature == "none" else curvature
   resumed = run_surface(out, curv)
+  assert not any(n.startswith(".tmp-") for n in os.listdir(out))  # the next owner removed the leftovers
   assert resumed.meta["points_evaluated"] == 25 - done
   full = run_surface(None, curv)
   np.testing.assert_array_equal(resumed.loss, full.loss)

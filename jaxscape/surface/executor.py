@@ -483,6 +483,10 @@ def loss_surface(
   Under several processes (after :func:`jaxscape.distributed.initialize`)
   every process evaluates its share of the points on its local devices, all
   processes return the whole result and only process 0 writes ``out_dir``.
+  The writing process holds ``out_dir``'s (or the part's)
+  :class:`~jaxscape.io.RunLock` for the whole run: a second run on the same
+  directory is refused at once, and readers (:func:`load_surface`) always
+  see the last complete write.
 
   Returns:
     A :class:`Surface` with arrays indexed ``[iy, ix]``.
@@ -510,6 +514,10 @@ def loss_surface(
       parameters, chunk sizes), or when ``out_dir`` holds a result of another
       config (the message names the differing fields).
     jaxscape.io.CorruptResultError: when ``out_dir`` holds damaged files.
+    jaxscape.io.RunLockedError: when another process is writing ``out_dir``
+      (the message names its pid and host).
+    jaxscape.io.ResultWriteError: when a write fails (e.g. a full disk); the
+      last complete write stays intact and a rerun resumes from it.
     NonFiniteOriginError: when the parameters or the loss at the origin are
       not finite (checked before anything is evaluated or written).
   """
@@ -588,75 +596,79 @@ def loss_surface(
   directory = out_dir if out_dir is None or part is None else part_directory(out_dir, *part)
   # Only process 0 reads and writes the directory; the others get its state.
   store = _io.ResultStore(directory, run_config, overwrite=overwrite) if directory is not None and pid == 0 else None
-  error = None
-  if store is not None:
-    try:
-      previous = store.open()
-    except Exception as e:  # re-raised below, after the others have been told, so that none waits forever
-      previous, error = None, e
-    if previous is not None and "done" in previous:
-      done = previous["done"].ravel().astype(bool)
-      for k in names:
-        values[k] = previous[k].ravel().astype(np.float64)
-  if nproc > 1:
-    shared = _dist.broadcast({"failed": np.array(error is not None), "done": done,
-                              "values": np.stack([values[k] for k in names])})
-    if shared["failed"] and error is None:
-      raise ValueError(f"process 0 could not resume from {directory!r}; see its error")
-    done, values = shared["done"].copy(), {k: v.copy() for k, v in zip(names, shared["values"])}
-  if error is not None:
-    raise error
-  todo = np.flatnonzero(~done & in_part)
-  done_before = int(done.sum())
-  # One call per process per round; with one process a round is one call.
-  rounds = [todo[i:i + call_size * nproc] for i in range(0, todo.size, call_size * nproc)]
-
-  start = time.perf_counter()
-  warm_meta = None
-  if warm is not None:  # the coarse pass, for this process's points only
-    mine = np.concatenate([np.array_split(r, nproc)[pid] for r in rounds] + [np.zeros(0, np.int64)])
-    seeds, warm_meta = _warm_starts(warm, shape, coords, mine, mesh, per_device, int(lanczos_steps), chunks_per_call,
-                                    inputs, placed, dtype, tree.size(params), quiet or pid != 0)
-    inputs = dataclasses.replace(inputs, warm=jax.device_put(seeds, replicated))
-  env = _io.environment()
-  env["device_count"] = ndev
-  env["mesh"] = {"grid": ngrid, "data": int(data_shards)}
-
-  def result(wall: float, evaluated: int) -> Surface:
-    loss = values["loss"].reshape(shape)
-    meta = {"environment": env, "chunk_size": chunk_size, "chunks_per_call": chunks_per_call, "wall_time_s": wall,
-            "points_evaluated": evaluated, "points_per_second": evaluated / wall if wall > 0 else None,
-            "num_points": num_points, "num_done": int(done.sum()),
-            "num_nonfinite": int(np.sum(~np.isfinite(values["loss"]) & done)),
-            **({"part_points": int(in_part.sum())} if part is not None else {}),
-            **({"warm_start": warm_meta} if warm_meta is not None else {}),
-            "config": _io.to_jsonable(run_config)}
-    metrics = {k: values[k].reshape(shape) for k in names[1:]}
-    return Surface(tuple(axes), loss, metrics, meta["num_nonfinite"], meta)
-
-  def save(surf: Surface) -> None:
+  try:  # the store holds the directory's lock from open() to close()
+    error = None
     if store is not None:
-      store.write({**surf.to_arrays(), "done": done.reshape(shape)}, surf.meta)
+      try:
+        previous = store.open()
+      except Exception as e:  # re-raised below, after the others have been told, so that none waits forever
+        previous, error = None, e
+      if previous is not None and "done" in previous:
+        done = previous["done"].ravel().astype(bool)
+        for k in names:
+          values[k] = previous[k].ravel().astype(np.float64)
+    if nproc > 1:
+      shared = _dist.broadcast({"failed": np.array(error is not None), "done": done,
+                                "values": np.stack([values[k] for k in names])})
+      if shared["failed"] and error is None:
+        raise ValueError(f"process 0 could not resume from {directory!r}; see its error")
+      done, values = shared["done"].copy(), {k: v.copy() for k, v in zip(names, shared["values"])}
+    if error is not None:
+      raise error
+    todo = np.flatnonzero(~done & in_part)
+    done_before = int(done.sum())
+    # One call per process per round; with one process a round is one call.
+    rounds = [todo[i:i + call_size * nproc] for i in range(0, todo.size, call_size * nproc)]
 
-  from tqdm.auto import tqdm
+    start = time.perf_counter()
+    warm_meta = None
+    if warm is not None:  # the coarse pass, for this process's points only
+      mine = np.concatenate([np.array_split(r, nproc)[pid] for r in rounds] + [np.zeros(0, np.int64)])
+      seeds, warm_meta = _warm_starts(warm, shape, coords, mine, mesh, per_device, int(lanczos_steps), chunks_per_call,
+                                      inputs, placed, dtype, tree.size(params), quiet or pid != 0)
+      inputs = dataclasses.replace(inputs, warm=jax.device_put(seeds, replicated))
+    env = _io.environment()
+    env["device_count"] = ndev
+    env["mesh"] = {"grid": ngrid, "data": int(data_shards)}
 
-  for points in tqdm(rounds, disable=quiet or pid != 0, desc="surface", unit="call"):
-    idx = np.array_split(points, nproc)[pid]
-    c = np.zeros((call_size, coords.shape[1]), coords.dtype)
-    c[: idx.size] = coords[idx]
-    i = np.zeros(call_size, np.int32)
-    i[: idx.size] = idx
-    out = jax.device_get(evaluate(_chunk(c, i, dtype, mesh), inputs, placed))
-    got = {"index": np.where(np.arange(call_size) < idx.size, i, -1), **{k: np.asarray(out[k]) for k in names}}
-    got = {k: v.reshape(-1) for k, v in _dist.allgather(got).items()}  # [nproc * call_size]
-    keep = got["index"] >= 0
-    idx = got["index"][keep]
-    for k in names:
-      v = np.asarray(got[k][keep], np.float64)
-      values[k][idx] = np.where(np.isfinite(v), v, np.nan)
-    done[idx] = True
-    save(result(time.perf_counter() - start, int(done.sum()) - done_before))
-  surf = result(time.perf_counter() - start, todo.size)
-  if not rounds:
-    save(surf)
-  return surf
+    def result(wall: float, evaluated: int) -> Surface:
+      loss = values["loss"].reshape(shape)
+      meta = {"environment": env, "chunk_size": chunk_size, "chunks_per_call": chunks_per_call, "wall_time_s": wall,
+              "points_evaluated": evaluated, "points_per_second": evaluated / wall if wall > 0 else None,
+              "num_points": num_points, "num_done": int(done.sum()),
+              "num_nonfinite": int(np.sum(~np.isfinite(values["loss"]) & done)),
+              **({"part_points": int(in_part.sum())} if part is not None else {}),
+              **({"warm_start": warm_meta} if warm_meta is not None else {}),
+              "config": _io.to_jsonable(run_config)}
+      metrics = {k: values[k].reshape(shape) for k in names[1:]}
+      return Surface(tuple(axes), loss, metrics, meta["num_nonfinite"], meta)
+
+    def save(surf: Surface) -> None:
+      if store is not None:
+        store.write({**surf.to_arrays(), "done": done.reshape(shape)}, surf.meta)
+
+    from tqdm.auto import tqdm
+
+    for points in tqdm(rounds, disable=quiet or pid != 0, desc="surface", unit="call"):
+      idx = np.array_split(points, nproc)[pid]
+      c = np.zeros((call_size, coords.shape[1]), coords.dtype)
+      c[: idx.size] = coords[idx]
+      i = np.zeros(call_size, np.int32)
+      i[: idx.size] = idx
+      out = jax.device_get(evaluate(_chunk(c, i, dtype, mesh), inputs, placed))
+      got = {"index": np.where(np.arange(call_size) < idx.size, i, -1), **{k: np.asarray(out[k]) for k in names}}
+      got = {k: v.reshape(-1) for k, v in _dist.allgather(got).items()}  # [nproc * call_size]
+      keep = got["index"] >= 0
+      idx = got["index"][keep]
+      for k in names:
+        v = np.asarray(got[k][keep], np.float64)
+        values[k][idx] = np.where(np.isfinite(v), v, np.nan)
+      done[idx] = True
+      save(result(time.perf_counter() - start, int(done.sum()) - done_before))
+    surf = result(time.perf_counter() - start, todo.size)
+    if not rounds:
+      save(surf)
+    return surf
+  finally:
+    if store is not None:
+      store.close()
