@@ -462,3 +462,181 @@ def test_unknown_experiment_or_preset_lists_what_exists(capsys):
   assert "invalid choice: 'nope'" in err and all(p in err for p in ("smoke", "cpu", "full"))
   with open(os.path.join(ROOT, "Makefile")) as f:
     assert "-m experiments $(NAME)" in f.read()  # `make experiment NAME=...` goes through this runner
+
+
+# ----------------------------------------------------------------------------- one writer, whole reads, full disk
+
+# A writer that pauses after its first write (holding the directory) until the test lets it go.
+HOLD_SURFACE = PROBLEM + """
+import os, sys, time
+from jaxscape import io as jio
+out, ready, release, part = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+part = None if part == "none" else tuple(int(v) for v in part.split("/"))
+real_write = jio.ResultStore.write
+
+def write(self, *a, **kw):
+  real_write(self, *a, **kw)
+  if not os.path.exists(ready):
+    open(ready, "w").close()
+    start = time.time()
+    while not os.path.exists(release) and time.time() - start < 120:
+      time.sleep(0.02)
+
+jio.ResultStore.write = write
+run(out, part=part)
+print("finished")
+"""
+
+
+def _start(script: str, *args: str) -> subprocess.Popen:
+  """Starts a script in a fresh interpreter (as :func:`_python`, without waiting)."""
+  head = 'import jax\njax.config.update("jax_num_cpu_devices", 8)\n'
+  return subprocess.Popen([sys.executable, "-c", head + textwrap.dedent(script), *args], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+  import time
+
+  start = time.time()
+  while not os.path.exists(path):
+    if proc.poll() is not None:
+      pytest.fail("the writer ended early: " + "".join(proc.communicate()))
+    assert time.time() - start < timeout, "the writer never got to its first write"
+    time.sleep(0.02)
+
+
+def _surface_kwargs(out_dir, **kw):
+  return dict(x=(-1, 1, 5), y=(-1, 1, 5), chunk_size=4, chunks_per_call=1, devices=jax.devices()[:1], quiet=True,
+              out_dir=out_dir, **kw)
+
+
+def test_a_second_writer_of_a_part_is_refused_naming_the_owner_while_other_parts_run(tmp_path):
+  import socket
+
+  out, ready, release = str(tmp_path / "split"), str(tmp_path / "ready"), str(tmp_path / "release")
+  owner = _start(HOLD_SURFACE, out, ready, release, "0/2")
+  try:
+    _wait_for(ready, owner)
+    obj, p, dirs = problem()
+    other = js.random_directions(jax.random.key(7), p, n=2)  # another user: another direction seed, same --out
+    with pytest.raises(jio.RunLockedError, match=rf"pid {owner.pid} on host {socket.gethostname()}") as e:
+      js.loss_surface(obj, p, other, **_surface_kwargs(out, part=(0, 2)))
+    assert "part-0000-of-0002" in str(e.value)
+    # part 1 is its own directory with its own lock: it runs while part 0's owner writes
+    assert js.loss_surface(obj, p, dirs, **_surface_kwargs(out, part=(1, 2))).meta["num_done"] == 12
+  finally:
+    open(release, "w").close()
+    stdout, stderr = owner.communicate(timeout=180)
+  assert owner.returncode == 0 and "finished" in stdout, stderr
+  merged = js.merge_surfaces(out)  # the owner's part is whole and its own: the refused run changed nothing
+  np.testing.assert_array_equal(merged.loss, run_surface(None).loss)
+  saved = jio.load_result(jsurf.part_directory(out, 0, 2))[1]["config"]["directions"]["key"]
+  assert saved == dirs.info["key"] != other.info["key"]
+
+
+def test_the_lock_of_a_sigkilled_owner_is_released_and_the_next_run_resumes(tmp_path, capsys):
+  out, ready, release = str(tmp_path / "run"), str(tmp_path / "ready"), str(tmp_path / "release")
+  owner = _start(HOLD_SURFACE, out, ready, release, "none")
+  try:
+    _wait_for(ready, owner)
+    with pytest.raises(jio.RunLockedError, match=f"pid {owner.pid} "):
+      run_surface(out)
+    assert cli.main(["merge", out]) == 2  # every writer of the directory is refused, the CLI in one line
+    err = capsys.readouterr().err
+    assert f"pid {owner.pid}" in err and "Traceback" not in err
+    owner.kill()  # SIGKILL while holding the lock
+    owner.communicate(timeout=60)
+  finally:
+    if owner.poll() is None:
+      owner.kill()
+  assert owner.returncode == -9
+  with open(os.path.join(out, jio.LOCK)) as f:
+    assert str(owner.pid) in f.read()  # the lock file stays behind: a file, not a held lock
+  resumed = run_surface(out)
+  assert resumed.meta["points_evaluated"] == 21  # the owner's first call (4 points) survived
+  np.testing.assert_array_equal(resumed.loss, run_surface(None).loss)
+
+
+# A writer of many small calls: 17 x 17 points in calls of 2 (145 writes).
+MANY_WRITES = PROBLEM + """
+import sys
+obj, p, dirs = problem()
+js.loss_surface(obj, p, dirs, x=(-1, 1, 17), y=(-1, 1, 17), chunk_size=2, chunks_per_call=1,
+                devices=jax.devices()[:1], quiet=True, out_dir=sys.argv[1])
+print("finished")
+"""
+
+
+def test_a_reader_polling_a_running_surface_never_sees_a_torn_result(tmp_path):
+  import time
+
+  out = str(tmp_path / "run")
+  writer = _start(MANY_WRITES, out)
+  reads, errors, seen = 0, [], set()
+  try:
+    start = time.time()
+    while writer.poll() is None and time.time() - start < 180:
+      if not os.path.lexists(os.path.join(out, "results.npz")):
+        time.sleep(0.005)
+        continue
+      try:
+        surf = js.load_surface(out)
+        arrays, meta = jio.load_result(out)
+        reads += 1
+        # a torn pair would be arrays of one write beside the metadata of another
+        if int(arrays["done"].sum()) != meta["num_done"] or int(np.isfinite(surf.loss).sum()) != surf.meta["num_done"]:
+          errors.append(f"torn: {int(arrays['done'].sum())} done, meta says {meta['num_done']}")
+        seen.add(meta["num_done"])
+      except Exception as e:  # noqa: BLE001 -- every failure of a reader counts
+        errors.append(f"{type(e).__name__}: {e}")
+  finally:
+    stdout, stderr = writer.communicate(timeout=180)
+  assert writer.returncode == 0 and "finished" in stdout, stderr
+  print(f"reader: {reads} reads of {len(seen)} distinct states, {len(errors)} errors")
+  assert errors == [], f"{len(errors)} of {reads + len(errors)} reads failed, e.g. {errors[:3]}"
+  assert reads >= 20 and len(seen) >= 5  # the reader really watched the run progress
+  assert js.load_surface(out).meta["num_done"] == 289
+
+
+def test_leftovers_of_killed_writes_are_removed_by_the_next_run(finished):
+  out, surf = finished
+  junk = [".tmp-abc123results.npz", ".tmp-gen-zzz", ".gen-unpublished"]
+  with open(os.path.join(out, junk[0]), "wb") as f:
+    f.write(b"half a file")
+  for d in junk[1:]:
+    os.makedirs(os.path.join(out, d))
+    with open(os.path.join(out, d, "results.npz"), "wb") as f:
+      f.write(b"half a file")
+  assert run_surface(out).meta["points_evaluated"] == 0  # resumes (nothing left to do) and owns the directory
+  names = os.listdir(out)
+  assert not set(junk) & set(names)
+  generations = [n for n in names if n.startswith(".gen-")]  # the current one and the one it just replaced
+  assert len(generations) == 2 and os.readlink(os.path.join(out, jio.CURRENT)) in generations
+  np.testing.assert_array_equal(js.load_surface(out).loss, surf.loss)
+
+
+def test_a_full_disk_keeps_the_previous_result_loadable_and_says_so(tmp_path, monkeypatch):
+  import errno
+
+  out = str(tmp_path / "run")
+  real_write = jio._write_bytes
+  calls = [0]
+
+  def write(path, data):  # the disk fills up during the third write (two files per write)
+    calls[0] += 1
+    if calls[0] >= 5:
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+    real_write(path, data)
+
+  monkeypatch.setattr(jio, "_write_bytes", write)
+  with pytest.raises(jio.ResultWriteError, match="No space left.*previous complete result is intact and loadable") as e:
+    run_surface(out)
+  assert e.value.errno == errno.ENOSPC
+  kept = js.load_surface(out)
+  assert kept.meta["num_done"] == 8 and int(np.isfinite(kept.loss).sum()) == 8  # the last complete write
+  assert not any(n.startswith(".tmp-") for n in os.listdir(out))  # the failed write cleaned up after itself
+  monkeypatch.setattr(jio, "_write_bytes", real_write)  # space again: the rerun resumes
+  resumed = run_surface(out)
+  assert resumed.meta["points_evaluated"] == 17
+  np.testing.assert_array_equal(resumed.loss, run_surface(None).loss)
