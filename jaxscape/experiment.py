@@ -206,6 +206,8 @@ def run(module: Any, argv: Sequence[str] | None = None) -> int:
   for ``full``), ``--out`` (default ``runs/<name>-<preset>``, or the module's
   ``RUN_DIR``). Writes ``config.json`` first and ``report.md`` from the
   :class:`Report` that ``main`` returns, then refreshes ``runs/index.md``.
+  The run holds its directory's :class:`~jaxscape.io.RunLock` throughout (a
+  second run on the same ``--out`` is refused, exit code 2).
   A missing dataset or a bad config is a one-line error naming the
   experiment and preset (exit code 2).
   """

@@ -48,10 +48,12 @@ exec(PROBLEM, _ns)
 problem, run_surface = _ns["problem"], _ns["run"]
 
 
+_HEAD = 'import jax\njax.config.update("jax_num_cpu_devices", 8)\n'
+
+
 def _python(script: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
   """Runs a script in a fresh interpreter (8 CPU devices, as in this process)."""
-  head = 'import jax\njax.config.update("jax_num_cpu_devices", 8)\n'
-  return subprocess.run([sys.executable, "-c", head + textwrap.dedent(script), *args], cwd=ROOT, capture_output=True,
+  return subprocess.run([sys.executable, "-c", _HEAD + textwrap.dedent(script), *args], cwd=ROOT, capture_output=True,
                         text=True, timeout=timeout)
 
 
@@ -490,8 +492,7 @@ print("finished")
 
 def _start(script: str, *args: str) -> subprocess.Popen:
   """Starts a script in a fresh interpreter (as :func:`_python`, without waiting)."""
-  head = 'import jax\njax.config.update("jax_num_cpu_devices", 8)\n'
-  return subprocess.Popen([sys.executable, "-c", head + textwrap.dedent(script), *args], cwd=ROOT,
+  return subprocess.Popen([sys.executable, "-c", _HEAD + textwrap.dedent(script), *args], cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
