@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import jaxscape as js
@@ -20,6 +22,104 @@ from jaxscape.directions import normalize
 from jaxscape.objective import Objective
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# ----------------------------------------------------------------------------- bad data: named errors at construction
+
+
+def _bad_data_problem(classes=10, n=40):
+  rng = np.random.default_rng(0)
+  x, y = rng.normal(size=(n, 5)).astype(np.float32), rng.integers(0, classes, n).astype(np.int32)
+  return x, y, {"w": jnp.zeros((5, classes), jnp.float32)}
+
+
+def _linear(p, x):
+  return x @ p["w"]
+
+
+@pytest.mark.parametrize("labels", [[12], [-1], [12, -1]])
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_labels_outside_the_classes_are_a_data_error_naming_rows_and_values(labels, loss):
+  x, y, p = _bad_data_problem()
+  rows = [3, 17][:len(labels)]
+  y[rows] = labels
+  # without the check: NaN (cross_entropy) or a silently wrong loss (mse's one-hot of 12 is all zeros)
+  expected = f"labels must be class indices in [0, 10)", f"rows {rows}", f"found {sorted(labels)}"
+  with pytest.raises(js.DataError, match=".*".join(map(re.escape, expected))):
+    Objective.from_apply(_linear, p, data=(x, y), loss=loss)
+
+
+def test_labels_are_checked_against_the_output_width_of_nnx_models_and_in_with_data():
+  x, y, _ = _bad_data_problem(classes=3)
+  net = models.build("mlp", 0, in_features=5, widths=[4], out_features=3)
+  obj, params = Objective.from_model(net, data=(x, y))
+  assert obj.num_classes == 3
+  y[5] = 3
+  with pytest.raises(js.DataError, match=r"\[0, 3\).*rows \[5\]"):
+    Objective.from_model(net, data=(x, y))
+  with pytest.raises(js.DataError, match=r"\[0, 3\).*rows \[5\]"):
+    obj.with_data((x, y))
+
+
+def test_negative_labels_are_caught_even_without_params():
+  x, y, _ = _bad_data_problem()
+  y[7] = -1
+  with pytest.raises(js.DataError, match=r"non-negative class indices.*rows \[7\].*found \[-1\]"):
+    Objective.from_apply(_linear, data=(x, y))
+
+
+@pytest.mark.parametrize("where", ["x", "y"])
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_nonfinite_inputs_or_targets_are_a_data_error(where, value):
+  x, y, p = _bad_data_problem()
+  t = y.astype(np.float32) / 10
+  (x if where == "x" else t)[9, ...] = value
+  name = "inputs x" if where == "x" else "targets y"
+  with pytest.raises(js.DataError, match=rf"{name} hold NaN or inf in 1 of 40 examples \(rows \[9\]\)"):
+    Objective.from_apply(_linear, {"w": jnp.zeros(5, jnp.float32)}, data=(x, t), loss="mse")
+  with pytest.raises(js.DataError, match=rf"{name} hold NaN or inf"):
+    Objective.from_apply(_linear, data=(x, t), loss="mse").with_data((x, t))
+
+
+@pytest.mark.parametrize("with_params", [True, False])
+def test_float_labels_for_cross_entropy_say_labels_must_be_integers(with_params):
+  x, y, p = _bad_data_problem()
+  with pytest.raises(js.DataError, match="labels must be integers"):
+    Objective.from_apply(_linear, p if with_params else None, data=(x, y.astype(np.float32)))
+
+
+def test_empty_data_and_mismatched_lengths_are_data_errors():
+  x, y, p = _bad_data_problem()
+  with pytest.raises(js.DataError, match=r"the dataset is empty: got x \(0, 5\), y \(0,\)"):
+    Objective.from_apply(_linear, p, data=(x[:0], y[:0]))
+  with pytest.raises(js.DataError, match=r"x and y differ in length: got x \(40, 5\), y \(30,\)"):
+    Objective.from_apply(_linear, p, data=(x, y[:30]))
+  obj = Objective.from_apply(_linear, p, data=(x, y))
+  with pytest.raises(js.DataError, match="the dataset is empty"):
+    obj.with_data((x[:0], y[:0]))
+
+
+def test_binary_targets_outside_zero_one_are_a_data_error():
+  x, y, _ = _bad_data_problem()
+  pm1 = np.where(y > 4, 1.0, -1.0).astype(np.float32)
+  with pytest.raises(js.DataError, match=r"binary_cross_entropy targets must lie in \[0, 1\].*\(y \+ 1\) / 2"):
+    Objective.from_apply(_linear, {"w": jnp.zeros(5, jnp.float32)}, data=(x, pm1), loss="binary_cross_entropy")
+
+
+def test_legitimate_data_passes_the_checks_and_a_large_batch_size_is_the_whole_set():
+  x, y, p = _bad_data_problem()
+  # probability targets, 0/1 float targets for binary cross-entropy, float regression targets, a custom loss
+  # reading -1 as padding (custom losses get only the size and finiteness checks)
+  probs = np.asarray(jax.nn.one_hot(y, 10), np.float32)
+  Objective.from_apply(_linear, p, data=(x, probs))
+  Objective.from_apply(_linear, {"w": jnp.zeros(5, jnp.float32)}, data=(x, (y > 4).astype(np.float32)),
+                       loss="binary_cross_entropy")
+  Objective.from_apply(_linear, {"w": jnp.zeros(5, jnp.float32)}, data=(x, x[:, 0] * 3), loss="mse")
+  masked = lambda out, t: jnp.where(t >= 0, optax.softmax_cross_entropy_with_integer_labels(out, jnp.maximum(t, 0)), 0.0)
+  Objective.from_apply(_linear, p, data=(x, np.where(y > 7, -1, y)), loss=masked)
+  # a batch size above the data is clamped (the library-wide convention, as in training): the mean stays exact
+  big = Objective.from_apply(_linear, p, data=(x, y), batch_size=1000)
+  assert big.batch_size == 40 and big.num_batches == 1
+  np.testing.assert_allclose(big.value(p), np.log(10.0), rtol=1e-6)  # uniform logits
 
 # The same problem in this process and in the killed subprocesses (so results can be compared bit for bit).
 PROBLEM = """
