@@ -4,7 +4,10 @@ A Python signal handler runs in the main thread between two bytecodes, never
 inside a running XLA computation (that finishes first). The handler installed
 by :func:`interruptible` raises :class:`Interrupted` there, so the command
 unwinds like on any error (temporary files removed, files closed) and every
-result it has written stays the last complete one. The process then leaves
+result it has written stays the last complete one. Python that XLA calls back
+into while it runs (``jax.debug.print``, ``io_callback``) is no safe point:
+there the signal is sent again every 50 ms until the computation has
+returned. The process then leaves
 through :func:`exit_interrupted`: streams flushed, one line on stderr, and
 ``os._exit`` with ``128 + signal`` -- not through interpreter teardown, which
 with XLA's threads still alive is where a ``KeyboardInterrupt`` used to end in
@@ -29,7 +32,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Iterator, NoReturn
+from typing import Any, Iterator, NoReturn
 
 __all__ = ["Interrupted", "interruptible", "exit_interrupted", "SIGNALS"]
 
@@ -83,11 +86,20 @@ def interruptible() -> Iterator[None]:
     yield
     return
   raised: list[int] = []
+  retries: list[threading.Timer] = []
 
   def handler(signum, frame):
     if raised:  # already unwinding: the user insists
       _leave(128 + signum, f"{signal.Signals(signum).name} again: exiting at once; results written so far are "
                            "complete and resume")
+    if _inside_xla(frame):
+      # Python called back from a running XLA computation (jax.debug.print, io_callback): an exception here
+      # would come out as an XLA runtime error; the signal is sent again until XLA has returned.
+      retry = threading.Timer(_RETRY_S, os.kill, (os.getpid(), signum))
+      retry.daemon = True
+      retries.append(retry)
+      retry.start()
+      return
     raised.append(signum)
     raise Interrupted(signum)
 
@@ -95,8 +107,23 @@ def interruptible() -> Iterator[None]:
   try:
     yield
   finally:
+    for retry in retries:
+      retry.cancel()
     for s, h in previous.items():
       signal.signal(s, h)
+
+
+_RETRY_S = 0.05
+_XLA_CALLBACK_FILES = tuple(os.path.join("jax", "_src", name) for name in ("callback.py", "debugging.py"))
+
+
+def _inside_xla(frame: Any) -> bool:
+  """Whether the interrupted Python code was called back from inside an XLA computation (JAX's host callbacks)."""
+  while frame is not None:
+    if frame.f_code.co_filename.endswith(_XLA_CALLBACK_FILES):
+      return True
+    frame = frame.f_back
+  return False
 
 
 def exit_interrupted(error: Interrupted, message: str) -> NoReturn:

@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -120,6 +121,111 @@ def test_legitimate_data_passes_the_checks_and_a_large_batch_size_is_the_whole_s
   big = Objective.from_apply(_linear, p, data=(x, y), batch_size=1000)
   assert big.batch_size == 40 and big.num_batches == 1
   np.testing.assert_allclose(big.value(p), np.log(10.0), rtol=1e-6)  # uniform logits
+
+
+# ----------------------------------------------------------------------------- signals: SIGINT / SIGTERM end cleanly
+
+# Runs a `jaxscape` command that, after its first complete write, starts a long XLA computation and says so on
+# stdout from inside it: the test's signal then arrives while XLA runs (where a KeyboardInterrupt used to end
+# in a segmentation fault at exit).
+SIGNALLED_CLI = """
+import sys
+import jax, jax.numpy as jnp, numpy as np
+from jax.experimental import io_callback
+from jaxscape import cli
+from jaxscape import io as jio
+
+def running():
+  print("RUNNING", flush=True)
+  return np.float32(0)
+
+def busy(x):
+  x = x + io_callback(running, jax.ShapeDtypeStruct((), jnp.float32))
+  return jax.lax.fori_loop(0, 20_000_000, lambda i, x: jnp.sin(x) * 0.5 + 0.25, x)
+
+real_write = jio.ResultStore.write
+def write(self, *a, **kw):
+  real_write(self, *a, **kw)
+  jax.jit(busy)(jnp.float32(0.1)).block_until_ready()
+jio.ResultStore.write = write
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def _signalled(argv, signum):
+  """Runs SIGNALLED_CLI on ``argv``, sends ``signum`` once XLA runs after the first write: ``(code, stderr)``."""
+  head = 'import jax\njax.config.update("jax_num_cpu_devices", 8)\n'
+  proc = subprocess.Popen([sys.executable, "-c", head + SIGNALLED_CLI, *argv], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  try:
+    for line in proc.stdout:
+      if line.strip() == "RUNNING":
+        proc.send_signal(signum)
+        break
+    _, err = proc.communicate(timeout=180)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  return proc.returncode, err
+
+
+@pytest.fixture(scope="module")
+def signal_checkpoint(tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("signals") / "ckpt")
+  assert cli.main(TRAIN_ARGS + ["--epochs", "1", "--out", out]) == 0
+  return out
+
+
+def _same_results(a, b):
+  with np.load(os.path.join(a, "results.npz")) as f, np.load(os.path.join(b, "results.npz")) as g:
+    assert sorted(f.files) == sorted(g.files)
+    for k in f.files:
+      np.testing.assert_array_equal(f[k], g[k], err_msg=k)
+
+
+def _one_clean_line(err, code, signum, expected):
+  assert code == {signal.SIGINT: 130, signal.SIGTERM: 143}[signum], err  # not -11 (segfault) nor -2 / -15
+  assert "Traceback" not in err and "Segmentation" not in err, err
+  line = err.strip().splitlines()[-1]
+  assert re.search(expected, line), line
+  return line
+
+
+def test_sigint_and_sigterm_end_hessian_cleanly_and_the_rerun_skips_the_saved_parts(tmp_path, signal_checkpoint,
+                                                                                    capsys):
+  hess = ["hessian", "--checkpoint", signal_checkpoint, "--top-k", "2", "--lanczos-steps", "20", "--trace",
+          "--trace-rtol", "0.5", "--density", "--density-steps", "10", "--density-probes", "1"]
+  whole = str(tmp_path / "whole")
+  assert cli.main(hess + ["--out", whole]) == 0
+  for signum in (signal.SIGINT, signal.SIGTERM):
+    out = str(tmp_path / signal.Signals(signum).name)
+    code, err = _signalled(hess + ["--out", out], signum)
+    name = signal.Signals(signum).name
+    _one_clean_line(err, code, signum, rf"^jaxscape hessian: interrupted by {name}: saved largest in .*{name} \(still "
+                                       rf"to compute: trace, density\); resume: jaxscape hessian --checkpoint")
+    capsys.readouterr()
+    assert cli.main(hess + ["--out", out]) == 0  # the same command: the eigenpairs are not computed again
+    assert "(saved by an earlier run: largest)" in capsys.readouterr().out
+    _same_results(out, whole)
+
+
+def test_sigint_and_sigterm_end_surface_cleanly_and_the_rerun_resumes(tmp_path, signal_checkpoint, capsys,
+                                                                     monkeypatch):
+  # 13 x 11 = 143 points in calls of 64 (8 devices x chunks of 8): the first write holds 64
+  surf = ["surface", "--checkpoint", signal_checkpoint, "--x=-1:1:13", "--y=-1:1:11", "--chunk-size", "8", "--quiet"]
+  monkeypatch.setattr(plot, "save_figures", lambda *a, **k: [])  # figures are tested elsewhere
+  whole = str(tmp_path / "whole")
+  assert cli.main(surf + ["--out", whole]) == 0
+  for signum in (signal.SIGINT, signal.SIGTERM):
+    out = str(tmp_path / signal.Signals(signum).name)
+    code, err = _signalled(surf + ["--out", out], signum)
+    _one_clean_line(err, code, signum, rf"^jaxscape surface: interrupted by {signal.Signals(signum).name}: 64 of 143 "
+                                       r"grid points saved in .*; resume: jaxscape surface --checkpoint")
+    assert cli.main(surf + ["--out", out]) == 0
+    with open(os.path.join(out, "meta.json")) as f:
+      assert json.load(f)["points_evaluated"] == 143 - 64
+    _same_results(out, whole)
+  capsys.readouterr()
 
 # The same problem in this process and in the killed subprocesses (so results can be compared bit for bit).
 PROBLEM = """
