@@ -4,6 +4,7 @@ from . import tree as tree
 from . import objective as objective
 from .objective import Objective as Objective
 from .objective import FirstLayer as FirstLayer
+from .objective import DataError as DataError
 from . import adapters as adapters
 from . import directions as directions
 from .directions import Directions as Directions

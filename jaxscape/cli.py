@@ -181,7 +181,7 @@ def _surface(args: argparse.Namespace) -> int:
   _init_distributed(args)  # before any other JAX work
   from . import directions, distributed, plot, surface
 
-  out = args.out or f"runs/surface-{args.seed}"
+  out = _surface_out(args)
   hessian_axes = args.directions == "hessian"
   norm = args.norm or ("none" if hessian_axes else "filter")
   ignore = args.ignore or ("none" if hessian_axes else "biasbn")
@@ -234,6 +234,25 @@ def _surface(args: argparse.Namespace) -> int:
   for path in paths:
     print(f"  {path}")
   return 0
+
+
+def _surface_out(args: argparse.Namespace) -> str:
+  return args.out or f"runs/surface-{args.seed}"
+
+
+def _surface_saved(args: argparse.Namespace) -> str:
+  """What an interrupted ``surface`` left: the grid points saved in its (part) directory."""
+  from . import io as jio
+  from . import surface
+
+  out = _surface_out(args)
+  where = surface.part_directory(out, *args.chunk) if args.chunk is not None else out
+  try:
+    arrays, _ = jio.load_result(where)
+    done = arrays["done"]
+  except (OSError, ValueError, KeyError):  # nothing written yet (or not a surface: the next run says so)
+    return f"no grid point saved yet in {where}"
+  return f"{int(done.sum())} of {done.size} grid points saved in {where}"
 
 
 def _vtk(surf: Any, out: str, **kwargs: Any) -> str:
@@ -308,74 +327,143 @@ def _hessian_parser(sub) -> None:
   p.add_argument("--eps", type=float, default=1e-3, help="negative mass is the density below -eps")
   p.add_argument("--kind", default="hessian", choices=["hessian", "ggn"])
   p.add_argument("--out", default=None, help="output directory (default runs/hessian-<seed>)")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace what --out holds (a result of another config) instead of refusing; without it, "
+                      "rerunning the same command skips the parts an interrupted run saved")
   p.set_defaults(func=_hessian)
 
 
+_HESSIAN_PARTS = ("largest", "smallest", "trace", "density")
+
+
+def _hessian_out(args: argparse.Namespace) -> str:
+  return args.out or f"runs/hessian-{args.seed}"
+
+
+def _hessian_parts(args: argparse.Namespace) -> list[str]:
+  """The parts the flags ask for, in the order they are computed (and saved)."""
+  asked = {"largest": args.top_k > 0, "smallest": args.bottom_k > 0, "trace": args.trace, "density": args.density}
+  return [part for part in _HESSIAN_PARTS if asked[part]]
+
+
 def _hessian(args: argparse.Namespace) -> int:
-  """Computes certified curvature at a trained point: top/bottom eigenpairs with residuals, trace ± SE, density."""
+  """Computes certified curvature at a trained point: top/bottom eigenpairs with residuals, trace ± SE, density.
+
+  Each part (largest and smallest eigenpairs, trace, density) is saved in
+  ``--out`` as soon as it is finished; the same command again skips the
+  saved parts (a changed config is refused unless ``--overwrite``)."""
+  import jax
+
+  from . import io as jio
+
+  out = _hessian_out(args)
+  parts = _hessian_parts(args)
+  if not parts:
+    raise ValueError("nothing to compute: give --top-k/--bottom-k > 0, --trace or --density")
+  model, ds, source = _source(args)
+  obj, params = _objective(model, ds, args.split, args.batch_size)
+  config = {"kind": "hessian", "source": source, "objective": obj.describe(), "seed": args.seed, "matrix": args.kind,
+            "top_k": args.top_k, "bottom_k": args.bottom_k, "lanczos_steps": args.lanczos_steps, "tol": args.tol,
+            "params_fingerprint": jio.fingerprint(params),
+            "trace": {"rtol": args.trace_rtol, "method": args.trace_method} if args.trace else None,
+            "density": ({"probes": args.density_probes, "steps": args.density_steps, "eps": args.eps}
+                        if args.density else None)}
+  store = jio.ResultStore(out, config, overwrite=args.overwrite)
+  saved = store.open()
+  arrays: dict[str, Any] = dict(saved or {})
+  part_stats: dict[str, dict[str, Any]] = jio.load_result(out)[1].get("part_stats", {}) if saved is not None else {}
+  environment = jio.environment()
+
+  def meta(**extra: Any) -> dict[str, Any]:
+    flat = {k: v for stats in part_stats.values() for k, v in stats.items()}
+    return {"environment": environment, **flat, "part_stats": part_stats, "parts_done": list(part_stats), **extra}
+
+  key = jax.random.key(args.seed)
+  resumed = [part for part in parts if part in part_stats]
+  for part in parts:
+    if part in part_stats:  # finished by an earlier, interrupted run of this config
+      continue
+    computed, stats = _hessian_part(part, args, obj, params, key, out)
+    arrays.update(computed)
+    part_stats[part] = stats
+    store.write(arrays, meta(complete=False))
+  loss, metrics = jax.jit(obj.loss)(params)
+  store.write(arrays, meta(complete=True, loss=float(loss), **{k: float(v) for k, v in metrics.items()}))
+  print(f"loss {float(loss):.5g} at the point; results in {out}"
+        + (f" (saved by an earlier run: {', '.join(resumed)})" if resumed else ""))
+  for part in parts:
+    print(f"  {_hessian_line(part, args, arrays, part_stats[part])}")
+  return 0
+
+
+def _hessian_part(part: str, args: argparse.Namespace, obj: Any, params: Any, key: Any,
+                  out: str) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Computes one part of ``jaxscape hessian``: ``(arrays, stats)``; the density also writes its figures."""
   import time
 
   import jax
   import numpy as np
 
   from . import hessian, plot
-  from . import io as jio
 
-  out = args.out or f"runs/hessian-{args.seed}"
-  model, ds, source = _source(args)
-  obj, params = _objective(model, ds, args.split, args.batch_size)
-  key = jax.random.key(args.seed)
-  arrays: dict[str, Any] = {}
-  stats: dict[str, Any] = {}
-  lines = []
-  for which, k in (("largest", args.top_k), ("smallest", args.bottom_k)):
-    if k > 0:
-      t = time.perf_counter()
-      res = hessian.eigenvalues(obj, params, k=k, which=which, key=jax.random.fold_in(key, len(arrays)),
-                                num_steps=args.lanczos_steps, tol=args.tol, kind=args.kind)
-      for field in ("values", "residuals", "converged"):
-        arrays[f"{which}_{field}"] = np.asarray(getattr(res, field))
-      certified = int(np.sum(np.asarray(res.converged)))
-      stats[f"{which}_num_hvps"] = int(res.num_hvps)
-      stats[f"{which}_certified"] = certified
-      stats[f"{which}_seconds"] = time.perf_counter() - t
-      lines.append(f"{which} {k} (certified {certified}/{k}): " + ", ".join(f"{v:.5g} (res {r:.1e}{'' if c else ', NOT converged'})" for v, r, c in
-                                                  zip(res.values, res.residuals, res.converged)))
-  if args.trace:
+  if part in ("largest", "smallest"):
+    t = time.perf_counter()
+    k = args.top_k if part == "largest" else args.bottom_k
+    # the key of a run that computes every part in one go (the smallest after the largest's 3 arrays)
+    index = 3 if part == "smallest" and args.top_k > 0 else 0
+    res = hessian.eigenvalues(obj, params, k=k, which=part, key=jax.random.fold_in(key, index),
+                              num_steps=args.lanczos_steps, tol=args.tol, kind=args.kind)
+    arrays = {f"{part}_{field}": np.asarray(getattr(res, field)) for field in ("values", "residuals", "converged")}
+    return arrays, {f"{part}_num_hvps": int(res.num_hvps), f"{part}_certified": int(np.sum(np.asarray(res.converged))),
+                    f"{part}_seconds": time.perf_counter() - t}
+  if part == "trace":
     tr = hessian.trace(obj, params, key=jax.random.fold_in(key, 10), rtol=args.trace_rtol, method=args.trace_method,
                        kind=args.kind)
-    arrays.update(trace=np.asarray(tr.estimate), trace_stderr=np.asarray(tr.stderr), trace_ci95=np.asarray(tr.ci95))
     rel = float(tr.stderr) / max(abs(float(tr.estimate)), np.finfo(np.float64).tiny)
-    stats.update(trace_num_hvps=int(tr.num_hvps), trace_converged=bool(tr.converged), trace_rtol=args.trace_rtol,
-                 trace_method=tr.method, trace_relative_stderr=rel)
-    verdict = (f"converged: SE {100 * rel:.2g} % <= {100 * args.trace_rtol:g} %" if bool(tr.converged) else
-               f"NOT converged: SE {100 * rel:.2g} % > {100 * args.trace_rtol:g} %")
-    lines.append(f"trace {float(tr.estimate):.5g} ± {float(tr.stderr):.2g} (95 % interval ± {float(tr.ci95):.2g}; "
-                 f"{tr.method}, {int(tr.num_hvps)} HVPs, {verdict})")
-  if args.density:
-    dens = hessian.density(obj, params, key=jax.random.fold_in(key, 11), num_probes=args.density_probes,
-                           num_steps=args.density_steps, kind=args.kind)
-    arrays.update(density_grid=np.asarray(dens.grid), density=np.asarray(dens.density),
-                  density_nodes=np.asarray(dens.nodes), density_weights=np.asarray(dens.weights))
-    neg = float(dens.negative_mass(args.eps))
-    stats.update(density_sigma=float(dens.sigma), negative_mass=neg, eps=args.eps)
-    os.makedirs(out, exist_ok=True)
-    for log in (False, True):
-      fig, _ = plot.density(dens, log=log)
-      fig.savefig(os.path.join(out, f"density{'_log' if log else ''}.png"), dpi=120, bbox_inches="tight")
-      plot.close(fig)
-    lines.append(f"density: mass below -{args.eps:g} = {neg:.4g} (σ = {float(dens.sigma):.3g})")
-  if not arrays:
-    raise ValueError("nothing to compute: give --top-k/--bottom-k > 0, --trace or --density")
-  loss, metrics = jax.jit(obj.loss)(params)
-  config = {"kind": "hessian", "source": source, "objective": obj.describe(), "seed": args.seed, "matrix": args.kind,
-            "top_k": args.top_k, "bottom_k": args.bottom_k, "lanczos_steps": args.lanczos_steps, "tol": args.tol}
-  jio.save_result(out, arrays, {"config": config, "environment": jio.environment(), "loss": float(loss),
-                                **{k: float(v) for k, v in metrics.items()}, **stats})
-  print(f"loss {float(loss):.5g} at the point; results in {out}")
-  for line in lines:
-    print(f"  {line}")
-  return 0
+    return ({"trace": np.asarray(tr.estimate), "trace_stderr": np.asarray(tr.stderr), "trace_ci95": np.asarray(tr.ci95)},
+            {"trace_num_hvps": int(tr.num_hvps), "trace_converged": bool(tr.converged), "trace_rtol": args.trace_rtol,
+             "trace_method": tr.method, "trace_relative_stderr": rel})
+  dens = hessian.density(obj, params, key=jax.random.fold_in(key, 11), num_probes=args.density_probes,
+                         num_steps=args.density_steps, kind=args.kind)
+  os.makedirs(out, exist_ok=True)
+  for log in (False, True):
+    fig, _ = plot.density(dens, log=log)
+    fig.savefig(os.path.join(out, f"density{'_log' if log else ''}.png"), dpi=120, bbox_inches="tight")
+    plot.close(fig)
+  return ({"density_grid": np.asarray(dens.grid), "density": np.asarray(dens.density),
+           "density_nodes": np.asarray(dens.nodes), "density_weights": np.asarray(dens.weights)},
+          {"density_sigma": float(dens.sigma), "negative_mass": float(dens.negative_mass(args.eps)), "eps": args.eps})
+
+
+def _hessian_line(part: str, args: argparse.Namespace, arrays: dict[str, Any], stats: dict[str, Any]) -> str:
+  """The printed summary of one part, from what is saved (the same for a computed and a resumed part)."""
+  if part in ("largest", "smallest"):
+    values, residuals, converged = (arrays[f"{part}_{f}"] for f in ("values", "residuals", "converged"))
+    return (f"{part} {len(values)} (certified {stats[f'{part}_certified']}/{len(values)}): " +
+            ", ".join(f"{v:.5g} (res {r:.1e}{'' if c else ', NOT converged'})"
+                      for v, r, c in zip(values, residuals, converged)))
+  if part == "trace":
+    rel, rtol = stats["trace_relative_stderr"], stats["trace_rtol"]
+    verdict = (f"converged: SE {100 * rel:.2g} % <= {100 * rtol:g} %" if stats["trace_converged"] else
+               f"NOT converged: SE {100 * rel:.2g} % > {100 * rtol:g} %")
+    return (f"trace {float(arrays['trace']):.5g} ± {float(arrays['trace_stderr']):.2g} (95 % interval ± "
+            f"{float(arrays['trace_ci95']):.2g}; {stats['trace_method']}, {stats['trace_num_hvps']} HVPs, {verdict})")
+  return f"density: mass below -{stats['eps']:g} = {stats['negative_mass']:.4g} (σ = {stats['density_sigma']:.3g})"
+
+
+def _hessian_saved(args: argparse.Namespace) -> str:
+  """What an interrupted ``hessian`` left: the finished parts saved in ``--out``."""
+  from . import io as jio
+
+  out = _hessian_out(args)
+  try:
+    done = list(jio.load_result(out)[1].get("part_stats", {}))
+  except (OSError, ValueError):
+    done = []
+  todo = [part for part in _hessian_parts(args) if part not in done]
+  if not done:
+    return f"no part finished yet (to compute: {', '.join(todo)}) in {out}"
+  return f"saved {', '.join(done)} in {out}" + (f" (still to compute: {', '.join(todo)})" if todo else "")
 
 
 # ----------------------------------------------------------------------------- train
@@ -470,12 +558,9 @@ def _train_spec(args: argparse.Namespace) -> dict[str, Any]:
   return {"model": {"name": args.model, "kwargs": model}, "dataset": dataset, "train": train}
 
 
-def _train(args: argparse.Namespace) -> int:
-  """Trains a model and writes a run directory (spec.json, orbax checkpoints, history.npz) that
-  `jaxscape surface/hessian --checkpoint DIR` read; an interrupted run in --out is resumed."""
+def _train_target(args: argparse.Namespace) -> tuple[dict[str, Any], str, str]:
+  """``(spec, model name, run directory)`` of a ``train`` command line."""
   import json
-
-  from . import models, train
 
   if args.spec:
     with open(args.spec) as f:
@@ -483,7 +568,25 @@ def _train(args: argparse.Namespace) -> int:
   else:
     spec = _train_spec(args)
   name = spec["model"]["name"] if isinstance(spec.get("model"), dict) else spec.get("model")
-  out = args.out or f"runs/train-{name}-{spec['dataset'] if isinstance(spec['dataset'], str) else spec['dataset'].get('name')}-{args.seed}"
+  dataset = spec["dataset"] if isinstance(spec["dataset"], str) else spec["dataset"].get("name")
+  return spec, name, args.out or f"runs/train-{name}-{dataset}-{args.seed}"
+
+
+def _train_saved(args: argparse.Namespace) -> str:
+  """What an interrupted ``train`` left: its last complete checkpoint."""
+  from . import checkpoint
+
+  out = _train_target(args)[2]
+  step = checkpoint.latest_step(out) if os.path.isdir(out) else None
+  return f"no checkpoint saved yet in {out}" if step is None else f"checkpoint of step {step} saved in {out}"
+
+
+def _train(args: argparse.Namespace) -> int:
+  """Trains a model and writes a run directory (spec.json, orbax checkpoints, history.npz) that
+  `jaxscape surface/hessian --checkpoint DIR` read; an interrupted run in --out is resumed."""
+  from . import models, train
+
+  spec, name, out = _train_target(args)
   model, hist = train.train_from_spec(spec, out, resume=not args.no_resume)
   print(f"{name}: {models.count_params(model)} parameters, {len(hist)} epochs -> {os.path.abspath(out)}")
   if len(hist):
@@ -533,16 +636,48 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+_SAVED: dict[str, Callable[[argparse.Namespace], str]] = {
+    "surface": _surface_saved,
+    "hessian": _hessian_saved,
+    "train": _train_saved,
+    "merge": lambda args: f"nothing changed in {args.out} (the merged result is written whole, at the end; the parts "
+                          "are intact)",
+    "plot": lambda args: "nothing to resume: figures are drawn from the saved result (one may be left half-written)",
+}
+"""Per command: what an interrupted run has saved (the one line printed on SIGINT / SIGTERM)."""
+
+
+def _interrupted_line(command: str, args: argparse.Namespace, argv: Sequence[str], error: Any) -> str:
+  import shlex
+
+  try:
+    saved = _SAVED[command](args)
+  except Exception as e:  # the line must come out whatever state the run was left in
+    saved = f"could not tell what was saved ({type(e).__name__}: {e})"
+  again = "resume" if command in ("surface", "hessian", "train") else "run it again"
+  return f"jaxscape {command}: interrupted by {error.name}: {saved}; {again}: jaxscape {shlex.join(argv)}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-  """Entry point of the ``jaxscape`` command."""
+  """Entry point of the ``jaxscape`` command.
+
+  Returns the exit code: 0, or 2 after a one-line error. SIGINT and SIGTERM
+  end the process at once with 130 / 143 after one line on stderr saying
+  what was saved and the command that resumes (:mod:`jaxscape.signals`).
+  """
+  from . import signals
   from .io import ResultWriteError, RunLockedError
 
+  argv = list(sys.argv[1:] if argv is None else argv)
   args = build_parser().parse_args(argv)
-  try:
-    return int(args.func(args) or 0)
-  except (ValueError, FileNotFoundError, RunLockedError, ResultWriteError) as e:  # one line, no traceback
-    print(f"jaxscape {args.command}: error: {e}", file=sys.stderr)
-    return 2
+  with signals.interruptible():
+    try:
+      return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, RunLockedError, ResultWriteError) as e:  # one line, no traceback
+      print(f"jaxscape {args.command}: error: {e}", file=sys.stderr)
+      return 2
+    except signals.Interrupted as e:
+      signals.exit_interrupted(e, _interrupted_line(args.command, args, argv, e))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import functools
 import os
+import shlex
 import sys
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -32,7 +33,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import numpy as np
 
-from . import adapters, data, hessian, models, sharpness, stats, train, tree
+from . import adapters, data, hessian, models, sharpness, signals, stats, train, tree
 from .directions import interpolation_direction, random_directions
 from .objective import Objective
 from .surface import default_chunk_size, loss_surface
@@ -223,15 +224,21 @@ def run(module: Any, argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   config = {**module.CONFIGS[args.preset], "preset": args.preset, "seed": args.seed, "data_dir": args.data_dir}
   out = args.out or getattr(module, "RUN_DIR", None) or os.path.join("runs", f"{name}-{args.preset}")
-  try:
-    with jio.RunLock(out):  # the run owns its directory until its report is written
-      jio.write_json(os.path.join(out, "config.json"), config)
-      report = module.main(config, out)
-      with open(os.path.join(out, "report.md"), "w") as f:
-        f.write(report.render())
-  except (FileNotFoundError, ValueError, jio.RunLockedError) as e:
-    print(f"{name} [{args.preset}]: error: {e}", file=sys.stderr)
-    return 2
+  with signals.interruptible():
+    try:
+      with jio.RunLock(out):  # the run owns its directory until its report is written
+        jio.write_json(os.path.join(out, "config.json"), config)
+        report = module.main(config, out)
+        with open(os.path.join(out, "report.md"), "w") as f:
+          f.write(report.render())
+    except (FileNotFoundError, ValueError, jio.RunLockedError) as e:
+      print(f"{name} [{args.preset}]: error: {e}", file=sys.stderr)
+      return 2
+    except signals.Interrupted as e:
+      again = shlex.join([sys.executable, "-m", "experiments", name, *(sys.argv[1:] if argv is None else argv)])
+      signals.exit_interrupted(e, f"{name} [{args.preset}]: interrupted by {e.name}: no report written (report.md "
+                                  f"comes at the end; loss surfaces in {out} are kept and resume, other steps start "
+                                  f"over); run it again: {again}")
   parent = os.path.dirname(os.path.abspath(out))
   if os.path.basename(parent) == "runs":
     write_index(parent)

@@ -76,7 +76,20 @@ BN_POLICIES = ("frozen", "interpolate", "recompute")
   ``bn_policy="recompute"``; recorded with ``recompute_batches``).
 """
 
-__all__ = ["Objective", "FirstLayer", "per_example_loss", "LOSSES", "BN_POLICIES", "with_l2", "l2_penalty", "split_l2"]
+__all__ = ["Objective", "FirstLayer", "DataError", "per_example_loss", "LOSSES", "BN_POLICIES", "with_l2", "l2_penalty",
+           "split_l2"]
+
+
+class DataError(ValueError):
+  """The data of an objective cannot give a meaningful loss (raised at construction, naming the array and rows).
+
+  An empty dataset, inputs and targets of different lengths, NaN or inf in
+  either, float labels for ``cross_entropy``, class labels outside
+  ``[0, num_classes)`` (``num_classes``: the model's output width), or
+  ``binary_cross_entropy`` targets outside ``[0, 1]``. Each would otherwise
+  surface later as a NaN loss (blamed on the parameters) or a silently wrong
+  one.
+  """
 
 
 def _cross_entropy(outputs: jax.Array, targets: jax.Array) -> jax.Array:
@@ -136,6 +149,65 @@ def _standard_result_type(*args: Any) -> Any:
   with jax.numpy_dtype_promotion("standard"):
     return jnp.result_type(*args)
 
+
+
+_CHECK_ROWS = 1 << 14  # rows per block of the host-side checks: bounded temporary memory on large datasets
+
+
+def _row_mask(a: np.ndarray, bad: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+  """``[N]`` mask of the examples (rows) of ``a`` with any element where ``bad`` holds, computed in blocks."""
+  flat = a.reshape(a.shape[0], -1)
+  return np.concatenate([bad(flat[i:i + _CHECK_ROWS]).any(axis=1) for i in range(0, len(flat), _CHECK_ROWS)])
+
+
+def _rows(mask: np.ndarray) -> str:
+  """"3 of 40 examples (rows [0, 7, 12])": which examples a check found, the first few by index."""
+  idx = np.flatnonzero(mask)
+  shown = ", ".join(str(int(i)) for i in idx[:8]) + (", ..." if len(idx) > 8 else "")
+  return f"{len(idx)} of {len(mask)} examples (rows [{shown}])"
+
+
+def _check_data(x: np.ndarray, y: np.ndarray, per_example: PerExample) -> None:
+  """Host-side checks of ``(x, y)`` that need no model: sizes, finite values, targets the named loss can read."""
+  n = x.shape[0] if x.ndim else 0
+  if n == 0 or y.ndim == 0 or y.shape[0] != n:
+    what = "the dataset is empty" if n == 0 and y.ndim and y.shape[0] == 0 else "x and y differ in length"
+    raise DataError(f"data must be (x, y) with the same positive number of examples on axis 0; {what}: got x "
+                    f"{x.shape}, y {y.shape}")
+  for name, a in (("inputs x", x), ("targets y", y)):
+    if np.issubdtype(a.dtype, np.inexact):
+      bad = _row_mask(a, lambda b: ~np.isfinite(b))
+      if bad.any():
+        raise DataError(f"{name} hold NaN or inf in {_rows(bad)}: expected finite values (drop or impute those "
+                        f"examples)")
+  if per_example is _cross_entropy and y.ndim == 1 and not np.issubdtype(y.dtype, np.integer):
+    raise DataError(f"cross_entropy labels must be integers (class indices); got {y.dtype} labels of shape {y.shape}, "
+                    f"e.g. {y[0].item()!r}: cast them (y.astype(np.int32)) or give probability targets [N, num_classes]")
+  if per_example is _binary_cross_entropy:
+    bad = _row_mask(y.astype(np.float64) if y.dtype == bool else y, lambda b: (b < 0) | (b > 1))
+    if bad.any():
+      raise DataError(f"binary_cross_entropy targets must lie in [0, 1] (0/1 labels or probabilities); targets y "
+                      f"hold values outside in {_rows(bad)}, e.g. {y[np.flatnonzero(bad)[0]].item()!r} (-1/+1 labels: use "
+                      f"(y + 1) / 2)")
+
+
+def _check_labels(y: np.ndarray, num_classes: int | None, loss_name: str) -> None:
+  """Integer class labels in ``[0, num_classes)`` (``None``: only ``>= 0``, the output width being unknown)."""
+  def outside(b: np.ndarray) -> np.ndarray:
+    return (b < 0) if num_classes is None else (b < 0) | (b >= num_classes)
+
+  bad = _row_mask(y, outside)
+  if bad.any():
+    expected = "non-negative class indices" if num_classes is None else (
+        f"class indices in [0, {num_classes}) ({num_classes}: the model's output width)")
+    found = np.unique(y[bad][outside(y[bad])]).tolist()
+    raise DataError(f"{loss_name} labels must be {expected}; targets y hold labels outside in {_rows(bad)}: "
+                    f"found {found[:8]}")
+
+
+def _classes_read(per_example: PerExample, out_ndim: int, y: np.ndarray) -> bool:
+  """Whether the named loss reads integer ``y`` as class indices into the last output axis."""
+  return (per_example in (_cross_entropy, _mse) and np.issubdtype(y.dtype, np.integer) and out_ndim == y.ndim + 1)
 
 
 def _check_first_layer(fl: FirstLayer, apply: Apply, params: PyTree, state: PyTree, x: jax.Array) -> None:
@@ -212,6 +284,10 @@ class Objective:
     layout: the per-leaf rule of the parameters for filter normalisation
       (static; :func:`jaxscape.directions.flax_layout` unless the adapter
       declares another): ``random_directions(key, params, layout=obj.layout)``.
+    num_classes: the model's output width when the loss reads integer targets
+      as class indices (static; found at construction when ``params`` are
+      given, ``None`` otherwise): the labels were checked to lie in
+      ``[0, num_classes)``, and :meth:`with_data` checks new ones.
   """
 
   apply: Apply
@@ -226,6 +302,7 @@ class Objective:
   first_layer_spec: tuple[FirstLayer, Apply] | None = None
   compute_dtype: str | None = None
   layout: Any = directions.flax_layout
+  num_classes: int | None = None
 
   # ---------------------------------------------------------------- building
   @classmethod
@@ -247,11 +324,18 @@ class Objective:
     Args:
       apply_fn: pure function of a parameter pytree and a batch of inputs.
       params: optional example parameters; when given, the model is traced
-        once on one batch (no FLOPs) to check that its outputs fit the loss.
-      data: ``(x, y)`` arrays with the examples on the leading axis.
+        once on one batch (no FLOPs) to check that its outputs fit the loss,
+        and class labels are checked against the output width.
+      data: ``(x, y)`` arrays with the examples on the leading axis; checked
+        once on the host (:class:`DataError` naming the array and rows: an
+        empty set, different lengths, NaN or inf, float labels for
+        ``cross_entropy``, labels outside ``[0, num_classes)``,
+        ``binary_cross_entropy`` targets outside ``[0, 1]``).
       loss: a name in :data:`LOSSES` or ``fn(outputs, targets) -> [B]``.
       batch_size: at most this many examples per scanned batch (``None``: the
-        whole set at once); batches are balanced to minimise padding.
+        whole set at once; larger than the data: the whole set, as ``None``,
+        the mean being exact either way and the batch size used recorded in
+        :meth:`describe`); batches are balanced to minimise padding.
       name: dataset name recorded in results.
       metrics: extra named per-example metrics (replace the loss's defaults).
       first_layer: the model's first layer (:class:`FirstLayer`, e.g.
@@ -334,7 +418,7 @@ class Objective:
                        None, data, loss, batch_size, name, metrics, extra, layout)
       obj = dataclasses.replace(obj, state={"state": state, "calibration": _calibration(obj, recompute_batches)})
       if params is not None:
-        obj._check(params)
+        obj = obj._check(params)
     else:
       obj = cls._build(apply_fn, state, params, data, loss, batch_size, name, metrics, extra, layout)
     return obj.with_first_layer(first_layer, params).with_compute_dtype(compute_dtype)
@@ -410,14 +494,14 @@ class Objective:
   def _build(cls, apply, state, params, data, loss, batch_size, name, metrics, extra, layout) -> "Objective":
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
       raise ValueError(f"data must be a pair (x, y) of arrays; got {type(data).__name__}")
-    x, y = jnp.asarray(data[0]), jnp.asarray(data[1])
-    n = x.shape[0] if x.ndim else 0
-    if n == 0 or y.ndim == 0 or y.shape[0] != n:
-      raise ValueError(f"data must be (x, y) with the same positive number of examples on axis 0; got x {x.shape}, y {y.shape}")
     if callable(loss):
       per_example, default_metrics, loss_name = loss, {}, getattr(loss, "__name__", "custom")
     else:
       per_example, default_metrics, loss_name = per_example_loss(loss), LOSSES[loss][1], loss
+    # one host copy of the data for the checks (none for NumPy data), before it moves to the device
+    _check_data(np.asarray(data[0]), np.asarray(data[1]), per_example)
+    x, y = jnp.asarray(data[0]), jnp.asarray(data[1])
+    n = x.shape[0]
     metric_fns = tuple(sorted((metrics if metrics is not None else default_metrics).items()))
     if batch_size is None:
       batch_size = n
@@ -429,21 +513,48 @@ class Objective:
     obj = cls(apply, per_example, metric_fns, xb, yb, wb, state, n, info,
               layout=directions.flax_layout if layout is None else layout)
     if params is not None:
-      obj._check(params)
+      obj = obj._check(params)
+    if obj.num_classes is None and per_example is _cross_entropy and jnp.issubdtype(y.dtype, jnp.integer):
+      _check_labels(np.asarray(data[1]), None, loss_name)  # the output width is unknown without params
     return obj
 
-  def _check(self, params: PyTree) -> None:
+  def _check(self, params: PyTree) -> "Objective":
+    """Checks that the model's outputs fit the loss, and the targets the model's outputs (shapes only: no FLOPs).
+
+    Returns the objective with :attr:`num_classes` set when the loss reads
+    integer targets as class indices (then checked against the output width).
+    """
+    def unfit(e: Exception) -> ValueError:  # re-raised with the shapes a user needs to see
+      return ValueError(f"the model's outputs do not fit the loss on a batch of inputs {tuple(self.x.shape[1:])} "
+                        f"and targets {tuple(self.y.shape[1:])} {self.y.dtype}: {type(e).__name__}: {e}")
+
     try:
-      jax.eval_shape(lambda p: self.loss(p, (self.x[0], self.y[0], self.w[0])), params)
-    except Exception as e:  # re-raised with the shapes a user needs to see
-      raise ValueError(
-          f"the model's outputs do not fit the loss on a batch of inputs {tuple(self.x.shape[1:])} "
-          f"and targets {tuple(self.y.shape[1:])} {self.y.dtype}: {type(e).__name__}: {e}"
-      ) from e
+      out = jax.eval_shape(lambda p: self.apply(p, self.state, self.x[0]), params)
+    except Exception as e:
+      raise unfit(e) from e
+    y = np.asarray(self.y).reshape(-1, *self.y.shape[2:])[:self.num_examples]  # the examples in order, no padding
+    single = isinstance(out, jax.ShapeDtypeStruct)
+    if (single and self.per_example is _cross_entropy and out.ndim == y.ndim + 1
+        and not np.issubdtype(y.dtype, np.integer)):
+      raise DataError(f"cross_entropy labels must be integers (class indices into the model's {out.shape[-1]} "
+                      f"outputs); got {y.dtype} labels of shape {y.shape}: cast them (y.astype(np.int32)) or give "
+                      f"probability targets shaped like the outputs, {tuple(out.shape[1:])} per example")
+    try:
+      jax.eval_shape(lambda o: self._reduce(o, self.y[0], self.w[0], _float_dtype(params)), out)
+    except Exception as e:
+      raise unfit(e) from e
+    if single and _classes_read(self.per_example, out.ndim, y):
+      _check_labels(y, int(out.shape[-1]), dict(self.info).get("loss", "the loss's"))
+      return dataclasses.replace(self, num_classes=int(out.shape[-1]))
+    return self
 
   def with_data(self, data: tuple[jax.typing.ArrayLike, jax.typing.ArrayLike], name: str | None = None,
                 batch_size: int | None = None) -> "Objective":
     """The same model and loss over other data (e.g. the test split)."""
+    xh, yh = np.asarray(data[0]), np.asarray(data[1])
+    _check_data(xh, yh, self.per_example)
+    if self.num_classes is not None and np.issubdtype(yh.dtype, np.integer):
+      _check_labels(yh, self.num_classes, dict(self.info).get("loss", "the loss's"))
     x, y = jnp.asarray(data[0]), jnp.asarray(data[1])
     if x.shape[1:] != self.x.shape[2:]:
       raise ValueError(f"new inputs have per-example shape {x.shape[1:]}; the objective expects {self.x.shape[2:]}")
@@ -634,7 +745,7 @@ jax.tree_util.register_dataclass(
     Objective,
     data_fields=["x", "y", "w", "state"],
     meta_fields=["apply", "per_example", "metric_fns", "num_examples", "info", "first_layer_spec", "compute_dtype",
-                 "layout"],
+                 "layout", "num_classes"],
 )
 
 

@@ -2,7 +2,9 @@
 
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -10,6 +12,7 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import jaxscape as js
@@ -20,6 +23,209 @@ from jaxscape.directions import normalize
 from jaxscape.objective import Objective
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# ----------------------------------------------------------------------------- bad data: named errors at construction
+
+
+def _bad_data_problem(classes=10, n=40):
+  rng = np.random.default_rng(0)
+  x, y = rng.normal(size=(n, 5)).astype(np.float32), rng.integers(0, classes, n).astype(np.int32)
+  return x, y, {"w": jnp.zeros((5, classes), jnp.float32)}
+
+
+def _linear(p, x):
+  return x @ p["w"]
+
+
+@pytest.mark.parametrize("labels", [[12], [-1], [12, -1]])
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_labels_outside_the_classes_are_a_data_error_naming_rows_and_values(labels, loss):
+  x, y, p = _bad_data_problem()
+  rows = [3, 17][:len(labels)]
+  y[rows] = labels
+  # without the check: NaN (cross_entropy) or a silently wrong loss (mse's one-hot of 12 is all zeros)
+  expected = f"labels must be class indices in [0, 10)", f"rows {rows}", f"found {sorted(labels)}"
+  with pytest.raises(js.DataError, match=".*".join(map(re.escape, expected))):
+    Objective.from_apply(_linear, p, data=(x, y), loss=loss)
+
+
+def test_labels_are_checked_against_the_output_width_of_nnx_models_and_in_with_data():
+  x, y, _ = _bad_data_problem(classes=3)
+  net = models.build("mlp", 0, in_features=5, widths=[4], out_features=3)
+  obj, params = Objective.from_model(net, data=(x, y))
+  assert obj.num_classes == 3
+  y[5] = 3
+  with pytest.raises(js.DataError, match=r"\[0, 3\).*rows \[5\]"):
+    Objective.from_model(net, data=(x, y))
+  with pytest.raises(js.DataError, match=r"\[0, 3\).*rows \[5\]"):
+    obj.with_data((x, y))
+
+
+def test_negative_labels_are_caught_even_without_params():
+  x, y, _ = _bad_data_problem()
+  y[7] = -1
+  with pytest.raises(js.DataError, match=r"non-negative class indices.*rows \[7\].*found \[-1\]"):
+    Objective.from_apply(_linear, data=(x, y))
+
+
+@pytest.mark.parametrize("where", ["x", "y"])
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_nonfinite_inputs_or_targets_are_a_data_error(where, value):
+  x, y, p = _bad_data_problem()
+  t = y.astype(np.float32) / 10
+  (x if where == "x" else t)[9, ...] = value
+  name = "inputs x" if where == "x" else "targets y"
+  with pytest.raises(js.DataError, match=rf"{name} hold NaN or inf in 1 of 40 examples \(rows \[9\]\)"):
+    Objective.from_apply(_linear, {"w": jnp.zeros(5, jnp.float32)}, data=(x, t), loss="mse")
+  with pytest.raises(js.DataError, match=rf"{name} hold NaN or inf"):
+    Objective.from_apply(_linear, data=(x, t), loss="mse").with_data((x, t))
+
+
+@pytest.mark.parametrize("with_params", [True, False])
+def test_float_labels_for_cross_entropy_say_labels_must_be_integers(with_params):
+  x, y, p = _bad_data_problem()
+  with pytest.raises(js.DataError, match="labels must be integers"):
+    Objective.from_apply(_linear, p if with_params else None, data=(x, y.astype(np.float32)))
+
+
+def test_empty_data_and_mismatched_lengths_are_data_errors():
+  x, y, p = _bad_data_problem()
+  with pytest.raises(js.DataError, match=r"the dataset is empty: got x \(0, 5\), y \(0,\)"):
+    Objective.from_apply(_linear, p, data=(x[:0], y[:0]))
+  with pytest.raises(js.DataError, match=r"x and y differ in length: got x \(40, 5\), y \(30,\)"):
+    Objective.from_apply(_linear, p, data=(x, y[:30]))
+  obj = Objective.from_apply(_linear, p, data=(x, y))
+  with pytest.raises(js.DataError, match="the dataset is empty"):
+    obj.with_data((x[:0], y[:0]))
+
+
+def test_binary_targets_outside_zero_one_are_a_data_error():
+  x, y, _ = _bad_data_problem()
+  pm1 = np.where(y > 4, 1.0, -1.0).astype(np.float32)
+  with pytest.raises(js.DataError, match=r"binary_cross_entropy targets must lie in \[0, 1\].*\(y \+ 1\) / 2"):
+    Objective.from_apply(_linear, {"w": jnp.zeros(5, jnp.float32)}, data=(x, pm1), loss="binary_cross_entropy")
+
+
+def test_legitimate_data_passes_the_checks_and_a_large_batch_size_is_the_whole_set():
+  x, y, p = _bad_data_problem()
+  # probability targets, 0/1 float targets for binary cross-entropy, float regression targets, a custom loss
+  # reading -1 as padding (custom losses get only the size and finiteness checks)
+  probs = np.asarray(jax.nn.one_hot(y, 10), np.float32)
+  Objective.from_apply(_linear, p, data=(x, probs))
+  Objective.from_apply(_linear, {"w": jnp.zeros(5, jnp.float32)}, data=(x, (y > 4).astype(np.float32)),
+                       loss="binary_cross_entropy")
+  Objective.from_apply(_linear, {"w": jnp.zeros(5, jnp.float32)}, data=(x, x[:, 0] * 3), loss="mse")
+  masked = lambda out, t: jnp.where(t >= 0, optax.softmax_cross_entropy_with_integer_labels(out, jnp.maximum(t, 0)), 0.0)
+  Objective.from_apply(_linear, p, data=(x, np.where(y > 7, -1, y)), loss=masked)
+  # a batch size above the data is clamped (the library-wide convention, as in training): the mean stays exact
+  big = Objective.from_apply(_linear, p, data=(x, y), batch_size=1000)
+  assert big.batch_size == 40 and big.num_batches == 1
+  np.testing.assert_allclose(big.value(p), np.log(10.0), rtol=1e-6)  # uniform logits
+
+
+# ----------------------------------------------------------------------------- signals: SIGINT / SIGTERM end cleanly
+
+# Runs a `jaxscape` command that, after its first complete write, starts a long XLA computation and says so on
+# stdout from inside it: the test's signal then arrives while XLA runs (where a KeyboardInterrupt used to end
+# in a segmentation fault at exit).
+SIGNALLED_CLI = """
+import sys
+import jax, jax.numpy as jnp, numpy as np
+from jax.experimental import io_callback
+from jaxscape import cli
+from jaxscape import io as jio
+
+def running():
+  print("RUNNING", flush=True)
+  return np.float32(0)
+
+def busy(x):
+  x = x + io_callback(running, jax.ShapeDtypeStruct((), jnp.float32))
+  return jax.lax.fori_loop(0, 20_000_000, lambda i, x: jnp.sin(x) * 0.5 + 0.25, x)
+
+real_write = jio.ResultStore.write
+def write(self, *a, **kw):
+  real_write(self, *a, **kw)
+  jax.jit(busy)(jnp.float32(0.1)).block_until_ready()
+jio.ResultStore.write = write
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def _signalled(argv, signum):
+  """Runs SIGNALLED_CLI on ``argv``, sends ``signum`` once XLA runs after the first write: ``(code, stderr)``."""
+  head = 'import jax\njax.config.update("jax_num_cpu_devices", 8)\n'
+  proc = subprocess.Popen([sys.executable, "-c", head + SIGNALLED_CLI, *argv], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  try:
+    for line in proc.stdout:
+      if line.strip() == "RUNNING":
+        proc.send_signal(signum)
+        break
+    _, err = proc.communicate(timeout=180)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  return proc.returncode, err
+
+
+@pytest.fixture(scope="module")
+def signal_checkpoint(tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("signals") / "ckpt")
+  assert cli.main(TRAIN_ARGS + ["--epochs", "1", "--out", out]) == 0
+  return out
+
+
+def _same_results(a, b):
+  with np.load(os.path.join(a, "results.npz")) as f, np.load(os.path.join(b, "results.npz")) as g:
+    assert sorted(f.files) == sorted(g.files)
+    for k in f.files:
+      np.testing.assert_array_equal(f[k], g[k], err_msg=k)
+
+
+def _one_clean_line(err, code, signum, expected):
+  assert code == {signal.SIGINT: 130, signal.SIGTERM: 143}[signum], err  # not -11 (segfault) nor -2 / -15
+  assert "Traceback" not in err and "Segmentation" not in err, err
+  line = err.strip().splitlines()[-1]
+  assert re.search(expected, line), line
+  return line
+
+
+def test_sigint_and_sigterm_end_hessian_cleanly_and_the_rerun_skips_the_saved_parts(tmp_path, signal_checkpoint,
+                                                                                    capsys):
+  hess = ["hessian", "--checkpoint", signal_checkpoint, "--top-k", "2", "--lanczos-steps", "20", "--trace",
+          "--trace-rtol", "0.5", "--density", "--density-steps", "10", "--density-probes", "1"]
+  whole = str(tmp_path / "whole")
+  assert cli.main(hess + ["--out", whole]) == 0
+  for signum in (signal.SIGINT, signal.SIGTERM):
+    out = str(tmp_path / signal.Signals(signum).name)
+    code, err = _signalled(hess + ["--out", out], signum)
+    name = signal.Signals(signum).name
+    _one_clean_line(err, code, signum, rf"^jaxscape hessian: interrupted by {name}: saved largest in .*{name} \(still "
+                                       rf"to compute: trace, density\); resume: jaxscape hessian --checkpoint")
+    capsys.readouterr()
+    assert cli.main(hess + ["--out", out]) == 0  # the same command: the eigenpairs are not computed again
+    assert "(saved by an earlier run: largest)" in capsys.readouterr().out
+    _same_results(out, whole)
+
+
+def test_sigint_and_sigterm_end_surface_cleanly_and_the_rerun_resumes(tmp_path, signal_checkpoint, capsys,
+                                                                     monkeypatch):
+  # 13 x 11 = 143 points in calls of 64 (8 devices x chunks of 8): the first write holds 64
+  surf = ["surface", "--checkpoint", signal_checkpoint, "--x=-1:1:13", "--y=-1:1:11", "--chunk-size", "8", "--quiet"]
+  monkeypatch.setattr(plot, "save_figures", lambda *a, **k: [])  # figures are tested elsewhere
+  whole = str(tmp_path / "whole")
+  assert cli.main(surf + ["--out", whole]) == 0
+  for signum in (signal.SIGINT, signal.SIGTERM):
+    out = str(tmp_path / signal.Signals(signum).name)
+    code, err = _signalled(surf + ["--out", out], signum)
+    _one_clean_line(err, code, signum, rf"^jaxscape surface: interrupted by {signal.Signals(signum).name}: 64 of 143 "
+                                       r"grid points saved in .*; resume: jaxscape surface --checkpoint")
+    assert cli.main(surf + ["--out", out]) == 0
+    with open(os.path.join(out, "meta.json")) as f:
+      assert json.load(f)["points_evaluated"] == 143 - 64
+    _same_results(out, whole)
+  capsys.readouterr()
 
 # The same problem in this process and in the killed subprocesses (so results can be compared bit for bit).
 PROBLEM = """
