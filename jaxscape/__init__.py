@@ -13,7 +13,7 @@ from .directions import random_directions as random_directions
 from .directions import interpolation_direction as interpolation_direction
 from .directions import plane_directions as plane_directions
 from .directions import pca_directions as pca_directions
-from .directions import hessian_directions as hessian_directions
+from .hessian import hessian_directions as hessian_directions
 from . import io as io
 from .io import save as save
 from . import surface as surface

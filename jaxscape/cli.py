@@ -204,8 +204,10 @@ def _surface(args: argparse.Namespace) -> int:
   else:
     n = 1 if args.y is None else 2
     if hessian_axes:
-      dirs = directions.hessian_directions(jax.random.fold_in(jax.random.key(args.seed), 3), obj, params, n,
-                                           which=args.which, norm=norm, ignore=ignore, layout=obj.layout)
+      from . import hessian
+
+      dirs = hessian.hessian_directions(jax.random.fold_in(jax.random.key(args.seed), 3), obj, params, n,
+                                        which=args.which, norm=norm, ignore=ignore, layout=obj.layout)
     else:
       dirs = directions.random_directions(jax.random.key(args.seed), params, n, norm=norm, ignore=ignore,
                                           orthogonalize=args.orthogonalize, layout=obj.layout)

@@ -66,7 +66,8 @@ __all__ = [
     "plane_directions",
     "pca_directions",
     "PCADirections",
-    "hessian_directions",
+    "check_nonzero",
+    "layout_record",
     "as_directions",
     "move_state",
 ]
@@ -313,7 +314,7 @@ def normalize(direction: PyTree, params: PyTree, norm: str = "filter", ignore: s
   return jax.tree.unflatten(treedef, out)
 
 
-def _layout_record(layout: Layout | None, filter_axes: Any) -> dict[str, Any]:
+def layout_record(layout: Layout | None, filter_axes: Any) -> dict[str, Any]:
   """What :attr:`Directions.info` records of a layout: nothing for the default."""
   out = {}
   if layout is not None and layout is not flax_layout:
@@ -382,15 +383,15 @@ def random_directions(
       for u in out:
         d = tree.axpy(-tree.dot(d, u) / tree.dot(u, u), u, d)
       d = tree.scale(length / (tree.norm(d) + _EPS), d)
-    _check_nonzero(d, i)
+    check_nonzero(d, i)
     out.append(d)
   info = {"kind": "random", "key": key_record(key), "norm": norm, "ignore": ignore, "orthogonalize": orthogonalize,
-          **_layout_record(layout, filter_axes)}
+          **layout_record(layout, filter_axes)}
   return Directions(tree.stack(out), info)
 
 
-def _check_nonzero(d: PyTree, i: int) -> None:
-  """Raises when a (concrete) direction is all zero: its surface would be flat, silently."""
+def check_nonzero(d: PyTree, i: int) -> None:
+  """Raises (``ValueError``) when a (concrete) direction is all zero: its surface would be flat, silently."""
   norm = tree.norm(d)
   if isinstance(norm, jax.core.Tracer) or float(norm) != 0.0:
     return
@@ -515,102 +516,3 @@ def pca_directions(snapshots: Sequence[PyTree], final: PyTree | None = None, n: 
   dirs = Directions(tree.stack([normalize(unravel(c), final, "none", ignore, layout=layout) for c in comps]), {"kind": "pca", "num_snapshots": len(snapshots), "ignore": ignore,
                                                               "explained_variance_ratio": ratio.tolist()})
   return PCADirections(dirs, ratio, np.asarray(coords), np.asarray(resid))
-
-
-def _sign_fixed(v: PyTree) -> PyTree:
-  """``v`` with its largest-magnitude entry made positive: an eigenvector's sign is arbitrary, a plot's should not be."""
-  flat = tree.ravel(v)[0]
-  sign = jnp.where(flat[jnp.argmax(jnp.abs(flat))] < 0, -1, 1)
-  return jax.tree.map(lambda x: x * sign.astype(x.dtype), v)
-
-
-def hessian_directions(
-    key: jax.Array,
-    obj: Any,
-    params: PyTree,
-    k: int = 2,
-    *,
-    which: str = "largest",
-    norm: str = "none",
-    ignore: str | None = None,
-    tol: float = 1e-3,
-    kind: str = "hessian",
-    layout: Layout | None = None,
-    filter_axes: Any = None,
-) -> Directions:
-  """The top-k (or bottom-k) Hessian eigenvectors at ``params``, as plot axes.
-
-  The eigenpairs come from :func:`jaxscape.hessian.eigenvalues` (Lanczos on
-  exact full-data Hessian-vector products); direction ``i`` is the ``i``-th
-  eigenvector in ``which`` order (largest first, or most negative first for
-  ``smallest``), with its sign fixed so that its largest-magnitude entry is
-  positive. With ``norm="none"`` and ``ignore=None`` (the defaults) the
-  directions are the unit eigenvectors themselves, so the plot's coordinate
-  is the distance moved and the loss along direction ``i`` starts as
-  ``L + λ_i c^2 / 2``; ``filter`` / ``layer`` / ``model`` rescale them as
-  random directions are (:func:`normalize`), which makes them comparable with
-  filter-normalised plots but no longer exact eigenvectors (nor orthogonal).
-
-  ``info`` records the eigenvalues, their residuals ``||H y - λ y||`` and
-  ``converged`` flags (of the unnormalised eigenvectors), the number of
-  HVPs, ``which``, ``k``, ``tol``, the curvature matrix (``matrix``:
-  ``hessian`` or ``ggn``) and the key, so that a surface along these axes
-  says what its axes are and how far to trust them.
-
-  Args:
-    key: PRNG key of the Lanczos start vector.
-    obj: the :class:`jaxscape.Objective`.
-    params: the point (the surface's origin).
-    k: number of directions (2 for a surface).
-    which: ``largest`` or ``smallest`` (algebraic), or ``magnitude``.
-    norm: ``none`` (unit eigenvectors) | ``filter`` | ``layer`` | ``model``.
-    ignore: ``"biasbn"`` zeroes the directions on biases and normalisation
-      parameters (then they are no longer eigenvectors); ``None`` keeps them.
-    tol: relative residual tolerance of the ``converged`` flags.
-    kind: ``hessian`` or ``ggn`` (:data:`jaxscape.hessian.KINDS`).
-    layout: per-leaf rule for ``norm="filter"`` / ``ignore`` (default ``obj.layout``).
-    filter_axes: as in :func:`normalize`.
-
-  Returns:
-    :class:`Directions` with ``vectors`` of leading axis ``k``.
-
-  Example:
-    >>> import jax, jax.numpy as jnp, numpy as np, jaxscape as js
-    >>> x = np.diag([1.0, 2.0, 3.0]).astype(np.float32); t = np.zeros(3, np.float32)
-    >>> obj = js.Objective.from_apply(lambda p, x: x @ p["w"], data=(x, t), loss="mse")
-    >>> d = hessian_directions(jax.random.key(0), obj, {"w": jnp.ones(3)}, k=2)
-    >>> np.abs(np.round(np.asarray(d.vectors["w"]), 4)).tolist()   # H = (2/3) diag(1, 4, 9)
-    [[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]]
-    >>> [round(v, 3) for v in d.info["eigenvalues"]]
-    [6.0, 2.667]
-
-  References:
-    Yao et al. (2020, PyHessian) and Li et al. (Landscaper / LLA) plot losses
-    along the top Hessian eigenvectors.
-  """
-  # hessian imports objective, which imports this module: import it when called, not at import time.
-  from . import hessian
-
-  if not isinstance(k, (int, np.integer)) or k < 1:
-    raise ValueError(f"k must be a positive integer; got {k!r}")
-  if norm not in NORMS:
-    raise ValueError(f"unknown norm {norm!r}: expected one of {NORMS}")
-  if ignore not in IGNORES:
-    raise ValueError(f"unknown ignore policy {ignore!r}: expected one of {IGNORES}")
-  res = hessian.eigenvalues(key, obj, params, int(k), which, tol=tol, kind=kind)
-  layout = getattr(obj, "layout", None) if layout is None else layout
-  dtypes = [jnp.asarray(p).dtype for p in jax.tree.leaves(params)]
-  out = []
-  for i in range(int(k)):
-    v = _sign_fixed(jax.tree.map(lambda x: x[i], res.vectors))
-    v = jax.tree.unflatten(jax.tree.structure(params),
-                           [jnp.asarray(x).astype(dt) for x, dt in zip(jax.tree.leaves(v), dtypes)])
-    if norm != "none" or ignore is not None:
-      v = normalize(v, params, norm, ignore, layout=layout, filter_axes=filter_axes)
-    _check_nonzero(v, i)
-    out.append(v)
-  info = {"kind": "hessian", "matrix": kind, "which": which, "k": int(k), "key": key_record(key), "tol": float(tol),
-          "eigenvalues": np.asarray(res.values).tolist(), "residuals": np.asarray(res.residuals).tolist(),
-          "converged": np.asarray(res.converged).tolist(), "num_hvps": int(res.num_hvps), "norm": norm,
-          "ignore": ignore, **_layout_record(layout, filter_axes)}
-  return Directions(tree.stack(out), info)

@@ -53,8 +53,9 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from . import spectral
+from . import directions, spectral
 from . import tree as tree_lib
+from .io import key_record
 from .objective import Objective, split_l2
 
 from .tree import PyTree
@@ -80,6 +81,7 @@ __all__ = [
     "extreme_ritz",
     "adam_preconditioner",
     "curvature_probe",
+    "hessian_directions",
 ]
 
 
@@ -814,3 +816,100 @@ def curvature_probe(
     tr = spectral.trace(k_tr, mv, like, rtol=trace_rtol, max_probes=int(trace_max_probes))
     out.update(trace=tr.estimate, trace_stderr=tr.stderr, trace_converged=tr.converged, trace_num_hvps=tr.num_hvps)
   return out
+
+
+# ------------------------------------------------------ eigenvector axes
+def _sign_fixed(v: PyTree) -> PyTree:
+  """``v`` with its largest-magnitude entry made positive: an eigenvector's sign is arbitrary, a plot's should not be."""
+  flat = tree_lib.ravel(v)[0]
+  sign = jnp.where(flat[jnp.argmax(jnp.abs(flat))] < 0, -1, 1)
+  return jax.tree.map(lambda x: x * sign.astype(x.dtype), v)
+
+
+def hessian_directions(
+    key: jax.Array,
+    obj: Any,
+    params: PyTree,
+    k: int = 2,
+    *,
+    which: str = "largest",
+    norm: str = "none",
+    ignore: str | None = None,
+    tol: float = 1e-3,
+    kind: str = "hessian",
+    layout: directions.Layout | None = None,
+    filter_axes: Any = None,
+) -> directions.Directions:
+  """The top-k (or bottom-k) Hessian eigenvectors at ``params``, as plot axes.
+
+  The eigenpairs come from :func:`jaxscape.hessian.eigenvalues` (Lanczos on
+  exact full-data Hessian-vector products); direction ``i`` is the ``i``-th
+  eigenvector in ``which`` order (largest first, or most negative first for
+  ``smallest``), with its sign fixed so that its largest-magnitude entry is
+  positive. With ``norm="none"`` and ``ignore=None`` (the defaults) the
+  directions are the unit eigenvectors themselves, so the plot's coordinate
+  is the distance moved and the loss along direction ``i`` starts as
+  ``L + λ_i c^2 / 2``; ``filter`` / ``layer`` / ``model`` rescale them as
+  random directions are (:func:`jaxscape.directions.normalize`), which makes them comparable with
+  filter-normalised plots but no longer exact eigenvectors (nor orthogonal).
+
+  ``info`` records the eigenvalues, their residuals ``||H y - λ y||`` and
+  ``converged`` flags (of the unnormalised eigenvectors), the number of
+  HVPs, ``which``, ``k``, ``tol``, the curvature matrix (``matrix``:
+  ``hessian`` or ``ggn``) and the key, so that a surface along these axes
+  says what its axes are and how far to trust them.
+
+  Args:
+    key: PRNG key of the Lanczos start vector.
+    obj: the :class:`jaxscape.Objective`.
+    params: the point (the surface's origin).
+    k: number of directions (2 for a surface).
+    which: ``largest`` or ``smallest`` (algebraic), or ``magnitude``.
+    norm: ``none`` (unit eigenvectors) | ``filter`` | ``layer`` | ``model``.
+    ignore: ``"biasbn"`` zeroes the directions on biases and normalisation
+      parameters (then they are no longer eigenvectors); ``None`` keeps them.
+    tol: relative residual tolerance of the ``converged`` flags.
+    kind: ``hessian`` or ``ggn`` (:data:`jaxscape.hessian.KINDS`).
+    layout: per-leaf rule for ``norm="filter"`` / ``ignore`` (default ``obj.layout``).
+    filter_axes: as in :func:`jaxscape.directions.normalize`.
+
+  Returns:
+    :class:`jaxscape.directions.Directions` with ``vectors`` of leading axis ``k``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, numpy as np, jaxscape as js
+    >>> x = np.diag([1.0, 2.0, 3.0]).astype(np.float32); t = np.zeros(3, np.float32)
+    >>> obj = js.Objective.from_apply(lambda p, x: x @ p["w"], data=(x, t), loss="mse")
+    >>> d = hessian_directions(jax.random.key(0), obj, {"w": jnp.ones(3)}, k=2)
+    >>> np.abs(np.round(np.asarray(d.vectors["w"]), 4)).tolist()   # H = (2/3) diag(1, 4, 9)
+    [[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]]
+    >>> [round(v, 3) for v in d.info["eigenvalues"]]
+    [6.0, 2.667]
+
+  References:
+    Yao et al. (2020, PyHessian) and Li et al. (Landscaper / LLA) plot losses
+    along the top Hessian eigenvectors.
+  """
+  if not isinstance(k, (int, np.integer)) or k < 1:
+    raise ValueError(f"k must be a positive integer; got {k!r}")
+  if norm not in directions.NORMS:
+    raise ValueError(f"unknown norm {norm!r}: expected one of {directions.NORMS}")
+  if ignore not in directions.IGNORES:
+    raise ValueError(f"unknown ignore policy {ignore!r}: expected one of {directions.IGNORES}")
+  res = eigenvalues(key, obj, params, int(k), which, tol=tol, kind=kind)
+  layout = getattr(obj, "layout", None) if layout is None else layout
+  dtypes = [jnp.asarray(p).dtype for p in jax.tree.leaves(params)]
+  out = []
+  for i in range(int(k)):
+    v = _sign_fixed(jax.tree.map(lambda x: x[i], res.vectors))
+    v = jax.tree.unflatten(jax.tree.structure(params),
+                           [jnp.asarray(x).astype(dt) for x, dt in zip(jax.tree.leaves(v), dtypes)])
+    if norm != "none" or ignore is not None:
+      v = directions.normalize(v, params, norm, ignore, layout=layout, filter_axes=filter_axes)
+    directions.check_nonzero(v, i)
+    out.append(v)
+  info = {"kind": "hessian", "matrix": kind, "which": which, "k": int(k), "key": key_record(key), "tol": float(tol),
+          "eigenvalues": np.asarray(res.values).tolist(), "residuals": np.asarray(res.residuals).tolist(),
+          "converged": np.asarray(res.converged).tolist(), "num_hvps": int(res.num_hvps), "norm": norm,
+          "ignore": ignore, **directions.layout_record(layout, filter_axes)}
+  return directions.Directions(tree_lib.stack(out), info)

@@ -33,27 +33,12 @@ Example:
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 from ..tree import PyTree
+from ._split import Split
 
 __all__ = ["Split", "split", "library", "recompute_stats"]
-
-
-class Split(NamedTuple):
-  """A model in pure form.
-
-  Attributes:
-    apply: ``apply(params, state, x) -> outputs`` in eval mode (hashable).
-    params: the trainable parameters.
-    state: everything else the model holds (BatchNorm statistics, RNG state).
-    layout: ``rule(path, leaf) -> LeafRule | None`` for filter normalisation.
-  """
-
-  apply: Callable[[PyTree, PyTree, Any], Any]
-  params: PyTree
-  state: PyTree
-  layout: Callable
 
 
 def library(model: Any) -> str:

@@ -34,6 +34,7 @@ import jax
 
 from ..directions import LeafRule
 from ..tree import PyTree, path_name
+from ._split import Split
 
 __all__ = ["split", "layout"]
 
@@ -83,11 +84,10 @@ def layout(model: Any) -> _EqxLayout:
   return _EqxLayout(tuple(rules))
 
 
-def split(model: Any) -> "Split":
+def split(model: Any) -> Split:
   """Splits an equinox model into ``Split(apply, params, state, layout)`` in inference mode."""
   import equinox as eqx
 
-  from . import Split
 
   model = eqx.nn.inference_mode(model, True)
   params, rest = eqx.partition(model, eqx.is_inexact_array)

@@ -29,6 +29,7 @@ from typing import Any
 import jax
 
 from ..tree import PyTree
+from ._split import Split
 
 __all__ = ["split", "eval_kwargs"]
 
@@ -53,11 +54,10 @@ class _LinenApply:
     return self.module.apply({"params": params, **state}, x, mutable=False, **dict(self.kwargs))
 
 
-def split(module: Any, variables: PyTree) -> "Split":
+def split(module: Any, variables: PyTree) -> Split:
   """Splits a linen module and its variables into ``Split(apply, params, state, layout)``."""
   from flax.core import unfreeze
 
-  from . import Split
   from ..directions import flax_layout
 
   variables = unfreeze(variables)

@@ -30,6 +30,7 @@ import jax
 
 from ..first_layer import FirstLayer
 from ..tree import PyTree
+from ._split import Split
 
 __all__ = ["split", "split_train", "update", "first_layer", "recompute_stats"]
 
@@ -58,7 +59,7 @@ def _parts(model: Any) -> tuple[Any, Any, Any, Any, Any]:
   return graphdef, p_def, s_def, params, state
 
 
-def split(model: Any) -> "Split":
+def split(model: Any) -> Split:
   """Splits a ``flax.nnx`` module into a pure eval-mode ``Split(apply, params, state, layout)``.
 
   ``apply(params, state, x)`` runs the module in eval mode; it is cached per
@@ -71,7 +72,6 @@ def split(model: Any) -> "Split":
     >>> s.apply(s.params, s.state, jnp.ones((5, 3))).shape
     (5, 2)
   """
-  from . import Split
   from ..directions import flax_layout
 
   graphdef, p_def, s_def, params, state = _parts(model)
