@@ -145,6 +145,13 @@ def _check_steps(num_steps: int, n: int) -> int:
   return int(min(num_steps, n))
 
 
+def _orth(basis: jax.Array, w: jax.Array) -> jax.Array:
+  """``w`` minus its projection on the rows of ``basis``: two classical Gram-Schmidt
+  passes ("twice is enough"); rows not yet filled are zero and contribute nothing."""
+  w = w - basis.T @ (basis @ w)
+  return w - basis.T @ (basis @ w)
+
+
 def _stack_unravel(unravel: Callable, rows: jax.Array) -> PyTree:
   return jax.vmap(unravel)(rows)
 
@@ -207,24 +214,18 @@ def _lanczos_full(key, mv, v0, num_steps, bd_tol):
   basis = jnp.zeros((num_steps + 1, n), cd).at[0].set(q0)
   pool = jax.random.normal(key, (n,), cd)
 
-  def orth(basis, w):
-    # Two classical Gram-Schmidt passes ("twice is enough"); rows not yet
-    # filled are zero and contribute nothing.
-    w = w - basis.T @ (basis @ w)
-    return w - basis.T @ (basis @ w)
-
   def step(carry, j):
     basis, alphas, betas, scale, nbd = carry
     q = basis[j]
     w = mv(q)
     a = jnp.vdot(q, w)
     w = w - a * q - jnp.where(j > 0, betas[j - 1], 0) * basis[jnp.maximum(j - 1, 0)]
-    w = orth(basis, w)
+    w = _orth(basis, w)
     b = jnp.linalg.norm(w)
     scale = jnp.maximum(scale, jnp.abs(a) + b)
     broke = b <= bd_tol * scale
     # the restart vector costs two more passes over the basis: only on breakdown
-    q_next = jax.lax.cond(broke, lambda: _normalise(orth(basis, _normalise(orth(basis, _restart_vector(pool, j))))),
+    q_next = jax.lax.cond(broke, lambda: _normalise(_orth(basis, _normalise(_orth(basis, _restart_vector(pool, j))))),
                           lambda: w / jnp.where(broke, 1, b))
     basis = basis.at[j + 1].set(q_next)
     alphas = alphas.at[j].set(a)
@@ -408,11 +409,6 @@ def _score(theta: jax.Array, which: str | jax.Array) -> jax.Array:
   return jnp.select([which == 0, which == 1], [-theta, theta], -jnp.abs(theta))
 
 
-def _select(theta: jax.Array, which: str | jax.Array, k: int) -> jax.Array:
-  """Indices of the k wanted Ritz values."""
-  return jnp.argsort(_score(theta, which))[:k]
-
-
 def _projected_ritz(t: jax.Array, j: jax.Array, which):
   """Ritz pairs of the leading ``(j+1) x (j+1)`` block of ``t``, best first.
 
@@ -458,12 +454,8 @@ def _certified_lanczos(key, mv, v0, *, n, m, k, which, tol, atol, max_matvecs, v
   # With k rows locked it keeps them and the k + 2 best of the rest.
   keep_free, keep_locked = min(m - 1, k + 2), min(m - 1, 2 * k + 2)
 
-  def orth(v, w):
-    w = w - v.T @ (v @ w)
-    return w - v.T @ (v @ w)
-
   def fresh(v, key):
-    return _normalise(orth(v, jax.random.normal(key, (n,), cd)))
+    return _normalise(_orth(v, jax.random.normal(key, (n,), cd)))
 
   def expand(c):
     v, t, j = c["v"], c["t"], c["j"]
@@ -821,16 +813,12 @@ def power_iteration(
   basis = jnp.concatenate([known, jnp.zeros((k, n), cd)])
   nk = known.shape[0]
 
-  def project(basis, v):
-    v = v - basis.T @ (basis @ v)
-    return v - basis.T @ (basis @ v)
-
   def one(basis, start):
     # State: (v, next v, lambda(v), residual(v), matvecs). The loop returns the
     # last iterate whose residual is known, so no extra matvec is needed.
     def body(state):
       _, v, _, _, it = state
-      w = project(basis, mv(v))
+      w = _orth(basis, mv(v))
       lam = jnp.vdot(v, w)
       res = jnp.linalg.norm(w - lam * v)
       return v, _normalise(w), lam, res, it + 1
@@ -839,7 +827,7 @@ def power_iteration(
       _, _, lam, res, it = state
       return (it < max_iters) & ~(res <= tol * jnp.abs(lam))
 
-    v = _normalise(project(basis, start))
+    v = _normalise(_orth(basis, start))
     init = (v, v, jnp.zeros((), cd), jnp.full((), jnp.inf, cd), jnp.zeros((), jnp.int32))
     v, _, lam, res, it = jax.lax.while_loop(cond, body, init)
     return v, lam, res, it
