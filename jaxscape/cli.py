@@ -180,8 +180,15 @@ def _surface(args: argparse.Namespace) -> int:
 
   _init_distributed(args)  # before any other JAX work
   from . import directions, distributed, plot, surface
+  from . import io as jio
 
   out = _surface_out(args)
+  # refusals before any loading or computing: an unwritable --out, a grid whose arrays cannot fit
+  axes = [surface.parse_range(args.x, "--x")] + ([] if args.y is None else [surface.parse_range(args.y, "--y")])
+  shape = tuple(a.size for a in reversed(axes))
+  surface.check_host_memory(shape, ("loss",))
+  if distributed.is_primary():  # the loss alone: loss_surface checks again with every map it stores
+    jio.check_output_dir(out, what="--out", need_bytes=surface.grid.result_bytes(shape, 1))
   hessian_axes = args.directions == "hessian"
   norm = args.norm or ("none" if hessian_axes else "filter")
   ignore = args.ignore or ("none" if hessian_axes else "biasbn")
@@ -228,14 +235,23 @@ def _surface(args: argparse.Namespace) -> int:
           f"{surface.part_directory(out, i, n)}, {surf.num_nonfinite} non-finite; "
           f"when all {n} parts are done: jaxscape merge {out}")
     return 0
-  paths = plot.save_figures(surf, out, log=args.log)
-  if args.vtk and surf.ndim == 2:
-    paths.append(_vtk(surf, out, log=args.log))
+  paths = _figures(out, lambda: plot.save_figures(surf, out, log=args.log) + (
+      [_vtk(surf, out, log=args.log)] if args.vtk and surf.ndim == 2 else []),
+                   f"the surface is saved in {out!r}: draw the figures again with `jaxscape plot {out}`")
   print(f"surface {surf.loss.shape} in {out}: loss {float(_nanmin(surf.loss)):.4g} .. {float(_nanmax(surf.loss)):.4g}, "
         f"{surf.num_nonfinite} non-finite, {surf.meta['points_per_second'] or 0:.1f} points/s")
   for path in paths:
     print(f"  {path}")
   return 0
+
+
+def _figures(out: str, draw: Callable[[], list[str]], saved: str) -> list[str]:
+  """Draws figures after the numbers are saved; one that cannot be written is an error saying the numbers are kept."""
+  try:
+    return draw()
+  except OSError as e:
+    raise OSError(e.errno, f"could not write a figure in {out!r} ({e.strerror or e}"
+                           f"{': ' + repr(e.filename) if e.filename else ''}); {saved}") from e
 
 
 def _surface_out(args: argparse.Namespace) -> str:
@@ -295,12 +311,16 @@ def _merge(args: argparse.Namespace) -> int:
   from . import io as jio
   from . import plot, surface
 
+  if not os.path.isdir(args.out):
+    raise FileNotFoundError(f"no directory {args.out!r}: expected the --out directory of `jaxscape surface --chunk "
+                            "I/N` runs, holding part-IIII-of-NNNN folders")
+  jio.check_output_dir(args.out)
   with jio.RunLock(args.out):  # one merge (or other writer) of OUT at a time
     surf = surface.merge_surfaces(args.out)
     jio.save_result(args.out, {**surf.to_arrays(), "done": np.ones(surf.loss.shape, bool)}, surf.meta)
-    paths = plot.save_figures(surf, args.out, log=args.log)
-    if args.vtk and surf.ndim == 2:
-      paths.append(_vtk(surf, args.out, log=args.log))
+    paths = _figures(args.out, lambda: plot.save_figures(surf, args.out, log=args.log) + (
+        [_vtk(surf, args.out, log=args.log)] if args.vtk and surf.ndim == 2 else []),
+                     f"the merged surface is saved in {args.out!r}: draw the figures with `jaxscape plot {args.out}`")
   print(f"merged {surf.meta['parts']['count']} parts: surface {surf.loss.shape} in {args.out}: loss "
         f"{float(_nanmin(surf.loss)):.4g} .. {float(_nanmax(surf.loss)):.4g}, {surf.num_nonfinite} non-finite")
   for path in paths:
@@ -362,6 +382,7 @@ def _hessian(args: argparse.Namespace) -> int:
   parts = _hessian_parts(args)
   if not parts:
     raise ValueError("nothing to compute: give --top-k/--bottom-k > 0, --trace or --density")
+  jio.check_output_dir(out, what="--out")  # before any loading or computing
   model, ds, source = _source(args)
   obj, params = _objective(model, ds, args.split, args.batch_size)
   config = {"kind": "hessian", "source": source, "objective": obj.describe(), "seed": args.seed, "matrix": args.kind,
@@ -385,7 +406,7 @@ def _hessian(args: argparse.Namespace) -> int:
   for part in parts:
     if part in part_stats:  # finished by an earlier, interrupted run of this config
       continue
-    computed, stats = _hessian_part(part, args, obj, params, key, out)
+    computed, stats = _hessian_part(part, args, obj, params, key)
     arrays.update(computed)
     part_stats[part] = stats
     store.write(arrays, meta(complete=False))
@@ -395,18 +416,40 @@ def _hessian(args: argparse.Namespace) -> int:
         + (f" (saved by an earlier run: {', '.join(resumed)})" if resumed else ""))
   for part in parts:
     print(f"  {_hessian_line(part, args, arrays, part_stats[part])}")
+  if "density" in parts:  # figures last: the numbers are saved whatever happens to them
+    for path in _figures(out, lambda: _density_figures(out, arrays, part_stats["density"]),
+                         f"the numbers are saved in {out!r} (results.npz)"):
+      print(f"  {path}")
   return 0
 
 
-def _hessian_part(part: str, args: argparse.Namespace, obj: Any, params: Any, key: Any,
-                  out: str) -> tuple[dict[str, Any], dict[str, Any]]:
-  """Computes one part of ``jaxscape hessian``: ``(arrays, stats)``; the density also writes its figures."""
+def _density_figures(out: str, arrays: dict[str, Any], stats: dict[str, Any]) -> list[str]:
+  """The saved spectral density, on a linear and a log scale."""
+  import types
+
+  from . import plot
+
+  dens = types.SimpleNamespace(grid=arrays["density_grid"], density=arrays["density"], sigma=stats["density_sigma"])
+  paths = []
+  for log in (False, True):
+    fig, _ = plot.density(dens, log=log)
+    paths.append(os.path.join(out, f"density{'_log' if log else ''}.png"))
+    try:
+      fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
+    finally:
+      plot.close(fig)
+  return paths
+
+
+def _hessian_part(part: str, args: argparse.Namespace, obj: Any, params: Any,
+                  key: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Computes one part of ``jaxscape hessian``: ``(arrays, stats)``."""
   import time
 
   import jax
   import numpy as np
 
-  from . import hessian, plot
+  from . import hessian
 
   if part in ("largest", "smallest"):
     t = time.perf_counter()
@@ -427,11 +470,6 @@ def _hessian_part(part: str, args: argparse.Namespace, obj: Any, params: Any, ke
              "trace_method": tr.method, "trace_relative_stderr": rel})
   dens = hessian.density(obj, params, key=jax.random.fold_in(key, 11), num_probes=args.density_probes,
                          num_steps=args.density_steps, kind=args.kind)
-  os.makedirs(out, exist_ok=True)
-  for log in (False, True):
-    fig, _ = plot.density(dens, log=log)
-    fig.savefig(os.path.join(out, f"density{'_log' if log else ''}.png"), dpi=120, bbox_inches="tight")
-    plot.close(fig)
   return ({"density_grid": np.asarray(dens.grid), "density": np.asarray(dens.density),
            "density_nodes": np.asarray(dens.nodes), "density_weights": np.asarray(dens.weights)},
           {"density_sigma": float(dens.sigma), "negative_mass": float(dens.negative_mass(args.eps)), "eps": args.eps})
@@ -588,7 +626,10 @@ def _train(args: argparse.Namespace) -> int:
   `jaxscape surface/hessian --checkpoint DIR` read; an interrupted run in --out is resumed."""
   from . import models, train
 
+  from . import io as jio
+
   spec, name, out = _train_target(args)
+  jio.check_output_dir(out, what="--out")  # before any loading or training
   model, hist = train.train_from_spec(spec, out, resume=not args.no_resume)
   print(f"{name}: {models.count_params(model)} parameters, {len(hist)} epochs -> {os.path.abspath(out)}")
   if len(hist):
@@ -617,8 +658,10 @@ def _plot_parser(sub) -> None:
 def _plot(args: argparse.Namespace) -> int:
   from . import plot, surface
 
+  from . import io as jio
+
   surf = surface.load_surface(args.run_dir)
-  out = args.out or args.run_dir
+  out = jio.check_output_dir(args.out or args.run_dir, what="--out" if args.out else "run_dir")
   paths = plot.save_figures(surf, out, vmin=args.vmin, vmax=args.vmax, vlevel=args.vlevel, log=args.log, zmax=args.zmax)
   if args.vtk:
     paths.append(_vtk(surf, out, zmax=args.zmax, log=args.log))
@@ -635,6 +678,9 @@ def build_parser() -> argparse.ArgumentParser:
   sub = parser.add_subparsers(dest="command", required=True)
   for register in COMMANDS.values():
     register(sub)
+  for p in sub.choices.values():
+    p.add_argument("--debug", action="store_true",
+                   help="show the Python traceback of an error (also JAXSCAPE_DEBUG=1) instead of one line")
   return parser
 
 
@@ -663,23 +709,25 @@ def _interrupted_line(command: str, args: argparse.Namespace, argv: Sequence[str
 def main(argv: Sequence[str] | None = None) -> int:
   """Entry point of the ``jaxscape`` command.
 
-  Returns the exit code: 0, or 2 after a one-line error. SIGINT and SIGTERM
-  end the process at once with 130 / 143 after one line on stderr saying
-  what was saved and the command that resumes (:mod:`jaxscape.signals`).
+  Returns the exit code: 0; 2 after a one-line error the user can fix (bad
+  input or data, an output that cannot be written, a held lock, too little
+  memory); 1 after a one-line internal error (``--debug`` shows its
+  traceback). SIGINT and SIGTERM end the process at once with 130 / 143
+  after one line on stderr saying what was saved and the command that
+  resumes (:mod:`jaxscape.signals`).
   """
   from . import signals
-  from .io import ResultWriteError, RunLockedError
 
   argv = list(sys.argv[1:] if argv is None else argv)
   args = build_parser().parse_args(argv)
+  debug = args.debug or os.environ.get("JAXSCAPE_DEBUG", "") not in ("", "0")
   with signals.interruptible():
     try:
       return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, RunLockedError, ResultWriteError) as e:  # one line, no traceback
-      print(f"jaxscape {args.command}: error: {e}", file=sys.stderr)
-      return 2
     except signals.Interrupted as e:
       signals.exit_interrupted(e, _interrupted_line(args.command, args, argv, e))
+    except Exception as e:  # one line, no traceback
+      return signals.error_exit(f"jaxscape {args.command}", e, debug=debug)
 
 
 if __name__ == "__main__":

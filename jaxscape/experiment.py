@@ -226,19 +226,19 @@ def run(module: Any, argv: Sequence[str] | None = None) -> int:
   out = args.out or getattr(module, "RUN_DIR", None) or os.path.join("runs", f"{name}-{args.preset}")
   with signals.interruptible():
     try:
+      jio.check_output_dir(out, what="--out")  # before any loading or computing
       with jio.RunLock(out):  # the run owns its directory until its report is written
         jio.write_json(os.path.join(out, "config.json"), config)
         report = module.main(config, out)
         with open(os.path.join(out, "report.md"), "w") as f:
           f.write(report.render())
-    except (FileNotFoundError, ValueError, jio.RunLockedError) as e:
-      print(f"{name} [{args.preset}]: error: {e}", file=sys.stderr)
-      return 2
     except signals.Interrupted as e:
       again = shlex.join([sys.executable, "-m", "experiments", name, *(sys.argv[1:] if argv is None else argv)])
       signals.exit_interrupted(e, f"{name} [{args.preset}]: interrupted by {e.name}: no report written (report.md "
                                   f"comes at the end; loss surfaces in {out} are kept and resume, other steps start "
                                   f"over); run it again: {again}")
+    except Exception as e:  # one line, no traceback (JAXSCAPE_DEBUG=1 shows it)
+      return signals.error_exit(f"{name} [{args.preset}]", e, debug=os.environ.get("JAXSCAPE_DEBUG", "") not in ("", "0"))
   parent = os.path.dirname(os.path.abspath(out))
   if os.path.basename(parent) == "runs":
     write_index(parent)

@@ -71,6 +71,10 @@ __all__ = [
     "CorruptResultError",
     "RunLockedError",
     "ResultWriteError",
+    "OutputDirError",
+    "check_output_dir",
+    "available_memory",
+    "format_bytes",
     "RunLock",
     "save_result",
     "load_result",
@@ -94,6 +98,11 @@ class CorruptResultError(ValueError):
 
 class RunLockedError(RuntimeError):
   """Another process is writing this directory: it holds the directory's :class:`RunLock`."""
+
+
+class OutputDirError(ValueError):
+  """An output directory the results cannot go to (not a directory, not writable, too little space), refused before
+  any work starts (:func:`check_output_dir`)."""
 
 
 class ResultWriteError(OSError):
@@ -172,6 +181,81 @@ def read_json(path: str) -> Any:
   """Reads what :func:`write_json` wrote (``Infinity``/``NaN`` back as floats)."""
   with open(path, "rb") as f:
     return json.loads(f.read().decode("utf-8"))
+
+
+def format_bytes(n: float) -> str:
+  """``1536 -> '1.5 KiB'``: a size as a person reads it."""
+  for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+    if abs(n) < 1024 or unit == "TiB":
+      return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    n /= 1024
+  raise AssertionError("unreachable")
+
+
+def check_output_dir(directory: str | os.PathLike, *, need_bytes: int = 0, what: str = "output directory") -> str:
+  """Refuses, before any work starts, a directory the results could not be written to; creates it when missing.
+
+  Checks that no file stands at ``directory`` or above it, that the
+  directory can be created, that a file can be written and removed in it (a
+  probe ``.tmp-probe-*``), and that its file system has ``need_bytes`` free.
+
+  Args:
+    directory: where the results will go.
+    need_bytes: an estimate of the bytes the results need (0: do not check).
+    what: how the message names the directory (e.g. ``"--out"``).
+
+  Returns:
+    ``directory``, unchanged.
+
+  Raises:
+    OutputDirError: one line naming the path and the reason.
+
+  Example:
+    >>> import tempfile
+    >>> d = check_output_dir(tempfile.mkdtemp() + "/run")
+  """
+  path = os.fspath(directory)
+  above = os.path.abspath(path)
+  while not os.path.lexists(above):  # the nearest existing path at or above the directory
+    above = os.path.dirname(above)
+  if not os.path.isdir(above):
+    if above == os.path.abspath(path):
+      raise OutputDirError(f"{what} {path!r} is a file, not a directory; choose another path")
+    raise OutputDirError(f"{what} {path!r} cannot be created: {above!r} on its path is a file; choose another path")
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise OutputDirError(f"{what} {path!r} cannot be created: {e.strerror or e}") from None
+  try:
+    fd, probe = tempfile.mkstemp(dir=path, prefix=_TMP + "probe-")
+    try:
+      os.write(fd, b"probe")
+      os.fsync(fd)
+    finally:
+      os.close(fd)
+      os.remove(probe)
+  except OSError as e:
+    raise OutputDirError(f"{what} {path!r} is not writable: {e.strerror or e}") from None
+  free = shutil.disk_usage(path).free
+  if need_bytes > free:
+    raise OutputDirError(f"{what} {path!r} has {format_bytes(free)} free; the results need about "
+                         f"{format_bytes(need_bytes)}: free some space or choose another directory")
+  return path
+
+
+def available_memory() -> int | None:
+  """Bytes of host memory available to a new allocation (``MemAvailable`` on Linux), or ``None`` if unknown."""
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except (OSError, ValueError, IndexError):
+    pass
+  try:
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+  except (AttributeError, OSError, ValueError):
+    return None
 
 
 def _sha256(data: bytes) -> str:

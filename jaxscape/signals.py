@@ -1,4 +1,11 @@
-"""Clean ends on SIGINT and SIGTERM: one line on stderr saying what was saved, exit code 130 / 143.
+"""How a command ends: one line on stderr, never a traceback (unless asked), for signals and for errors.
+
+SIGINT and SIGTERM end a command with a line saying what was saved, exit code
+130 / 143; an error ends it with one line naming what was wrong
+(:func:`error_exit`): exit code 2 for what the user can fix (bad input or
+data, an output that cannot be written, a lock held by another run, too
+little memory), 1 for an internal error (with a request to rerun with
+``--debug`` for the traceback).
 
 A Python signal handler runs in the main thread between two bytecodes, never
 inside a running XLA computation (that finishes first). The handler installed
@@ -34,7 +41,7 @@ import sys
 import threading
 from typing import Any, Iterator, NoReturn
 
-__all__ = ["Interrupted", "interruptible", "exit_interrupted", "SIGNALS"]
+__all__ = ["Interrupted", "interruptible", "exit_interrupted", "error_exit", "SIGNALS"]
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 """The signals a command ends cleanly on."""
@@ -129,3 +136,39 @@ def _inside_xla(frame: Any) -> bool:
 def exit_interrupted(error: Interrupted, message: str) -> NoReturn:
   """Flushes stdout and stderr, writes ``message`` as one line on stderr and ends the process with ``128 + signal``."""
   _leave(error.exit_code, " ".join(message.split()))
+
+
+def _describe(error: BaseException) -> str:
+  """The error as one line: its message, or for a bare ``OSError`` its reason and the path."""
+  if isinstance(error, OSError) and error.strerror:  # without the "[Errno N]" prefix
+    return error.strerror + (f": {error.filename!r}" if error.filename is not None else "")
+  if isinstance(error, MemoryError):
+    return f"out of host memory ({error or 'an allocation failed'}); use a smaller grid, batch or model"
+  return " ".join(str(error).split()) or type(error).__name__
+
+
+def error_exit(prefix: str, error: Exception, *, debug: bool = False) -> int:
+  """Writes ``error`` as one line ``"<prefix>: error: ..."`` on stderr and returns the exit code (or re-raises).
+
+  ``ValueError`` (bad input, bad data, refused configs, corrupt files),
+  ``OSError`` (unreadable input, unwritable output), the run lock's
+  ``RuntimeError`` and ``MemoryError`` are the user's to fix: exit code 2.
+  Anything else is a bug: exit code 1, with the exception's type and a
+  request to rerun with ``--debug``. With ``debug`` the exception propagates
+  (its traceback is printed).
+  """
+  if debug:
+    raise error
+  from .io import RunLockedError
+
+  if isinstance(error, (ValueError, OSError, RunLockedError, MemoryError)):
+    line, code = f"{prefix}: error: {_describe(error)}", 2
+  else:
+    line, code = (f"{prefix}: internal error ({type(error).__name__}: {_describe(error)}); rerun with --debug for "
+                  "the traceback and report it"), 1
+  try:
+    sys.stdout.flush()
+  except (OSError, ValueError):
+    pass
+  print(line, file=sys.stderr)
+  return code

@@ -24,6 +24,7 @@ from .executor import default_chunk_size as default_chunk_size
 from .executor import loss_surface as loss_surface
 from .grid import Range as Range
 from .grid import Surface as Surface
+from .grid import check_host_memory as check_host_memory
 from .grid import grid_coordinates as grid_coordinates
 from .grid import load_surface as load_surface
 from .grid import merge_surfaces as merge_surfaces
@@ -35,4 +36,4 @@ from .points import PointSpec as PointSpec
 
 __all__ = ["Surface", "loss_surface", "parse_range", "grid_coordinates", "default_chunk_size", "load_surface",
            "merge_surfaces", "part_directory", "part_indices", "NonFiniteOriginError", "CURVATURES",
-           "WARM_START_MAX_BYTES", "Range", "PointSpec"]
+           "WARM_START_MAX_BYTES", "Range", "PointSpec", "check_host_memory"]

@@ -39,7 +39,8 @@ from .. import io as _io
 from .. import tree
 from ..directions import Directions, as_directions
 from ..objective import Objective
-from .grid import Range, Surface, grid_coordinates, parse_range, part_directory, part_indices
+from .grid import (Range, Surface, check_host_memory, grid_coordinates, parse_range, part_directory, part_indices,
+                   result_bytes)
 from .points import CURVATURES, Chunk, PointInputs, PointSpec, WarmStarts, WarmStartSpec, finish_maps
 
 from ..tree import PyTree
@@ -168,7 +169,7 @@ def _warm_start_spec(warm_start: int | None, steps: int | None, curvature: tuple
   return int(warm_start), int(steps)
 
 
-def _warm_starts(warm: tuple[int, int], shape: tuple[int, ...], coords: np.ndarray, mine: np.ndarray,
+def _warm_starts(warm: tuple[int, int], shape: tuple[int, ...], axes: Sequence[np.ndarray], mine: np.ndarray,
                  mesh: jax.sharding.Mesh, per_device: int, lanczos_steps: int, chunks_per_call: int,
                  inputs: PointInputs, objective: Objective, dtype: Any, num_params: int,
                  quiet: bool) -> tuple[WarmStarts, dict[str, Any]]:
@@ -209,8 +210,8 @@ def _warm_starts(warm: tuple[int, int], shape: tuple[int, ...], coords: np.ndarr
     coarse_inputs = dataclasses.replace(inputs, key=coarse_key, warm=None)
     for s in tqdm(range(0, needed.size, size), disable=quiet, desc="warm start", unit="call"):
       idx = coarse[needed[s:s + size]]
-      c = np.zeros((size, coords.shape[1]), coords.dtype)
-      c[: idx.size] = coords[idx]
+      c = np.zeros((size, len(axes)))
+      c[: idx.size] = grid_coordinates(axes, idx)
       i = np.zeros(size, np.int32)
       i[: idx.size] = idx
       out = evaluate(_chunk(c, i, dtype, mesh), coarse_inputs, objective)
@@ -512,7 +513,12 @@ def loss_surface(
     ValueError: on bad input (ranges, directions that do not match the
       parameters' structure, shapes or dtypes, integer or mixed-dtype
       parameters, chunk sizes), or when ``out_dir`` holds a result of another
-      config (the message names the differing fields).
+      config (the message names the differing fields), or when the grid's
+      host arrays cannot fit in the available memory (checked before they are
+      allocated; the message names the largest grid that fits).
+    jaxscape.io.OutputDirError: when ``out_dir`` cannot hold the results (a
+      file on its path, not writable, less free space than the results may
+      take), checked before any grid point is evaluated.
     jaxscape.io.CorruptResultError: when ``out_dir`` holds damaged files.
     jaxscape.io.RunLockedError: when another process is writing ``out_dir``
       (the message names its pid and host).
@@ -528,11 +534,11 @@ def loss_surface(
   if len(axes) != d.n:
     raise ValueError(f"got {d.n} direction(s) but {len(axes)} grid range(s): give one range per direction")
   shape = tuple(len(a) for a in reversed(axes))
-  coords = grid_coordinates(axes)
-  num_points = coords.shape[0]
-  in_part = np.ones(num_points, bool)
+  num_points = math.prod(shape)
+  check_host_memory(shape, ("loss",))  # a first bound, before anything runs; the exact one below
+  part_size = num_points
   if part is not None:
-    in_part = np.isin(np.arange(num_points), part_indices(num_points, part))
+    part_size = part_indices(num_points, part).size
     part = (int(part[0]), int(part[1]))
 
   mesh = _mesh(devices, data_shards)
@@ -552,7 +558,7 @@ def loss_surface(
   per_device = min(math.ceil(chunk_size / ngrid), math.ceil(num_points / ngrid))
   chunk_size = int(per_device * ngrid)
   nproc, pid = jax.process_count(), jax.process_index()
-  chunks_per_call = int(min(chunks_per_call, math.ceil(int(in_part.sum()) / nproc / chunk_size)))
+  chunks_per_call = int(min(chunks_per_call, math.ceil(part_size / nproc / chunk_size)))
   call_size = chunk_size * chunks_per_call
 
   dtype = jnp.result_type(*jax.tree.leaves(params))
@@ -591,9 +597,16 @@ def loss_surface(
       **({"part": list(part)} if part is not None else {}),
       **(config or {}),
   }
+  check_host_memory(shape, names)
+  directory = out_dir if out_dir is None or part is None else part_directory(out_dir, *part)
+  if directory is not None and pid == 0:
+    _io.check_output_dir(directory, need_bytes=result_bytes(shape, len(names)))
   values = {k: np.full(num_points, np.nan) for k in names}
   done = np.zeros(num_points, bool)
-  directory = out_dir if out_dir is None or part is None else part_directory(out_dir, *part)
+  in_part = np.ones(num_points, bool)
+  if part is not None:
+    in_part[:] = False
+    in_part[part_indices(num_points, part)] = True
   # Only process 0 reads and writes the directory; the others get its state.
   store = _io.ResultStore(directory, run_config, overwrite=overwrite) if directory is not None and pid == 0 else None
   try:  # the store holds the directory's lock from open() to close()
@@ -624,7 +637,7 @@ def loss_surface(
     warm_meta = None
     if warm is not None:  # the coarse pass, for this process's points only
       mine = np.concatenate([np.array_split(r, nproc)[pid] for r in rounds] + [np.zeros(0, np.int64)])
-      seeds, warm_meta = _warm_starts(warm, shape, coords, mine, mesh, per_device, int(lanczos_steps), chunks_per_call,
+      seeds, warm_meta = _warm_starts(warm, shape, axes, mine, mesh, per_device, int(lanczos_steps), chunks_per_call,
                                       inputs, placed, dtype, tree.size(params), quiet or pid != 0)
       inputs = dataclasses.replace(inputs, warm=jax.device_put(seeds, replicated))
     env = _io.environment()
@@ -651,8 +664,8 @@ def loss_surface(
 
     for points in tqdm(rounds, disable=quiet or pid != 0, desc="surface", unit="call"):
       idx = np.array_split(points, nproc)[pid]
-      c = np.zeros((call_size, coords.shape[1]), coords.dtype)
-      c[: idx.size] = coords[idx]
+      c = np.zeros((call_size, len(axes)))
+      c[: idx.size] = grid_coordinates(axes, idx)
       i = np.zeros(call_size, np.int32)
       i[: idx.size] = idx
       out = jax.device_get(evaluate(_chunk(c, i, dtype, mesh), inputs, placed))

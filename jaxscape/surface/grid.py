@@ -9,6 +9,7 @@ evaluates contiguous slices of that order (:func:`part_indices`), written to
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from typing import Any, Sequence
@@ -60,14 +61,64 @@ def parse_range(spec: Range, name: str = "range") -> np.ndarray:
   return np.linspace(float(start), float(stop), int(num))
 
 
-def grid_coordinates(axes: Sequence[np.ndarray]) -> np.ndarray:
-  """All grid points as ``[num_points, n]``, in the C order of the result array.
+def grid_coordinates(axes: Sequence[np.ndarray], index: np.ndarray | None = None) -> np.ndarray:
+  """Grid points as ``[num_points, n]``, in the C order of the result array; only the flat ``index`` ones if given.
 
   The result array has shape ``(n_{k-1}, …, n_1, n_0)`` — ``[ny, nx]`` in
-  2-D — so flat index ``i`` is the point ``(x[i % nx], y[i // nx])``.
+  2-D — so flat index ``i`` is the point ``(x[i % nx], y[i // nx])``. With
+  ``index`` the whole grid is never materialised (a run computes the
+  coordinates of each chunk from its indices).
   """
-  grids = np.meshgrid(*reversed(list(axes)), indexing="ij")
-  return np.stack([g.ravel() for g in reversed(grids)], axis=-1)
+  axes = [np.asarray(a) for a in axes]
+  shape = tuple(a.size for a in reversed(axes))
+  index = np.arange(math.prod(shape)) if index is None else np.asarray(index, np.int64)
+  multi = np.unravel_index(index, shape)
+  return np.stack([a[m] for a, m in zip(axes, reversed(multi))], axis=-1)
+
+
+HOST_COPIES = 3
+"""Copies of the stored arrays a run holds at its peak: the arrays, their compressed file and its bytes."""
+
+
+def host_bytes(shape: Sequence[int], num_fields: int) -> int:
+  """Host memory a grid of ``shape`` needs with ``num_fields`` stored float64 maps (plus the ``done`` mask).
+
+  ``HOST_COPIES`` copies of the stored values (while a result is saved), per
+  point the part mask and one index (flat indices to evaluate), and two copies
+  of the axes.
+  """
+  return math.prod(shape) * (HOST_COPIES * (8 * int(num_fields) + 1) + 9) + 16 * sum(shape)
+
+
+def check_host_memory(shape: Sequence[int], fields: Sequence[str], available: int | None = None) -> None:
+  """Refuses, before anything is allocated, a grid whose host arrays cannot fit in memory.
+
+  Args:
+    shape: the result array's shape (``[ny, nx]`` in 2-D).
+    fields: the stored maps (``loss`` and the metrics; ``done`` is added).
+    available: bytes of host memory (default: :func:`jaxscape.io.available_memory`; unknown: no check).
+
+  Raises:
+    ValueError: naming the grid, the memory it needs and what is available, and the largest grid that fits.
+  """
+  available = _io.available_memory() if available is None else available
+  need = host_bytes(shape, len(fields))
+  if available is None or need <= available:
+    return
+  per_point = need / max(1, math.prod(shape))
+  fits = int(available // per_point)
+  side = int(fits ** (1 / len(shape)))
+  example = " × ".join([str(side)] * len(shape))
+  raise ValueError(
+      f"a {' × '.join(map(str, reversed(tuple(shape))))} grid ({math.prod(shape):,} points) needs about "
+      f"{_io.format_bytes(need)} of host memory ({len(fields) + 1} values per point: {', '.join(fields)}, done; "
+      f"held with a compressed copy while it is saved); {_io.format_bytes(available)} is available. The largest grid "
+      f"that fits has about {fits:,} points (e.g. {example}): use a coarser grid")
+
+
+def result_bytes(shape: Sequence[int], num_fields: int) -> int:
+  """Disk bytes a grid's results may take: two uncompressed generations (the current and the one being written)."""
+  return 2 * math.prod(shape) * (8 * int(num_fields) + 1) + 4096
 
 
 @dataclasses.dataclass(frozen=True)
