@@ -91,8 +91,8 @@ def main(config: dict, out_dir: str) -> Report:
     gd_wall, gd_loss = time.perf_counter() - t0, np.asarray(jax.vmap(obj[_sigmoid].value)(ends_sig))
     ref = newton.minimize_saddle_free_many(obj[_sigmoid], ends_sig, max_steps=c["refine_steps"], tol=c["refine_tol"],
                                            step_cap=c["step_cap"])
-    move = np.asarray(js.tree.distances(ref["params"], ends_sig) / js.tree.distances(
-        ends_sig, js.tree.zeros_like(js.tree.select(ends_sig, 0))))
+    size = lambda t: np.asarray(js.tree.distances(t, js.tree.zeros_like(js.tree.select(t, 0))))
+    move, ref_norm = np.asarray(js.tree.distances(ref["params"], ends_sig)) / size(ends_sig), size(ref["params"])
     conv = np.flatnonzero(ref["converged"])
     pool = conv if conv.size else np.arange(r)  # none converged (a tiny preset): the ends still get verified, and fail
     reps = [int(pool[i]) for i in stats.distinct(ref["loss"][pool], np.zeros(pool.size), rtol=c["gd_rtol"])]
@@ -198,7 +198,12 @@ def main(config: dict, out_dir: str) -> Report:
       ("final GD loss: min / median / max", tuple(np.quantile(loss_lin, [0, 0.5, 1])), tuple(np.quantile(gd_loss, [0, 0.5, 1]))),
       ("after refinement: min / median / max", "-", tuple(np.quantile(ref["loss"], [0, 0.5, 1]))),
       ("largest drop in refinement (relative)", "-", float(np.max((gd_loss - ref["loss"]) / gd_loss))),
-      ("largest move in refinement, ||theta_ref - theta_GD|| / ||theta_GD||", "-", float(move.max()))]))
+      ("largest move in refinement, ||theta_ref - theta_GD|| / ||theta_GD||", "-", float(move.max())),
+      ("refinements converged", "-", f"{conv.size}/{r}"),
+      ("||theta|| at the end: converged / not (max)", "-", (float(ref_norm[conv].max(initial=0.0)),
+                                                             float(ref_norm[~ref["converged"]].max(initial=0.0)))),
+      ("loss at the end, not converged: min / max", "-", (float(ref["loss"][~ref["converged"]].min(initial=np.inf)),
+                                                          float(ref["loss"][~ref["converged"]].max(initial=-np.inf))))]))
   rep.notes.append(f"The 2-3-3-1 linear net computes the same two products (rows above); at its origin the Hessian "
                    f"vanishes (eigenvalues in [{deep.lambda_min:.3g}, {deep.lambda_max:.3g}]): a higher-order saddle "
                    f"the second-order test cannot decide, though the loss falls along a random line (min L(t v) - L(0) = "
@@ -209,6 +214,13 @@ def main(config: dict, out_dir: str) -> Report:
                      f"barrier (< {c['barrier_rel']:g} L): two hidden units carry equal input weights there, so swapping "
                      "them moves along a valley of equal loss (a zero Hessian eigenvalue); the barrier is checked on "
                      "the lowest minimum.")
+  if conv.size < r:
+    rep.notes.append(f"{r - conv.size} of {r} refinements did not reach ||grad|| < {c['refine_tol']:g} in "
+                     f"{c['refine_steps']} steps (||grad|| up to {ref['grad_norm'].max():.2g}); their weights are larger "
+                     f"(||theta|| up to {ref_norm[~ref['converged']].max():.3g}, against {ref_norm[conv].max(initial=0.0):.3g} "
+                     "at the converged ends), as on valleys that keep descending towards saturated units; losses "
+                     f"{ref['loss'][~ref['converged']].min():.4g}-{ref['loss'][~ref['converged']].max():.4g}; not "
+                     "minima at finite weights, so they are left out of the count.")
   rep.notes += [
       f"GD alone does not finish in {c['steps']} steps (its slowest curvature is ~1e-5, so lr {c['lr_sigmoid']:g} "
       "needs ~1e6 steps); the refinement descends monotonically from the GD end to the minimum of its valley (moves "
