@@ -1,9 +1,13 @@
-"""linear_network: a deep linear net's loss is convex in its product, non-convex in its factors; a sigmoid adds more.
+"""linear_network: the 2-3-1 network, linear (a convex problem in two products) vs sigmoid (several minima).
 
-Float64 product and origin checks, and 2-D slices with projected curvature through trained linear and sigmoid nets.
+Two inputs, three hidden units, one output, no biases: weights w11..w32 (``layers/0/kernel``, 2x3) and
+v11..v13 (``head/kernel``, 3x1), MSE over N samples (x1, x2, y). Every exact check runs in float64.
+
+Run: ``make experiment NAME=linear_network [PRESET=smoke|cpu|full] [SEED=0]``.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import time
@@ -13,137 +17,218 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxscape as js
-from jaxscape import critical, data, experiment, hessian, models, plot, stats, train
+from jaxscape import critical, experiment, hessian, models, newton, paths, plot, stats
 from jaxscape.experiment import Report, table
 
-_BASE = {"span": 1.0, "product_tol": 1e-10, "rel_curvature": 0.01}
-CONFIGS = {
-    "smoke": {**_BASE, "dim": 4, "out_dim": 2, "train_size": 64, "test_size": 32, "widths": [4], "deep_widths": [4, 4],
-              "epochs": 5, "learning_rate": 1e-2, "batch_size": 16, "grid": 7, "wide_spans": [], "wide_grid": 5},
-    "cpu": {**_BASE, "dim": 8, "out_dim": 4, "train_size": 256, "test_size": 128, "widths": [8], "deep_widths": [8, 8],
-            "epochs": 300, "learning_rate": 3e-3, "batch_size": 32, "grid": 31, "wide_spans": [3.0, 10.0], "wide_grid": 21},
-    "full": {**_BASE, "dim": 32, "out_dim": 16, "train_size": 4096, "test_size": 1024, "widths": [32],
-             "deep_widths": [32, 32, 32], "epochs": 500, "learning_rate": 1e-3, "batch_size": 128, "grid": 101,
-             "wide_spans": [3.0, 10.0], "wide_grid": 51}}
+# Thresholds from first principles, fixed before the cpu runs: float64 rounding of sums of a few terms is ~1e-16
+# relative, so "equal" means within 1e-12 (products, permutations) and "the same minimum" within 1e-9 (GD ends);
+# a barrier is a rise of at least 0.1 % of the minimum's loss, far above rounding and well below any real basin wall.
+# lr_sigmoid 0.2 keeps GD stable at minima with lambda_max < 10 (the exploration runs, seeds 100-101, found up to 5).
+_BASE = {"samples": 50, "teacher_scale": 3.0, "noise": 0.1, "lr_linear": 0.05, "lr_sigmoid": 0.2,
+         "refine_steps": 100, "refine_tol": 1e-10, "step_cap": 0.1, "product_tol": 1e-12, "gd_rtol": 1e-9,
+         "grad_tol": 1e-8, "psd_rtol": 1e-9, "perm_rtol": 1e-12, "barrier_rel": 1e-3, "min_minima": 2, "points": 41}
+CONFIGS = {"smoke": {**_BASE, "starts": 12, "steps": 1000, "grid": 11, "points": 11},
+           "cpu": {**_BASE, "starts": 100, "steps": 20000, "grid": 41},
+           "full": {**_BASE, "starts": 1000, "steps": 50000, "grid": 101}}
+_HIDDEN = ["layers/0", "head"]  # the 3 hidden units: kernel columns of layers/0, rows of head
+
+
+def _linear(p, x):  # any depth: x @ (W_1 ... W_L), the two products (sum_i w_i1 v_i, sum_i w_i2 v_i)
+  return x @ models.linear.end_to_end(p)
+
+
+def _sigmoid(p, x):
+  return jax.nn.sigmoid(x @ p["layers"][0]["kernel"]) @ p["head"]["kernel"]
+
+
+def _product(u, x):
+  return x @ u
+
+
+def _init(key, scale=1.0, widths=(3,)):
+  ks, sizes = jax.random.split(key, len(widths) + 1), [2, *widths, 1]
+  w = [scale * jax.random.normal(k, (a, b), jnp.float64) for k, a, b in zip(ks, sizes[:-1], sizes[1:])]
+  return {"layers": {i: {"kernel": a} for i, a in enumerate(w[:-1])}, "head": {"kernel": w[-1]}}
+
+
+def _permutations(params):  # the 5 other hidden-unit orders of one point
+  return [paths.permute_hidden_units(params, jnp.array(p), *paths.dense_layer_paths(*_HIDDEN, bias=None))
+          for p in itertools.permutations(range(3)) if p != (0, 1, 2)]
 
 
 def main(config: dict, out_dir: str) -> Report:
-  seed, root, d, k, c = config["seed"], jax.random.key(config["seed"]), config["dim"], config["out_dim"], config
-  rel, arch = c["rel_curvature"], lambda w: f"{d}-{'-'.join(map(str, w))}-{k}"
-  ds = data.load("synthetic", key=jax.random.fold_in(root, 0), kind="linear_regression", dim=d, out_dim=k,
-                 train_size=c["train_size"], test_size=c["test_size"])
-  build = lambda i, name, w, **kw: models.build(name, jax.random.fold_in(root, i), in_features=d, widths=c[w], out_features=k, **kw)
-  nets = {"linear": build(1, "linear", "widths"), "linear_deep": build(2, "linear", "deep_widths"),
-          "sigmoid": build(3, "mlp", "widths", activation="sigmoid", use_bias=False)}
-  cfg = train.TrainConfig(optimizer="adam", learning_rate=c["learning_rate"], batch_size=c["batch_size"],
-                          epochs=c["epochs"], loss="mse")
-  t0, trained, inits, hists = time.perf_counter(), {}, {}, {}
-  for i, (name, net) in enumerate(nets.items()):
-    _, inits[name] = js.Objective.from_model(net, data=ds.train, loss="mse")
-    trained[name], _, hists[name] = train.train(jax.random.fold_in(root, 10 + i), net, ds, cfg)
-  train_wall, rows_product, rows_origin, spectra = time.perf_counter() - t0, [], [], {}
-  with jax.enable_x64(True):  # exact checks
-    x64, y64 = (np.asarray(a, np.float64) for a in ds.train)
-    obj_w = js.Objective.from_apply(lambda w, x: x @ w, data=(x64, y64), loss="mse", batch_size=None, name="product")
-    # the loss as a function of the product W: its Hessian is 2 X^T X / N (x) I / k, positive semi-definite
-    w_star = jnp.linalg.lstsq(jnp.asarray(x64), jnp.asarray(y64))[0]
-    lam_w = np.asarray(hessian.dense_eigh(obj_w, w_star)[0])
-    for name in ("linear", "linear_deep"):
-      # its pre-flight check runs the float32 net on float64 data (promoted); every later call passes float64 params
-      with jax.numpy_dtype_promotion("standard"):
-        obj, _ = js.Objective.from_model(nets[name], data=(x64, y64), loss="mse", batch_size=None, name=name)
-      for where, p in (("init", inits[name]), ("trained", trained[name])):
-        p = js.tree.astype(p, jnp.float64)
-        rows_product.append((name, where, *models.linear.product_check(jax.random.fold_in(root, 20 + len(rows_product)),
-                                                                       obj.value, obj_w.value, p)))
-      o = critical.describe_point(jax.random.fold_in(root, 30), obj, js.tree.zeros_like(p))  # the origin
-      rows_origin.append((name, len(p["layers"]) + 1, o.eigenvalues.size, o.grad_norm, o.lambda_min, o.lambda_max,
-                          o.num_negative, o.index, o.min_change))
-      spectra[name] = o.eigenvalues
-    l_star = float(obj_w.value(w_star))  # every local minimum of a deep linear net is global (Kawaguchi 2016)
-  worst, t0, surfs, fracs, wide_rows = max(max(r[5], r[6]) for r in rows_product), time.perf_counter(), {}, {}, []
-  for i, name in enumerate(("linear", "sigmoid")):  # 2-D slices: the gated window, then wider ones (not gated)
-    obj, _ = js.Objective.from_model(nets[name], data=ds.train, loss="mse", name=f"{ds.name}-train")
-    dirs = js.random_directions(jax.random.fold_in(root, 40 + i), trained[name], n=2, norm="filter", ignore="biasbn")
-    for j, span in enumerate([c["span"], *c["wide_spans"]]):
-      key, grid = (name, c["grid"]) if j == 0 else (f"{name}_span{span:g}", c["wide_grid"])
-      surfs[key] = w = js.loss_surface(obj, trained[name], dirs, x=(-span, span, grid), y=(-span, span, grid),
-                                       curvature="plane", quiet=True, out_dir=os.path.join(out_dir, f"surface_{key}"))
-      fracs[key] = stats.nonconvex_fraction(w.metrics["plane_lambda_min"], w.metrics["plane_lambda_max"], rel=rel)
-      wide_rows += [(name, span, grid, fracs[key], float(np.nanmin(w.metrics["plane_lambda_min"])),
-                     float(np.nanmin(w.loss)), float(np.nanmax(w.loss)))] if j else []
-  surf_wall, maps = time.perf_counter() - t0, ("plane_lambda_min", "plane_lambda_max")
-  js.io.save_result(out_dir, {  # also the wider windows, as <net>_span<s>_*
-      "origin_eigenvalues_linear": spectra["linear"], "product_hessian_eigenvalues": lam_w, "product_rows": np.array(
-          [r[2:] for r in rows_product], np.float64), **{f"{n}_{f}": v for n, s in surfs.items() for f, v in {
-              "x": s.x, "y": s.y, "loss": s.loss, **{m: s.metrics[m] for m in maps}}.items()},
-      **{f"{name}_train_loss": h.train_loss for name, h in hists.items()}}, {
-      "config": config, "environment": js.io.environment(), "train_wall_s": train_wall, "surface_wall_s": surf_wall,
-      "nonconvex_fraction": {n: fracs[n] for n in ("linear", "sigmoid")}, "wide_rows": wide_rows,
-      "product_rows_columns": list(models.linear.PRODUCT_CHECK_FIELDS)})
-  panels = ["linear", "sigmoid"] + ([f"sigmoid_span{c['wide_spans'][-1]:g}"] if c["wide_spans"] else [])
-  fig, _ = plot.curvature_panels(
-      [surfs[n] for n in panels], [f"{n.split('_')[0]} net, span {surfs[n].x[-1]:g}: non-convex fraction "
-                                   f"{fracs[n]:.3f}" for n in panels], rel=rel, spectrum_of=spectra["linear"],
-      spectrum_title=f"Hessian at the origin, linear {arch(c['widths'])} (index {rows_origin[0][7]:.3f})")
+  c, seed = config, config["seed"]
+  root, n, r = jax.random.key(seed), c["samples"], c["starts"]
+  with jax.enable_x64(True):
+    x = jax.random.normal(jax.random.fold_in(root, 0), (n, 2), jnp.float64)
+    teacher = _init(jax.random.fold_in(root, 1), c["teacher_scale"])
+    y = _sigmoid(teacher, x) + c["noise"] * jax.random.normal(jax.random.fold_in(root, 2), (n, 1), jnp.float64)
+    obj = {f: js.Objective.from_apply(f, data=(x, y), loss="mse", batch_size=None, name="teacher")
+           for f in (_linear, _sigmoid, _product)}
+    value = lambda f, p: float(obj[f].value(p))
+    starts = jax.vmap(_init)(jax.random.split(jax.random.fold_in(root, 3), r))
+    # linear: L depends on the weights only through u = W v; L(u) is least squares with Hessian 2 X^T X / N
+    u_star = jnp.linalg.lstsq(x, y)[0]
+    l_star, lam_u = value(_product, u_star), np.asarray(hessian.dense_eigh(obj[_product], u_star)[0])
+    lam_ref = np.linalg.eigvalsh(2 * np.asarray(x.T @ x) / n)
+    rows_product = []
+    for i in range(5):  # random weights (2-3-1 and 2-3-3-1) and a refactorisation with the same products
+      for depth, widths in (("2-3-1", (3,)), ("2-3-3-1", (3, 3))):
+        p = _init(jax.random.fold_in(root, 10 + i), 1.0, widths)
+        chk = models.linear.product_check(jax.random.fold_in(root, 20 + i), obj[_linear].value, obj[_product].value, p)
+        rows_product.append((depth, i, *chk))
+    worst = max(max(row[5], row[6]) / max(1.0, row[2]) for row in rows_product)
+    t0 = time.perf_counter()
+    ends_lin = newton.gradient_descent(obj[_linear], starts, lr=c["lr_linear"], steps=c["steps"])
+    loss_lin = np.asarray(jax.vmap(obj[_linear].value)(ends_lin))
+    u_ends = np.asarray(jax.vmap(models.linear.end_to_end)(ends_lin))
+    gap = np.abs(loss_lin - l_star) / l_star
+    origin = critical.describe_point(jax.random.fold_in(root, 4), obj[_linear], js.tree.zeros_like(_init(root)))
+    deep = critical.describe_point(jax.random.fold_in(root, 5), obj[_linear], js.tree.zeros_like(_init(root, 1.0, (3, 3))))
+    origin_ref = -float(np.linalg.norm(2 * np.asarray(x.T @ y) / n))  # H(0) = [[0, B], [B^T, 0]], B = -c (x) I_3
+    # sigmoid: the same starts, GD, then saddle-free Newton (descent only, short capped steps) to an exact minimum
+    ends_sig = newton.gradient_descent(obj[_sigmoid], starts, lr=c["lr_sigmoid"], steps=c["steps"])
+    gd_wall, gd_loss = time.perf_counter() - t0, np.asarray(jax.vmap(obj[_sigmoid].value)(ends_sig))
+    ref = newton.minimize_saddle_free_many(obj[_sigmoid], ends_sig, max_steps=c["refine_steps"], tol=c["refine_tol"],
+                                           step_cap=c["step_cap"])
+    size = lambda t: np.asarray(js.tree.distances(t, js.tree.zeros_like(js.tree.select(t, 0))))
+    move, ref_norm = np.asarray(js.tree.distances(ref["params"], ends_sig)) / size(ends_sig), size(ref["params"])
+    conv = np.flatnonzero(ref["converged"])
+    pool = conv if conv.size else np.arange(r)  # none converged (a tiny preset): the ends still get verified, and fail
+    reps = [int(pool[i]) for i in stats.distinct(ref["loss"][pool], np.zeros(pool.size), rtol=c["gd_rtol"])]
+    minima, perm_rows, copies_of = [], [], {}
+    for rank, i in enumerate(reps):  # verify each distinct end independently: jax.grad and the dense Hessian
+      p = js.tree.select(ref["params"], i)
+      g = float(js.tree.norm(jax.grad(obj[_sigmoid].value)(p)))
+      lam = np.asarray(hessian.dense_eigh(obj[_sigmoid], p)[0])
+      ok = g <= c["grad_tol"] and lam[0] >= -c["psd_rtol"] * lam[-1]
+      runs = int(np.sum(stats.copies(ref["loss"], np.zeros(r), i, rtol=c["gd_rtol"]) & ref["converged"]))
+      minima.append((rank, float(ref["loss"][i]), g, lam[0], lam[-1], runs, ok))
+      copies_of[rank] = perm = _permutations(p)
+      for k, q in enumerate(perm):
+        lq, dist = value(_sigmoid, q), float(js.tree.norm(js.tree.sub(q, p)) / js.tree.norm(p))
+        line = paths.interpolate(obj[_sigmoid], p, q, jnp.linspace(0.0, 1.0, c["points"])).losses
+        height = float(paths.barrier(line, jnp.linspace(0.0, 1.0, c["points"])).height)
+        perm_rows.append((rank, k, abs(lq - minima[-1][1]) / minima[-1][1], dist, height, height / minima[-1][1]))
+    verified = [m for m in minima if m[6]]
+    a = js.tree.select(ref["params"], reps[0])
+    far = max(range(5), key=lambda k: perm_rows[k][4])  # the lowest minimum's copy behind the highest barrier
+    planes = {"ab": (js.tree.select(ref["params"], reps[min(1, len(reps) - 1)]), copies_of[0][far]),
+              "copies": (copies_of[0][far], copies_of[0][(far + 1) % 5])}
+    surfs = {k: js.loss_surface(obj[_sigmoid], a, js.directions.plane_directions(a, *pts), x=(-0.5, 1.5, c["grid"]),
+                                y=(-0.5, 1.5, c["grid"]), quiet=True) for k, pts in planes.items()}
+    span = max(2.0, 2 * float(np.abs(u_star).max()))
+    ug = [np.linspace(float(u_star[j, 0]) - span, float(u_star[j, 0]) + span, c["grid"]) for j in range(2)]
+    uu = jnp.stack(jnp.meshgrid(*ug), axis=-1).reshape(-1, 2, 1)
+    bowl = js.Surface(tuple(ug), np.asarray(jax.vmap(obj[_product].value)(uu)).reshape(c["grid"], c["grid"]), {}, 0, {})
+  perm = np.array([row[2:] for row in perm_rows]) if perm_rows else np.zeros((0, 4))
+  moved = perm[:, 1] > 1e-6  # a transposition of two coinciding units maps the point onto itself: not a second copy
+  js.io.save_result(out_dir, {
+      "x": np.asarray(x), "y": np.asarray(y), "product_hessian_eigenvalues": lam_u, "least_squares_u": np.asarray(u_star),
+      "linear_end_loss": loss_lin, "linear_end_products": u_ends, "origin_eigenvalues": origin.eigenvalues,
+      "sigmoid_gd_loss": gd_loss, "sigmoid_loss": ref["loss"], "sigmoid_grad_norm": ref["grad_norm"],
+      "sigmoid_eigenvalues": ref["eigenvalues"], "minima": np.array([m[:6] for m in minima], np.float64),
+      "permutation_rows": np.array(perm_rows, np.float64), "bowl_loss": bowl.loss, "bowl_u1": ug[0], "bowl_u2": ug[1],
+      **{f"slice_{k}_loss": s.loss for k, s in surfs.items()}, "slice_coords": surfs["ab"].x}, {
+      "config": config, "environment": js.io.environment(), "gd_wall_s": gd_wall,
+      "minima_columns": ["rank", "loss", "grad_norm", "lambda_min", "lambda_max", "runs"],
+      "permutation_columns": ["minimum", "permutation", "rel_loss_change", "rel_distance", "barrier", "barrier_rel"]})
+  fig, _ = plot.bowl_and_slices(
+      bowl, [surfs["ab"], surfs["copies"]], bowl_title=f"linear 2-3-1: loss over the two products (min {l_star:.4g})",
+      slice_titles=[f"sigmoid: plane through minima 1, 2 and a permuted copy of 1 ({len(verified)} minima found)",
+                    "sigmoid: plane through three permuted copies of minimum 1"],
+      marks=[[(0.0, 0.0, "min 1"), (1.0, 0.0, f"min {min(2, len(reps))}"), (0.0, 1.0, "perm. 1")],
+             [(0.0, 0.0, "min 1"), (1.0, 0.0, "perm."), (0.0, 1.0, "perm.")]])
+  fig.axes[0].set(xlabel="u1 = sum_i w_i1 v_i", ylabel="u2 = sum_i w_i2 v_i")
   rep = Report("linear_network", seed=seed, preset=config["preset"],
-               claim="A deep linear network's loss depends on its factors only through their product (a convex "
-                     "function of the product), yet is non-convex in the factors: the origin is a saddle; a sigmoid "
-                     "in the same architecture makes the surface non-convex around its trained point as well.")
-  rep.figure(os.path.basename(plot.save(fig, f"{out_dir}/linear_network.png", dpi=90)), "log10 training MSE on 2-D "
-             "slices through the trained linear and sigmoid nets (and the sigmoid net's widest window), red where the "
-             "projected Hessian has negative curvature. Right: Hessian eigenvalues of the linear net at the origin.")
+               claim="With linear units the 2-3-1 network's loss depends only on the two products sum_i w_ij v_i and "
+                     "is a convex least-squares problem in them, although in the weights the origin is a saddle; "
+                     "gradient descent reaches the global minimum from every start. With sigmoid units the same "
+                     "starts end in several minima with different losses, and each minimum has 3! = 6 permuted "
+                     "copies separated by barriers.")
+  rep.figure(os.path.basename(plot.save(fig, f"{out_dir}/linear_network.png", dpi=90)), "Left: the linear net's loss "
+             "over its two products (a bowl). Middle and right: log10 loss of the sigmoid net on planes through its "
+             "minima and their hidden-unit permutations (coordinates: the three marked points at (0,0), (1,0), (0,1)).")
   rep.setup += [
-      f"Data: `synthetic` linear_regression, x ~ N(0, I_{d}), y = x w + 0.1 noise, {k} outputs, {c['train_size']} / "
-      f"{c['test_size']} train / test examples; MSE. Nets (no biases): linear {arch(c['widths'])}, deep linear "
-      f"{arch(c['deep_widths'])}, sigmoid {arch(c['widths'])}; Adam lr {c['learning_rate']}, batch {c['batch_size']}, "
-      f"{c['epochs']} epochs ({train_wall:.1f} s). Float64: a refactorisation W_i -> A_(i-1)^-1 W_i A_i (A = Q diag(s), "
-      f"s in [1/2, 2]) at the initial and trained point vs the MSE of the product (tolerance {c['product_tol']:g}); at "
-      "the origin index = share below -1e-10, L(t v) - L(0) at t = +-0.03, +-0.1, +-0.3 along a random unit v.",
-      f"Slices: two filter-normalised directions, {c['grid']}x{c['grid']} grid on [-{c['span']}, {c['span']}]^2, exact "
-      f"projected 2x2 Hessian (float32); wider windows ({', '.join(f'{v:g}' for v in c['wide_spans'])}) not gated "
-      f"({surf_wall:.1f} s); non-convex fraction = share of interior points with lambda_min < -{rel:g} |lambda_max|."]
-  o, o2, moved = rows_origin[0], rows_origin[1], [r[8] for r in rows_product]
-  plane_min = lambda n: np.nanmin(surfs[n].metrics["plane_lambda_min"])
-  rep.check("the loss depends only on the end-to-end product (float64)", worst <= c["product_tol"],
-            f"max |L(theta) - L(theta')|, |L(theta) - L_W(W)| over {len(moved)} cases = {worst:.3g} <= "
-            f"{c['product_tol']:g}; parameters moved by {min(moved):.3g}-{max(moved):.3g} of their norm")
-  rep.check("the loss is convex in the product", lam_w.min() >= -1e-10,
-            f"Hessian of L_W: eigenvalues in [{lam_w.min():.3g}, {lam_w.max():.3g}]")
-  rep.check(f"the origin of the linear {arch(c['widths'])} net is a saddle (index > 0)", o[3] == 0.0 and o[7] > 0,
-            f"||grad L(0)|| = {o[3]:.3g}; {o[6]}/{o[2]} negative eigenvalues (index {o[7]:.3f}), "
-            f"lambda in [{o[4]:.3g}, {o[5]:.3g}]")
-  rep.check("the sigmoid net's slice is non-convex (negative curvature on the grid)", fracs["sigmoid"] > 0,
-            f"non-convex fraction {fracs['sigmoid']:.3f} (min plane lambda_min {plane_min('sigmoid'):.3g}); linear "
-            f"net's slice: {fracs['linear']:.3f} (min {plane_min('linear'):.3g})")
-  rep.section("Same product, same loss (float64)", table(["net", "point", "L(theta)", "L(theta')", "L_W(W)", "|L - L'|",
-      "|L - L_W|", "max |W - W'|", "||theta'-theta||/||theta||"], rows_product))
-  rep.section("The origin (float64)", table(["net", "layers", "params", "||grad L(0)||", "lambda_min", "lambda_max",
-                                             "# negative", "index", "min_t L(tv) - L(0)"], rows_origin))
-  span_loss = lambda n: f"{np.nanmin(surfs[n].loss):.4g} / {np.nanmax(surfs[n].loss):.4g}"
-  rep.section("Training and slices", table(["quantity", "linear", "deep linear", "sigmoid"], [
-      ("final train MSE", *(float(h.train_loss[-1]) for h in hists.values())),
-      ("final test MSE", *(float(h.test_loss[-1]) for h in hists.values())),
-      ("least-squares optimum", l_star, l_star, "-"),
-      ("slice: non-convex fraction", fracs["linear"], "-", fracs["sigmoid"]),
-      ("slice: min / max loss", span_loss("linear"), "-", span_loss("sigmoid"))]))
-  rep.section("Wider windows (same directions; reported, not gated)", table(
-      ["net", "span", "grid", "non-convex fraction", "min plane lambda_min", "min loss", "max loss"], wide_rows))
-  wide, other = [r for r in wide_rows if r[0] == "sigmoid" and r[3] > 0], lambda n: "".join(
-      f", {r[3]:.3f}" + (f" (span {r[1]:g})" if n == "linear" else "") for r in wide_rows if r[0] == n)
+      f"Data (why the claims hold): x ~ N(0, I_2), N = {n} samples, y = a sigmoid 2-3-1 teacher with N(0, "
+      f"{c['teacher_scale']:g}^2) weights + {c['noise']:g} N(0, 1) noise. N > 2 points in general position make X^T X "
+      "positive definite, so the linear problem in the products has one minimum; N far above the 9 weights and the "
+      "noise keep the sigmoid student from fitting exactly, so its minima are isolated points at finite weights, and "
+      "saturated teacher units (weights ~3) give it several basins.",
+      f"{r} starts (weights N(0, 1)), the same for both nets; full-batch GD, {c['steps']} steps, lr {c['lr_linear']:g} "
+      f"(linear) and {c['lr_sigmoid']:g} (sigmoid), one vmapped compiled scan (`newton.gradient_descent`, "
+      f"{gd_wall:.1f} s). Sigmoid ends refined by saddle-free Newton (`newton.minimize_saddle_free_many`: descent only, "
+      f"steps capped at {c['step_cap']:g}) to ||grad|| < {c['refine_tol']:g}; ends with losses within {c['gd_rtol']:g} "
+      f"(relative) are one minimum, each verified by jax.grad and the dense Hessian (`hessian.dense_eigh`), float64.",
+      f"Products: `models.linear.product_check` (W_i -> A^-1 W_i A, same products) at 5 random points of the 2-3-1 "
+      f"and 2-3-3-1 nets; permutations: the 5 other orders of the hidden units, straight lines of {c['points']} points."]
+  rep.check("linear: the loss is a function of the two products only (any depth)", worst <= c["product_tol"],
+            f"max |L(theta) - L(theta')|, |L(theta) - L_u(u)| / max(1, L) over {len(rows_product)} points = "
+            f"{worst:.3g} <= {c['product_tol']:g}")
+  rep.check("linear: the Hessian in the products is positive definite (= 2 X^T X / N)",
+            lam_u[0] > 0 and np.max(np.abs(lam_u - lam_ref)) <= 1e-12 * lam_ref[-1],
+            f"eigenvalues {lam_u[0]:.6g}, {lam_u[1]:.6g}; closed form {lam_ref[0]:.6g}, {lam_ref[1]:.6g}")
+  rep.check(f"linear: GD from all {r} starts ends at the least-squares minimum", gap.max() <= c["gd_rtol"],
+            f"L* = {l_star:.10g}; max |L_end - L*| / L* = {gap.max():.3g} <= {c['gd_rtol']:g}; max |u_end - u*| = "
+            f"{np.abs(u_ends - np.asarray(u_star)[None]).max():.3g}")
+  rep.check("linear: the origin is a saddle (zero gradient, negative curvature)",
+            origin.grad_norm == 0.0 and origin.lambda_min < 0 and abs(origin.lambda_min - origin_ref) <= 1e-12 * abs(origin_ref),
+            f"||grad L(0)|| = {origin.grad_norm:.3g}; lambda_min = {origin.lambda_min:.6g} (closed form -||2 X^T y / N|| "
+            f"= {origin_ref:.6g}), {origin.num_negative} of 9 negative; min L(t v) - L(0) = {origin.min_change:.3g}")
+  rep.check(f"sigmoid: >= {c['min_minima']} verified minima with different losses", len(verified) >= c["min_minima"]
+            and len(verified) == len(minima), f"{len(verified)} of {len(minima)} distinct ends verified (||grad|| <= "
+            f"{c['grad_tol']:g}, lambda_min >= -{c['psd_rtol']:g} lambda_max); losses "
+            f"{', '.join(f'{m[1]:.6g}' for m in minima[:6])}{' ...' if len(minima) > 6 else ''}; {conv.size}/{r} "
+            "refinements converged")
+  rep.check("sigmoid: permuting the hidden units reproduces the loss", perm[:, 0].max() <= c["perm_rtol"],
+            f"max |L(pi theta) - L(theta)| / L = {perm[:, 0].max():.3g} <= {c['perm_rtol']:g} over {len(perm_rows)} "
+            f"copies of {len(minima)} minima")
+  rep.check("sigmoid: the straight line from the lowest minimum to each of its 5 permuted copies rises (a barrier)",
+            moved[:5].all() and perm[:5, 3].min() >= c["barrier_rel"],
+            f"barrier / L: {', '.join(f'{v:.3g}' for v in perm[:5, 3])} >= {c['barrier_rel']:g}; copies at relative "
+            f"distance {perm[:5, 1].min():.3g}-{perm[:5, 1].max():.3g}")
+  rep.section("Same products, same loss (float64)", table(
+      ["net", "point", *models.linear.PRODUCT_CHECK_FIELDS], rows_product))
+  rep.section("Sigmoid minima (float64)", table(
+      ["minimum", "loss", "||grad||", "lambda_min", "lambda_max", "runs", "verified", "max perm. |dL|/L",
+       "min barrier / L", "max barrier / L"],
+      [(*m, *(f(perm[m[0] * 5:(m[0] + 1) * 5, j]) for f, j in ((np.max, 0), (np.min, 3), (np.max, 3))))
+       for m in minima]))
+  rep.section("Runs", table(["quantity", "linear", "sigmoid"], [
+      ("final GD loss: min / median / max", tuple(np.quantile(loss_lin, [0, 0.5, 1])), tuple(np.quantile(gd_loss, [0, 0.5, 1]))),
+      ("after refinement: min / median / max", "-", tuple(np.quantile(ref["loss"], [0, 0.5, 1]))),
+      ("largest drop in refinement (relative)", "-", float(np.max((gd_loss - ref["loss"]) / gd_loss))),
+      ("largest move in refinement, ||theta_ref - theta_GD|| / ||theta_GD||", "-", float(move.max())),
+      ("refinements converged", "-", f"{conv.size}/{r}"),
+      ("||theta|| at the end: converged / not (max)", "-", (float(ref_norm[conv].max(initial=0.0)),
+                                                             float(ref_norm[~ref["converged"]].max(initial=0.0)))),
+      ("loss at the end, not converged: min / max", "-", (float(ref["loss"][~ref["converged"]].min(initial=np.inf)),
+                                                          float(ref["loss"][~ref["converged"]].max(initial=-np.inf))))]))
+  rep.notes.append(f"The 2-3-3-1 linear net computes the same two products (rows above); at its origin the Hessian "
+                   f"vanishes (eigenvalues in [{deep.lambda_min:.3g}, {deep.lambda_max:.3g}]): a higher-order saddle "
+                   f"the second-order test cannot decide, though the loss falls along a random line (min L(t v) - L(0) = "
+                   f"{deep.min_change:.3g}).")
+  flat = [m[0] for m in minima if perm[m[0] * 5:(m[0] + 1) * 5, 3].min() < c["barrier_rel"]]
+  if flat:
+    rep.notes.append(f"Minima {', '.join(map(str, flat))} have a permuted copy joined to them by a line without a "
+                     f"barrier (< {c['barrier_rel']:g} L): two hidden units carry equal input weights there, so swapping "
+                     "them moves along a valley of equal loss (a zero Hessian eigenvalue); the barrier is checked on "
+                     "the lowest minimum.")
+  if conv.size < r:
+    rep.notes.append(f"{r - conv.size} of {r} refinements did not reach ||grad|| < {c['refine_tol']:g} in "
+                     f"{c['refine_steps']} steps (||grad|| up to {ref['grad_norm'].max():.2g}); their weights are larger "
+                     f"(||theta|| up to {ref_norm[~ref['converged']].max():.3g}, against {ref_norm[conv].max(initial=0.0):.3g} "
+                     "at the converged ends), as on valleys that keep descending towards saturated units; losses "
+                     f"{ref['loss'][~ref['converged']].min():.4g}-{ref['loss'][~ref['converged']].max():.4g}; not "
+                     "minima at finite weights, so they are left out of the count.")
   rep.notes += [
-      f"The deep linear net's origin ({o2[1]} layers) is a higher-order saddle: its Hessian vanishes (eigenvalues in "
-      f"[{o2[4]:.3g}, {o2[5]:.3g}], index {o2[7]:.3f}), so the second-order test cannot decide; the loss still "
-      f"decreases along a random direction (min L(tv) - L(0) = {o2[8]:.3g}).",
-      f"The linear net's slices (quartic polynomials) have non-convex fractions {fracs['linear']:.3f} (span "
-      f"{c['span']:g}){other('linear')} against {fracs['sigmoid']:.3f}{other('sigmoid')} for the sigmoid net; the "
-      "linear net's non-convexity lies away from its minima (the saddle at the origin)."]
-  if fracs["sigmoid"] == 0:
-    rep.notes.append(f"Not reproduced at this scale: within [-{c['span']:g}, {c['span']:g}]^2 the sigmoid net's slice "
-                     f"has positive projected curvature everywhere (min lambda_min {plane_min('sigmoid'):.3g}). " + (
-            f"Negative curvature appears on the wider windows (span {', '.join(f'{r[1]:g}' for r in wide)}, fraction "
-            f"{', '.join(f'{r[3]:.3f}' for r in wide)}), far from the trained point, where sigmoids saturate."
-            if wide else "None of the wider windows shows negative curvature either."))
+      f"GD alone does not finish in {c['steps']} steps (its slowest curvature is ~1e-5, so lr {c['lr_sigmoid']:g} "
+      "needs ~1e6 steps); the refinement descends monotonically from the GD end to the minimum of its valley (moves "
+      "and drops in the Runs table).",
+      "The data, lr_sigmoid 0.2 and the barrier check on the lowest minimum were settled on exploration runs of the "
+      "cpu preset at seeds 100 and 101 (lr 0.5 was unstable at a minimum with lambda_max 4.9; a minimum with two "
+      "coinciding units showed no barrier), before seeds 0-2 were run; no threshold changed."]
+  rep.note_failures()
   return rep
 
 

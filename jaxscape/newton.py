@@ -17,7 +17,10 @@ always downhill. Here:
   :func:`compare_escapes`, which runs several methods from the same perturbed
   saddles;
 * :func:`minimize_saddle_free`, which refines a trained point into an exact
-  minimum (a :class:`jaxscape.critical.CriticalPoint` of index 0).
+  minimum (a :class:`jaxscape.critical.CriticalPoint` of index 0), and
+  :func:`minimize_saddle_free_many`, the same from many points in one compiled call;
+* :func:`gradient_descent`, full-batch gradient descent from many starts at once
+  (one ``vmap`` of a ``lax.scan``).
 
 Parameters are flattened by :func:`jaxscape.hessian.flat_objective`; under
 ``jax.enable_x64`` every step runs in float64.
@@ -66,6 +69,8 @@ __all__ = [
     "escape_saddle",
     "compare_escapes",
     "minimize_saddle_free",
+    "gradient_descent",
+    "minimize_saddle_free_many",
 ]
 
 STEP_METHODS = ("gd", "newton", "sfn", "sfn_krylov")
@@ -538,3 +543,97 @@ def minimize_saddle_free(
       params=out["params"], loss=float(out["value"]), grad_norm=gn, index=float(index(lam, eps_value)),
       eigenvalues=lam, steps=int(out["steps"]), converged=bool(gn < tol), status=STATUSES[int(out["status"])],
       method="sfn_minimize", tol=float(tol), eps=eps_value, flatness=float(out["flatness"]))
+
+
+# ------------------------------------------------------------ many starts
+def _check_stacked(starts: PyTree, what: str) -> int:
+  try:
+    return tree_lib.num_runs(starts)
+  except ValueError as e:
+    raise ValueError(f"{what} must be a pytree stacked on a leading axis of starts: {e}") from None
+
+
+@functools.partial(jax.jit, static_argnames=("steps",))
+def _descend(obj, starts, lr, steps):
+  def one(params):
+    f, flat, unravel = flat_objective(obj, params)
+    step = lambda x, _: (x - lr * jax.grad(f)(x), None)
+    return unravel(jax.lax.scan(step, flat, None, length=steps)[0])
+
+  return jax.vmap(one)(starts)
+
+
+def gradient_descent(obj: Objective, starts: PyTree, *, lr: float, steps: int) -> PyTree:
+  """Full-batch gradient descent ``x <- x - lr * grad f(x)`` from many starts, in one compiled call.
+
+  Every start runs ``steps`` plain steps on the full-data loss (no noise, no
+  schedule): the deterministic dynamics whose end points show which basin a
+  start belongs to. The starts are ``vmap``-ed and the steps scanned, so a
+  hundred small models train together in one kernel.
+
+  Args:
+    obj: the objective.
+    starts: parameters stacked on a leading axis of starts (``[R, ...]`` leaves).
+    lr: step size (> 0).
+    steps: number of steps (int >= 0).
+
+  Returns:
+    The end points, stacked like ``starts``.
+
+  Raises:
+    ValueError: a non-positive ``lr``, a bad ``steps`` or unstacked ``starts``.
+
+  Example:
+    >>> import jax.numpy as jnp, jaxscape as js
+    >>> from jaxscape import newton
+    >>> obj = js.Objective.from_apply(lambda p, x: x @ p, data=(jnp.eye(2), jnp.zeros(2)), loss="mse")
+    >>> ends = newton.gradient_descent(obj, jnp.array([[1.0, 2.0], [4.0, -2.0]]), lr=0.5, steps=1)
+    >>> ends.tolist()   # f = |p|^2 / 2: one step of 0.5 halves every start
+    [[0.5, 1.0], [2.0, -1.0]]
+  """
+  _check_stacked(starts, "starts")
+  if not lr > 0:
+    raise ValueError(f"lr must be positive; got {lr!r}")
+  if not isinstance(steps, int) or steps < 0:
+    raise ValueError(f"steps must be a non-negative int; got {steps!r}")
+  return _descend(obj, starts, lr, steps)
+
+
+def minimize_saddle_free_many(obj: Objective, starts: PyTree, *, max_steps: int = 100, tol: float = 1e-6,
+                              damping: float = 0.0, step_cap: float = 1.0) -> dict[str, np.ndarray | PyTree]:
+  """:func:`minimize_saddle_free` from many starts in one compiled call (``vmap``).
+
+  Args:
+    obj: the objective (dense Hessian: a small model).
+    starts: parameters stacked on a leading axis of starts.
+    max_steps, tol, damping, step_cap: as for :func:`minimize_saddle_free`.
+
+  Returns:
+    A dict of arrays with a leading axis of starts: ``params`` (a stacked
+    pytree), ``loss``, ``grad_norm``, ``eigenvalues`` (the dense Hessian's at
+    the end, ascending), ``steps``, ``converged`` (``grad_norm < tol``) and
+    ``status`` (names from :data:`jaxscape.critical.STATUSES`).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxscape as js
+    >>> from jaxscape import newton
+    >>> apply = lambda p, x: p[0] ** 4 / 4 - p[0] ** 2 / 2 + p[1] ** 2 / 2 + 0 * x[:, 0]
+    >>> obj = js.Objective.from_apply(apply, data=(jnp.zeros((1, 1)), jnp.zeros(1)),
+    ...                               loss=lambda out, t: out)
+    >>> with jax.enable_x64(True):   # one start on each side of the saddle at the origin
+    ...   out = newton.minimize_saddle_free_many(obj, jnp.array([[1e-3, 0.5], [-0.2, 0.1]]), tol=1e-12)
+    >>> out["params"][:, 0].round(6).tolist(), out["converged"].tolist()
+    ([1.0, -1.0], [True, True])
+  """
+  _check_stacked(starts, "starts")
+  if not isinstance(max_steps, int) or max_steps < 0:
+    raise ValueError(f"max_steps must be a non-negative int; got {max_steps!r}")
+  if not tol > 0:
+    raise ValueError(f"tol must be positive; got {tol!r}")
+  if not damping >= 0 or not step_cap > 0:
+    raise ValueError(f"damping must be >= 0 and step_cap > 0; got damping={damping!r}, step_cap={step_cap!r}")
+  out = jax.vmap(lambda p: _sfn_minimize(obj, p, max_steps, tol, damping, step_cap))(starts)
+  gn = np.asarray(out["grad_norm"])
+  return {"params": out["params"], "loss": np.asarray(out["value"]), "grad_norm": gn,
+          "eigenvalues": np.asarray(out["eigenvalues"]), "steps": np.asarray(out["steps"]), "converged": gn < tol,
+          "status": np.array([STATUSES[int(k)] for k in np.asarray(out["status"])])}

@@ -25,7 +25,8 @@ import numpy as np  # noqa: E402
 
 __all__ = ["contour", "contourf", "heatmap", "surface3d", "curve", "trajectory", "density", "save_figures", "save", "close"]
 __all__ += ["panels", "critical_points", "path_losses", "curvature_slice", "spectrum", "signed_log_histogram",
-            "loss_vs_index", "escape", "critical_point_figures", "curvature_panels"]
+            "loss_vs_index", "escape", "critical_point_figures", "curvature_panels",
+            "bowl_and_slices"]
 
 
 def _field(surf: Any, field: str) -> np.ndarray:
@@ -326,6 +327,53 @@ def curvature_panels(surfaces: Any, titles: Any, *, rel: float = 0.01, spectrum_
     curvature_slice(surf, rel=rel, ax=ax, title=title)
   if spectrum_of is not None:
     spectrum(spectrum_of, ax=axes[-1], title=spectrum_title)
+  return fig, axes
+
+
+def bowl_and_slices(bowl: Any, slices: Any, *, bowl_title: str | None = None, slice_titles: Any = None,
+                    marks: Any = None, size: tuple[float, float] = (5.0, 4.4)):
+  """A convex landscape as a 3-D bowl beside filled-contour slices of a non-convex one; returns ``(fig, axes)``.
+
+  The first panel draws ``bowl`` (:func:`surface3d`, e.g. a linear net's
+  loss over the two products it depends on), the others ``log10 loss`` of
+  each 2-D slice with its marked points (minima, permuted copies).
+
+  Args:
+    bowl: a 2-D :class:`~jaxscape.Surface` (anything with ``x``, ``y``,
+      ``loss[ny, nx]``, ``ndim``).
+    slices: 2-D surfaces of the second landscape.
+    bowl_title, slice_titles: panel titles.
+    marks: per slice, a list of ``(x, y, label)`` points to mark and label.
+    size: one panel's size in inches.
+
+  Example:
+    >>> import numpy as np
+    >>> from jaxscape.surface import Surface
+    >>> x = np.linspace(-1, 1, 5)
+    >>> bowl = Surface((x, x), np.add.outer(x**2, x**2), {}, 0, {})
+    >>> fig, axes = bowl_and_slices(bowl, [bowl], marks=[[(0.0, 0.0, "min")]])
+    >>> len(axes), axes[0].name
+    (2, '3d')
+  """
+  slices, marks = list(slices), list(marks or [[] for _ in slices])
+  titles = list(slice_titles or [None] * len(slices))
+  if not len(marks) == len(titles) == len(slices):
+    raise ValueError(f"need one list of marks and one title per slice ({len(slices)}); got {len(marks)} lists of "
+                     f"marks and {len(titles)} titles")
+  for s in (bowl, *slices):
+    _need_2d(s, "bowl_and_slices")
+  fig = plt.figure(figsize=(size[0] * (1 + len(slices)), size[1]))
+  axes = [fig.add_subplot(1, 1 + len(slices), 1, projection="3d")]
+  surface3d(bowl, ax=axes[0], title=bowl_title or "convex bowl")
+  for i, (surf, title, points) in enumerate(zip(slices, titles, marks)):
+    ax = fig.add_subplot(1, 1 + len(slices), i + 2)
+    cs = ax.contourf(surf.x, surf.y, np.log10(np.maximum(np.asarray(surf.loss), 1e-300)), levels=30, cmap="viridis")
+    fig.colorbar(cs, ax=ax, label="log10 loss")
+    for x, y, label in points:
+      ax.plot(x, y, "w*", ms=9, mec="k")
+      ax.annotate(label, (x, y), xytext=(4, 4), textcoords="offset points", color="w", fontsize=8)
+    ax.set_title(title or "slice", fontsize=9)
+    axes.append(ax)
   return fig, axes
 
 

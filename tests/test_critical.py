@@ -471,3 +471,41 @@ def test_escape_comparison_rows():
   assert len(cmp.columns) == len(cmp.rows()[0]) and cmp.columns[-1] == "wall s (gd / sfn)"
   assert cmp.records() == [{"lambda_min": -0.5, "lambda_max": 2.0, "steps": {"gd": 7, "sfn": -1},
                             "wall": {"gd": 0.123, "sfn": 1.26}}]
+
+
+def test_gradient_descent_many_matches_the_closed_form_on_a_quadratic(x64):
+  # mean over the rows of X of (x.p - 0)^2 = p^T A p with A = X^T X / N: GD is p_T = (I - 2 lr A)^T p_0
+  x = jnp.array([[1.0, 0.5], [0.0, 2.0], [1.0, -1.0]])
+  obj = js.Objective.from_apply(lambda p, z: z @ p, data=(x, jnp.zeros(3)), loss="mse", batch_size=None)
+  starts = jax.random.normal(jax.random.key(0), (4, 2), jnp.float64)
+  step = np.eye(2) - 2 * 0.1 * np.asarray(x.T @ x) / 3
+  want = np.asarray(starts) @ np.linalg.matrix_power(step, 25).T
+  np.testing.assert_allclose(newton.gradient_descent(obj, starts, lr=0.1, steps=25), want, rtol=1e-12, atol=1e-14)
+  tree_starts = {"a": starts[:, :1], "b": starts[:, 1:]}  # any pytree, stacked on the leading axis
+  split = js.Objective.from_apply(lambda p, z: z @ jnp.concatenate([p["a"], p["b"]]), data=(x, jnp.zeros(3)),
+                                  loss="mse", batch_size=None)
+  ends = newton.gradient_descent(split, tree_starts, lr=0.1, steps=25)
+  np.testing.assert_allclose(ends["b"][:, 0], want[:, 1], rtol=1e-12, atol=1e-14)
+  with pytest.raises(ValueError, match="lr must be positive; got 0"):
+    newton.gradient_descent(obj, starts, lr=0.0, steps=1)
+  with pytest.raises(ValueError, match="steps must be a non-negative int; got 1.5"):
+    newton.gradient_descent(obj, starts, lr=0.1, steps=1.5)
+  with pytest.raises(ValueError, match="stacked on a leading axis.*leading sizes"):
+    newton.gradient_descent(obj, {"a": starts, "b": starts[:2]}, lr=0.1, steps=1)
+
+
+def test_minimize_saddle_free_many_matches_the_single_runs(x64):
+  obj = _double_well_obj()  # minima (+-1, 0) at -1/4, a saddle at the origin
+  starts = jnp.array([[1e-3, 0.5], [-0.2, 0.1], [3.0, -1.0]])
+  out = newton.minimize_saddle_free_many(obj, starts, tol=1e-12)
+  np.testing.assert_allclose(out["params"], [[1.0, 0.0], [-1.0, 0.0], [1.0, 0.0]], atol=1e-12)
+  np.testing.assert_allclose(out["loss"], -0.25, rtol=1e-14)
+  np.testing.assert_allclose(out["eigenvalues"], [[1.0, 2.0]] * 3, rtol=1e-10)  # Hessian diag(3x^2 - 1, 1) = (2, 1)
+  assert out["converged"].all() and list(out["status"]) == ["converged"] * 3
+  for i in range(3):
+    single = newton.minimize_saddle_free(obj, starts[i], tol=1e-12)
+    assert int(out["steps"][i]) == single.steps and float(out["loss"][i]) == single.loss
+  capped = newton.minimize_saddle_free_many(obj, starts, max_steps=1, tol=1e-12)
+  assert not capped["converged"].all() and "max_steps" in capped["status"]
+  with pytest.raises(ValueError, match="tol must be positive"):
+    newton.minimize_saddle_free_many(obj, starts, tol=0.0)

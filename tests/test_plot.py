@@ -235,3 +235,17 @@ def test_sharpness_history_draws_eigenvalues_the_2_over_eta_line_and_adams_thres
     plot.sharpness_history(stacked)
   with pytest.raises(ValueError, match="curvature_every"):
     plot.sharpness_history(types.SimpleNamespace(curvature=None))
+
+
+def test_bowl_and_slices_draws_a_3d_bowl_and_marked_slices():
+  x = np.linspace(-1, 1, 5)
+  surf = types.SimpleNamespace(x=x, y=x, ndim=2, loss=np.exp(np.add.outer(x**2, x**2)), metrics={})
+  fig, axes = plot.bowl_and_slices(surf, [surf, surf], bowl_title="bowl", slice_titles=["a", "b"],
+                                   marks=[[(0.0, 0.0, "A"), (1.0, 0.0, "B")], []])
+  assert axes[0].name == "3d" and [ax.get_title() for ax in axes] == ["bowl", "a", "b"]
+  assert [t.get_text() for t in axes[1].texts] == ["A", "B"] and len(axes[1].lines) == 2 and not axes[2].lines
+  with pytest.raises(ValueError, match="one list of marks and one title per slice \\(2\\); got 1 lists"):
+    plot.bowl_and_slices(surf, [surf, surf], marks=[[]])
+  with pytest.raises(ValueError, match="needs a 2-D surface"):
+    plot.bowl_and_slices(types.SimpleNamespace(x=x, y=None, ndim=1, loss=x), [surf])
+  plt.close("all")
