@@ -73,11 +73,12 @@ def _add_source_flags(p: argparse.ArgumentParser) -> None:
   src = p.add_mutually_exclusive_group(required=True)
   src.add_argument("--checkpoint", help="checkpoint directory written by `jaxscape train`")
   src.add_argument("--demo", action="store_true", help="train a small MLP on digits first (seconds)")
-  p.add_argument("--demo-epochs", type=int, default=40, help="training epochs of --demo")
+  p.add_argument("--demo-epochs", type=_int_at_least(1), default=40, help="training epochs of --demo")
   p.add_argument("--data-dir", default=None, help="directory of on-disk datasets (MNIST, CIFAR)")
   p.add_argument("--split", default="train", choices=["train", "test"], help="data split the loss is averaged over")
-  p.add_argument("--batch-size", type=int, default=512)
-  p.add_argument("--seed", type=int, default=0, help="seed of every random choice (directions, probes, --demo)")
+  p.add_argument("--batch-size", type=_int_at_least(1), default=512,
+                 help="examples per batch of the loss (the mean over the whole split is exact whatever the size)")
+  p.add_argument("--seed", type=_seed, default=0, help="seed of every random choice (directions, probes, --demo)")
 
 
 def _source(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
@@ -120,7 +121,8 @@ def _surface_parser(sub) -> None:
   p.add_argument("--ignore", "--xignore", dest="ignore", default=None, choices=["biasbn", "none"],
                  help="biasbn: do not move biases and norm parameters (default for random; none for hessian)")
   p.add_argument("--orthogonalize", action="store_true", help="make y orthogonal to x")
-  p.add_argument("--chunk-size", type=int, default=None, help="grid points evaluated at once (bounds memory)")
+  p.add_argument("--chunk-size", type=_int_at_least(1), default=None,
+                 help="grid points evaluated at once (bounds memory; default from the device memory)")
   p.add_argument("--out", default=None, help="output directory (default runs/surface-<seed>)")
   p.add_argument("--overwrite", action="store_true",
                  help="replace what --out holds (a result of another config, a damaged file) instead of refusing; "
@@ -128,8 +130,8 @@ def _surface_parser(sub) -> None:
   p.add_argument("--curvature", default="none", choices=["none", "plane", "full", "both"],
                  help="curvature maps at every grid point: the 2x2 Hessian on the plot plane, and/or the full "
                       "Hessian's lambda_max, lambda_min, |lambda_min/lambda_max| and trace (heat maps)")
-  p.add_argument("--lanczos-steps", type=int, default=10, help="Lanczos steps per point for --curvature full")
-  p.add_argument("--curvature-warm-start", type=int, default=None, metavar="K",
+  p.add_argument("--lanczos-steps", type=_int_at_least(1), default=10, help="Lanczos steps per point for --curvature full")
+  p.add_argument("--curvature-warm-start", type=_int_at_least(1), default=None, metavar="K",
                  help="--curvature full: start every point's Lanczos run from the extreme Ritz vectors of the nearest "
                       "point of a coarse grid (every K-th point per axis, cold runs of max(40, 4 x --lanczos-steps) "
                       "steps): lambda_min converges in fewer --lanczos-steps")
@@ -137,7 +139,7 @@ def _surface_parser(sub) -> None:
   p.add_argument("--log", action="store_true", help="log-scale figures")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   s = p.add_argument_group("scaling out")
-  s.add_argument("--data-shards", type=int, default=1,
+  s.add_argument("--data-shards", type=_int_at_least(1), default=1,
                  help="split every data batch over this many devices (a grid x data mesh; batch size must divide)")
   s.add_argument("--chunk", type=_part, default=None, metavar="I/N",
                  help="evaluate only part I of N (0-based, as $SLURM_ARRAY_TASK_ID with --array=0-(N-1)) into "
@@ -161,6 +163,49 @@ def _part(text: str) -> tuple[int, int]:
     raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N (I is 0-based, as SLURM_ARRAY_TASK_ID with "
                                      f"--array=0-(N-1)); got {text!r}")
   return i, n
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+  """An argparse type: an integer ``>= low``."""
+  def parse(text: str) -> int:
+    try:
+      value = int(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"expected an integer >= {low}; got {text!r}") from None
+    if value < low:
+      raise argparse.ArgumentTypeError(f"expected an integer >= {low}; got {value}")
+    return value
+
+  return parse
+
+
+def _float_in(low: float, high: float = float("inf"), *, low_open: bool = True) -> Callable[[str], float]:
+  """An argparse type: a finite number in ``(low, high]`` (or ``[low, high]`` with ``low_open=False``)."""
+  import math
+
+  interval = f"{'(' if low_open else '['}{low:g}, {high:g}{']' if math.isfinite(high) else ')'}"
+
+  def parse(text: str) -> float:
+    try:
+      value = float(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"expected a number in {interval}; got {text!r}") from None
+    if not math.isfinite(value) or value < low or (low_open and value == low) or value > high:
+      raise argparse.ArgumentTypeError(f"expected a finite number in {interval}; got {text!r}")
+    return value
+
+  return parse
+
+
+def _seed(text: str) -> int:
+  """An argparse type: a seed, an integer in ``[0, 2**32)`` (what ``jax.random.key`` takes whole)."""
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected an integer seed in [0, 2**32); got {text!r}") from None
+  if not 0 <= value < 2**32:
+    raise argparse.ArgumentTypeError(f"expected an integer seed in [0, 2**32); got {value}")
+  return value
 
 
 def _init_distributed(args: argparse.Namespace) -> bool:
@@ -194,7 +239,16 @@ def _surface(args: argparse.Namespace) -> int:
   ignore = args.ignore or ("none" if hessian_axes else "biasbn")
   ignore = None if ignore == "none" else ignore
   if args.checkpoint3 and not args.checkpoint2:
-    raise SystemExit("error: --checkpoint3 needs --checkpoint2 (the plane through three checkpoints)")
+    raise ValueError("--checkpoint3 needs --checkpoint2 (the plane through three checkpoints)")
+  if args.checkpoint2 and not args.checkpoint3 and args.y is not None:
+    raise ValueError(f"--y {args.y} needs a plane: with --checkpoint2 alone the surface is the 1-D line from "
+                     "--checkpoint to --checkpoint2; add --checkpoint3 for the plane through three, or drop --y")
+  if args.checkpoint3 and args.y is None:
+    raise ValueError("a plane through three checkpoints needs --y start:stop:num")
+  given = [os.path.realpath(c) for c in (args.checkpoint, args.checkpoint2, args.checkpoint3) if c]
+  if len(set(given)) < len(given):
+    raise ValueError("--checkpoint, --checkpoint2 and --checkpoint3 must be different runs (the same one twice makes "
+                     f"a zero direction or a degenerate plane); got {', '.join(given)}")
   model, ds, source = _source(args)
   obj, params = _objective(model, ds, args.split, args.batch_size)
   if args.checkpoint2:
@@ -220,7 +274,7 @@ def _surface(args: argparse.Namespace) -> int:
                                           orthogonalize=args.orthogonalize, layout=obj.layout)
   y = args.y if dirs.n == 2 else None
   if dirs.n == 2 and y is None:
-    raise SystemExit("error: a plane needs --y start:stop:num")
+    raise ValueError("a plane needs --y start:stop:num")
   curvature = None if args.curvature == "none" else ("plane", "full") if args.curvature == "both" else args.curvature
   surf = surface.loss_surface(obj, params, dirs, x=args.x, y=y, chunk_size=args.chunk_size, out_dir=out,
                               quiet=args.quiet, config={"source": source}, curvature=curvature,
@@ -300,6 +354,8 @@ def _merge_parser(sub) -> None:
   p.add_argument("out", help="the --out directory of the parts (holding part-IIII-of-NNNN)")
   p.add_argument("--vtk", action="store_true", help="also write surface.vtk for ParaView")
   p.add_argument("--log", action="store_true", help="log-scale figures")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace a result of another config that OUT already holds (by default that is refused)")
   p.set_defaults(func=_merge)
 
 
@@ -317,7 +373,9 @@ def _merge(args: argparse.Namespace) -> int:
   jio.check_output_dir(args.out)
   with jio.RunLock(args.out):  # one merge (or other writer) of OUT at a time
     surf = surface.merge_surfaces(args.out)
-    jio.save_result(args.out, {**surf.to_arrays(), "done": np.ones(surf.loss.shape, bool)}, surf.meta)
+    with jio.ResultStore(args.out, surf.meta["config"], overwrite=args.overwrite) as store:
+      store.open()  # OUT holding another result (not these parts' merge) is refused unless --overwrite
+      store.write({**surf.to_arrays(), "done": np.ones(surf.loss.shape, bool)}, surf.meta)
     paths = _figures(args.out, lambda: plot.save_figures(surf, args.out, log=args.log) + (
         [_vtk(surf, args.out, log=args.log)] if args.vtk and surf.ndim == 2 else []),
                      f"the merged surface is saved in {args.out!r}: draw the figures with `jaxscape plot {args.out}`")
@@ -336,22 +394,27 @@ def _hessian_parser(sub) -> None:
   p = sub.add_parser("hessian", help="Hessian eigenvalues, trace and spectral density at a point",
                      description=_hessian.__doc__)
   _add_source_flags(p)
-  p.add_argument("--top-k", type=int, default=5, help="largest eigenpairs (0: none)")
-  p.add_argument("--bottom-k", type=int, default=0, help="smallest (most negative) eigenpairs (0: none)")
-  p.add_argument("--lanczos-steps", type=int, default=None, help="Lanczos steps (default max(2k + 20, 40))")
-  p.add_argument("--tol", type=float, default=1e-3, help="relative residual for 'converged'")
+  p.add_argument("--top-k", type=_int_at_least(0), default=5, help="largest eigenpairs (0: none)")
+  p.add_argument("--bottom-k", type=_int_at_least(0), default=0, help="smallest (most negative) eigenpairs (0: none)")
+  p.add_argument("--lanczos-steps", type=_int_at_least(1), default=None,
+                 help="a fixed number of Lanczos steps (default: thick-restart Lanczos until every pair is certified)")
+  p.add_argument("--tol", type=_float_in(0.0, 1.0), default=1e-3,
+                 help="relative residual |Hv - λv| <= tol |λ| that certifies an eigenpair")
   p.add_argument("--trace", action="store_true", help="trace with a standard error and a 95%% interval")
-  p.add_argument("--trace-rtol", type=float, default=0.01, help="stop when stderr <= rtol * |trace|")
-  p.add_argument("--trace-method", default="hutch++", choices=["hutch++", "hutchinson"])
+  p.add_argument("--trace-rtol", type=_float_in(0.0), default=0.01, help="stop when stderr <= rtol * |trace|")
+  p.add_argument("--trace-method", default="hutch++", choices=["hutch++", "hutchinson"],
+                 help="trace estimator: Hutch++ (low-rank sketch + Hutchinson, default) or plain Hutchinson")
   p.add_argument("--density", action="store_true", help="spectral density by stochastic Lanczos quadrature")
-  p.add_argument("--density-probes", type=int, default=4)
-  p.add_argument("--density-steps", type=int, default=90)
-  p.add_argument("--eps", type=float, default=1e-3, help="negative mass is the density below -eps")
-  p.add_argument("--kind", default="hessian", choices=["hessian", "ggn"])
+  p.add_argument("--density-probes", type=_int_at_least(1), default=4, help="random probes of the density")
+  p.add_argument("--density-steps", type=_int_at_least(2), default=90, help="Lanczos steps per density probe")
+  p.add_argument("--eps", type=_float_in(0.0, low_open=False), default=1e-3,
+                 help="negative mass is the density below -eps")
+  p.add_argument("--kind", default="hessian", choices=["hessian", "ggn"],
+                 help="the Hessian, or the generalised Gauss-Newton matrix (PSD; J^T H_loss J)")
   p.add_argument("--out", default=None, help="output directory (default runs/hessian-<seed>)")
   p.add_argument("--overwrite", action="store_true",
                  help="replace what --out holds (a result of another config) instead of refusing; without it, "
-                      "rerunning the same command skips the parts an interrupted run saved")
+                      "rerunning the same command resumes: it skips the parts an interrupted run saved")
   p.set_defaults(func=_hessian)
 
 
@@ -374,6 +437,8 @@ def _hessian(args: argparse.Namespace) -> int:
   Each part (largest and smallest eigenpairs, trace, density) is saved in
   ``--out`` as soon as it is finished; the same command again skips the
   saved parts (a changed config is refused unless ``--overwrite``)."""
+  import math
+
   import jax
 
   from . import io as jio
@@ -385,6 +450,10 @@ def _hessian(args: argparse.Namespace) -> int:
   jio.check_output_dir(out, what="--out")  # before any loading or computing
   model, ds, source = _source(args)
   obj, params = _objective(model, ds, args.split, args.batch_size)
+  loss = float(jax.jit(obj.value)(params))
+  if not math.isfinite(loss):
+    raise ValueError(f"the loss at the point is {loss} (not finite): its curvature means nothing; the parameters "
+                     "(checkpoint) or the data are broken")
   config = {"kind": "hessian", "source": source, "objective": obj.describe(), "seed": args.seed, "matrix": args.kind,
             "top_k": args.top_k, "bottom_k": args.bottom_k, "lanczos_steps": args.lanczos_steps, "tol": args.tol,
             "params_fingerprint": jio.fingerprint(params),
@@ -552,25 +621,34 @@ def _train_parser(sub) -> None:
   d.add_argument("--data-arg", type=_kv, action="append", default=[], metavar="KEY=VALUE",
                  help="any other data.load argument (JSON value), repeatable")
   t = p.add_argument_group("training")
-  t.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"])
-  t.add_argument("--lr", "--learning-rate", dest="learning_rate", type=float, default=0.1)
-  t.add_argument("--momentum", type=float, default=0.0)
-  t.add_argument("--nesterov", action="store_true")
-  t.add_argument("--weight-decay", type=float, default=0.0)
-  t.add_argument("--batch-size", type=int, default=128, help="0: full batch")
-  t.add_argument("--epochs", type=int, default=10)
-  t.add_argument("--steps", type=int, default=None, help="total steps (overrides --epochs)")
-  t.add_argument("--schedule", default="constant", choices=["constant", "step", "cosine"])
+  t.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"], help="the optax optimiser")
+  t.add_argument("--lr", "--learning-rate", dest="learning_rate", type=_float_in(0.0), default=0.1,
+                 help="(peak) learning rate")
+  t.add_argument("--momentum", type=_float_in(0.0, 1.0, low_open=False), default=0.0, help="sgd momentum in [0, 1]")
+  t.add_argument("--nesterov", action="store_true", help="Nesterov momentum (sgd)")
+  t.add_argument("--weight-decay", type=_float_in(0.0, low_open=False), default=0.0,
+                 help="L2 penalty (sgd, adam) or decoupled decay (adamw)")
+  t.add_argument("--batch-size", type=_int_at_least(0), default=128, help="examples per step (0: full batch)")
+  t.add_argument("--epochs", type=_int_at_least(1), default=10, help="passes over the training set")
+  t.add_argument("--steps", type=_int_at_least(1), default=None, help="total steps (overrides --epochs)")
+  t.add_argument("--schedule", default="constant", choices=["constant", "step", "cosine"],
+                 help="learning-rate schedule")
   t.add_argument("--decay-epochs", type=_int_list, default=[], help="step schedule: epochs, e.g. 150,225,275")
-  t.add_argument("--decay-factor", type=float, default=0.1)
-  t.add_argument("--warmup-steps", type=int, default=0)
-  t.add_argument("--loss", default="cross_entropy", choices=["cross_entropy", "binary_cross_entropy", "mse"])
-  t.add_argument("--seed", type=int, default=0, help="initialisation and data-order seed")
-  t.add_argument("--snapshot-every", type=int, default=None, help="save parameter snapshots every N steps")
-  t.add_argument("--checkpoint-every", type=int, default=None, help="checkpoint every N steps (always at the end)")
-  t.add_argument("--spec", default=None, help="JSON file with a full {'model','dataset','train'} spec (flags are ignored)")
+  t.add_argument("--decay-factor", type=_float_in(0.0), default=0.1, help="step schedule: factor at each decay epoch")
+  t.add_argument("--warmup-steps", type=_int_at_least(0), default=0, help="linear warm-up steps")
+  t.add_argument("--loss", default="cross_entropy", choices=["cross_entropy", "binary_cross_entropy", "mse"],
+                 help="training loss (binary_cross_entropy takes logits)")
+  t.add_argument("--seed", type=_seed, default=0, help="initialisation and data-order seed")
+  t.add_argument("--snapshot-every", type=_int_at_least(1), default=None, help="save parameter snapshots every N steps")
+  t.add_argument("--checkpoint-every", type=_int_at_least(1), default=None,
+                 help="checkpoint every N steps (always at the end)")
+  t.add_argument("--spec", default=None,
+                 help="JSON file with a full {'model','dataset','train'} spec (the other flags are ignored; its "
+                      "train.seed names the default --out)")
   t.add_argument("--out", default=None, help="run directory (default runs/train-<model>-<dataset>-<seed>)")
-  t.add_argument("--no-resume", action="store_true", help="refuse to continue a run found in --out")
+  t.add_argument("--no-resume", action="store_true",
+                 help="refuse a run directory that already holds a run, instead of resuming it (same spec only)")
+  t.add_argument("--overwrite", action="store_true", help="delete a run found in --out and train from the start")
   p.set_defaults(func=_train)
 
 
@@ -607,9 +685,12 @@ def _train_target(args: argparse.Namespace) -> tuple[dict[str, Any], str, str]:
       spec = json.load(f)
   else:
     spec = _train_spec(args)
+  if not isinstance(spec, dict) or not {"model", "dataset"} <= set(spec):
+    raise ValueError(f"the spec must be a JSON object with 'model', 'dataset' and optionally 'train'; got {spec!r}")
   name = spec["model"]["name"] if isinstance(spec.get("model"), dict) else spec.get("model")
   dataset = spec["dataset"] if isinstance(spec["dataset"], str) else spec["dataset"].get("name")
-  return spec, name, args.out or f"runs/train-{name}-{dataset}-{args.seed}"
+  seed = (spec.get("train") or {}).get("seed", 0) if args.spec else args.seed
+  return spec, name, args.out or f"runs/train-{name}-{dataset}-{seed}"
 
 
 def _train_saved(args: argparse.Namespace) -> str:
@@ -630,7 +711,7 @@ def _train(args: argparse.Namespace) -> int:
 
   spec, name, out = _train_target(args)
   jio.check_output_dir(out, what="--out")  # before any loading or training
-  model, hist = train.train_from_spec(spec, out, resume=not args.no_resume)
+  model, hist = train.train_from_spec(spec, out, resume=not args.no_resume, overwrite=args.overwrite)
   print(f"{name}: {models.count_params(model)} parameters, {len(hist)} epochs -> {os.path.abspath(out)}")
   if len(hist):
     print(f"  train loss {hist.train_loss[-1]:.4g}  acc {hist.train_accuracy[-1]:.4f}  |  "
@@ -645,11 +726,11 @@ def _train(args: argparse.Namespace) -> int:
 def _plot_parser(sub) -> None:
   p = sub.add_parser("plot", help="re-plot a saved surface without recomputing it")
   p.add_argument("run_dir", help="directory with results.npz and meta.json")
-  p.add_argument("--vmin", type=float, default=None)
-  p.add_argument("--vmax", type=float, default=None)
-  p.add_argument("--vlevel", type=float, default=None, help="contour level spacing")
-  p.add_argument("--zmax", type=float, default=None, help="clip the 3-D surface at this loss")
-  p.add_argument("--log", action="store_true")
+  p.add_argument("--vmin", type=_float_in(-float("inf")), default=None, help="lowest contour level (default: data)")
+  p.add_argument("--vmax", type=_float_in(-float("inf")), default=None, help="highest contour level (default: data)")
+  p.add_argument("--vlevel", type=_float_in(0.0), default=None, help="contour level spacing")
+  p.add_argument("--zmax", type=_float_in(-float("inf")), default=None, help="clip the 3-D surface at this loss")
+  p.add_argument("--log", action="store_true", help="log-scale colours and contour levels")
   p.add_argument("--vtk", action="store_true", help="also write surface.vtk for ParaView")
   p.add_argument("--out", default=None, help="where to write the figures (default: run_dir)")
   p.set_defaults(func=_plot)
@@ -662,9 +743,15 @@ def _plot(args: argparse.Namespace) -> int:
 
   surf = surface.load_surface(args.run_dir)
   out = jio.check_output_dir(args.out or args.run_dir, what="--out" if args.out else "run_dir")
+  if args.vmin is not None and args.vmax is not None and not args.vmin < args.vmax:
+    raise ValueError(f"--vmin must be below --vmax; got {args.vmin:g} and {args.vmax:g}")
   paths = plot.save_figures(surf, out, vmin=args.vmin, vmax=args.vmax, vlevel=args.vlevel, log=args.log, zmax=args.zmax)
   if args.vtk:
     paths.append(_vtk(surf, out, zmax=args.zmax, log=args.log))
+  note = plot.partial_note(surf)
+  if note:
+    print(f"{note}: the run in {args.run_dir} has not finished (rerun its command to resume); missing points are "
+          "blank")
   for path in paths:
     print(path)
   return 0
@@ -674,7 +761,10 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+  from . import __version__
+
   parser = argparse.ArgumentParser(prog="jaxscape", description="Loss-landscape analysis in JAX.")
+  parser.add_argument("--version", action="version", version=f"jaxscape {__version__}")
   sub = parser.add_subparsers(dest="command", required=True)
   for register in COMMANDS.values():
     register(sub)

@@ -83,6 +83,28 @@ class Dataset:
       x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
       if np.shape(x)[:1] != np.shape(y)[:1]:
         raise ValueError(f"{self.name}: x_{split} has {np.shape(x)[:1]} examples but y_{split} has {np.shape(y)[:1]}")
+      self._check_values(split, np.asarray(x), np.asarray(y))
+
+  def _check_values(self, split: str, x: np.ndarray, y: np.ndarray) -> None:
+    """Class labels are integers in ``[0, num_classes)`` and inputs are finite, or a ``DataError`` names the rows."""
+    from .objective import DataError  # the one data error of the library (objective does not import data)
+
+    source = f" (from {self.info['source']!r})" if "source" in self.info else ""
+
+    def rows(bad: np.ndarray) -> str:
+      idx = np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1) if bad.ndim > 1 else bad)
+      return f"{idx.size} rows, first {idx[:5].tolist()}"
+
+    if self.num_classes > 0:
+      if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{self.name}: y_{split} must hold integer class labels in [0, {self.num_classes}); got dtype "
+                        f"{y.dtype}{source}")
+      bad = (y < 0) | (y >= self.num_classes)
+      if bad.any():
+        raise DataError(f"{self.name}: y_{split} holds class labels outside [0, {self.num_classes}): values "
+                        f"{np.unique(y[bad])[:5].tolist()} in {rows(bad)}{source}")
+    if np.issubdtype(x.dtype, np.floating) and x.size and not np.isfinite(x).all():
+      raise DataError(f"{self.name}: x_{split} holds NaN or inf in {rows(~np.isfinite(x))}{source}")
 
   @property
   def train(self) -> tuple[np.ndarray, np.ndarray]:

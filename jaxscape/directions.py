@@ -438,8 +438,12 @@ def interpolation_direction(params_a: PyTree, params_b: PyTree, state_a: PyTree 
   interpolated too (policy ``interpolate``), so that coordinate 1 is exactly
   model b; with the statistics frozen at a's, it is not.
   """
+  tree.check_same_structure(params_a, params_b, "the two parameter sets (models a and b)")
+  direction = tree.sub(params_b, params_a)
+  if float(tree.norm(direction)) == 0.0:
+    raise ValueError("the two parameter sets are equal: the direction from a to b is zero (the same checkpoint twice?)")
   policy, svecs = _bn_policy([state_a, state_b])
-  return Directions(tree.stack([tree.sub(params_b, params_a)]), {"kind": "interpolation", "bn_policy": policy},
+  return Directions(tree.stack([direction]), {"kind": "interpolation", "bn_policy": policy},
                     None if svecs is None else tree.stack(svecs))
 
 
@@ -454,7 +458,13 @@ def plane_directions(params_a: PyTree, params_b: PyTree, params_c: PyTree, *, or
   three models' states) interpolates BatchNorm statistics over the plane
   in the same coordinates.
   """
+  tree.check_same_structure(params_a, params_b, "the parameter sets a and b")
+  tree.check_same_structure(params_a, params_c, "the parameter sets a and c")
   u, v = tree.sub(params_b, params_a), tree.sub(params_c, params_a)
+  nu, nv = float(tree.norm(u)), float(tree.norm(v))
+  if nu == 0.0 or nv == 0.0 or abs(float(tree.dot(u, v))) >= (1 - 1e-6) * nu * nv:
+    raise ValueError("the three parameter sets do not span a plane (two are equal, or the three lie on one line): "
+                     f"|b - a| = {nu:.3g}, |c - a| = {nv:.3g}; give three different, non-collinear points")
   policy, svecs = _bn_policy(list(states) if states is not None else [None] * 3)
   if orthogonalize:
     coef = -tree.dot(v, u) / tree.dot(u, u)

@@ -82,6 +82,7 @@ __all__ = [
     "environment",
     "fingerprint",
     "to_jsonable",
+    "config_diff",
     "write_json",
     "read_json",
     "same_json",
@@ -609,7 +610,7 @@ def load_result(directory: str, *, verify: bool = True) -> tuple[dict[str, np.nd
   return arrays, meta
 
 
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+def config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
   """Paths where two JSON-like values differ (for 'refusing to resume' messages)."""
   if isinstance(a, dict) and isinstance(b, dict):
     out = []
@@ -617,7 +618,7 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
       if k not in a or k not in b:
         out.append(f"{prefix}{k} ({'only in the saved run' if k in a else 'only in this run'})")
       else:
-        out.extend(_diff(a[k], b[k], f"{prefix}{k}."))
+        out.extend(config_diff(a[k], b[k], f"{prefix}{k}."))
     return out
   return [] if same_json(a, b) else [f"{prefix.rstrip('.')}: saved {a!r}, now {b!r}"]
 
@@ -680,7 +681,7 @@ class ResultStore:
         raise CorruptResultError(f"{self.directory!r} holds {META} but its {RESULTS} is missing. {_FIX}")
     saved = meta.get("config")
     if not same_json(saved, self.config):
-      diffs = "; ".join(_diff(saved, self.config)[:6])
+      diffs = "; ".join(config_diff(saved, self.config)[:6])
       raise ValueError(
           f"{self.directory!r} holds a result made with another config, refusing to reuse it ({diffs}). "
           "Choose another output directory, or pass overwrite=True (CLI: --overwrite) to replace it."
@@ -743,6 +744,10 @@ def export_vtk(path: str, x: np.ndarray, y: np.ndarray, values: Mapping[str, np.
     log: use ``log(z + 0.1)`` as the height (as ``h52vtp.py --log``).
     height: which field gives the z coordinate (default: the first).
 
+  Points whose height is NaN (not evaluated, or not finite) are written with
+  ``z = nan`` and NaN fields (ParaView's Threshold filter drops them); no
+  value is filled in.
+
   Returns:
     ``path``.
   """
@@ -758,11 +763,11 @@ def export_vtk(path: str, x: np.ndarray, y: np.ndarray, values: Mapping[str, np.
     z = np.minimum(z, zmax)
   if log:
     z = np.log(z + 0.1)
-  z = np.nan_to_num(z, nan=np.nanmax(z) if np.isfinite(z).any() else 0.0)
-  xx, yy = np.meshgrid(x, y)
+  xx, yy = np.meshgrid(x, y)  # points not evaluated (or not finite) keep z = nan: nothing is invented
   lines = ["# vtk DataFile Version 3.0", "jaxscape surface", "ASCII", "DATASET STRUCTURED_GRID",
            f"DIMENSIONS {x.size} {y.size} 1", f"POINTS {x.size * y.size} double"]
-  lines += [f"{a:.10g} {b:.10g} {c:.10g}" for a, b, c in zip(xx.ravel(), yy.ravel(), z.ravel())]
+  lines += [f"{a:.10g} {b:.10g} {c:.10g}" if np.isfinite(c) else f"{a:.10g} {b:.10g} nan"
+            for a, b, c in zip(xx.ravel(), yy.ravel(), z.ravel())]
   lines.append(f"POINT_DATA {x.size * y.size}")
   for k, v in fields.items():
     lines += [f"SCALARS {k} double 1", "LOOKUP_TABLE default"]

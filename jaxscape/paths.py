@@ -104,15 +104,6 @@ class PathLosses:
 _register(PathLosses, ("coords", "losses", "metrics"))
 
 
-def _check_same_structure(a: PyTree, b: PyTree, what: str) -> None:
-  sa, sb = jax.tree.structure(a), jax.tree.structure(b)
-  if sa != sb:
-    raise ValueError(f"{what} must have one pytree structure; got {sa} and {sb}")
-  for name, x, y in zip(tree.leaf_names(a), jax.tree.leaves(a), jax.tree.leaves(b)):
-    if jnp.shape(x) != jnp.shape(y):
-      raise ValueError(f"{what} differ in the shape of leaf {name!r}: {jnp.shape(x)} vs {jnp.shape(y)}")
-
-
 def _coords(values: jax.typing.ArrayLike, name: str) -> jax.Array:
   arr = jnp.asarray(values)
   if arr.ndim != 1 or arr.shape[0] == 0:
@@ -173,7 +164,7 @@ def interpolate(
     >>> interpolate(obj, jnp.zeros(2), jnp.ones(2), jnp.array([-1.0, 2.0])).losses.tolist()
     [1.0, 4.0]
   """
-  _check_same_structure(params_a, params_b, "params_a and params_b")
+  tree.check_same_structure(params_a, params_b, "params_a and params_b")
   _check_chunk(chunk_size)
   alphas = _coords(alphas, "alphas")
   losses, metrics = _interpolate(obj, params_a, params_b, alphas, chunk_size)
@@ -523,7 +514,7 @@ def init_curve(params_a: PyTree, params_b: PyTree, num_bends: int = 1, kind: str
     raise ValueError(f"unknown curve kind {kind!r}: expected one of {CURVE_KINDS}")
   if not isinstance(num_bends, int) or num_bends < 1:
     raise ValueError(f"num_bends must be a positive int; got {num_bends!r}")
-  _check_same_structure(params_a, params_b, "params_a and params_b")
+  tree.check_same_structure(params_a, params_b, "params_a and params_b")
   bends = tree.stack([lerp(params_a, params_b, k / (num_bends + 1)) for k in range(1, num_bends + 1)])
   if noise:
     if key is None:

@@ -170,6 +170,15 @@ def save(fig, path: str, *, dpi: int = 90, tight: bool = True) -> str:
   return path
 
 
+def partial_note(surf: Any) -> str | None:
+  """``"partial: 56/441 points"`` for a surface whose run has not finished (from its meta), else None."""
+  meta = getattr(surf, "meta", None) or {}
+  done, total = meta.get("num_done"), meta.get("num_points")
+  if done is None or total is None or int(done) >= int(total):
+    return None
+  return f"partial: {int(done)}/{int(total)} points (the rest not evaluated yet)"
+
+
 def save_figures(surf: Any, out_dir: str, *, prefix: str = "", vmin=None, vmax=None, vlevel=None, log: bool = False,
                  zmax: float | None = None, dpi: int = 120) -> list[str]:
   """Writes the standard figures of a surface as PNG files; returns their paths.
@@ -177,6 +186,8 @@ def save_figures(surf: Any, out_dir: str, *, prefix: str = "", vmin=None, vmax=N
   2-D: ``contour.png`` (labelled levels), ``contourf.png``, ``surface3d.png``,
   and a ``heatmap_<name>.png`` for every extra map (curvature, ...) besides
   loss and accuracy. 1-D: ``curve1d.png`` (loss and accuracy on twin axes).
+  A surface whose run has not finished says so on every figure
+  (:func:`partial_note`); its missing points stay blank.
   """
   import os
 
@@ -193,8 +204,11 @@ def save_figures(surf: Any, out_dir: str, *, prefix: str = "", vmin=None, vmax=N
         figures.append((f"heatmap_{name}", heatmap(surf, field=name)))
   else:
     raise ValueError(f"no standard figures for a {surf.ndim}-D surface; slice it to 1-D or 2-D first")
+  note = partial_note(surf)
   paths = []
   for name, (fig, _) in figures:
+    if note:
+      fig.suptitle(note, color="firebrick")
     path = os.path.join(out_dir, f"{prefix}{name}.png")
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     close(fig)

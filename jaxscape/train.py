@@ -39,6 +39,7 @@ import dataclasses
 import functools
 import json
 import os
+import shutil
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -57,6 +58,7 @@ from .tree import PyTree
 
 __all__ = [
     "TrainConfig",
+    "DivergedError",
     "History",
     "make_optimizer",
     "train",
@@ -147,6 +149,12 @@ class TrainConfig:
       raise ValueError(f"eval_every must be >= 1 (epochs); got {self.eval_every!r}")
     if self.loss not in LOSSES:
       raise ValueError(f"unknown loss {self.loss!r}: expected one of {sorted(LOSSES)}")
+    for name, low in (("learning_rate", 0.0), ("momentum", 0.0), ("weight_decay", 0.0), ("decay_factor", 0.0)):
+      value = getattr(self, name)
+      if not (isinstance(value, (int, float, np.integer, np.floating)) and np.isfinite(value) and value >= low):
+        raise ValueError(f"{name} must be a finite number >= {low:g}; got {value!r}")
+    if not self.learning_rate > 0:
+      raise ValueError(f"learning_rate must be positive; got {self.learning_rate!r}")
     for name in ("curvature_every", "curvature_examples"):
       value = getattr(self, name)
       if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
@@ -490,14 +498,32 @@ def _plan(start: int, spe: int, every: Sequence[int | None], stop: int) -> list[
   return out
 
 
+class DivergedError(ValueError):
+  """Training produced a non-finite loss; raised at the first such step, before that state is checkpointed."""
+
+
+def _check_finite(losses: np.ndarray, first: int, checkpoint_dir: Any) -> None:
+  """Raises :class:`DivergedError` naming the first step (from ``first``) whose batch loss is not finite."""
+  bad = np.flatnonzero(~np.isfinite(losses))
+  if bad.size:
+    step = first + int(bad[0]) + 1
+    kept = (f"; the checkpoints in {os.fspath(checkpoint_dir)!r} are of earlier, finite steps" if checkpoint_dir
+            is not None else "")
+    raise DivergedError(f"training diverged: the batch loss of step {step} is {losses[bad[0]]} (not finite); lower "
+                        f"the learning rate, check the data for NaN/inf, or add warm-up steps{kept}")
+
+
 def _run(engine: _Engine, carry, hyper, key, data_train, data_test, name: str, *, vmapped: tuple[int, ...],
          snapshot_every: int | None, checkpoint_dir, checkpoint_every, stop_after_steps, spec, resume,
-         runs: str = "vmap") -> tuple:
+         runs: str = "vmap", stop_on_nonfinite: bool = False) -> tuple:
   """The Python driver shared by :func:`train` and :func:`train_many`.
 
   ``vmapped`` lists the leading run axes (``()`` for one run): the jitted
   segment and evaluation are wrapped in one ``vmap`` per axis. Python loops
   only over segments (epochs, cut at snapshot/checkpoint steps), never over runs.
+  With ``stop_on_nonfinite`` (one run) a non-finite batch loss ends training
+  with :class:`DivergedError`; many runs record NaN and go on (a sweep may
+  diverge on purpose).
   """
   x, y = jnp.asarray(data_train[0]), jnp.asarray(data_train[1])
   obj_tr = _eval_objective(engine, data_train, name)
@@ -558,6 +584,8 @@ def _run(engine: _Engine, carry, hyper, key, data_train, data_test, name: str, *
   for first, length in _plan(start, spe, (snapshot_every, checkpoint_every, curvature_every), stop):
     carry = seg(carry, hyper, key, x, y, first // spe, first % spe, length)
     now = first + length
+    if stop_on_nonfinite:
+      _check_finite(np.asarray(carry["epoch_losses"])[first % spe:first % spe + length], first, checkpoint_dir)
     if now % (spe * int(engine.config.eval_every)) == 0 or now == total:
       m = ev(carry["params"], carry["state"], obj_tr, obj_te)
       rows["epoch"].append(now / spe)
@@ -592,6 +620,8 @@ def _run(engine: _Engine, carry, hyper, key, data_train, data_test, name: str, *
 
 
 def _engine(train_apply, apply, config: TrainConfig, num_train: int, sweep_keys=()) -> _Engine:
+  if num_train < 1:
+    raise ValueError("the training data is empty: expected at least one example")
   b, spe = _steps_per_epoch(num_train, config.batch_size)
   if spe < 1:
     raise ValueError(f"batch_size {config.batch_size} leaves no full batch in {num_train} examples")
@@ -633,6 +663,13 @@ def train(key: jax.Array, model: Any, data: Dataset | tuple, config: TrainConfig
   Returns:
     ``(params, state, history)``: plain-dict parameters and state, and a :class:`History`.
 
+  Raises:
+    DivergedError: at the first step whose batch loss is not finite (a NaN
+      learning rate, exploding steps, NaN data); nothing of that step or later
+      is checkpointed.
+    ValueError: on bad settings, empty data, or a ``checkpoint_dir`` run that
+      cannot be resumed.
+
   Example:
     >>> import jax
     >>> from jaxscape import data, models, train
@@ -652,7 +689,7 @@ def train(key: jax.Array, model: Any, data: Dataset | tuple, config: TrainConfig
   with _run_lock(checkpoint_dir):
     carry, hist = _run(engine, carry, {}, key, data_train, data_test, name, vmapped=(),
                        snapshot_every=snapshot_every, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
-                       stop_after_steps=stop_after_steps, spec=spec, resume=resume)
+                       stop_after_steps=stop_after_steps, spec=spec, resume=resume, stop_on_nonfinite=True)
   return carry["params"], carry["state"], hist
 
 
@@ -791,7 +828,16 @@ def _fill_model_kwargs(name: str, kwargs: dict, ds: Dataset) -> dict:
   return out
 
 
-def train_from_spec(spec: Mapping, out_dir: str | os.PathLike, *, resume: bool = True) -> tuple[Any, History]:
+def _run_files(out: str) -> list[str]:
+  """What a training run wrote in ``out`` (its spec, history, checkpoints, snapshots)."""
+  from . import checkpoint as _ckpt
+
+  names = (_ckpt.SPEC_FILE, _ckpt.HISTORY_FILE, "checkpoints", "trajectory")
+  return [name for name in names if os.path.lexists(os.path.join(out, name))]
+
+
+def train_from_spec(spec: Mapping, out_dir: str | os.PathLike, *, resume: bool = True,
+                    overwrite: bool = False) -> tuple[Any, History]:
   """Builds the model and dataset a spec names, trains, and checkpoints into ``out_dir``.
 
   The spec is ``{"model": {"name", "kwargs"}, "dataset": {"name", ...},
@@ -805,13 +851,18 @@ def train_from_spec(spec: Mapping, out_dir: str | os.PathLike, *, resume: bool =
   ``out_features``/``num_classes``, ``in_channels``, ``image_size``). The
   completed spec is written to ``out_dir/spec.json`` with the checkpoints, so
   :func:`jaxscape.checkpoint.load_model` can rebuild the model from the
-  directory alone. An interrupted run in ``out_dir`` is resumed.
+  directory alone. An interrupted run in ``out_dir`` is resumed when its
+  spec is the same (all of it: model, data, every training setting, seed).
+  With ``resume=False`` a run already in ``out_dir`` is refused (it is never
+  continued or mixed with), unless ``overwrite=True``, which deletes it whole
+  first.
 
   Returns:
     ``(model, history)``: the trained ``nnx.Module`` and its :class:`History`.
 
   Raises:
-    ValueError: on a malformed spec, or when ``out_dir`` holds a different run.
+    ValueError: on a malformed spec, when ``out_dir`` holds a different run,
+      or (``resume=False`` without ``overwrite``) any run.
 
   Example:
     >>> import tempfile
@@ -846,11 +897,22 @@ def train_from_spec(spec: Mapping, out_dir: str | os.PathLike, *, resume: bool =
   full = json.loads(json.dumps(full))  # the JSON form, as recorded
   out = os.path.abspath(os.fspath(out_dir))
   with _run_lock(out):  # before the spec check: a run that starts meanwhile cannot slip past it
-    if resume and os.path.isfile(os.path.join(out, _ckpt.SPEC_FILE)):
+    found = _run_files(out)
+    if found and overwrite:
+      for name in found:
+        path = os.path.join(out, name)
+        shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+    elif found and not resume:
+      step = _ckpt.latest_step(out)
+      raise ValueError(f"{out!r} holds a training run ({', '.join(found)}"
+                       f"{'' if step is None else f'; last checkpoint: step {step}'}); refusing to continue or mix "
+                       "with it: choose another out_dir (CLI: --out), or overwrite=True (--overwrite) to replace it")
+    elif found and os.path.isfile(os.path.join(out, _ckpt.SPEC_FILE)):
       old = _ckpt.read_spec(out)
       if old != full:
-        raise ValueError(f"{out!r} holds a run with a different spec; use another out_dir or resume=False.\n"
-                         f"existing: {old}\nnew: {full}")
+        diffs = "; ".join(_io.config_diff(old, full)[:6])
+        raise ValueError(f"{out!r} holds a run with a different spec ({diffs}); refusing to resume it: choose "
+                         "another out_dir (CLI: --out), or overwrite=True (--overwrite) to replace it")
     k_init, k_data = jax.random.split(jax.random.key(seed))
     model = models.build(m_name, k_init, **m_kwargs)
     params, state, hist = train(k_data, model, ds, config, snapshot_every=snapshot_every, checkpoint_dir=out,

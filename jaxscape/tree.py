@@ -179,6 +179,27 @@ def leaf_names(a: PyTree) -> list[str]:
   return [path_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(a)[0]]
 
 
+def check_same_structure(a: PyTree, b: PyTree, what: str) -> None:
+  """Raises ``ValueError`` naming the first difference when ``a`` and ``b`` are not one structure of equal shapes.
+
+  Example:
+    >>> check_same_structure({"w": jnp.ones(2)}, {"w": jnp.ones(3)}, "the two models")
+    Traceback (most recent call last):
+    ...
+    ValueError: the two models differ in the shape of leaf 'w': (2,) vs (3,)
+  """
+  sa, sb = jax.tree.structure(a), jax.tree.structure(b)
+  if sa != sb:
+    na, nb = set(leaf_names(a)), set(leaf_names(b))
+    only = [f"only in the first: {sorted(na - nb)[:5]}" if na - nb else "", f"only in the second: {sorted(nb - na)[:5]}"
+            if nb - na else ""]
+    detail = "; ".join(o for o in only if o) or f"{sa} vs {sb}"
+    raise ValueError(f"{what} must have one pytree structure (the same architecture); {detail}")
+  for name, x, y in zip(leaf_names(a), jax.tree.leaves(a), jax.tree.leaves(b)):
+    if jnp.shape(x) != jnp.shape(y):
+      raise ValueError(f"{what} differ in the shape of leaf {name!r}: {jnp.shape(x)} vs {jnp.shape(y)}")
+
+
 def allclose(a: PyTree, b: PyTree, rtol: float = 1e-6, atol: float = 0.0) -> bool:
   """True when the two pytrees have one structure and all leaves are close."""
   if jax.tree.structure(a) != jax.tree.structure(b):

@@ -584,6 +584,7 @@ def loss_surface(
       "directions": d.info,
       "objective": objective.describe(),
       "dtype": str(np.dtype(dtype)),
+      "chunk_size": chunk_size,  # the batch of the vmapped evaluation: values differ in the last bits with it
       "num_params": tree.size(params),
       "params_fingerprint": _io.fingerprint(params),
       "data_fingerprint": _io.fingerprint((objective.x, objective.y, objective.w)),

@@ -267,7 +267,7 @@ def merge_surfaces(parts: str | Sequence[str]) -> Surface:
       raise ValueError(f"{d!r} is not a part of a split run: its config has no 'part' [index, count]")
     i, n = config["part"]
     counts.add(n)
-    diffs = _io._diff(base, {k: v for k, v in config.items() if k != "part"})
+    diffs = _io.config_diff(base, {k: v for k, v in config.items() if k != "part"})
     if diffs:
       raise ValueError(f"{d!r} was made with another config than {first_dir!r}: {'; '.join(diffs[:6])}")
     if i in seen:
