@@ -375,7 +375,7 @@ def _merge(args: argparse.Namespace) -> int:
     surf = surface.merge_surfaces(args.out)
     with jio.ResultStore(args.out, surf.meta["config"], overwrite=args.overwrite) as store:
       store.open()  # OUT holding another result (not these parts' merge) is refused unless --overwrite
-      store.write({**surf.to_arrays(), "done": np.ones(surf.loss.shape, bool)}, surf.meta)
+      store.write({**surf.to_arrays(), "done": np.ones(surf.loss.shape, bool)}, surf.meta, final=True)
     paths = _figures(args.out, lambda: plot.save_figures(surf, args.out, log=args.log) + (
         [_vtk(surf, args.out, log=args.log)] if args.vtk and surf.ndim == 2 else []),
                      f"the merged surface is saved in {args.out!r}: draw the figures with `jaxscape plot {args.out}`")
@@ -463,7 +463,8 @@ def _hessian(args: argparse.Namespace) -> int:
   store = jio.ResultStore(out, config, overwrite=args.overwrite)
   saved = store.open()
   arrays: dict[str, Any] = dict(saved or {})
-  part_stats: dict[str, dict[str, Any]] = jio.load_result(out)[1].get("part_stats", {}) if saved is not None else {}
+  part_stats: dict[str, dict[str, Any]] = (jio.load_result(store.location)[1].get("part_stats", {})
+                                            if saved is not None else {})
   environment = jio.environment()
 
   def meta(**extra: Any) -> dict[str, Any]:
@@ -480,7 +481,7 @@ def _hessian(args: argparse.Namespace) -> int:
     part_stats[part] = stats
     store.write(arrays, meta(complete=False))
   loss, metrics = jax.jit(obj.loss)(params)
-  store.write(arrays, meta(complete=True, loss=float(loss), **{k: float(v) for k, v in metrics.items()}))
+  store.write(arrays, meta(complete=True, loss=float(loss), **{k: float(v) for k, v in metrics.items()}), final=True)
   print(f"loss {float(loss):.5g} at the point; results in {out}"
         + (f" (saved by an earlier run: {', '.join(resumed)})" if resumed else ""))
   for part in parts:

@@ -66,6 +66,8 @@ CURRENT = ".current"
 LOCK = ".lock"
 """The lock file of a directory (see :class:`RunLock`); it holds the owner's pid and host while held."""
 _GEN, _TMP = ".gen-", ".tmp-"
+REPLACEMENT = ".replacement"
+"""Where an ``overwrite`` run writes until its result is complete (see :class:`ResultStore`)."""
 
 __all__ = [
     "CorruptResultError",
@@ -631,9 +633,16 @@ class ResultStore:
   :class:`RunLockedError` at once), then returns the arrays of a finished or
   partial earlier run with the same config (or ``None``); a different config
   raises ``ValueError`` naming what differs, a damaged directory
-  :class:`CorruptResultError`. With ``overwrite=True``, ``open`` deletes an
-  earlier result instead (whatever its config or state). ``write`` publishes
-  both files as one unit (:func:`save_result`).
+  :class:`CorruptResultError`. ``write`` publishes both files as one unit
+  (:func:`save_result`).
+
+  With ``overwrite=True`` an earlier result (whatever its config or state)
+  stays published until this run's is complete: the writes go to
+  ``<directory>/.replacement`` (a result directory of its own, resumed by the
+  same command after a kill) and the ``final`` write publishes the new result
+  in place of the old one, removes the old one's figures (``*.png``,
+  ``*.vtk``) and the replacement folder. A kill at any moment leaves the old
+  result or the new, complete one.
   """
 
   def __init__(self, directory: str, config: Mapping[str, Any], *, overwrite: bool = False):
@@ -641,6 +650,7 @@ class ResultStore:
     self.config = to_jsonable(config)
     self.overwrite = bool(overwrite)
     self._lock = RunLock(directory)
+    self._staging: str | None = None
 
   def __enter__(self) -> "ResultStore":
     return self
@@ -662,12 +672,16 @@ class ResultStore:
 
   def _resume(self) -> dict[str, np.ndarray] | None:
     paths = [os.path.join(self.directory, name) for name in (RESULTS, META)]
-    if self.overwrite:
-      for name in os.listdir(self.directory):
-        if name in (RESULTS, META, CURRENT) or name.startswith(_GEN):
-          _remove(os.path.join(self.directory, name))
-      return None
-    if not any(os.path.lexists(p) for p in paths):
+    held = any(os.path.lexists(p) for p in (*paths, os.path.join(self.directory, CURRENT)))
+    if self.overwrite and held:
+      self._staging = os.path.join(self.directory, REPLACEMENT)
+      try:  # an interrupted replacement by this same config resumes; anything else there starts afresh
+        with RunLock(self._staging):
+          return ResultStore(self._staging, self.config)._resume()
+      except ValueError:
+        _remove(self._staging)
+        return None
+    if self.overwrite or not held:
       return None
     if not os.path.exists(paths[1]):
       raise CorruptResultError(f"{self.directory!r} holds {RESULTS} without {META}: it cannot be verified or "
@@ -688,8 +702,25 @@ class ResultStore:
       )
     return arrays
 
-  def write(self, arrays: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
-    save_result(self.directory, arrays, {**meta, "config": self.config})
+  @property
+  def location(self) -> str:
+    """Where the writes go now: the directory, or its replacement folder during an ``overwrite`` run."""
+    return self._staging or self.directory
+
+  def write(self, arrays: Mapping[str, Any], meta: Mapping[str, Any], *, final: bool = False) -> None:
+    """Publishes a (partial) result; ``final``: the complete one, which an ``overwrite`` run puts in place."""
+    meta = {**meta, "config": self.config}
+    if self._staging is None:
+      save_result(self.directory, arrays, meta)
+    elif not final:
+      save_result(self._staging, arrays, meta)
+    else:
+      save_result(self.directory, arrays, meta)  # one switch of .current: the old result, then the new one
+      for name in os.listdir(self.directory):  # the replaced result's figures (the caller draws the new ones)
+        if name.endswith((".png", ".vtk")):
+          _remove(os.path.join(self.directory, name))
+      _remove(self._staging)
+      self._staging = None
 
 
 def fingerprint(tree: Any) -> str:

@@ -195,3 +195,38 @@ def test_train_spec_names_the_default_out_after_its_own_seed(tmp_path):
   spec.write_text(json.dumps({"model": {"name": "mlp"}, "dataset": {"name": "digits"}, "train": {"seed": 7}}))
   args = cli.build_parser().parse_args(["train", "--spec", str(spec)])
   assert cli._train_target(args)[2] == "runs/train-mlp-digits-7"
+
+
+def test_overwrite_keeps_the_old_result_until_the_new_one_is_complete_and_a_killed_replacement_resumes(tmp_path,
+                                                                                                    monkeypatch):
+  from jaxscape.surface import executor
+
+  x = jnp.linspace(-1.0, 1.0, 8)[:, None]
+  obj = js.Objective.from_apply(lambda p, x: x * p["w"][None, :], data=(x, 2.0 * x), loss="mse", batch_size=None,
+                                name="line")
+  params, dirs, out = {"w": jnp.ones((1,))}, [{"w": jnp.ones((1,))}], str(tmp_path / "s")
+  ndev = len(jax.devices())
+  old = js.loss_surface(obj, params, dirs, x=(-1.0, 1.0, 5), out_dir=out, quiet=True)
+  open(os.path.join(out, "curve1d.png"), "w").close()  # the old result's figure
+  real, writes = jio.save_result, []
+
+  def killed_after_two(directory, arrays, meta):  # the process dies after its second write
+    if len(writes) == 2:
+      raise KeyboardInterrupt
+    writes.append(directory)
+    real(directory, arrays, meta)
+
+  monkeypatch.setattr(executor._io, "save_result", killed_after_two)
+  with pytest.raises(KeyboardInterrupt):
+    js.loss_surface(obj, params, dirs, x=(-1.0, 1.0, 4 * ndev), chunk_size=ndev, chunks_per_call=1,
+                    out_dir=out, quiet=True, overwrite=True)
+  assert all(w.endswith(jio.REPLACEMENT) for w in writes)
+  arrays, _ = jio.load_result(out)  # the old result is intact and published
+  np.testing.assert_array_equal(arrays["loss"], old.loss)
+  assert os.path.isfile(os.path.join(out, "curve1d.png"))
+  monkeypatch.setattr(executor._io, "save_result", real)
+  new = js.loss_surface(obj, params, dirs, x=(-1.0, 1.0, 4 * ndev), chunk_size=ndev, chunks_per_call=1,
+                        out_dir=out, quiet=True, overwrite=True)
+  assert new.meta["points_evaluated"] == 2 * ndev  # the staged half was resumed
+  assert jio.load_result(out)[0]["loss"].shape == (4 * ndev,)
+  assert not os.path.exists(os.path.join(out, jio.REPLACEMENT)) and not os.path.exists(os.path.join(out, "curve1d.png"))

@@ -659,7 +659,7 @@ def loss_surface(
 
     def save(surf: Surface) -> None:
       if store is not None:
-        store.write({**surf.to_arrays(), "done": done.reshape(shape)}, surf.meta)
+        store.write({**surf.to_arrays(), "done": done.reshape(shape)}, surf.meta, final=bool(done[in_part].all()))
 
     from tqdm.auto import tqdm
 
