@@ -87,14 +87,15 @@ def main(config: dict, out_dir: str) -> Report:
       f"Edge (`stats.edge_of_stability`): reached at the first record with λmax ≥ (1 − {c['band']:g})·2/η; in the band "
       f"when |λmax·η/2 − 1| ≤ {c['band']:g}; plateau = median λmax from the reach on."]
   for i, (lr, e) in enumerate(zip(lrs, edge)):
+    after = lam[i, max(e["first"], 0):] / thr[i, max(e["first"], 0):]
     in_time = e["reached"] and reach[i] <= c["reach_by"] * c["steps"]
     rep.check(f"η = {lr:g}: λmax reaches 2/η = {thr[i, 0]:.3g} within ±{100 * c['band']:g} % by step "
               f"{int(c['reach_by'] * c['steps'])}", bool(in_time),
               f"reached at step {reach[i]}" if e["reached"] else f"never: max λmax {lam[i].max():.4g}")
     rep.check(f"η = {lr:g}: stays in the band for ≥ {100 * c['min_in_band']:g} % of the remaining records",
               e["in_band"] >= c["min_in_band"], f"{100 * e['in_band']:.1f} % of {len(steps) - max(e['first'], 0)} "
-              f"records; λmax/(2/η) median {fmt(e['plateau_ratio'])}, range {fmt((lam[i] / thr[i]).min())} – "
-              f"{fmt((lam[i, max(e['first'], 0):] / thr[i, max(e['first'], 0):]).max())} after the reach")
+              f"records; λmax/(2/η) after the reach: median {fmt(e['plateau_ratio'])}, range {fmt(after.min())} – "
+              f"{fmt(after.max())}")
     rep.check(f"η = {lr:g}: the training loss keeps falling (final < loss at the plateau's start)",
               bool(loss[i, -1] < start_loss[i]), f"loss at step {reach[i]}: {fmt(start_loss[i])}, final "
               f"{fmt(loss[i, -1])}; {rises[i]} rises between consecutive records")
