@@ -1035,3 +1035,59 @@ def sharpness_history(history: Any, *, run: tuple[int, ...] = (), ax=None, log: 
     ax.set_title(title)
   ax.legend(fontsize=8)
   return fig, ax
+
+
+__all__ += ["edge_of_stability"]
+
+
+def edge_of_stability(step: Any, sharpness: Any, threshold: Any, loss_step: Any, loss: Any, *,
+                      labels: Any = None, reached: Any = None, title: str | None = None):
+  """Cohen et al. (2021)'s Figure 1: sharpness against step with the ``2 / eta`` lines, and the training loss.
+
+  One colour per step size: left, the top Hessian eigenvalue (solid) and its
+  stability threshold (dashed); right, the full-batch training loss (log
+  scale). ``reached`` marks where each sharpness series first reaches the edge
+  (:func:`jaxscape.stats.edge_of_stability`) with a dot on both panels.
+
+  Args:
+    step: the steps of the sharpness records ``[T]``.
+    sharpness: ``[C, T]``, one row per step size.
+    threshold: ``[C]`` or ``[C, T]``, the stability threshold of each run (``2 / eta``).
+    loss_step: the steps of the loss records ``[L]``.
+    loss: ``[C, L]``.
+    labels: one legend label per run (default: ``2/eta`` values).
+    reached: ``[C]`` steps where each run reaches the edge (``None`` or negative: no mark).
+    title: figure title.
+
+  Returns:
+    ``(fig, (ax_sharpness, ax_loss))``.
+
+  Example:
+    >>> step, lam = np.arange(4), np.array([[1.0, 3.0, 4.0, 3.9], [1.0, 1.5, 2.0, 2.1]])
+    >>> fig, (a, b) = edge_of_stability(step, lam, [4.0, 2.0], step, np.ones((2, 4)), reached=[2, 2])
+    >>> len(a.lines), b.get_yscale()
+    (6, 'log')
+  """
+  step, loss_step = np.asarray(step), np.asarray(loss_step)
+  lam, loss = np.asarray(sharpness, np.float64), np.asarray(loss, np.float64)
+  thr = np.asarray(threshold, np.float64)
+  if lam.ndim != 2 or lam.shape[1] != step.shape[0] or loss.shape != (lam.shape[0], loss_step.shape[0]):
+    raise ValueError(f"expected sharpness [C, {step.shape[0]}] and loss [C, {loss_step.shape[0]}] for the same C runs; "
+                     f"got {lam.shape} and {loss.shape}")
+  thr = np.broadcast_to(thr[:, None] if thr.ndim == 1 else thr, lam.shape)
+  labels = labels or [f"2/η = {t:.3g}" for t in thr[:, 0]]
+  fig, (ax, bx) = panels(2, size=(5.5, 4.0), title=title)
+  for i in range(lam.shape[0]):
+    color = f"C{i}"
+    ax.plot(step, lam[i], color=color, lw=1.4, label=labels[i])
+    ax.plot(step, thr[i], "--", color=color, lw=0.9)
+    bx.plot(loss_step, loss[i], color=color, lw=1.4, label=labels[i])
+    at = None if reached is None else int(reached[i])
+    if at is not None and at >= 0:
+      ax.plot([at], [np.interp(at, step, lam[i])], "o", color=color, ms=5)
+      bx.plot([at], [np.interp(at, loss_step, loss[i])], "o", color=color, ms=5)
+  ax.set(xlabel="step", ylabel=r"sharpness $\lambda_{max}$ (dashed: $2/\eta$)")
+  bx.set(xlabel="step", ylabel="training loss", yscale="log")
+  ax.legend(fontsize=8)
+  bx.legend(fontsize=8)
+  return fig, (ax, bx)

@@ -9,6 +9,7 @@ in the tests.
 * summaries of repeated runs: :func:`summary`, :func:`seed_summary`,
   :func:`spread_by_group`, :func:`poor_fraction`, :func:`is_increasing`,
   :func:`ratio_of_means`; a value at a grid point: :func:`value_at`;
+* a sharpness series against its stability threshold: :func:`edge_of_stability`;
 * one loss surface as scalars (Li et al. 2018's "how chaotic is this
   landscape" numbers): :func:`surface_stats`, :func:`nonconvex_fraction`,
   :func:`finite_difference_plane_hessian`, and :func:`surface_error` against a
@@ -37,6 +38,7 @@ __all__ = ["pearson", "spearman", "rankdata", "linear_fit", "summary", "nonconve
            "finite_difference_plane_hessian", "surface_error"]
 __all__ += ["copies", "distinct"]
 __all__ += ["value_at", "ratio_of_means"]
+__all__ += ["edge_of_stability"]
 
 
 def _pair(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -403,3 +405,54 @@ def is_increasing(values: Sequence[float], *, strict: bool = True) -> bool:
     return False
   d = np.diff(v)
   return bool(np.all(d > 0) if strict else np.all(d >= 0))
+
+
+def edge_of_stability(sharpness: Sequence[float], threshold: float | Sequence[float], *,
+                      band: float = 0.15) -> dict[str, Any]:
+  """Where a recorded sharpness series reaches the stability threshold and how long it stays near it.
+
+  Cohen et al. (2021), "Gradient Descent on Neural Networks Typically Occurs
+  at the Edge of Stability": under full-batch gradient descent with step
+  ``eta`` the top Hessian eigenvalue rises until it reaches ``2 / eta`` and
+  then hovers there. With ``r_t = sharpness_t / threshold_t``, the series
+  *reaches* the edge at the first record with ``r_t >= 1 - band``; from there
+  on (that record included) a record is *in the band* when
+  ``|r_t - 1| <= band``.
+
+  Args:
+    sharpness: the top Hessian eigenvalue at each record ``[T]``.
+    threshold: the stability threshold (``2 / eta`` for plain gradient
+      descent), a scalar or one value per record ``[T]``.
+    band: the relative half-width of the band around the threshold.
+
+  Returns:
+    A dict: ``reached`` (bool), ``first`` (index of the record that reaches
+    the edge, -1 if none), ``in_band`` (fraction of the records from
+    ``first`` on that are in the band; 0.0 if never reached),
+    ``plateau`` (median sharpness from ``first`` on; NaN if never reached)
+    and ``plateau_ratio`` (median of ``r_t`` from ``first`` on; NaN if never).
+
+  Raises:
+    ValueError: for a non-positive or wrongly shaped threshold, a band
+      outside ``(0, 1)``, or a non-finite sharpness.
+
+  Example:
+    >>> out = edge_of_stability([1.0, 3.5, 4.1, 3.9, 5.0], 4.0)
+    >>> out["first"], out["in_band"], out["plateau"]
+    (1, 0.75, 4.0)
+  """
+  s = np.asarray(sharpness, np.float64)
+  if s.ndim != 1 or s.size == 0 or not np.all(np.isfinite(s)):
+    raise ValueError(f"sharpness must be a non-empty 1-d series of finite values; got shape {s.shape}")
+  t = np.asarray(threshold, np.float64)
+  if t.shape not in ((), s.shape) or not np.all(t > 0):
+    raise ValueError(f"threshold must be positive, a scalar or one per record {s.shape}; got {np.asarray(threshold)!r}")
+  if not 0 < band < 1:
+    raise ValueError(f"band must be in (0, 1); got {band!r}")
+  ratio = s / np.broadcast_to(t, s.shape)
+  hits = np.flatnonzero(ratio >= 1 - band)
+  if hits.size == 0:
+    return {"reached": False, "first": -1, "in_band": 0.0, "plateau": float("nan"), "plateau_ratio": float("nan")}
+  first = int(hits[0])
+  return {"reached": True, "first": first, "in_band": float(np.mean(np.abs(ratio[first:] - 1) <= band)),
+          "plateau": float(np.median(s[first:])), "plateau_ratio": float(np.median(ratio[first:]))}

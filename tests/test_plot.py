@@ -249,3 +249,20 @@ def test_bowl_and_slices_draws_a_3d_bowl_and_marked_slices():
   with pytest.raises(ValueError, match="needs a 2-D surface"):
     plot.bowl_and_slices(types.SimpleNamespace(x=x, y=None, ndim=1, loss=x), [surf])
   plt.close("all")
+
+
+def test_edge_of_stability_draws_sharpness_thresholds_losses_and_the_reach_marks():
+  step, loss_step = np.arange(5) * 10, np.arange(3) * 20
+  lam = np.array([[1.0, 3.0, 4.1, 3.9, 4.0], [1.0, 1.5, 2.0, 2.1, 1.9]])
+  loss = np.array([[2.0, 1.0, 0.5], [2.0, 1.5, 1.0]])
+  fig, (ax, bx) = plot.edge_of_stability(step, lam, [4.0, 2.0], loss_step, loss, reached=[30, -1])
+  np.testing.assert_allclose(ax.lines[0].get_ydata(), lam[0])
+  np.testing.assert_allclose(ax.lines[1].get_ydata(), [4.0] * 5)  # 2/eta of the first run, dashed
+  assert ax.lines[1].get_linestyle() == "--"
+  np.testing.assert_allclose(ax.lines[2].get_xydata(), [[30.0, 3.9]])  # the reach mark at step 30
+  np.testing.assert_allclose(bx.lines[1].get_xydata(), [[30.0, 0.75]])  # on the loss, interpolated between records
+  assert len(ax.lines) == 5 and len(bx.lines) == 3  # no mark for the run that never reached the edge
+  assert [t.get_text() for t in ax.get_legend().get_texts()] == ["2/η = 4", "2/η = 2"]
+  assert bx.get_yscale() == "log"
+  with pytest.raises(ValueError, match="the same C runs"):
+    plot.edge_of_stability(step, lam, [4.0, 2.0], loss_step, loss[:1])

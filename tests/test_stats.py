@@ -147,3 +147,25 @@ def test_value_at_reads_a_grid_point_and_rejects_points_off_the_grid():
 def test_ratio_of_means_is_inf_for_a_non_positive_denominator():
   assert stats.ratio_of_means([3.0, 5.0], [1.0, 3.0]) == 2.0
   assert stats.ratio_of_means([1.0], [-1.0, 0.5]) == np.inf
+
+
+def test_edge_of_stability_finds_the_first_record_at_the_edge_and_the_time_in_the_band():
+  # threshold 4, band 0.15: the edge is [3.4, 4.6]; 3.5 reaches it, 5.0 is above it, 3.0 below it
+  lam = np.array([1.0, 2.0, 3.5, 4.2, 5.0, 3.0, 4.0, 4.4])
+  out = stats.edge_of_stability(lam, 4.0)
+  assert out["reached"] and out["first"] == 2
+  assert out["in_band"] == 4 / 6  # 3.5, 4.2, 4.0, 4.4 of the six records from index 2 on
+  np.testing.assert_allclose(out["plateau"], np.median([3.5, 4.2, 5.0, 3.0, 4.0, 4.4]), rtol=1e-15)
+  np.testing.assert_allclose(out["plateau_ratio"], out["plateau"] / 4.0, rtol=1e-15)
+  # a threshold per record (a schedule): the ratio is taken record by record
+  per_record = stats.edge_of_stability(lam, np.r_[np.full(4, 4.0), np.full(4, 2.0)])
+  assert per_record["first"] == 2 and per_record["in_band"] == 2 / 6  # 3.5, 4.2 in; 5.0, 3.0, 4.0, 4.4 above 2.3
+  assert stats.edge_of_stability(lam, 4.0, band=0.05)["first"] == 3  # 3.5 < 3.8
+  never = stats.edge_of_stability([1.0, 2.0], 4.0)
+  assert not never["reached"] and never["first"] == -1 and never["in_band"] == 0.0 and np.isnan(never["plateau"])
+  for bad, match in (({"sharpness": [1.0, np.nan], "threshold": 4.0}, "finite"),
+                     ({"sharpness": [1.0, 2.0], "threshold": 0.0}, "positive"),
+                     ({"sharpness": [1.0, 2.0], "threshold": [4.0, 4.0, 4.0]}, "one per record"),
+                     ({"sharpness": [1.0, 2.0], "threshold": 4.0, "band": 1.5}, "band")):
+    with pytest.raises(ValueError, match=match):
+      stats.edge_of_stability(**bad)
