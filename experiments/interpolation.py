@@ -9,6 +9,7 @@ Run: ``make experiment NAME=interpolation [PRESET=smoke|cpu|full] [SEED=0] [DATA
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -36,23 +37,6 @@ CONFIGS = {
 }
 
 
-def _match(obj, final, key, layers, alphas) -> dict:
-  """Pairs (i, i+1 mod S): lines and barriers before and after aligning solution i+1 to i (`paths.align`)."""
-  line = lambda a, b: np.asarray(paths.interpolate(obj, a, b, alphas).losses)
-  height = lambda l: float(paths.barrier(jnp.asarray(l), alphas).height)
-  rows, s = [], js.tree.num_runs(final)
-  for i in range(s):
-    a, b = js.tree.select(final, i), js.tree.select(final, (i + 1) % s)
-    m = paths.align(jax.random.fold_in(key, i), a, b, layers)
-    dist = lambda q: float(js.tree.norm(js.tree.sub(q, a)) / js.tree.norm(a))
-    naive, aligned = line(a, b), line(a, m.params)
-    rows.append((naive, aligned, height(naive), height(aligned), m.sweeps, m.converged, dist(b), dist(m.params),
-                 abs(float(aligned[-1]) / float(naive[-1]) - 1)))
-  keys = ("naive", "aligned", "naive_barrier", "aligned_barrier", "sweeps", "converged", "distance",
-          "aligned_distance", "loss_change")
-  return dict(zip(keys, map(np.array, zip(*rows))))
-
-
 def main(config: dict, out_dir: str) -> Report:
   seed, root, widths, s = config["seed"], jax.random.key(config["seed"]), list(config["widths"]), int(config["seeds"])
   ds = experiment.load_dataset({"name": config["dataset"], "flatten": True}, config.get("data_dir"))
@@ -62,7 +46,7 @@ def main(config: dict, out_dir: str) -> Report:
   widths2, init, layers = list(config["second_widths"]), mlp(widths), layers_of(widths)
   name, name2 = "-".join(map(str, widths)), "-".join(map(str, widths2))
   if sum(widths) == sum(widths2):
-    raise ValueError(f"second_widths must be a larger or smaller width than widths; got {widths2} and {widths}")
+    raise ValueError(f"second_widths must be wider or narrower than widths; got {widths2} and {widths}")
   cfg = train.TrainConfig(optimizer="sgd", learning_rate=config["learning_rate"], batch_size=config["batch_size"],
                           epochs=config["epochs"])
   steps = (ds.num_train // config["batch_size"]) * config["epochs"]
@@ -82,12 +66,12 @@ def main(config: dict, out_dir: str) -> Report:
 
   t0 = time.perf_counter()
   to_sol, perm_lines, perm_dist = map(np.array, zip(*[lines(i) for i in range(s)]))
-  match = {name: _match(obj, final, jax.random.fold_in(root, 2), layers, alphas)}
-  between, lines_wall, al = match[name]["naive"], time.perf_counter() - t0, np.asarray(alphas)
+  match = {name: paths.aligned_barriers(jax.random.fold_in(root, 2), obj, final, layers, alphas)}
+  between, lines_wall, al = match[name].naive, time.perf_counter() - t0, np.asarray(alphas)
   t0 = time.perf_counter()  # the second width: its own seeds (fold_in(seed, 3)) and alignment keys (fold_in(seed, 4))
   final2, _, hist2 = train.train_many(jax.random.split(jax.random.fold_in(root, 3), s), mlp(widths2), ds, cfg)
   obj2, _ = js.Objective.from_model(mlp(widths2)(jax.random.key(0)), data=ds.train, batch_size=2048)
-  match[name2] = _match(obj2, final2, jax.random.fold_in(root, 4), layers_of(widths2), alphas)
+  match[name2] = paths.aligned_barriers(jax.random.fold_in(root, 4), obj2, final2, layers_of(widths2), alphas)
   second_wall = time.perf_counter() - t0
   narrow, wide = sorted(match, key=lambda w: sum(map(int, w.split("-"))))
   monotone = np.array([bool(paths.is_monotone(jnp.asarray(l), tol=config["monotone_tol"])) for l in to_sol])
@@ -105,7 +89,7 @@ def main(config: dict, out_dir: str) -> Report:
       "monotone": monotone, "max_rise": max_rise, "barrier": bar_h, "barrier_endpoint": bar_end,
       "permuted_barrier": pbar_h, "permuted_loss_rel_diff": perm_rel, "permuted_distance_rel": perm_dist,
       "train_loss": hist.train_loss, "test_loss": hist.test_loss, "test_accuracy": hist.test_accuracy,
-      **{f"match_{w}_{k}": v for w, m in match.items() for k, v in m.items()},
+      **{f"match_{w}_{k}": v for w, m in match.items() for k, v in dataclasses.asdict(m).items()},
       "second_train_loss": hist2.train_loss, "second_test_accuracy": hist2.test_accuracy,
   }, {"config": config, "environment": jio.environment(), "train_wall_s": train_wall, "lines_wall_s": lines_wall,
       "second_width_wall_s": second_wall, "pairs": [[i, (i + 1) % s] for i in range(s)]})
@@ -120,10 +104,10 @@ def main(config: dict, out_dir: str) -> Report:
                    title=f"solution i -> solution i+1 (median barrier {np.median(bar_h):.3g})")
   plot.path_losses(al, perm_lines, ax=axes[2],
                    title=f"solution -> permuted copy (median barrier {np.median(pbar_h):.3g})")
-  plot.path_losses(al, match[name]["aligned"], ax=axes[3], title=f"solution i -> i+1 aligned to i (median barrier "
-                   f"{np.median(match[name]['aligned_barrier']):.3g})")
+  plot.path_losses(al, match[name].aligned, ax=axes[3], title=f"solution i -> i+1 aligned to i (median barrier "
+                   f"{np.median(match[name].aligned_barrier):.3g})")
   axes[3].set_ylim(axes[1].get_ylim())
-  plot.group_scatter(["naive", "aligned"], {w: [m["naive_barrier"], m["aligned_barrier"]] for w, m in match.items()},
+  plot.group_scatter(["naive", "aligned"], {w: [m.naive_barrier, m.aligned_barrier] for w, m in match.items()},
                      ax=axes[4], log=False, title="barrier per pair (nats), before and after weight matching")
   plot.save(fig, os.path.join(out_dir, "interpolation.png"), dpi=90)
 
@@ -146,10 +130,11 @@ def main(config: dict, out_dir: str) -> Report:
       "(`paths.barrier`).",
       "Permutation: an independent random permutation of the units of every hidden layer (kernel columns and bias of "
       "that layer, kernel rows of the next; `paths.shuffle_hidden_units`), keys fold_in(seed, 1).",
-      f"Weight matching (`paths.align`, Ainsworth et al. 2023 Algorithm 1): solution i+1's hidden units permuted to "
-      "maximise <theta_i, pi theta_i+1> by linear assignments, layer by layer in random order (keys fold_in(seed, 2)) "
-      "until a sweep changes nothing; " + "; ".join(f"{w}: converged in {int(m['converged'].sum())}/{s} pairs, "
-                                                   f"{m['sweeps'].min()}-{m['sweeps'].max()} sweeps" for w, m in match.items()) + ".",
+      "Weight matching (`paths.aligned_barriers`, `paths.align`; Ainsworth et al. 2023 Algorithm 1): solution i+1's "
+      "hidden units permuted to maximise <theta_i, pi theta_i+1> by linear assignments, layer by layer in random order "
+      "(keys fold_in(seed, 2)) until a sweep changes nothing; " + "; ".join(
+          f"{w}: converged in {int(m.converged.sum())}/{s} pairs, {m.sweeps.min()}-{m.sweeps.max()} sweeps"
+          for w, m in match.items()) + ".",
       f"Second width: {s} MLPs {n_in}-{name2}-{ds.num_classes} ({js.tree.size(js.tree.select(final2, 0))} parameters), "
       f"same training (keys fold_in(seed, 3)), aligned with keys fold_in(seed, 4); final train loss "
       f"{np.mean(hist2.train_loss[:, -1]):.3g}, test accuracy {np.mean(hist2.test_accuracy[:, -1]):.3f} (means); "
@@ -171,15 +156,15 @@ def main(config: dict, out_dir: str) -> Report:
             float(np.median(pbar_ratio)) >= config["barrier_ratio"],
             f"median barrier {np.median(pbar_h):.4g} (ratio median {np.median(pbar_ratio):.3g}, "
             f"min {pbar_ratio.min():.3g})")
-  change = np.concatenate([m["loss_change"] for m in match.values()])
+  change = np.concatenate([np.abs(m.aligned[:, -1] / m.naive[:, -1] - 1) for m in match.values()])
   rep.check("weight matching is a symmetry: the aligned solution keeps its loss (rtol 1e-5, float32)",
             bool(np.all(change <= 1e-5)), f"max relative change {change.max():.3g} over {change.size} alignments")
   for w, m in match.items():
-    ok, r = m["aligned_barrier"] <= config["aligned_ratio"] * m["naive_barrier"], m["aligned_barrier"] / m["naive_barrier"]
+    ok, r = m.aligned_barrier <= config["aligned_ratio"] * m.naive_barrier, m.aligned_barrier / m.naive_barrier
     rep.check(f"{w}: aligned barrier <= {config['aligned_ratio']:g} x naive barrier in >= {config['min_aligned']}/{s} "
               "pairs", int(ok.sum()) >= config["min_aligned"],
               f"{int(ok.sum())}/{s} pairs; aligned / naive: median {np.median(r):.3g}, max {np.max(r):.3g}")
-  mean = {w: (float(m["aligned_barrier"].mean()), float(m["naive_barrier"].mean())) for w, m in match.items()}
+  mean = {w: (float(m.aligned_barrier.mean()), float(m.naive_barrier.mean())) for w, m in match.items()}
   rep.check("the mean aligned barrier is lower at the larger width", mean[wide][0] < mean[narrow][0],
             f"aligned {wide}: {mean[wide][0]:.4g} vs {narrow}: {mean[narrow][0]:.4g} nats (naive: {mean[wide][1]:.4g} "
             f"vs {mean[narrow][1]:.4g})")
@@ -190,8 +175,8 @@ def main(config: dict, out_dir: str) -> Report:
                perm_dist))))
   rep.section("Weight matching per pair (i, i+1): barrier before / after, distance before / after", table(
       ["pair"] + [f"{w} {q}" for w in match for q in ("barrier", "rel. distance")],
-      [[f"{i}-{(i + 1) % s}"] + [f"{m[k][i]:.4g} / {m[ka][i]:.4g}" for m in match.values()
-                                 for k, ka in (("naive_barrier", "aligned_barrier"), ("distance", "aligned_distance"))]
+      [[f"{i}-{(i + 1) % s}"] + [f"{x[i]:.4g} / {y[i]:.4g}" for m in match.values() for x, y in
+                                 ((m.naive_barrier, m.aligned_barrier), (m.distance, m.aligned_distance))]
        for i in range(s)]))
   summ = stats.summary(final_loss)
   spread = lambda a: f"{np.median(a):.4g} / {a.min():.4g} / {a.max():.4g}"
@@ -201,8 +186,8 @@ def main(config: dict, out_dir: str) -> Report:
       ("init -> solution monotone", f"{int(monotone.sum())}/{s}"),
       ("solution barrier: median / min / max", spread(bar_h)),
       ("permutation barrier: median / min / max", spread(pbar_h)),
-      *[(f"{w} naive / aligned barrier: medians", f"{np.median(m['naive_barrier']):.4g} / "
-                                                  f"{np.median(m['aligned_barrier']):.4g}") for w, m in match.items()],
+      *[(f"{w} naive / aligned barrier: medians", f"{np.median(m.naive_barrier):.4g} / "
+                                                  f"{np.median(m.aligned_barrier):.4g}") for w, m in match.items()],
   ]))
   rep.notes.append("papers.md's calibration run (same architecture, 300 epochs of SGD) reports endpoint losses ~0.013 "
                    f"and a median barrier of 0.27 nats; this run's SGD settings (lr {config['learning_rate']}, batch "

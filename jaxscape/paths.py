@@ -13,7 +13,8 @@
   al. 2015; Entezari et al. 2022).
 * :func:`align` (weight matching, Ainsworth et al. 2023) permutes a second
   solution's hidden units to lie as close as possible to the first, so that
-  the barrier between them can be measured modulo that symmetry.
+  the barrier between them can be measured modulo that symmetry
+  (:func:`aligned_barriers` for pairs of trained runs).
 * Bezier and polygonal-chain curves with trainable bends (Garipov et al.
   2018): :func:`bezier_point`, :func:`polychain_point`, :func:`train_curve`
   (minimises the loss averaged over ``t ~ U(0, 1)`` with Adam) and
@@ -79,6 +80,8 @@ __all__ = [
     "Alignment",
     "weight_matching",
     "align",
+    "PairBarriers",
+    "aligned_barriers",
     "bezier_point",
     "polychain_point",
     "init_curve",
@@ -580,6 +583,87 @@ def align(key: jax.Array, params_a: PyTree, params_b: PyTree, layers: Sequence[s
     raise ValueError(f"layers must name at least two Dense layers (input to output); got {layers!r}")
   groups = [dense_layer_paths(layer, nxt, kernel=kernel, bias=bias) for layer, nxt in zip(layers[:-1], layers[1:])]
   return weight_matching(key, params_a, params_b, groups, max_sweeps=max_sweeps)
+
+
+@dataclasses.dataclass(frozen=True)
+class PairBarriers:
+  """Straight lines between pairs of solutions before and after weight matching (:func:`aligned_barriers`).
+
+  Attributes:
+    pairs: ``[P, 2]`` run indices ``(i, j)``; run ``j`` is aligned to run ``i``.
+    alphas: ``[m]`` line coordinates.
+    naive: ``[P, m]`` losses on the line from run ``i`` to run ``j``.
+    aligned: ``[P, m]`` losses on the line from run ``i`` to run ``j`` aligned to ``i``.
+    naive_barrier: ``[P]`` :attr:`Barrier.height` of ``naive``.
+    aligned_barrier: ``[P]`` :attr:`Barrier.height` of ``aligned``.
+    distance: ``[P]`` ``||theta_j - theta_i|| / ||theta_i||``.
+    aligned_distance: ``[P]`` the same after the alignment.
+    sweeps: ``[P]`` :attr:`Alignment.sweeps`.
+    converged: ``[P]`` :attr:`Alignment.converged`.
+  """
+
+  pairs: np.ndarray
+  alphas: np.ndarray
+  naive: np.ndarray
+  aligned: np.ndarray
+  naive_barrier: np.ndarray
+  aligned_barrier: np.ndarray
+  distance: np.ndarray
+  aligned_distance: np.ndarray
+  sweeps: np.ndarray
+  converged: np.ndarray
+
+
+def aligned_barriers(key: jax.Array, obj: Objective, runs: PyTree, layers: Sequence[str],
+                     alphas: jax.typing.ArrayLike, *, pairs: Sequence[tuple[int, int]] | None = None,
+                     kernel: str = "kernel", bias: str | None = "bias", max_sweeps: int = 100,
+                     chunk_size: int | None = None) -> PairBarriers:
+  """Barriers between pairs of solutions, before and after weight matching (Ainsworth et al. 2023, Fig. 2).
+
+  For each pair ``(i, j)`` of runs stacked on a leading axis (e.g.
+  :func:`jaxscape.train.train_many`'s parameters), run ``j`` is aligned to run
+  ``i`` with :func:`align` (key ``fold_in(key, p)`` for the ``p``-th pair) and
+  the loss is evaluated along both straight lines (:func:`interpolate`).
+
+  Args:
+    key: ``jax.random`` key.
+    obj: the objective.
+    runs: parameters of ``S`` runs stacked on a leading axis.
+    layers: the Dense layers, as in :func:`align`.
+    alphas: ``[m]`` ascending coordinates covering ``[0, 1]``.
+    pairs: ``(i, j)`` run indices (default: ``(i, i + 1 mod S)`` for every ``i``).
+    kernel, bias, max_sweeps: as in :func:`align`.
+    chunk_size: as in :func:`interpolate`.
+
+  Returns:
+    A :class:`PairBarriers`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxscape as js
+    >>> apply = lambda p, x: jnp.tanh(x @ p["l0"]["kernel"]) @ p["l1"]["kernel"]
+    >>> obj = js.Objective.from_apply(apply, data=(jnp.eye(3), jnp.ones((3, 1))), loss="mse")
+    >>> a = {"l0": {"kernel": jnp.eye(3)}, "l1": {"kernel": jnp.ones((3, 1))}}
+    >>> b = shuffle_hidden_units(jax.random.key(1), a, ["l0", "l1"], bias=None)  # the same function
+    >>> r = aligned_barriers(jax.random.key(0), obj, js.tree.stack([a, b]), ["l0", "l1"], jnp.linspace(0, 1, 5),
+    ...                      bias=None)
+    >>> r.aligned_barrier.tolist(), r.aligned_distance.tolist()
+    ([0.0, 0.0], [0.0, 0.0])
+  """
+  s = tree.num_runs(runs)
+  pairs = np.array([(i, (i + 1) % s) for i in range(s)] if pairs is None else pairs, dtype=int).reshape(-1, 2)
+  if pairs.size == 0 or pairs.min() < 0 or pairs.max() >= s:
+    raise ValueError(f"pairs must be non-empty (i, j) run indices in [0, {s}); got {pairs.tolist()}")
+  alphas = _coords(alphas, "alphas")
+  rows = []
+  for p, (i, j) in enumerate(pairs):
+    a, b = tree.select(runs, int(i)), tree.select(runs, int(j))
+    m = align(jax.random.fold_in(key, p), a, b, layers, kernel=kernel, bias=bias, max_sweeps=max_sweeps)
+    lines = [interpolate(obj, a, q, alphas, chunk_size=chunk_size).losses for q in (b, m.params)]
+    rel = [float(tree.norm(tree.sub(q, a)) / tree.norm(a)) for q in (b, m.params)]
+    rows.append((*map(np.asarray, lines), *(float(barrier(l, alphas).height) for l in lines), *rel, m.sweeps,
+                 m.converged))
+  cols = [np.array(c) for c in zip(*rows)]
+  return PairBarriers(pairs, np.asarray(alphas), *cols)
 
 
 # --------------------------------------------------------------------- curves

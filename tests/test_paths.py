@@ -378,3 +378,31 @@ def test_weight_matching_checks_input():
     paths.weight_matching(jax.random.key(0), a, a, [(["layers_1/kernel"], ["layers_1/kernel"])])
   with pytest.raises(ValueError, match="has no axis -2 of size 5"):  # layers_0's 5 units vs layers_2's 4 rows
     paths.weight_matching(jax.random.key(0), a, a, [(["layers_0/kernel"], ["layers_2/kernel"])])
+
+
+def test_aligned_barriers_of_stacked_runs_match_the_direct_computation():
+  widths = (8, 5, 4, 3)
+  obj = _mlp_obj(8)
+  p0, p1 = _mlp_params(0, widths), _mlp_params(1, widths)
+  runs = js.tree.stack([p0, p1, paths.shuffle_hidden_units(jax.random.key(7), p0, _LAYERS3)])
+  ts = jnp.linspace(0.0, 1.0, 9)
+  r = paths.aligned_barriers(jax.random.key(3), obj, runs, _LAYERS3, ts)
+  np.testing.assert_array_equal(r.pairs, [[0, 1], [1, 2], [2, 0]])
+  for p, (i, j) in enumerate(r.pairs):
+    a, b = js.tree.select(runs, int(i)), js.tree.select(runs, int(j))
+    m = paths.align(jax.random.fold_in(jax.random.key(3), p), a, b, _LAYERS3)
+    naive, aligned = paths.interpolate(obj, a, b, ts).losses, paths.interpolate(obj, a, m.params, ts).losses
+    # the same computations: equal to the last bit
+    np.testing.assert_array_equal(r.naive[p], naive)
+    np.testing.assert_array_equal(r.aligned[p], aligned)
+    assert r.naive_barrier[p] == float(paths.barrier(naive, ts).height)
+    assert r.aligned_barrier[p] == float(paths.barrier(aligned, ts).height)
+    flat_a, flat_b = np.asarray(js.tree.ravel(a)[0], np.float64), np.asarray(js.tree.ravel(b)[0], np.float64)
+    np.testing.assert_allclose(r.distance[p], np.linalg.norm(flat_b - flat_a) / np.linalg.norm(flat_a),
+                               rtol=1e-5)  # float32 norms
+    assert r.sweeps[p] == m.sweeps and r.converged[p] == m.converged
+  # run 0 is a permuted copy of run 2: aligned onto it exactly, no barrier, zero distance
+  assert r.aligned_barrier[2] == 0.0 and r.aligned_distance[2] == 0.0 and r.distance[2] > 0.5
+  assert r.aligned_distance[0] < r.distance[0]
+  with pytest.raises(ValueError, match=r"run indices in \[0, 3\)"):
+    paths.aligned_barriers(jax.random.key(3), obj, runs, _LAYERS3, ts, pairs=[(0, 3)])
