@@ -11,6 +11,10 @@
   network: the loss is unchanged while the parameters move, so the permuted
   copy is a second, equivalent minimum (the "equal minima" of Choromanska et
   al. 2015; Entezari et al. 2022).
+* :func:`align` (weight matching, Ainsworth et al. 2023) permutes a second
+  solution's hidden units to lie as close as possible to the first, so that
+  the barrier between them can be measured modulo that symmetry
+  (:func:`aligned_barriers` for pairs of trained runs).
 * Bezier and polygonal-chain curves with trainable bends (Garipov et al.
   2018): :func:`bezier_point`, :func:`polychain_point`, :func:`train_curve`
   (minimises the loss averaged over ``t ~ U(0, 1)`` with Adam) and
@@ -27,6 +31,8 @@ References:
   network energy landscape. ICML 2018.
   Entezari, Sedghi, Saukh, Neyshabur. The role of permutation invariance in
   linear mode connectivity of neural networks. ICLR 2022.
+  Ainsworth, Hayase, Srinivasa. Git Re-Basin: merging models modulo
+  permutation symmetries. ICLR 2023.
 
 Example:
   >>> import jax.numpy as jnp, jaxscape as js
@@ -51,6 +57,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from scipy.optimize import linear_sum_assignment
 
 from . import tree
 from .objective import Objective
@@ -70,6 +77,11 @@ __all__ = [
     "permute_hidden_units",
     "shuffle_hidden_units",
     "dense_layer_paths",
+    "Alignment",
+    "weight_matching",
+    "align",
+    "PairBarriers",
+    "aligned_barriers",
     "bezier_point",
     "polychain_point",
     "init_curve",
@@ -389,6 +401,260 @@ def shuffle_hidden_units(key: jax.Array, params: PyTree, layers: Sequence[str], 
     perm = jax.random.permutation(jax.random.fold_in(key, i), leaves[name].shape[-1])
     params = permute_hidden_units(params, perm, *dense_layer_paths(layer, nxt, kernel=kernel, bias=bias))
   return params
+
+
+# ------------------------------------------------------------ weight matching
+@dataclasses.dataclass(frozen=True)
+class Alignment:
+  """Result of :func:`weight_matching` and :func:`align`.
+
+  Attributes:
+    params: ``params_b`` with its hidden units permuted to match ``params_a``;
+      it computes the same function as ``params_b``.
+    perms: one ``[h]`` integer array per unit group, in the convention of
+      :func:`permute_hidden_units` (unit ``perms[g][j]`` of ``params_b``
+      became unit ``j``).
+    objective: ``[steps + 1]`` float64 values of ``<theta_a, pi theta_b>``
+      (all leaves) before the first and after every coordinate step; never
+      decreasing. Maximising it minimises ``||theta_a - pi theta_b||``.
+    sweeps: number of sweeps over the groups.
+    converged: the last sweep changed no permutation, so no single group's
+      permutation can raise the objective (a coordinate-wise optimum, not
+      necessarily the global one); ``False`` when ``max_sweeps`` ran out first.
+  """
+
+  params: PyTree
+  perms: tuple[np.ndarray, ...]
+  objective: np.ndarray
+  sweeps: int
+  converged: bool
+
+
+def _unit_axes(groups: Sequence[tuple[Sequence[str], Sequence[str]]], names: list[str]) -> list[list[tuple[str, int]]]:
+  """``[(leaf, axis), ...]`` per group; each leaf axis may belong to one group only."""
+  if isinstance(groups, str) or not groups:
+    raise ValueError("groups is empty: name at least one layer of units as (out_paths, in_paths)")
+  owner, axes = {}, []
+  for g, group in enumerate(groups):
+    if isinstance(group, str) or len(group) != 2 or isinstance(group[0], str) or isinstance(group[1], str) \
+        or not group[0]:
+      raise ValueError(f"group {g} must be a pair (out_paths, in_paths) of sequences of leaf paths, out_paths "
+                       f"non-empty; got {group!r}")
+    axes.append([(p, -1) for p in group[0]] + [(p, -2) for p in group[1]])
+    for path, axis in axes[-1]:
+      if path not in names:
+        raise ValueError(f"no leaf named {path!r} in params; leaves are {names}")
+      if (path, axis) in owner:
+        raise ValueError(f"axis {axis} of leaf {path!r} is named by groups {owner[path, axis]} and {g}: each axis "
+                         "indexes the units of one layer only")
+      owner[path, axis] = g
+    if len({p for p, _ in axes[-1]}) < len(axes[-1]):
+      raise ValueError(f"group {g} names a leaf both as out_path and in_path: its objective would be quadratic in "
+                       "the permutation, which a linear assignment does not maximise")
+  return axes
+
+
+def _match_cost(a: dict[str, np.ndarray], b: dict[str, np.ndarray], axes: list[tuple[str, int]]) -> np.ndarray:
+  """``C[i, j]`` = inner product of unit ``i``'s weights in ``a`` with unit ``j``'s in ``b`` (Ainsworth Eq. 8)."""
+  cost = 0.0
+  for path, axis in axes:
+    x, y = np.moveaxis(a[path], axis, -1), np.moveaxis(b[path], axis, -1)
+    cost = cost + x.reshape(-1, x.shape[-1]).T @ y.reshape(-1, y.shape[-1])
+  return cost
+
+
+def weight_matching(key: jax.Array, params_a: PyTree, params_b: PyTree,
+                    groups: Sequence[tuple[Sequence[str], Sequence[str]]], *, max_sweeps: int = 100) -> Alignment:
+  """Permutes ``params_b``'s units to maximise ``<theta_a, pi theta_b>`` (Ainsworth et al. 2023, Algorithm 1).
+
+  Each group is one layer of units, named like :func:`permute_hidden_units`'s
+  arguments: leaves in ``out_paths`` hold the units on their last axis,
+  leaves in ``in_paths`` on their second-to-last. With every other group's
+  permutation fixed, the objective is linear in this group's permutation
+  ``P``: ``sum_ij P_ij C_ij`` with ``C`` the inner products of ``a``'s unit
+  ``i`` with ``b``'s unit ``j`` over all leaves that touch the layer (incoming
+  kernel, bias, outgoing kernel, ...), maximised exactly by a linear assignment
+  (``scipy.optimize.linear_sum_assignment``). Coordinate ascent visits the
+  groups in a random order per sweep (``fold_in(key, sweep)``) until a sweep
+  changes nothing. A permutation is replaced only when the new one gains more
+  than ``1e-12`` of ``sum |C|`` (float64 round-off), so ties cannot cycle.
+  The result is a coordinate-wise optimum, not necessarily the global one: a
+  permuted copy of ``params_a`` is recovered exactly when each layer's own
+  weights identify its units, but with very few weights per unit (3 inputs,
+  say) a sweep that starts at a later layer can settle elsewhere.
+
+  Runs on the host in float64 (not under ``jit``); the returned parameters are
+  ``params_b`` permuted by :func:`permute_hidden_units`, in their own dtypes.
+
+  Args:
+    key: ``jax.random`` key (the order of the groups in each sweep).
+    params_a: the reference parameters.
+    params_b: the parameters to permute (same structure and shapes).
+    groups: ``[(out_paths, in_paths), ...]``, one pair per layer of units.
+    max_sweeps: the most sweeps over all groups.
+
+  Returns:
+    An :class:`Alignment`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> a = {"l0": {"kernel": jnp.array([[1.0, 2.0, 3.0]])}, "l1": {"kernel": jnp.array([[1.0], [0.0], [-1.0]])}}
+    >>> b = permute_hidden_units(a, jnp.array([2, 0, 1]), ["l0/kernel"], ["l1/kernel"])
+    >>> m = weight_matching(jax.random.key(0), a, b, [(["l0/kernel"], ["l1/kernel"])])
+    >>> m.perms[0].tolist(), m.converged
+    ([1, 2, 0], True)
+  """
+  _check_same_structure(params_a, params_b, "params_a and params_b")
+  if not isinstance(max_sweeps, int) or max_sweeps < 1:
+    raise ValueError(f"max_sweeps must be a positive int; got {max_sweeps!r}")
+  names = tree.leaf_names(params_a)
+  axes = _unit_axes(groups, names)
+  a = {n: np.asarray(x, np.float64) for n, x in zip(names, jax.tree.leaves(params_a))}
+  b = {n: np.asarray(x, np.float64) for n, x in zip(names, jax.tree.leaves(params_b))}
+  sizes = [np.shape(b[group[0][0]])[-1:] for group in groups]
+  for group, h in zip(groups, sizes):  # permute_hidden_units's checks: every leaf holds h units on its axis
+    permute_hidden_units(params_b, jnp.arange(h[0] if h else 0), *group)
+  sizes = [h[0] for h in sizes]
+  perms = [np.arange(h) for h in sizes]
+  objective = [sum(float(np.vdot(a[n], b[n])) for n in names)]
+  converged, sweep = False, 0
+  while sweep < max_sweeps and not converged:
+    converged = True
+    for g in np.asarray(jax.random.permutation(jax.random.fold_in(key, sweep), len(groups))):
+      undo = np.argsort(perms[g])
+      base = {p: np.take(b[p], undo, axis=ax) for p, ax in axes[g]}  # b with this group's permutation removed
+      cost = _match_cost(a, base, axes[g])
+      best = linear_sum_assignment(cost, maximize=True)[1]
+      rows = np.arange(sizes[g])
+      gain = cost[rows, best].sum() - cost[rows, perms[g]].sum()
+      if gain > 1e-12 * np.abs(cost).sum():
+        perms[g], converged = best, False
+        for p, ax in axes[g]:
+          b[p] = np.take(base[p], best, axis=ax)
+      objective.append(sum(float(np.vdot(a[n], b[n])) for n in names))
+    sweep += 1
+  aligned = params_b
+  for group, perm in zip(groups, perms):
+    aligned = permute_hidden_units(aligned, jnp.asarray(perm), *group)
+  return Alignment(aligned, tuple(perms), np.array(objective), sweep, converged)
+
+
+def align(key: jax.Array, params_a: PyTree, params_b: PyTree, layers: Sequence[str], *, kernel: str = "kernel",
+          bias: str | None = "bias", max_sweeps: int = 100) -> Alignment:
+  """Weight matching for a chain of Dense layers: ``params_b``'s hidden units permuted to match ``params_a``'s.
+
+  :func:`weight_matching` with one group per hidden layer, named by
+  :func:`dense_layer_paths` (the layer's kernel columns and bias, the next
+  kernel's rows), the layers named as in :func:`shuffle_hidden_units`. The
+  straight line from ``params_a`` to the aligned ``params_b`` then measures the
+  barrier modulo permutation symmetry (Ainsworth et al. 2023; Entezari et al.
+  2022 conjecture that it vanishes for wide enough networks).
+
+  Args:
+    key: ``jax.random`` key (the order of the layers in each sweep).
+    params_a: Flax-layout reference parameters.
+    params_b: Flax-layout parameters to permute.
+    layers: ``/``-joined paths of the Dense layers, input to output, e.g.
+      ``["layers/0", "layers/1", "head"]`` for :class:`jaxscape.models.MLP`.
+    kernel, bias: leaf names inside each layer (``bias=None``: no biases).
+    max_sweeps: the most sweeps over the hidden layers.
+
+  Returns:
+    An :class:`Alignment`; ``.params`` is the aligned ``params_b``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> a = {"l0": {"kernel": jnp.arange(6.0).reshape(2, 3)}, "l1": {"kernel": jnp.ones((3, 1))}}
+    >>> b = shuffle_hidden_units(jax.random.key(1), a, ["l0", "l1"], bias=None)
+    >>> m = align(jax.random.key(0), a, b, ["l0", "l1"], bias=None)
+    >>> bool(jnp.all(m.params["l0"]["kernel"] == a["l0"]["kernel"]))
+    True
+  """
+  if isinstance(layers, str) or len(layers) < 2:
+    raise ValueError(f"layers must name at least two Dense layers (input to output); got {layers!r}")
+  groups = [dense_layer_paths(layer, nxt, kernel=kernel, bias=bias) for layer, nxt in zip(layers[:-1], layers[1:])]
+  return weight_matching(key, params_a, params_b, groups, max_sweeps=max_sweeps)
+
+
+@dataclasses.dataclass(frozen=True)
+class PairBarriers:
+  """Straight lines between pairs of solutions before and after weight matching (:func:`aligned_barriers`).
+
+  Attributes:
+    pairs: ``[P, 2]`` run indices ``(i, j)``; run ``j`` is aligned to run ``i``.
+    alphas: ``[m]`` line coordinates.
+    naive: ``[P, m]`` losses on the line from run ``i`` to run ``j``.
+    aligned: ``[P, m]`` losses on the line from run ``i`` to run ``j`` aligned to ``i``.
+    naive_barrier: ``[P]`` :attr:`Barrier.height` of ``naive``.
+    aligned_barrier: ``[P]`` :attr:`Barrier.height` of ``aligned``.
+    distance: ``[P]`` ``||theta_j - theta_i|| / ||theta_i||``.
+    aligned_distance: ``[P]`` the same after the alignment.
+    sweeps: ``[P]`` :attr:`Alignment.sweeps`.
+    converged: ``[P]`` :attr:`Alignment.converged`.
+  """
+
+  pairs: np.ndarray
+  alphas: np.ndarray
+  naive: np.ndarray
+  aligned: np.ndarray
+  naive_barrier: np.ndarray
+  aligned_barrier: np.ndarray
+  distance: np.ndarray
+  aligned_distance: np.ndarray
+  sweeps: np.ndarray
+  converged: np.ndarray
+
+
+def aligned_barriers(key: jax.Array, obj: Objective, runs: PyTree, layers: Sequence[str],
+                     alphas: jax.typing.ArrayLike, *, pairs: Sequence[tuple[int, int]] | None = None,
+                     kernel: str = "kernel", bias: str | None = "bias", max_sweeps: int = 100,
+                     chunk_size: int | None = None) -> PairBarriers:
+  """Barriers between pairs of solutions, before and after weight matching (Ainsworth et al. 2023, Fig. 2).
+
+  For each pair ``(i, j)`` of runs stacked on a leading axis (e.g.
+  :func:`jaxscape.train.train_many`'s parameters), run ``j`` is aligned to run
+  ``i`` with :func:`align` (key ``fold_in(key, p)`` for the ``p``-th pair) and
+  the loss is evaluated along both straight lines (:func:`interpolate`).
+
+  Args:
+    key: ``jax.random`` key.
+    obj: the objective.
+    runs: parameters of ``S`` runs stacked on a leading axis.
+    layers: the Dense layers, as in :func:`align`.
+    alphas: ``[m]`` ascending coordinates covering ``[0, 1]``.
+    pairs: ``(i, j)`` run indices (default: ``(i, i + 1 mod S)`` for every ``i``).
+    kernel, bias, max_sweeps: as in :func:`align`.
+    chunk_size: as in :func:`interpolate`.
+
+  Returns:
+    A :class:`PairBarriers`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, jaxscape as js
+    >>> apply = lambda p, x: jnp.tanh(x @ p["l0"]["kernel"]) @ p["l1"]["kernel"]
+    >>> obj = js.Objective.from_apply(apply, data=(jnp.eye(3), jnp.ones((3, 1))), loss="mse")
+    >>> a = {"l0": {"kernel": jnp.eye(3)}, "l1": {"kernel": jnp.ones((3, 1))}}
+    >>> b = shuffle_hidden_units(jax.random.key(1), a, ["l0", "l1"], bias=None)  # the same function
+    >>> r = aligned_barriers(jax.random.key(0), obj, js.tree.stack([a, b]), ["l0", "l1"], jnp.linspace(0, 1, 5),
+    ...                      bias=None)
+    >>> r.aligned_barrier.tolist(), r.aligned_distance.tolist()
+    ([0.0, 0.0], [0.0, 0.0])
+  """
+  s = tree.num_runs(runs)
+  pairs = np.array([(i, (i + 1) % s) for i in range(s)] if pairs is None else pairs, dtype=int).reshape(-1, 2)
+  if pairs.size == 0 or pairs.min() < 0 or pairs.max() >= s:
+    raise ValueError(f"pairs must be non-empty (i, j) run indices in [0, {s}); got {pairs.tolist()}")
+  alphas = _coords(alphas, "alphas")
+  rows = []
+  for p, (i, j) in enumerate(pairs):
+    a, b = tree.select(runs, int(i)), tree.select(runs, int(j))
+    m = align(jax.random.fold_in(key, p), a, b, layers, kernel=kernel, bias=bias, max_sweeps=max_sweeps)
+    lines = [interpolate(obj, a, q, alphas, chunk_size=chunk_size).losses for q in (b, m.params)]
+    rel = [float(tree.norm(tree.sub(q, a)) / tree.norm(a)) for q in (b, m.params)]
+    rows.append((*map(np.asarray, lines), *(float(barrier(l, alphas).height) for l in lines), *rel, m.sweeps,
+                 m.converged))
+  cols = [np.array(c) for c in zip(*rows)]
+  return PairBarriers(pairs, np.asarray(alphas), *cols)
 
 
 # --------------------------------------------------------------------- curves

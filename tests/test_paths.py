@@ -25,9 +25,9 @@ def _mlp_params(seed, widths=(3, 5, 4, 3)):
 
 
 @functools.cache
-def _mlp_obj():
+def _mlp_obj(num_inputs=3):
   rng = np.random.default_rng(0)
-  x = rng.normal(size=(20, 3)).astype(np.float32)
+  x = rng.normal(size=(20, num_inputs)).astype(np.float32)
   y = rng.integers(0, 3, 20)
   return js.Objective.from_apply(_mlp_apply, data=(x, y), batch_size=8)
 
@@ -251,3 +251,158 @@ def test_interpolate_rejects_mismatched_endpoints():
     paths.interpolate(obj, jnp.zeros(3), jnp.zeros(3), jnp.zeros((2, 2)))
   with pytest.raises(ValueError, match="chunk_size"):
     paths.interpolate(obj, jnp.zeros(3), jnp.zeros(3), jnp.array([0.0, 1.0]), chunk_size=0)
+
+
+# ------------------------------------------------------------ weight matching
+_LAYERS3 = ["layers_0", "layers_1", "layers_2"]
+
+
+def _inner(a, b):
+  """<a, b> over all leaves in float64 numpy: the matching objective, computed independently."""
+  return sum(float(np.vdot(np.asarray(x, np.float64), np.asarray(y, np.float64)))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+# 8 inputs: each first-layer unit is identified by its own 9 incoming weights. With 3 inputs the sweep that starts at
+# the second layer can settle in a coordinate-wise optimum that is not the permuted copy (e.g. seed 2 of (3, 5, 4, 3)):
+# coordinate ascent promises no more (see test_weight_matching_ascends_to_a_coordinatewise_optimum...).
+@pytest.mark.parametrize("widths", [(8, 5, 4, 3), (8, 16, 12, 3)])
+def test_align_recovers_a_known_permutation_and_removes_the_barrier(widths):
+  obj = _mlp_obj(widths[0])
+  for seed in range(4):
+    p = _mlp_params(seed, widths)
+    key = jax.random.key(10 + seed)
+    q = paths.shuffle_hidden_units(key, p, _LAYERS3)
+    m = paths.align(jax.random.key(seed), p, q, _LAYERS3)
+    # shuffle put unit perm[j] at j; aligning undoes it: the inverse permutation, exactly
+    for i, perm in enumerate(m.perms):
+      shuffled = np.asarray(jax.random.permutation(jax.random.fold_in(key, i), widths[i + 1]))
+      np.testing.assert_array_equal(perm, np.argsort(shuffled))
+    jax.tree.map(np.testing.assert_array_equal, m.params, p)
+    assert m.converged and m.sweeps >= 2  # the last sweep confirms that nothing changes
+    np.testing.assert_allclose(m.objective[-1], _inner(p, p), rtol=1e-12)  # ||a||^2: the largest possible
+    ts = jnp.linspace(0.0, 1.0, 11)
+    naive = paths.interpolate(obj, p, q, ts).losses
+    aligned = paths.interpolate(obj, p, m.params, ts).losses
+    assert float(paths.barrier(aligned, ts).height) == 0.0  # the line from a point to itself
+    assert float(jnp.max(jnp.abs(aligned - aligned[0]))) == 0.0
+    assert float(jnp.max(jnp.abs(naive - naive[0]))) > 1e-2  # while the naive line leaves the level set
+
+
+def test_weight_matching_recovers_conv_channels():
+  # HWIO conv kernel: output channels on the last axis, the next Dense kernel's rows on axis -2
+  rng = np.random.default_rng(5)
+  p = {"conv": {"kernel": jnp.asarray(rng.normal(size=(2, 2, 3, 6))), "bias": jnp.asarray(rng.normal(size=6))},
+       "dense": {"kernel": jnp.asarray(rng.normal(size=(6, 4)))}}
+  groups = [(("conv/kernel", "conv/bias"), ("dense/kernel",))]
+  perm = jnp.array([4, 2, 0, 5, 1, 3])
+  q = paths.permute_hidden_units(p, perm, *groups[0])
+  m = paths.weight_matching(jax.random.key(0), p, q, groups)
+  np.testing.assert_array_equal(m.perms[0], np.argsort(np.asarray(perm)))
+  jax.tree.map(np.testing.assert_array_equal, m.params, p)
+
+
+def test_weight_matching_ascends_to_a_coordinatewise_optimum_by_true_permutations():
+  import itertools
+
+  obj = _mlp_obj()
+  widths = (3, 5, 4, 3)
+  a, b = _mlp_params(1, widths), _mlp_params(2, widths)
+  m = paths.align(jax.random.key(0), a, b, _LAYERS3)
+  # coordinate ascent: every step keeps or raises <a, pi b> (float64 round-off: 1e-12 relative)
+  assert np.all(np.diff(m.objective) >= -1e-12 * np.abs(m.objective).max())
+  assert m.objective[-1] > m.objective[0] and m.converged
+  assert len(m.objective) == 1 + 2 * m.sweeps  # one value per layer step
+  # a true permutation of b: the same permutations applied by permute_hidden_units, the same function
+  for perm, h in zip(m.perms, widths[1:-1]):
+    np.testing.assert_array_equal(np.sort(perm), np.arange(h))
+  ref = paths.permute_hidden_units(b, jnp.asarray(m.perms[0]), *paths.dense_layer_paths("layers_0", "layers_1"))
+  ref = paths.permute_hidden_units(ref, jnp.asarray(m.perms[1]), *paths.dense_layer_paths("layers_1", "layers_2"))
+  jax.tree.map(np.testing.assert_array_equal, m.params, ref)
+  np.testing.assert_allclose(_value(obj, m.params)[0], _value(obj, b)[0], rtol=1e-6)  # float32 sums reordered
+  np.testing.assert_allclose(m.objective[-1], _inner(a, m.params), rtol=1e-12)
+  assert float(js.tree.norm(js.tree.sub(a, m.params))) < float(js.tree.norm(js.tree.sub(a, b)))
+  # converged is a promise: no single layer's permutation (all 5! and 4!, the other fixed) does better
+  for g, (layer, nxt) in enumerate(zip(_LAYERS3[:-1], _LAYERS3[1:])):
+    undone = paths.permute_hidden_units(m.params, jnp.asarray(np.argsort(m.perms[g])), *paths.dense_layer_paths(layer, nxt))
+    best = max(_inner(a, paths.permute_hidden_units(undone, jnp.array(p), *paths.dense_layer_paths(layer, nxt)))
+               for p in itertools.permutations(range(widths[g + 1])))
+    assert best <= m.objective[-1] * (1 + 1e-12)
+  # one sweep from the identity changes something, so it is not reported converged
+  first = paths.align(jax.random.key(0), a, b, _LAYERS3, max_sweeps=1)
+  assert first.sweeps == 1 and not first.converged
+
+
+def test_align_matches_brute_force_on_one_hidden_layer():
+  import itertools
+
+  layer_paths = paths.dense_layer_paths("layers_0", "layers_1")
+  for seed in range(4):
+    a, b = _mlp_params(2 * seed, (3, 4, 2)), _mlp_params(2 * seed + 1, (3, 4, 2))
+    scores = {p: _inner(a, paths.permute_hidden_units(b, jnp.array(p), *layer_paths))
+              for p in itertools.permutations(range(4))}
+    best = max(scores, key=scores.get)
+    m = paths.align(jax.random.key(seed), a, b, ["layers_0", "layers_1"])
+    # one layer: the linear assignment is the exact optimum over all 24 permutations (float64 round-off)
+    np.testing.assert_allclose(m.objective[-1], scores[best], rtol=1e-12)
+    np.testing.assert_array_equal(m.perms[0], best)
+
+
+def test_align_works_on_nnx_mlp_params():
+  from flax import nnx
+
+  net = js.models.MLP(3, [6, 5], 2, activation="tanh", rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(0)
+  obj, p = js.Objective.from_model(net, data=(rng.normal(size=(6, 3)).astype(np.float32), rng.integers(0, 2, 6)))
+  layers = ["layers/0", "layers/1", "head"]
+  q = paths.shuffle_hidden_units(jax.random.key(3), p, layers)
+  m = paths.align(jax.random.key(0), p, q, layers)
+  jax.tree.map(np.testing.assert_array_equal, m.params, p)
+
+
+def test_weight_matching_checks_input():
+  a = _mlp_params(0)
+  with pytest.raises(ValueError, match="at least two Dense layers"):
+    paths.align(jax.random.key(0), a, a, ["layers_0"])
+  with pytest.raises(ValueError, match="shape of leaf"):
+    paths.align(jax.random.key(0), a, _mlp_params(0, (3, 6, 4, 3)), _LAYERS3)
+  with pytest.raises(ValueError, match="max_sweeps"):
+    paths.align(jax.random.key(0), a, a, _LAYERS3, max_sweeps=0)
+  with pytest.raises(ValueError, match="no leaf named 'nope/kernel'"):
+    paths.align(jax.random.key(0), a, a, ["nope", "layers_1"])
+  with pytest.raises(ValueError, match="group 0 must be a pair"):
+    paths.weight_matching(jax.random.key(0), a, a, paths.dense_layer_paths("layers_0", "layers_1"))
+  with pytest.raises(ValueError, match="named by groups 0 and 1"):
+    paths.weight_matching(jax.random.key(0), a, a, [(["layers_0/bias"], []), (["layers_0/bias"], [])])
+  with pytest.raises(ValueError, match="both as out_path and in_path"):
+    paths.weight_matching(jax.random.key(0), a, a, [(["layers_1/kernel"], ["layers_1/kernel"])])
+  with pytest.raises(ValueError, match="has no axis -2 of size 5"):  # layers_0's 5 units vs layers_2's 4 rows
+    paths.weight_matching(jax.random.key(0), a, a, [(["layers_0/kernel"], ["layers_2/kernel"])])
+
+
+def test_aligned_barriers_of_stacked_runs_match_the_direct_computation():
+  widths = (8, 5, 4, 3)
+  obj = _mlp_obj(8)
+  p0, p1 = _mlp_params(0, widths), _mlp_params(1, widths)
+  runs = js.tree.stack([p0, p1, paths.shuffle_hidden_units(jax.random.key(7), p0, _LAYERS3)])
+  ts = jnp.linspace(0.0, 1.0, 9)
+  r = paths.aligned_barriers(jax.random.key(3), obj, runs, _LAYERS3, ts)
+  np.testing.assert_array_equal(r.pairs, [[0, 1], [1, 2], [2, 0]])
+  for p, (i, j) in enumerate(r.pairs):
+    a, b = js.tree.select(runs, int(i)), js.tree.select(runs, int(j))
+    m = paths.align(jax.random.fold_in(jax.random.key(3), p), a, b, _LAYERS3)
+    naive, aligned = paths.interpolate(obj, a, b, ts).losses, paths.interpolate(obj, a, m.params, ts).losses
+    # the same computations: equal to the last bit
+    np.testing.assert_array_equal(r.naive[p], naive)
+    np.testing.assert_array_equal(r.aligned[p], aligned)
+    assert r.naive_barrier[p] == float(paths.barrier(naive, ts).height)
+    assert r.aligned_barrier[p] == float(paths.barrier(aligned, ts).height)
+    flat_a, flat_b = np.asarray(js.tree.ravel(a)[0], np.float64), np.asarray(js.tree.ravel(b)[0], np.float64)
+    np.testing.assert_allclose(r.distance[p], np.linalg.norm(flat_b - flat_a) / np.linalg.norm(flat_a),
+                               rtol=1e-5)  # float32 norms
+    assert r.sweeps[p] == m.sweeps and r.converged[p] == m.converged
+  # run 0 is a permuted copy of run 2: aligned onto it exactly, no barrier, zero distance
+  assert r.aligned_barrier[2] == 0.0 and r.aligned_distance[2] == 0.0 and r.distance[2] > 0.5
+  assert r.aligned_distance[0] < r.distance[0]
+  with pytest.raises(ValueError, match=r"run indices in \[0, 3\)"):
+    paths.aligned_barriers(jax.random.key(3), obj, runs, _LAYERS3, ts, pairs=[(0, 3)])
