@@ -269,7 +269,7 @@ def write_index(runs_dir: str) -> str:
 def seed_surfaces(key: jax.Array, init: Callable[[jax.Array], Any], ds: data.Dataset, train_config: Any, *,
                   seeds: int, grid: int, span: float = 1.0, eval_batch_size: int | None = 512, rel: float = 0.01,
                   ratio_grid: int = 0, ratio_seeds: int = 0, lanczos_steps: int = 10,
-                  trace_probes: int = 2) -> dict[str, Any]:
+                  trace_probes: int = 2, plane_seeds: int | None = None) -> dict[str, Any]:
   """Trains ``seeds`` runs of one model together, then one filter-normalised 2-D surface per trained run.
 
   Training is :func:`jaxscape.train.train_many` with keys split from
@@ -295,6 +295,7 @@ def seed_surfaces(key: jax.Array, init: Callable[[jax.Array], Any], ds: data.Dat
     rel: non-convexity threshold of :func:`jaxscape.stats.surface_stats`.
     ratio_grid, ratio_seeds: the full-Hessian map (0: none).
     lanczos_steps, trace_probes: its Lanczos steps and trace probes.
+    plane_seeds: how many runs (the first ones) get the plane curvature maps; ``None``: all.
 
   Returns:
     ``{"seeds": [per-run surface_stats + final train/test loss and accuracy], "summary": seed_summary,
@@ -314,8 +315,9 @@ def seed_surfaces(key: jax.Array, init: Callable[[jax.Array], Any], ds: data.Dat
     obj = Objective.from_stateful(apply, st, data=ds.train, batch_size=eval_batch_size, name=f"{ds.name}-train")
     chunk = chunk or default_chunk_size(obj, p)   # once per model: its probe compiles
     dirs = random_directions(jax.random.fold_in(jax.random.fold_in(key, 1), s), p, n=2, norm="filter", ignore="biasbn")
-    surf = loss_surface(obj, p, dirs, x=(-span, span, grid), y=(-span, span, grid), curvature="plane", quiet=True,
-                        chunk_size=chunk)
+    plane = plane_seeds is None or s < int(plane_seeds)
+    surf = loss_surface(obj, p, dirs, x=(-span, span, grid), y=(-span, span, grid),
+                        curvature="plane" if plane else None, quiet=True, chunk_size=chunk)
     row = stats.surface_stats(surf, rel=rel)
     if s < int(ratio_seeds) and ratio_grid > 0:
       rsurf = loss_surface(obj, p, dirs, x=(-span, span, ratio_grid), y=(-span, span, ratio_grid), curvature="full",
@@ -337,13 +339,17 @@ def stack_surfaces(prefix: str, surfaces: Sequence[Any], maps: Sequence[str], *,
   """Arrays for ``results.npz`` of several surfaces on one grid: ``{prefix + name: stacked maps}``.
 
   Holds the first surface's ``axes`` (``prefix + "x"``, ...), the stacked
-  ``loss`` (when ``loss``) and every map in ``maps``, each ``[len(surfaces), ...]``.
+  ``loss`` (when ``loss``) and every map in ``maps``, each ``[len(surfaces), ...]``;
+  a map that only some surfaces hold (e.g. :func:`seed_surfaces`' ``plane_seeds``)
+  is stacked over those, in order, and one that none holds is left out.
   """
   out = {prefix + a: getattr(surfaces[0], a) for a in axes}
   if loss:
     out[prefix + "loss"] = np.stack([s.loss for s in surfaces])
   for m in maps:
-    out[prefix + m] = np.stack([s.metrics[m] for s in surfaces])
+    held = [s.metrics[m] for s in surfaces if m in s.metrics]
+    if held:
+      out[prefix + m] = np.stack(held)
   return out
 
 

@@ -115,6 +115,31 @@ def test_seed_surface_arrays_stacks_surfaces_ratios_and_histories():
   assert out["m_loss"].shape == (2, 3, 3) and out["m_loss"][1, 0, 0] == 2.0 and out["m_ratio_convexity_ratio"].shape == (1, 3, 3)
 
 
+def test_stack_surfaces_stacks_a_map_over_the_surfaces_that_hold_it():
+  from jaxscape.surface import Surface
+
+  x = np.linspace(-1, 1, 3)
+  with_plane = Surface((x, x), np.zeros((3, 3)), {"plane_lambda_min": np.full((3, 3), -1.0)}, 0, {})
+  loss_only = Surface((x, x), np.ones((3, 3)), {}, 0, {})
+  out = experiment.stack_surfaces("m_", [with_plane, loss_only, loss_only], ("plane_lambda_min", "h_xx"))
+  assert sorted(out) == ["m_loss", "m_plane_lambda_min", "m_x", "m_y"]
+  assert out["m_loss"].shape == (3, 3, 3) and out["m_plane_lambda_min"].shape == (1, 3, 3)
+
+
+def test_seed_surfaces_gives_plane_curvature_to_the_first_plane_seeds_runs_only():
+  import jax
+
+  from jaxscape import models
+
+  ds = data.load("digits", flatten=True, num_train=64, num_test=32)
+  init = lambda k: models.build("mlp", k, in_features=64, widths=[4], out_features=10)  # noqa: E731
+  out = experiment.seed_surfaces(jax.random.key(0), init, ds, {"batch_size": 32, "epochs": 1}, seeds=2, grid=3,
+                                 plane_seeds=1)
+  assert ["plane_lambda_min" in s.metrics for s in out["surfaces"]] == [True, False]
+  assert ["nonconvex_fraction" in r for r in out["seeds"]] == [True, False]
+  assert all("fd_nonconvex_fraction" in r for r in out["seeds"]) and out["summary"]["nonconvex_fraction"]["count"] == 1
+
+
 def test_regime_study_pairs_runs_and_measures_every_solution():
   import jax
 
