@@ -119,7 +119,7 @@ def loss_sums(chunk: Chunk, inputs: PointInputs, objective: Objective) -> dict[s
   batches = (objective.x, objective.y, objective.w)
   first = chunk_sums(jax.tree.map(lambda b: b[0], batches))
   sums, _ = jax.lax.scan(body, first, jax.tree.map(lambda b: b[1:], batches))
-  return jax.tree.map(lambda v: v / objective.num_examples, sums)
+  return jax.tree.map(lambda v: v / objective.total_weight, sums)
 
 
 @dataclasses.dataclass(frozen=True)
