@@ -167,17 +167,18 @@ def _rows(mask: np.ndarray) -> str:
   return f"{len(idx)} of {len(mask)} examples (rows [{shown}])"
 
 
-def _check_data(x: Any, y: np.ndarray | None, per_example: PerExample, w: np.ndarray | None = None) -> None:
+def _check_data(x: Any, y: np.ndarray | None, per_example: PerExample, w: np.ndarray | None = None,
+                keys: tuple[Any, ...] = (None, None, None)) -> None:
   """Host-side checks of ``(x, y, w)`` that need no model: sizes, finite values, weights, targets the named loss
   can read. ``x`` is an array or a dict batch of arrays sharing the example axis; ``y`` is ``None`` when the loss
-  reads its targets from the batch."""
-  named = dict(_leaf_items(x, "inputs x"))
+  reads its targets from the batch; ``keys``: the dict batch's ``(inputs, targets, weights)`` keys, for messages."""
+  pair = keys[0] is None and isinstance(x, np.ndarray)
+  named = dict(_leaf_items(x, "inputs x" if keys[0] is None else f"batch[{keys[0]!r}]"))
   if y is not None:
-    named["targets y"] = y
+    named["targets y" if keys[1] is None else f"batch[{keys[1]!r}]"] = y
   lengths = {a.shape[0] if a.ndim else 0 for a in named.values()}
   n = lengths.pop() if len(lengths) == 1 else 0
   if n == 0:
-    pair = isinstance(x, np.ndarray)
     what = "the dataset is empty" if not lengths else f"{'x and y' if pair else 'the arrays'} differ in length"
     shapes = ", ".join(f"{k.split()[-1] if pair else k} {a.shape}" for k, a in named.items())
     raise DataError(f"data must be (x, y) or a dict batch with the same positive number of examples on axis 0 of "
@@ -574,7 +575,8 @@ class Objective:
                          "supported: give targets='labels' (a key) so the model's inputs are one array")
       apply = _Select(apply, dict(key_info)["inputs"])
     # one host copy of the data for the checks (none for NumPy data), before it moves to the device
-    _check_data(_host(x), None if y is None else np.asarray(y), per_example, None if w is None else np.asarray(w))
+    _check_data(_host(x), None if y is None else np.asarray(y), per_example, None if w is None else np.asarray(w),
+                tuple(v for _, v in key_info) or (None, None, None))
     n = int(jax.tree.leaves(x)[0].shape[0])
     metric_fns = tuple(sorted((metrics if metrics is not None else default_metrics).items()))
     if batch_size is None:
@@ -641,7 +643,8 @@ class Objective:
     if (y is None) != (self.y is None):
       raise ValueError("the new data must give the targets as the objective's did (a targets array or key, or none "
                        "for a loss that reads the whole batch)")
-    _check_data(_host(x), None if y is None else np.asarray(y), self.per_example, None if w is None else np.asarray(w))
+    _check_data(_host(x), None if y is None else np.asarray(y), self.per_example, None if w is None else np.asarray(w),
+                keys)
     if self.num_classes is not None and np.issubdtype(np.asarray(y).dtype, np.integer):
       _check_labels(np.asarray(y), self.num_classes, info.get("loss", "the loss's"))
     expected = jax.tree.map(lambda a: tuple(a.shape[2:]), self.x)
@@ -690,11 +693,11 @@ class Objective:
   # --------------------------------------------------------------- evaluating
   @property
   def batch_size(self) -> int:
-    return int(self.x.shape[1])
+    return int(self.w.shape[1])
 
   @property
   def num_batches(self) -> int:
-    return int(self.x.shape[0])
+    return int(self.w.shape[0])
 
   @property
   def metric_names(self) -> tuple[str, ...]:
