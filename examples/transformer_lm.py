@@ -70,7 +70,11 @@ STDLIB_FILES = ("textwrap.py", "string.py", "shlex.py", "fractions.py", "calenda
 def corpus(files: tuple[str, ...] = STDLIB_FILES) -> str:
   """Source text of a few standard-library modules (shipped with every Python)."""
   root = sysconfig.get_paths()["stdlib"]
-  return "\n".join(open(os.path.join(root, name), encoding="utf-8").read() for name in files)
+  texts = []
+  for name in files:
+    with open(os.path.join(root, name), encoding="utf-8") as f:
+      texts.append(f.read())
+  return "\n".join(texts)
 
 
 def tokenize(text: str) -> tuple[np.ndarray, str]:
@@ -161,6 +165,7 @@ def run(cfg: Config, out_dir: str, seed: int = 0) -> dict:
   t0 = time.perf_counter()
   train(model, train_set, cfg, seed)
   train_s = time.perf_counter() - t0
+  timings = {"train": train_s}
 
   # The objective over a dict batch: model on input_ids, per-token cross-entropy on labels, eval mode.
   obj, params = js.Objective.from_model(model, data=held_out, inputs="input_ids", targets="labels", batch_size=32,
@@ -178,7 +183,7 @@ def run(cfg: Config, out_dir: str, seed: int = 0) -> dict:
   surface_s = time.perf_counter() - t0
 
   # 3. curvature at the trained weights
-  timings = {"surface": surface_s}
+  timings["surface"] = surface_s
   t0 = time.perf_counter()
   top = js.hessian.eigenvalues(jax.random.fold_in(key, 1), obj, params, k=cfg.top_k, tol=1e-2,
                                max_hvps=cfg.max_hvps)
@@ -204,7 +209,7 @@ def run(cfg: Config, out_dir: str, seed: int = 0) -> dict:
 
   summary = {
       "config": dataclasses.asdict(cfg), "vocab": len(alphabet), "num_params": js.tree.size(params),
-      "train_sequences": int(len(train_set["input_ids"])), "eval_tokens": int(obj.total_weight),
+      "train_sequences": int(len(train_set["input_ids"])), "eval_tokens": obj.num_examples * cfg.seq_len,
       "train_seconds": round(train_s, 2),
       "loss_init": float(path.loss[np.argmin(np.abs(path.x - 0.0))]), "loss_trained": float(obj.value(params)),
       "path_barrier": float(np.nanmax(path.loss[(path.x >= 0) & (path.x <= 1)]) - float(obj.value(params))),
