@@ -271,7 +271,7 @@ def operator(obj: Objective, params: PyTree, *, kind: str = "hessian",
   base, weight_decay = split_l2(obj)
 
   def ggn_matvec(v):
-    def body(acc, batch):
+    def batch_ggn(batch):
       x = batch[0]
       out_fn = lambda s: base.apply(full(s), base.state, x)
       out, lin = jax.linearize(out_fn, like)
@@ -282,9 +282,9 @@ def operator(obj: Objective, params: PyTree, *, kind: str = "hessian",
 
       hjv = jax.jvp(jax.grad(total), (out,), (jv,))[1]
       (g,) = jax.linear_transpose(lin, like)(hjv)
-      return tree_lib.add(acc, g), None
+      return g
 
-    acc, _ = jax.lax.scan(body, tree_lib.zeros_like(like), (obj.x, obj.y, obj.w))
+    acc = obj.sum_over_batches(batch_ggn)
     return jax.tree.map(lambda a, b: a / n + weight_decay * b, acc, v)
 
   return ggn_matvec, like

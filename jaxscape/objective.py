@@ -821,17 +821,29 @@ class Objective:
     means = {k: v / jnp.asarray(count, _standard_result_type(v, count)) for k, v in sums.items()}
     return means.pop("loss"), means
 
+  def sum_over_batches(self, sums: Callable[[tuple[Any, Any, jax.Array]], PyTree]) -> PyTree:
+    """``Σ_b sums(batch b)`` over the objective's batches ``(x, y, w)``: one ``lax.scan``.
+
+    The first batch initialises the carry, so the carry has the same
+    sharding/varying-ness as the sums (needed inside ``shard_map``). With a
+    single batch there is no scan at all: a scan over zero batches would still
+    compile its body, doubling the compiled program (its HVP, for curvature)
+    for nothing.
+    """
+    batches = (self.x, self.y, self.w)
+    first = sums(jax.tree.map(lambda b: b[0], batches))
+    if self.num_batches == 1:
+      return first
+
+    def body(carry, batch):
+      return jax.tree.map(jnp.add, carry, sums(batch)), None
+
+    total, _ = jax.lax.scan(body, first, jax.tree.map(lambda b: b[1:], batches))
+    return total
+
   def full_sums(self, params: PyTree) -> dict[str, jax.Array]:
     """Sums of per-example loss and metrics over the whole dataset (one scan)."""
-    def body(carry, batch):
-      return jax.tree.map(jnp.add, carry, self.batch_sums(params, batch)), None
-
-    # The first batch initialises the carry, so the carry has the same
-    # sharding/varying-ness as the sums (needed inside shard_map).
-    batches = (self.x, self.y, self.w)
-    first = self.batch_sums(params, jax.tree.map(lambda b: b[0], batches))
-    sums, _ = jax.lax.scan(body, first, jax.tree.map(lambda b: b[1:], batches))
-    return sums
+    return self.sum_over_batches(lambda batch: self.batch_sums(params, batch))
 
   def value(self, params: PyTree) -> jax.Array:
     """Full-data mean loss alone (differentiable: use it for gradients and HVPs)."""

@@ -345,13 +345,7 @@ def _origin_loss(objective: Objective, params: PyTree) -> jax.Array:
   """The full-data loss at ``params`` (:meth:`~jaxscape.Objective.full_sums`'s scan) through :func:`_batch_sums`,
   whose trace it shares with the chunk-size probe."""
   rest = _without_batches(objective)
-
-  def body(carry, batch):
-    return jax.tree.map(jnp.add, carry, _batch_sums(rest, params, batch)), None
-
-  batches = (objective.x, objective.y, objective.w)
-  first = _batch_sums(rest, params, jax.tree.map(lambda b: b[0], batches))
-  sums, _ = jax.lax.scan(body, first, jax.tree.map(lambda b: b[1:], batches))
+  sums = objective.sum_over_batches(lambda batch: _batch_sums(rest, params, batch))
   return sums["loss"] / objective.total_weight
 
 
