@@ -237,8 +237,12 @@ def _check_labels(y: np.ndarray, num_classes: int | None, loss_name: str) -> Non
     expected = "non-negative class indices" if num_classes is None else (
         f"class indices in [0, {num_classes}) ({num_classes}: the model's output width)")
     found = np.unique(y[bad][outside(y[bad])]).tolist()
+    # Hugging Face marks tokens to ignore (padding, prompt) with label -100: say how to mask them here
+    hint = (" (-100: Hugging Face's ignored tokens; give them weight 0 and any valid label: "
+            "batch['mask'] = labels != -100, batch['labels'] = np.where(labels == -100, 0, labels), weights='mask')"
+            if -100 in found else "")
     raise DataError(f"{loss_name} labels must be {expected}; targets y hold labels outside in {_rows(bad)}: "
-                    f"found {found[:8]}")
+                    f"found {found[:8]}{hint}")
 
 
 def _classes_read(per_example: PerExample, out_ndim: int, y: np.ndarray) -> bool:

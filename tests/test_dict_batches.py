@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import jaxscape as js
@@ -92,19 +93,17 @@ def _masked_mean_jnp(params, batch):
 
 def test_surface_and_fingerprint_on_dict_batch(x64):
   batch, params = _lm_data()
-  obj = js.Objective.from_apply(_lm_apply, params, data=batch, loss=lambda o, b: optax_ce(o, b["labels"]), inputs="input_ids",
-                                weights="mask", batch_size=3)
+  def loss(logits, b):
+    return optax.softmax_cross_entropy_with_integer_labels(logits, b["labels"])
+
+  obj = js.Objective.from_apply(_lm_apply, params, data=batch, loss=loss, inputs="input_ids", weights="mask",
+                                batch_size=3)
   dirs = js.random_directions(jax.random.key(0), params, n=1, norm="none")
   surf = js.loss_surface(None, obj, params, dirs, (-1.0, 1.0, 3), quiet=True)
   np.testing.assert_allclose(surf.loss[1], _masked_mean(params, batch), rtol=1e-10)
   step = jax.tree.map(lambda p, d: p + d[0], params, dirs.vectors)
   np.testing.assert_allclose(surf.loss[2], _masked_mean(step, batch), rtol=1e-10)
   assert js.io.fingerprint((obj.x, obj.y, obj.w)) != js.io.fingerprint((obj.x, obj.y, obj.w * 2))
-
-
-def optax_ce(logits, labels):
-  import optax
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
 def test_with_data_keeps_the_dict_layout(x64):
@@ -145,3 +144,16 @@ def test_dict_batch_refusals():
                             inputs="input_ids", weights="mask", batch_size=3)
   with pytest.raises(ValueError, match="inputs/targets/weights name keys of a dict batch; data is a tuple"):
     js.Objective.from_apply(_lm_apply, params, data=(batch["input_ids"], batch["labels"]), weights="mask")
+
+
+def test_hugging_face_ignore_index_labels_are_refused_with_the_recipe_and_the_recipe_is_exact(x64):
+  """Label -100 (Hugging Face's ignored tokens) is not a class: refused, naming the mask that handles it."""
+  batch, params = _lm_data()
+  labels = np.where(batch["mask"] > 0, batch["labels"], -100)
+  hf = {"input_ids": batch["input_ids"], "labels": labels}
+  with pytest.raises(js.DataError, match=r"found \[-100\] \(-100: Hugging Face's ignored tokens; give them weight 0"):
+    js.Objective.from_apply(_lm_apply, params, data=hf, inputs="input_ids")
+  # the recipe of the message (and of the README): the masked token mean over the labelled tokens only
+  masked = dict(hf, mask=labels != -100, labels=np.where(labels == -100, 0, labels))
+  obj = js.Objective.from_apply(_lm_apply, params, data=masked, inputs="input_ids", weights="mask", batch_size=3)
+  np.testing.assert_allclose(float(obj.value(params)), _masked_mean(params, batch), rtol=1e-12)
