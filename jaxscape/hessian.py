@@ -224,11 +224,11 @@ def operator(obj: Objective, params: PyTree, *, kind: str = "hessian",
   * ``kind="hessian"``: forward-over-reverse ``jax.jvp(jax.grad(obj.value))``,
     one forward and one backward pass over all batches per product (in the
     forward-mode extended arithmetic), ~2-4 gradient costs.
-  * ``kind="ggn"``: ``(1/N) sum_batches J^T H_out J v`` with
+  * ``kind="ggn"``: ``(1/Σw) sum_batches J^T H_out J v`` with
     ``J = d obj.apply(params, obj.state, x) / d params`` (linearised once per
     batch and transposed, so one forward pass) and
-    ``H_out = d^2/d out^2 sum_i w_i obj.per_example(out, y)_i``; padded examples
-    have ``w_i = 0``. Positive semi-definite for convex losses. For an
+    ``H_out = d^2/d out^2 obj.loss_sum(out, batch)`` (``sum_i w_i l_i``, per
+    example or per token); padded examples have ``w_i = 0``. Positive semi-definite for convex losses. For an
     objective with an L2 penalty (:func:`jaxscape.objective.with_l2`) it is
     the GGN of the unpenalised model plus ``weight_decay * I``, the penalty's
     exact Hessian.
@@ -264,27 +264,27 @@ def operator(obj: Objective, params: PyTree, *, kind: str = "hessian",
 
     return matvec, like
 
-  n = obj.num_examples
+  n = obj.total_weight
   # An L2 penalty is linear in the extra output with_l2 adds, so J^T H_out J
   # would drop its Hessian weight_decay * I: take the GGN of the unpenalised
   # model and add the penalty's (exact) curvature.
   base, weight_decay = split_l2(obj)
 
   def ggn_matvec(v):
-    def body(acc, batch):
-      x, y, w = batch
+    def batch_ggn(batch):
+      x = batch[0]
       out_fn = lambda s: base.apply(full(s), base.state, x)
       out, lin = jax.linearize(out_fn, like)
       jv = lin(v)
 
       def total(o):
-        return jnp.sum(w.astype(o.dtype) * base.per_example(o, y))
+        return base.loss_sum(o, batch)
 
       hjv = jax.jvp(jax.grad(total), (out,), (jv,))[1]
       (g,) = jax.linear_transpose(lin, like)(hjv)
-      return tree_lib.add(acc, g), None
+      return g
 
-    acc, _ = jax.lax.scan(body, tree_lib.zeros_like(like), (obj.x, obj.y, obj.w))
+    acc = obj.sum_over_batches(batch_ggn)
     return jax.tree.map(lambda a, b: a / n + weight_decay * b, acc, v)
 
   return ggn_matvec, like

@@ -167,19 +167,32 @@ def _rows(mask: np.ndarray) -> str:
   return f"{len(idx)} of {len(mask)} examples (rows [{shown}])"
 
 
-def _check_data(x: np.ndarray, y: np.ndarray, per_example: PerExample) -> None:
-  """Host-side checks of ``(x, y)`` that need no model: sizes, finite values, targets the named loss can read."""
-  n = x.shape[0] if x.ndim else 0
-  if n == 0 or y.ndim == 0 or y.shape[0] != n:
-    what = "the dataset is empty" if n == 0 and y.ndim and y.shape[0] == 0 else "x and y differ in length"
-    raise DataError(f"data must be (x, y) with the same positive number of examples on axis 0; {what}: got x "
-                    f"{x.shape}, y {y.shape}")
-  for name, a in (("inputs x", x), ("targets y", y)):
+def _check_data(x: Any, y: np.ndarray | None, per_example: PerExample, w: np.ndarray | None = None,
+                keys: tuple[Any, ...] = (None, None, None)) -> None:
+  """Host-side checks of ``(x, y, w)`` that need no model: sizes, finite values, weights, targets the named loss
+  can read. ``x`` is an array or a dict batch of arrays sharing the example axis; ``y`` is ``None`` when the loss
+  reads its targets from the batch; ``keys``: the dict batch's ``(inputs, targets, weights)`` keys, for messages."""
+  pair = keys[0] is None and isinstance(x, np.ndarray)
+  named = dict(_leaf_items(x, "inputs x" if keys[0] is None else f"batch[{keys[0]!r}]"))
+  if y is not None:
+    named["targets y" if keys[1] is None else f"batch[{keys[1]!r}]"] = y
+  lengths = {a.shape[0] if a.ndim else 0 for a in named.values()}
+  n = lengths.pop() if len(lengths) == 1 else 0
+  if n == 0:
+    what = "the dataset is empty" if not lengths else f"{'x and y' if pair else 'the arrays'} differ in length"
+    shapes = ", ".join(f"{k.split()[-1] if pair else k} {a.shape}" for k, a in named.items())
+    raise DataError(f"data must be (x, y) or a dict batch with the same positive number of examples on axis 0 of "
+                    f"every array; {what}: got {shapes}")
+  for name, a in named.items():
     if np.issubdtype(a.dtype, np.inexact):
       bad = _row_mask(a, lambda b: ~np.isfinite(b))
       if bad.any():
         raise DataError(f"{name} hold NaN or inf in {_rows(bad)}: expected finite values (drop or impute those "
                         f"examples)")
+  if w is not None:
+    _check_weights(w, n)
+  if y is None:
+    return
   if per_example is _cross_entropy and y.ndim == 1 and not np.issubdtype(y.dtype, np.integer):
     raise DataError(f"cross_entropy labels must be integers (class indices); got {y.dtype} labels of shape {y.shape}, "
                     f"e.g. {y[0].item()!r}: cast them (y.astype(np.int32)) or give probability targets [N, num_classes]")
@@ -189,6 +202,29 @@ def _check_data(x: np.ndarray, y: np.ndarray, per_example: PerExample) -> None:
       raise DataError(f"binary_cross_entropy targets must lie in [0, 1] (0/1 labels or probabilities); targets y "
                       f"hold values outside in {_rows(bad)}, e.g. {y[np.flatnonzero(bad)[0]].item()!r} (-1/+1 labels: use "
                       f"(y + 1) / 2)")
+
+
+def _leaf_items(x: Any, what: str) -> list[tuple[str, np.ndarray]]:
+  """``[(name, host array)]`` of an input array or of the arrays of a dict batch (named by their keys)."""
+  if isinstance(x, np.ndarray):
+    return [(what, x)]
+  return [(f"batch[{name!r}]", np.asarray(a)) for name, a in zip(tree.leaf_names(x), jax.tree.leaves(x))]
+
+
+def _check_weights(w: np.ndarray, n: int) -> None:
+  """Example or token weights: ``[N, ...]``, finite, non-negative, not all zero."""
+  if w.ndim == 0 or w.shape[0] != n:
+    raise DataError(f"weights must have the examples on axis 0 ([N] per example or [N, T, ...] per token, N = {n}); "
+                    f"got shape {w.shape}")
+  if not (np.issubdtype(w.dtype, np.number) or w.dtype == bool):
+    raise DataError(f"weights must be numbers or booleans (a mask); got dtype {w.dtype}")
+  wf = w.astype(np.float64)
+  bad = _row_mask(wf, lambda b: ~np.isfinite(b) | (b < 0))
+  if bad.any():
+    raise DataError(f"weights must be finite and >= 0 (1 for a real token, 0 for padding); they are not in "
+                    f"{_rows(bad)}")
+  if not wf.sum() > 0:
+    raise DataError(f"the weights sum to 0 over all {n} examples: nothing to average")
 
 
 def _check_labels(y: np.ndarray, num_classes: int | None, loss_name: str) -> None:
@@ -201,8 +237,12 @@ def _check_labels(y: np.ndarray, num_classes: int | None, loss_name: str) -> Non
     expected = "non-negative class indices" if num_classes is None else (
         f"class indices in [0, {num_classes}) ({num_classes}: the model's output width)")
     found = np.unique(y[bad][outside(y[bad])]).tolist()
+    # Hugging Face marks tokens to ignore (padding, prompt) with label -100: say how to mask them here
+    hint = (" (-100: Hugging Face's ignored tokens; give them weight 0 and any valid label: "
+            "batch['mask'] = labels != -100, batch['labels'] = np.where(labels == -100, 0, labels), weights='mask')"
+            if -100 in found else "")
     raise DataError(f"{loss_name} labels must be {expected}; targets y hold labels outside in {_rows(bad)}: "
-                    f"found {found[:8]}")
+                    f"found {found[:8]}{hint}")
 
 
 def _classes_read(per_example: PerExample, out_ndim: int, y: np.ndarray) -> bool:
@@ -268,11 +308,16 @@ class Objective:
     apply: ``apply(params, state, x) -> outputs`` (static).
     per_example: ``per_example(outputs, targets) -> [B]`` losses (static).
     metric_fns: named per-example metrics, as a tuple of (name, fn) (static).
-    x, y: inputs and targets, shaped ``[num_batches, batch_size, ...]``.
-    w: example weights ``[num_batches, batch_size]``: 1 for real examples,
-      0 for the padding of the last batch.
+    x, y: inputs and targets, shaped ``[num_batches, batch_size, ...]``; ``x``
+      may be a dict batch of such arrays, and ``y`` is ``None`` when the loss
+      reads its targets from the batch (``loss(outputs, batch)``).
+    w: weights ``[num_batches, batch_size]`` per example, or
+      ``[num_batches, batch_size, T, ...]`` per token: the user's weights
+      (1 without), 0 for the padding of the last batch.
     state: non-trainable model state (BatchNorm statistics), closed over.
     num_examples: N, the number of real examples (static).
+    total_weight: ``Σ w`` over the whole dataset, the denominator of every
+      full-data mean (static; N without weights and per-example losses).
     info: static description recorded with every result
       (dataset name, loss name, BatchNorm policy: see :data:`BN_POLICIES`).
     first_layer_spec: ``(FirstLayer, apply)``: the model's first layer and the
@@ -303,6 +348,11 @@ class Objective:
   compute_dtype: str | None = None
   layout: Any = directions.flax_layout
   num_classes: int | None = None
+  total_weight: float | None = None
+
+  def __post_init__(self):
+    if self.total_weight is None:  # built without weights: every example counts once
+      object.__setattr__(self, "total_weight", float(self.num_examples))
 
   # ---------------------------------------------------------------- building
   @classmethod
@@ -318,6 +368,9 @@ class Objective:
       metrics: Mapping[str, PerExample] | None = None,
       first_layer: FirstLayer | None = None,
       compute_dtype: Any = None,
+      inputs: str | None = None,
+      targets: str | None = None,
+      weights: str | None = None,
   ) -> "Objective":
     """Objective of a plain ``apply_fn(params, x) -> outputs``.
 
@@ -326,12 +379,25 @@ class Objective:
       params: optional example parameters; when given, the model is traced
         once on one batch (no FLOPs) to check that its outputs fit the loss,
         and class labels are checked against the output width.
-      data: ``(x, y)`` arrays with the examples on the leading axis; checked
-        once on the host (:class:`DataError` naming the array and rows: an
+      data: ``(x, y)`` or ``(x, y, weights)`` arrays with the examples on the
+        leading axis, or a dict batch (see ``inputs``); checked once on the host (:class:`DataError` naming the array and rows: an
         empty set, different lengths, NaN or inf, float labels for
         ``cross_entropy``, labels outside ``[0, num_classes)``,
         ``binary_cross_entropy`` targets outside ``[0, 1]``).
-      loss: a name in :data:`LOSSES` or ``fn(outputs, targets) -> [B]``.
+      loss: a name in :data:`LOSSES` or ``fn(outputs, targets) -> [B]`` per
+        example or ``[B, T, ...]`` per token. Per-token losses are averaged
+        over tokens (exactly, over the whole dataset): weighted by per-token
+        weights when given, else each example's tokens equally.
+      inputs, targets, weights: keys of a dict batch ``data`` (``{"input_ids":
+        ..., "labels": ..., "mask": ...}``, every array with the examples on
+        axis 0). ``inputs``: the array the model is called on (``None``: the
+        whole batch). ``targets``: the targets the loss reads
+        (``loss(outputs, batch[targets])``; default ``"labels"`` for a named
+        loss); ``None`` with a callable loss: ``loss(outputs, batch)``.
+        ``weights``: per-example ``[N]`` or per-token ``[N, T]`` weights or a
+        0/1 padding mask; the loss is then the exact weighted mean
+        ``Σ w·ℓ / Σ w`` over all tokens of the dataset. Recorded in
+        :meth:`describe`.
       batch_size: at most this many examples per scanned batch (``None``: the
         whole set at once; larger than the data: the whole set, as ``None``,
         the mean being exact either way and the batch size used recorded in
@@ -346,7 +412,8 @@ class Objective:
         losses are computed from outputs cast back to the parameters' dtype
         and summed in it. ``None``: the parameters' dtype.
     """
-    obj = cls._build(_Stateless(apply_fn), (), params, data, loss, batch_size, name, metrics, (), None)
+    obj = cls._build(_Stateless(apply_fn), (), params, data, loss, batch_size, name, metrics, (), None,
+                     (inputs, targets, weights))
     return obj.with_first_layer(first_layer, params).with_compute_dtype(compute_dtype)
 
   @classmethod
@@ -367,6 +434,9 @@ class Objective:
       layout: Any = None,
       recompute_stats: Callable[[PyTree, PyTree, jax.Array], PyTree] | None = None,
       recompute_batches: int = 1,
+      inputs: str | None = None,
+      targets: str | None = None,
+      weights: str | None = None,
   ) -> "Objective":
     """Objective of a pure ``apply_fn(params, state, x) -> outputs`` with closed-over state.
 
@@ -381,8 +451,8 @@ class Objective:
       apply_fn: eval-mode ``apply(params, state, x) -> outputs``.
       state: the model's non-trainable state (``{}`` if none).
       params: optional example parameters, to check the outputs fit the loss.
-      data, loss, batch_size, name, metrics, first_layer, compute_dtype: as in
-        :meth:`from_apply`.
+      data, loss, batch_size, name, metrics, first_layer, compute_dtype, inputs,
+        targets, weights: as in :meth:`from_apply`.
       bn_policy: ``frozen`` or ``recompute`` (see :data:`BN_POLICIES`);
         recorded in :meth:`describe`.
       layout: the per-leaf rule of the parameters for filter normalisation
@@ -415,12 +485,13 @@ class Objective:
                          "pass first_layer=None")
       extra += (("recompute_batches", int(recompute_batches)),)
       obj = cls._build(_Recompute(apply_fn, recompute_stats), {"state": state, "calibration": jnp.zeros(())},
-                       None, data, loss, batch_size, name, metrics, extra, layout)
+                       None, data, loss, batch_size, name, metrics, extra, layout, (inputs, targets, weights))
       obj = dataclasses.replace(obj, state={"state": state, "calibration": _calibration(obj, recompute_batches)})
       if params is not None:
         obj = obj._check(params)
     else:
-      obj = cls._build(apply_fn, state, params, data, loss, batch_size, name, metrics, extra, layout)
+      obj = cls._build(apply_fn, state, params, data, loss, batch_size, name, metrics, extra, layout,
+                       (inputs, targets, weights))
     return obj.with_first_layer(first_layer, params).with_compute_dtype(compute_dtype)
 
   @classmethod
@@ -438,6 +509,9 @@ class Objective:
       recompute_batches: int = 1,
       first_layer: FirstLayer | str | None = "auto",
       compute_dtype: Any = None,
+      inputs: str | None = None,
+      targets: str | None = None,
+      weights: str | None = None,
   ) -> tuple["Objective", PyTree]:
     """Objective of a ``flax.nnx``, ``flax.linen`` or ``equinox`` model, and its trainable parameters.
 
@@ -451,7 +525,9 @@ class Objective:
     Args:
       model: an ``nnx.Module``, a linen ``Module`` (with ``variables``) or an
         equinox ``Module``.
-      data, loss, batch_size, name, metrics: as in :meth:`from_apply`.
+      data, loss, batch_size, name, metrics, inputs, targets, weights: as in
+        :meth:`from_apply` (a dict batch: ``inputs="input_ids"`` calls the
+        model on that array).
       variables: the linen variables (``module.init(...)``); linen only.
       bn_policy: ``frozen`` or ``recompute`` (nnx models; see :data:`BN_POLICIES`).
       recompute_batches: with ``recompute``, the number of training batches
@@ -479,7 +555,7 @@ class Objective:
       if first_layer != "auto":
         raise ValueError(f"first_layer must be 'auto', a FirstLayer or None; got {first_layer!r}")
       first_layer = None
-      if bn_policy != "recompute" and adapters.library(model) == "nnx":
+      if bn_policy != "recompute" and adapters.library(model) == "nnx" and not isinstance(data, Mapping):
         from .adapters import nnx as _nnx
 
         first_layer = _nnx.first_layer(model)
@@ -487,36 +563,45 @@ class Objective:
     obj = cls.from_stateful(split.apply, split.state, split.params, data=data, loss=loss, batch_size=batch_size,
                             name=name, metrics=metrics, bn_policy=bn_policy, first_layer=first_layer,
                             compute_dtype=compute_dtype, layout=split.layout, recompute_stats=stats,
-                            recompute_batches=recompute_batches)
+                            recompute_batches=recompute_batches, inputs=inputs, targets=targets, weights=weights)
     return obj, split.params
 
   @classmethod
-  def _build(cls, apply, state, params, data, loss, batch_size, name, metrics, extra, layout) -> "Objective":
-    if not (isinstance(data, (tuple, list)) and len(data) == 2):
-      raise ValueError(f"data must be a pair (x, y) of arrays; got {type(data).__name__}")
+  def _build(cls, apply, state, params, data, loss, batch_size, name, metrics, extra, layout, keys) -> "Objective":
     if callable(loss):
       per_example, default_metrics, loss_name = loss, {}, getattr(loss, "__name__", "custom")
     else:
       per_example, default_metrics, loss_name = per_example_loss(loss), LOSSES[loss][1], loss
+    x, y, w, key_info = _split_data(data, keys, named_loss=not callable(loss))
+    if key_info and dict(key_info)["inputs"] is not None and y is None:
+      if isinstance(apply, _Recompute):
+        raise ValueError("bn_policy='recompute' with a loss that reads the whole batch (targets=None) is not "
+                         "supported: give targets='labels' (a key) so the model's inputs are one array")
+      apply = _Select(apply, dict(key_info)["inputs"])
     # one host copy of the data for the checks (none for NumPy data), before it moves to the device
-    _check_data(np.asarray(data[0]), np.asarray(data[1]), per_example)
-    x, y = jnp.asarray(data[0]), jnp.asarray(data[1])
-    n = x.shape[0]
+    _check_data(_host(x), None if y is None else np.asarray(y), per_example, None if w is None else np.asarray(w),
+                tuple(v for _, v in key_info) or (None, None, None))
+    n = int(jax.tree.leaves(x)[0].shape[0])
     metric_fns = tuple(sorted((metrics if metrics is not None else default_metrics).items()))
     if batch_size is None:
       batch_size = n
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
       raise ValueError(f"batch_size must be a positive integer or None; got {batch_size!r}")
     batch_size = _balanced(n, int(batch_size))
-    xb, yb, wb = _batch(x, y, batch_size)
-    info = (("dataset", name), ("num_examples", n), ("batch_size", batch_size), ("loss", loss_name)) + extra
+    xb, yb, wb, total = _batch(x, y, w, batch_size)
+    info = (("dataset", name), ("num_examples", n), ("batch_size", batch_size), ("loss", loss_name)) + key_info + extra
     obj = cls(apply, per_example, metric_fns, xb, yb, wb, state, n, info,
-              layout=directions.flax_layout if layout is None else layout)
+              layout=directions.flax_layout if layout is None else layout, total_weight=total)
     if params is not None:
       obj = obj._check(params)
-    if obj.num_classes is None and per_example is _cross_entropy and jnp.issubdtype(y.dtype, jnp.integer):
-      _check_labels(np.asarray(data[1]), None, loss_name)  # the output width is unknown without params
+    if (obj.num_classes is None and per_example is _cross_entropy and y is not None
+        and jnp.issubdtype(y.dtype, jnp.integer)):
+      _check_labels(np.asarray(y), None, loss_name)  # the output width is unknown without params
     return obj
+
+  def batch(self, i: int | jax.Array) -> tuple[Any, Any, jax.Array]:
+    """Batch ``i`` as ``(x, y, w)`` (``x`` a dict for dict batches; ``y`` ``None`` when the loss reads the batch)."""
+    return jax.tree.map(lambda b: b[i], (self.x, self.y, self.w))
 
   def _check(self, params: PyTree) -> "Objective":
     """Checks that the model's outputs fit the loss, and the targets the model's outputs (shapes only: no FLOPs).
@@ -524,14 +609,23 @@ class Objective:
     Returns the objective with :attr:`num_classes` set when the loss reads
     integer targets as class indices (then checked against the output width).
     """
+    x0, y0, w0 = self.batch(0)
+
     def unfit(e: Exception) -> ValueError:  # re-raised with the shapes a user needs to see
-      return ValueError(f"the model's outputs do not fit the loss on a batch of inputs {tuple(self.x.shape[1:])} "
-                        f"and targets {tuple(self.y.shape[1:])} {self.y.dtype}: {type(e).__name__}: {e}")
+      targets = "the batch" if self.y is None else f"targets {tuple(self.y.shape[1:])} {self.y.dtype}"
+      return ValueError(f"the model's outputs do not fit the loss on a batch of inputs {_shapes(x0)}, {targets} "
+                        f"and weights {tuple(w0.shape)}: {type(e).__name__}: {e}")
 
     try:
-      out = jax.eval_shape(lambda p: self.apply(p, self.state, self.x[0]), params)
+      out = jax.eval_shape(lambda p: self.apply(p, self.state, x0), params)
     except Exception as e:
       raise unfit(e) from e
+    try:
+      jax.eval_shape(lambda o: self._reduce(o, x0 if y0 is None else y0, w0, _float_dtype(params)), out)
+    except Exception as e:
+      raise unfit(e) from e
+    if self.y is None:
+      return self
     y = np.asarray(self.y).reshape(-1, *self.y.shape[2:])[:self.num_examples]  # the examples in order, no padding
     single = isinstance(out, jax.ShapeDtypeStruct)
     if (single and self.per_example is _cross_entropy and out.ndim == y.ndim + 1
@@ -539,30 +633,33 @@ class Objective:
       raise DataError(f"cross_entropy labels must be integers (class indices into the model's {out.shape[-1]} "
                       f"outputs); got {y.dtype} labels of shape {y.shape}: cast them (y.astype(np.int32)) or give "
                       f"probability targets shaped like the outputs, {tuple(out.shape[1:])} per example")
-    try:
-      jax.eval_shape(lambda o: self._reduce(o, self.y[0], self.w[0], _float_dtype(params)), out)
-    except Exception as e:
-      raise unfit(e) from e
     if single and _classes_read(self.per_example, out.ndim, y):
       _check_labels(y, int(out.shape[-1]), dict(self.info).get("loss", "the loss's"))
       return dataclasses.replace(self, num_classes=int(out.shape[-1]))
     return self
 
-  def with_data(self, data: tuple[jax.typing.ArrayLike, jax.typing.ArrayLike], name: str | None = None,
-                batch_size: int | None = None) -> "Objective":
-    """The same model and loss over other data (e.g. the test split)."""
-    xh, yh = np.asarray(data[0]), np.asarray(data[1])
-    _check_data(xh, yh, self.per_example)
-    if self.num_classes is not None and np.issubdtype(yh.dtype, np.integer):
-      _check_labels(yh, self.num_classes, dict(self.info).get("loss", "the loss's"))
-    x, y = jnp.asarray(data[0]), jnp.asarray(data[1])
-    if x.shape[1:] != self.x.shape[2:]:
-      raise ValueError(f"new inputs have per-example shape {x.shape[1:]}; the objective expects {self.x.shape[2:]}")
-    bs = _balanced(int(x.shape[0]), int(batch_size or self.batch_size))
-    xb, yb, wb = _batch(x, y, bs)
+  def with_data(self, data: Any, name: str | None = None, batch_size: int | None = None) -> "Objective":
+    """The same model and loss over other data (e.g. the test split), in the form the objective was built from:
+    ``(x, y)``, ``(x, y, weights)`` or a dict batch with the same keys."""
     info = dict(self.info)
-    info.update(dataset=name or info.get("dataset", "data") , num_examples=int(x.shape[0]), batch_size=bs)
-    return dataclasses.replace(self, x=xb, y=yb, w=wb, num_examples=int(x.shape[0]), info=tuple(info.items()))
+    keys = (info["inputs"], info["targets"], info["weights"]) if "inputs" in info else (None, None, None)
+    x, y, w, _ = _split_data(data, keys, named_loss=self.per_example in (fn for fn, _ in LOSSES.values()))
+    if (y is None) != (self.y is None):
+      raise ValueError("the new data must give the targets as the objective's did (a targets array or key, or none "
+                       "for a loss that reads the whole batch)")
+    _check_data(_host(x), None if y is None else np.asarray(y), self.per_example, None if w is None else np.asarray(w),
+                keys)
+    if self.num_classes is not None and np.issubdtype(np.asarray(y).dtype, np.integer):
+      _check_labels(np.asarray(y), self.num_classes, info.get("loss", "the loss's"))
+    expected = jax.tree.map(lambda a: tuple(a.shape[2:]), self.x)
+    found = jax.tree.map(lambda a: tuple(np.shape(a)[1:]), x)
+    if jax.tree.structure(expected) != jax.tree.structure(found) or expected != found:
+      raise ValueError(f"new inputs have per-example shape {found}; the objective expects {expected}")
+    n = int(jax.tree.leaves(x)[0].shape[0])
+    bs = _balanced(n, int(batch_size or self.batch_size))
+    xb, yb, wb, total = _batch(x, y, w, bs)
+    info.update(dataset=name or info.get("dataset", "data"), num_examples=n, batch_size=bs)
+    return dataclasses.replace(self, x=xb, y=yb, w=wb, num_examples=n, total_weight=total, info=tuple(info.items()))
 
   def with_first_layer(self, first_layer: FirstLayer | None, params: PyTree | None = None) -> "Objective":
     """The same objective with its first layer described (or, with ``None``, forgotten: plain path only).
@@ -600,11 +697,11 @@ class Objective:
   # --------------------------------------------------------------- evaluating
   @property
   def batch_size(self) -> int:
-    return int(self.x.shape[1])
+    return int(self.w.shape[1])
 
   @property
   def num_batches(self) -> int:
-    return int(self.x.shape[0])
+    return int(self.w.shape[0])
 
   @property
   def metric_names(self) -> tuple[str, ...]:
@@ -634,29 +731,32 @@ class Objective:
   def _to_compute(self, t: PyTree) -> PyTree:
     return t if self.compute_dtype is None else _cast_floating(t, self.compute_dtype)
 
-  def _reduce(self, out: PyTree, y: jax.Array, w: jax.Array | None, acc_dtype: Any) -> dict[str, jax.Array]:
-    """Weighted sums of the per-example loss and metrics of model outputs ``out``."""
+  def _reduce(self, out: PyTree, targets: Any, w: jax.Array | None, acc_dtype: Any) -> dict[str, jax.Array]:
+    """Weighted sums of the per-example (or per-token) loss and metrics of model outputs ``out``."""
     if self.compute_dtype is not None:
       out = _cast_floating(out, acc_dtype)
-    losses = self.per_example(out, y)
-    if w is None:
-      w = jnp.ones(losses.shape[:1], losses.dtype)
-    w = w.astype(losses.dtype)
-    sums = {"loss": jnp.sum(w * losses)}
+    losses = self.per_example(out, targets)
+    sums = {"loss": _weighted_sum(losses, w)}
     for name, fn in self.metric_fns:
-      sums[name] = jnp.sum(w * fn(out, y).astype(losses.dtype))
+      sums[name] = _weighted_sum(fn(out, targets).astype(losses.dtype), w)
     return sums
+
+  def loss_sum(self, outputs: PyTree, batch: tuple[Any, ...]) -> jax.Array:
+    """``Σ w·ℓ`` of model ``outputs`` on ``batch`` ``(x, y, w)``: the loss part of :meth:`batch_sums` (for
+    curvature that differentiates with respect to the outputs, e.g. the Gauss-Newton matrix)."""
+    x, y, w = batch if len(batch) == 3 else (*batch, None)
+    return _weighted_sum(self.per_example(outputs, x if y is None else y), w)
 
   def batch_sums(self, params: PyTree, batch: tuple[jax.Array, ...], state: PyTree | None = None) -> dict[str, jax.Array]:
     """Weighted sums over one batch: ``{"loss": sum_i w_i l_i, metric: ...}``.
 
     This is the building block of every full-data reduction: summing it over
-    all batches and dividing by ``num_examples`` gives the exact mean.
+    all batches and dividing by :attr:`total_weight` gives the exact mean.
     """
     x, y, w = batch if len(batch) == 3 else (*batch, None)
     state = self.state if state is None else state
     out = self.apply(self._to_compute(params), self._to_compute(state), self._to_compute(x))
-    return self._reduce(out, y, w, _float_dtype(params))
+    return self._reduce(out, x if y is None else y, w, _float_dtype(params))
 
   def grid_batch_sums(self, params: PyTree, vectors: PyTree, coords: jax.Array, batch: tuple[jax.Array, ...], *,
                       state_vectors: PyTree | None = None, affine: bool = True) -> dict[str, jax.Array]:
@@ -701,6 +801,7 @@ class Objective:
     if fl is None:
       return jax.vmap(lambda c: self.batch_sums(at(c), batch, state=state_at(c)))(coords)
     x, y, w = batch if len(batch) == 3 else (*batch, None)
+    y = x if y is None else y
     acc_dtype = _float_dtype(params)
     xc = self._to_compute(x)
     z0 = fl.linear(self._to_compute(fl.select(params)), xc)
@@ -717,24 +818,36 @@ class Objective:
   def loss(self, params: PyTree, batch: tuple[jax.Array, ...] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """``(loss, metrics)``: the mean over one batch, or over all data when ``batch`` is None."""
     if batch is None:
-      sums, count = self.full_sums(params), self.num_examples
+      sums, count = self.full_sums(params), self.total_weight
     else:
       sums = self.batch_sums(params, batch)
-      count = jnp.sum(batch[2]) if len(batch) == 3 else batch[0].shape[0]
+      count = jnp.sum(batch[2]) if len(batch) == 3 else jax.tree.leaves(batch[0])[0].shape[0]
     means = {k: v / jnp.asarray(count, _standard_result_type(v, count)) for k, v in sums.items()}
     return means.pop("loss"), means
 
+  def sum_over_batches(self, sums: Callable[[tuple[Any, Any, jax.Array]], PyTree]) -> PyTree:
+    """``Σ_b sums(batch b)`` over the objective's batches ``(x, y, w)``: one ``lax.scan``.
+
+    The first batch initialises the carry, so the carry has the same
+    sharding/varying-ness as the sums (needed inside ``shard_map``). With a
+    single batch there is no scan at all: a scan over zero batches would still
+    compile its body, doubling the compiled program (its HVP, for curvature)
+    for nothing.
+    """
+    batches = (self.x, self.y, self.w)
+    first = sums(jax.tree.map(lambda b: b[0], batches))
+    if self.num_batches == 1:
+      return first
+
+    def body(carry, batch):
+      return jax.tree.map(jnp.add, carry, sums(batch)), None
+
+    total, _ = jax.lax.scan(body, first, jax.tree.map(lambda b: b[1:], batches))
+    return total
+
   def full_sums(self, params: PyTree) -> dict[str, jax.Array]:
     """Sums of per-example loss and metrics over the whole dataset (one scan)."""
-    def body(carry, batch):
-      return jax.tree.map(jnp.add, carry, self.batch_sums(params, batch)), None
-
-    # The first batch initialises the carry, so the carry has the same
-    # sharding/varying-ness as the sums (needed inside shard_map).
-    batches = (self.x, self.y, self.w)
-    first = self.batch_sums(params, jax.tree.map(lambda b: b[0], batches))
-    sums, _ = jax.lax.scan(body, first, jax.tree.map(lambda b: b[1:], batches))
-    return sums
+    return self.sum_over_batches(lambda batch: self.batch_sums(params, batch))
 
   def value(self, params: PyTree) -> jax.Array:
     """Full-data mean loss alone (differentiable: use it for gradients and HVPs)."""
@@ -745,7 +858,7 @@ jax.tree_util.register_dataclass(
     Objective,
     data_fields=["x", "y", "w", "state"],
     meta_fields=["apply", "per_example", "metric_fns", "num_examples", "info", "first_layer_spec", "compute_dtype",
-                 "layout", "num_classes"],
+                 "layout", "num_classes", "total_weight"],
 )
 
 
@@ -796,7 +909,7 @@ def _calibration(obj: "Objective", k: int) -> jax.Array:
   if k > full:
     raise ValueError(f"recompute_batches={k} needs {k} full batches of {obj.batch_size} examples; the data "
                      f"({obj.num_examples} examples) has {full}")
-  return obj.x[:k]
+  return jax.tree.map(lambda a: a[:k], obj.x)
 
 
 def _balanced(n: int, batch_size: int) -> int:
@@ -810,18 +923,106 @@ def _balanced(n: int, batch_size: int) -> int:
   return -(-n // num_batches)
 
 
-def _batch(x: jax.Array, y: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Pads to a whole number of batches and reshapes to ``[nb, B, ...]``."""
-  n = x.shape[0]
+def _batch(x: Any, y: jax.Array | None, w: Any, batch_size: int) -> tuple[Any, Any, jax.Array, float]:
+  """Pads to a whole number of batches and reshapes to ``[nb, B, ...]``; returns ``(x, y, w, Σ w)``.
+
+  ``x`` may be a dict batch, ``y`` ``None``, ``w`` per-example ``[N]`` or
+  per-token ``[N, T, ...]`` weights (``None``: 1 per example); the padded
+  examples get weight 0.
+  """
+  n = int(jax.tree.leaves(x)[0].shape[0])
   nb = -(-n // batch_size)
   pad = nb * batch_size - n
-  w = jnp.concatenate([jnp.ones(n, jnp.float32), jnp.zeros(pad, jnp.float32)])
+  w = jnp.ones(n, jnp.float32) if w is None else jnp.asarray(w).astype(jnp.float32)
+  # Σ w in float64 on the host, of the float32 weights the batches use: the exact denominator of every full mean
+  total = float(np.asarray(w, np.float64).sum())
+  w = jnp.concatenate([w, jnp.zeros((pad, *w.shape[1:]), jnp.float32)])
   if pad:
     # Pad by repeating the first examples so the padded inputs stay in-distribution
     # (no NaNs from, e.g., a log of zeros); their weight is 0.
     idx = jnp.concatenate([jnp.arange(n), jnp.arange(pad) % n])
-    x, y = x[idx], y[idx]
-  return (x.reshape(nb, batch_size, *x.shape[1:]), y.reshape(nb, batch_size, *y.shape[1:]), w.reshape(nb, batch_size))
+    x, y = jax.tree.map(lambda a: jnp.asarray(a)[idx], (x, y))
+
+  def split(a):
+    a = jnp.asarray(a)
+    return a.reshape(nb, batch_size, *a.shape[1:])
+
+  xb, yb, wb = jax.tree.map(split, (x, y, w))
+  return xb, yb, wb, total
+
+
+def _weighted_sum(values: jax.Array, w: jax.Array | None) -> jax.Array:
+  """``Σ w·ℓ`` over one batch of per-example ``[B]`` or per-token ``[B, T, ...]`` values.
+
+  ``w`` (``None``: 1 per example) has a prefix of the values' shape; the
+  values' further axes are averaged first, so unweighted per-token losses
+  count every token of an example equally (with ``T`` tokens each, the full
+  mean ``Σ / Σ w`` is the mean over all tokens).
+  """
+  if w is None:
+    w = jnp.ones(values.shape[:1], values.dtype)
+  if values.ndim < w.ndim or values.shape[:w.ndim] != w.shape:
+    raise ValueError(f"weights of shape {tuple(w.shape)} per batch do not fit losses of shape {tuple(values.shape)}: "
+                     "expected per-example weights [B] or per-token weights shaped like the per-token losses "
+                     "[B, T, ...]")
+  if values.ndim > w.ndim:
+    values = values.mean(axis=tuple(range(w.ndim, values.ndim)))
+  return jnp.sum(w.astype(values.dtype) * values)
+
+
+_DATA_KEYS = ("inputs", "targets", "weights")
+
+
+def _split_data(data: Any, keys: tuple[str | None, str | None, str | None], *, named_loss: bool
+                ) -> tuple[Any, Any, Any, tuple[tuple[str, Any], ...]]:
+  """``(x, y, w, info)`` of ``(x, y)``, ``(x, y, w)`` or a dict batch with ``keys = (inputs, targets, weights)``.
+
+  A dict batch gives ``x = batch[inputs]`` when the loss reads
+  ``batch[targets]`` (the plain ``(x, y)`` layout: no array is stored twice),
+  else the whole batch as ``x`` and ``y = None``; ``info`` records the keys.
+  """
+  inputs, targets, weights = keys
+  if isinstance(data, Mapping):
+    batch = dict(data)
+    if targets is None and named_loss:
+      targets = "labels"
+    for role, key in zip(_DATA_KEYS, (inputs, targets, weights)):
+      if key is not None and key not in batch:
+        default = " (the default for a named loss)" if role == "targets" and keys[1] is None else ""
+        raise ValueError(f"{role}={key!r}{default} is not a key of the dict batch; its keys: {sorted(batch)}")
+    w = None if weights is None else batch[weights]
+    y = None if targets is None else batch[targets]
+    x = batch[inputs] if (inputs is not None and y is not None) else batch
+    return x, y, w, tuple(zip(_DATA_KEYS, (inputs, targets, weights)))
+  if any(k is not None for k in keys):
+    raise ValueError(f"inputs/targets/weights name keys of a dict batch; data is a {type(data).__name__} (give "
+                     "weights of (x, y) data as a third array: data=(x, y, weights))")
+  if not (isinstance(data, (tuple, list)) and len(data) in (2, 3)):
+    raise ValueError(f"data must be a pair (x, y) of arrays, a triple (x, y, weights) or a dict batch; got "
+                     f"{type(data).__name__}" + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else ""))
+  return data[0], data[1], data[2] if len(data) == 3 else None, ()
+
+
+def _host(x: Any) -> Any:
+  """A host (NumPy) view of an input array or of a dict batch's arrays, for the data checks."""
+  return np.asarray(x) if not isinstance(x, Mapping) else {k: _host(v) for k, v in x.items()}
+
+
+def _shapes(x: Any) -> Any:
+  """Per-example shapes of a batch of inputs (an array or a dict batch), for messages."""
+  return tuple(x.shape[1:]) if hasattr(x, "shape") else {k: _shapes(v) for k, v in x.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Select:
+  """``apply(params, state, batch[key])`` on a dict batch: a model called on one of the batch's arrays while the
+  loss reads the whole batch (hashable, so jit caches are shared)."""
+
+  apply: Apply
+  key: str
+
+  def __call__(self, params: PyTree, state: PyTree, batch: Mapping[str, jax.Array]) -> jax.Array:
+    return self.apply(params, state, batch[self.key])
 
 
 # ----------------------------------------------------------------------------- L2 penalties
@@ -849,7 +1050,7 @@ class _PenalisedApply:
   def __call__(self, params, state, x):
     out = self.apply(params, state, x)
     pen = l2_penalty(params, self.weight_decay).astype(jnp.result_type(out))
-    return out, jnp.broadcast_to(pen, (x.shape[0],))
+    return out, jnp.broadcast_to(pen, (jax.tree.leaves(x)[0].shape[0],))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -858,7 +1059,9 @@ class _PenalisedLoss:
 
   def __call__(self, outputs, targets):
     out, pen = outputs
-    return self.per_example(out, targets) + pen
+    losses = self.per_example(out, targets)
+    # per-token losses [B, T, ...]: every token carries the penalty, so weighted token means add it once
+    return losses + pen.reshape(pen.shape + (1,) * (losses.ndim - 1))
 
 
 @dataclasses.dataclass(frozen=True)

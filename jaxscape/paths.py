@@ -797,7 +797,7 @@ def _train(obj, curve, key, lr, steps, num_samples):
     kt, kb = jax.random.split(k)
     ts = jax.random.uniform(kt, (num_samples,), jax.tree.leaves(bends)[0].dtype)
     i = jax.random.randint(kb, (), 0, obj.num_batches)
-    batch = (obj.x[i], obj.y[i], obj.w[i])
+    batch = obj.batch(i)
     c = dataclasses.replace(curve, bends=bends)
     return jnp.mean(jax.vmap(lambda t: obj.loss(c(t), batch)[0])(ts))
 

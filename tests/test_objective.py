@@ -6,6 +6,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from jax.flatten_util import ravel_pytree
 
 import jaxscape as js
 from jaxscape import data, hessian, models, train, tree
@@ -229,3 +230,26 @@ def test_from_stateful_matches_from_model_and_shares_the_static_apply():
   with pytest.raises(ValueError, match="do not fit the loss"):
     js.Objective.from_stateful(apply, st, params[1], data=(ds.x_train, ds.y_train[:, None].astype(np.float32) * np.ones((1, 3))),
                                loss="mse")
+
+
+def test_one_batch_compiles_no_scan_and_many_batches_one(x64):
+  """A single batch is summed without a ``lax.scan`` (a scan over zero batches would still compile the model a
+  second time, and again in every HVP); several batches use one scan; both give the exact mean."""
+  x, y = _data()
+  p = jax.tree.map(lambda a: a.astype(jnp.float64), _params())
+  logits = x.astype(np.float64) @ np.asarray(p["w"]) + np.asarray(p["b"])
+  ref = float(optax.softmax_cross_entropy_with_integer_labels(logits, y).mean())
+  for batch_size, scans in ((None, 0), (5, 1)):
+    obj = js.Objective.from_apply(_linear_apply, p, data=(x.astype(np.float64), y), batch_size=batch_size)
+    jaxpr = str(jax.make_jaxpr(obj.value)(p))
+    assert jaxpr.count("scan[") == scans, (batch_size, jaxpr)
+    np.testing.assert_allclose(float(obj.value(p)), ref, rtol=1e-12)  # float64 sums of 13 terms
+    # the GGN sums its batches the same way: G v against the dense J^T H_out J / N
+    v = jax.tree.map(lambda a: a[::-1] ** 2, p)  # not a constant shift of the logits (the GGN's null space)
+    gv = hessian.hvp(obj, p, v, kind="ggn")
+    flat, unravel = ravel_pytree(p)
+    jac = jax.jacobian(lambda f: _linear_apply(unravel(f), x.astype(np.float64)).reshape(-1))(flat)  # [N*C, P]
+    prob = jax.nn.softmax(jnp.asarray(logits), -1)
+    h_out = jax.scipy.linalg.block_diag(*[jnp.diag(q) - jnp.outer(q, q) for q in prob]) / x.shape[0]
+    np.testing.assert_allclose(ravel_pytree(gv)[0], jac.T @ h_out @ jac @ ravel_pytree(v)[0],
+                               rtol=1e-10)

@@ -67,7 +67,7 @@ def default_chunk_size(objective: Objective, params: PyTree, num_devices: int = 
     memory_budget = _default_budget(num_devices)
   itemsize = max(np.dtype(x.dtype).itemsize for x in jax.tree.leaves(params))
   param_bytes = tree.size(params) * itemsize
-  batch = (objective.x[0], objective.y[0], objective.w[0])
+  batch = objective.batch(0)
   act_bytes = 0
   try:
     analysis = _batch_sums.lower(_without_batches(objective), params, batch).compile().memory_analysis()
@@ -76,7 +76,7 @@ def default_chunk_size(objective: Objective, params: PyTree, num_devices: int = 
     act_bytes = 0
   if act_bytes <= 0:
     out = jax.eval_shape(lambda p: objective.apply(p, objective.state, batch[0]), params)
-    act_bytes = 8 * int(np.prod(out.shape)) * itemsize + objective.batch_size * 1024 * itemsize
+    act_bytes = 8 * sum(int(np.prod(o.shape)) for o in jax.tree.leaves(out)) * itemsize + objective.batch_size * 1024 * itemsize
   per_point = 2 * param_bytes + act_bytes
   if objective.first_layer is not None:  # affine first layer: no per-point copy of it, smaller activations
     per_point = _affine_point_bytes(objective, params, batch) or per_point
@@ -345,21 +345,16 @@ def _origin_loss(objective: Objective, params: PyTree) -> jax.Array:
   """The full-data loss at ``params`` (:meth:`~jaxscape.Objective.full_sums`'s scan) through :func:`_batch_sums`,
   whose trace it shares with the chunk-size probe."""
   rest = _without_batches(objective)
-
-  def body(carry, batch):
-    return jax.tree.map(jnp.add, carry, _batch_sums(rest, params, batch)), None
-
-  batches = (objective.x, objective.y, objective.w)
-  first = _batch_sums(rest, params, jax.tree.map(lambda b: b[0], batches))
-  sums, _ = jax.lax.scan(body, first, jax.tree.map(lambda b: b[1:], batches))
-  return sums["loss"] / objective.num_examples
+  sums = objective.sum_over_batches(lambda batch: _batch_sums(rest, params, batch))
+  return sums["loss"] / objective.total_weight
 
 
 def _check_data_dtype(objective: Objective, params: PyTree) -> None:
   """Floating inputs must have the parameters' dtype: a mix would silently compute every point in the promoted one."""
   dtype = np.dtype(jnp.result_type(*jax.tree.leaves(params)))
-  x_dtype = np.dtype(objective.x.dtype)
-  if jnp.issubdtype(x_dtype, jnp.floating) and x_dtype != dtype:
+  floating = [np.dtype(a.dtype) for a in jax.tree.leaves(objective.x) if jnp.issubdtype(a.dtype, jnp.floating)]
+  x_dtype = next((dt for dt in floating if dt != dtype), dtype)
+  if x_dtype != dtype:
     raise ValueError(f"the objective's inputs are {x_dtype} but the parameters are {dtype}: every grid point would be "
                      f"computed in {np.promote_types(x_dtype, dtype)}, silently changing the model's precision; give "
                      f"data and parameters one dtype (e.g. x.astype({str(dtype)!r}))")

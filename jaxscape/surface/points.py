@@ -111,15 +111,9 @@ def loss_sums(chunk: Chunk, inputs: PointInputs, objective: Objective) -> dict[s
     return objective.grid_batch_sums(inputs.params, inputs.vectors, chunk.coords, batch,
                                      state_vectors=inputs.state_vectors)
 
-  def body(carry, batch):
-    return jax.tree.map(jnp.add, carry, chunk_sums(batch)), None
-
-  # The first batch initialises the carry (it is then already sharded like
-  # the grid), the scan adds the others.
-  batches = (objective.x, objective.y, objective.w)
-  first = chunk_sums(jax.tree.map(lambda b: b[0], batches))
-  sums, _ = jax.lax.scan(body, first, jax.tree.map(lambda b: b[1:], batches))
-  return jax.tree.map(lambda v: v / objective.num_examples, sums)
+  # The first batch initialises the carry (it is then already sharded like the grid).
+  sums = objective.sum_over_batches(chunk_sums)
+  return jax.tree.map(lambda v: v / objective.total_weight, sums)
 
 
 @dataclasses.dataclass(frozen=True)
