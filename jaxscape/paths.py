@@ -504,7 +504,7 @@ def weight_matching(key: jax.Array, params_a: PyTree, params_b: PyTree,
     >>> m.perms[0].tolist(), m.converged
     ([1, 2, 0], True)
   """
-  _check_same_structure(params_a, params_b, "params_a and params_b")
+  tree.check_same_structure(params_a, params_b, "params_a and params_b")
   if not isinstance(max_sweeps, int) or max_sweeps < 1:
     raise ValueError(f"max_sweeps must be a positive int; got {max_sweeps!r}")
   names = tree.leaf_names(params_a)
