@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Any, Mapping
 
 import jax
@@ -178,11 +179,19 @@ def _write_checksums(directory: str) -> None:
   os.replace(tmp, os.path.join(directory, CHECKSUM_FILE))
 
 
-def _verify_checksums(directory: str, where: str, hint: str = "") -> None:
-  """Raises :class:`CorruptCheckpointError` when a file differs from (or lacks) its recorded checksum."""
+def _verify_checksums(directory: str, where: str, hint: str = "", *, required: bool = False) -> None:
+  """Raises :class:`CorruptCheckpointError` when a file differs from (or lacks) its recorded checksum.
+
+  Without a checksum file: an error when ``required`` (a training step), else a loud warning that the checkpoint
+  is loaded unverified (one written by another tool has orbax's own checks only).
+  """
   path = os.path.join(directory, CHECKSUM_FILE)
   if not os.path.isfile(path):
-    return  # not written by jaxscape (or killed before the checksums): orbax's own checks only
+    if required:
+      raise _corrupt(where, f"it has no {CHECKSUM_FILE} (its write did not finish, or another tool wrote it)", hint)
+    warnings.warn(f"{where} has no {CHECKSUM_FILE}: loaded UNVERIFIED (only orbax's own checks); checkpoints "
+                  "written by jaxscape carry the SHA-256 of every file", stacklevel=3)
+    return
   try:
     with open(path, "rb") as f:
       sums = json.loads(f.read().decode("utf-8"))
@@ -254,13 +263,21 @@ def _manager(directory: str, max_to_keep: int | None = None):
                                options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
 
 
+def _complete_steps(mngr: Any, d: str) -> list[int]:
+  """The managed steps whose checksums were written (a step killed before them is not complete)."""
+  return [s for s in mngr.all_steps() if os.path.isfile(os.path.join(d, str(s), CHECKSUM_FILE))]
+
+
 def latest_step(run_dir: str | os.PathLike) -> int | None:
-  """The step of the newest complete training checkpoint in ``run_dir`` (``None`` if there is none)."""
+  """The step of the newest complete training checkpoint in ``run_dir`` (``None`` if there is none).
+
+  Complete means written with its checksums; a step whose write was killed before them is skipped (the run
+  resumes from the one before and writes it again)."""
   d = os.path.join(_abs(run_dir), "checkpoints")
   if not os.path.isdir(d):
     return None
   with _manager(d) as mngr:
-    return mngr.latest_step()
+    return max(_complete_steps(mngr, d), default=None)
 
 
 def save_training(run_dir: str | os.PathLike, carry: Mapping[str, PyTree], key: jax.Array,
@@ -323,7 +340,7 @@ def restore_training(run_dir: str | os.PathLike, like: Mapping[str, PyTree], ste
   if not os.path.isdir(d):
     return None
   with _manager(d) as mngr:
-    step = mngr.latest_step() if step is None else step
+    step = max(_complete_steps(mngr, d), default=None) if step is None else step
     if step is None:
       return None
     meta_like = {k: np.asarray(v) for k, v in like.items() if k not in ("params", "state", "opt_state")}
@@ -361,7 +378,7 @@ def _restore_step(mngr: Any, d: str, step: int, items: Mapping[str, Any], expect
   older = [s for s in mngr.all_steps() if s < step]
   hint = (f"Delete {os.path.join(d, str(step))!r} to resume from the previous checkpoint (step {max(older)}), "
           "or start again in an empty directory." if older else "Delete it and train again.")
-  _verify_checksums(os.path.join(d, str(step)), where, hint)
+  _verify_checksums(os.path.join(d, str(step)), where, hint, required=True)
   try:
     metadata = mngr.item_metadata(step)
     saved = {name: _saved_layout(metadata[name]) for name in expected}

@@ -7,7 +7,8 @@ A result directory holds
 * ``meta.json``: the ``config`` that defines the result (a rerun with the same
   config resumes; with another config it is refused), the environment
   (package versions, device kind and count, dtype), run statistics, and the
-  SHA-256 of ``results.npz`` (``checksum``).
+  SHA-256 of ``results.npz`` and of ``meta.json``'s own content (``checksum``;
+  a damaged ``meta.json`` is told from a change of config).
 
 Every write puts both files into a new generation folder (``.gen-*``) and then
 switches one symbolic link, ``.current``, to it with a single ``os.replace``;
@@ -158,11 +159,18 @@ def key_record(key: jax.Array) -> list[int]:
   return [int(v) for v in np.asarray(data).ravel()]
 
 
+def _umask() -> int:
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
 def _atomic_write(path: str, write) -> None:
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
   try:
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from the user's group
     with os.fdopen(fd, "wb") as f:
       write(f)
       f.flush()
@@ -471,6 +479,7 @@ def _publish(directory: str, files: Mapping[str, bytes]) -> None:
   before = _current_generation(directory)
   had_result = before is not None or os.path.exists(os.path.join(directory, RESULTS))
   tmp = tempfile.mkdtemp(dir=directory, prefix=_TMP + "gen-")
+  os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700: the files inside follow the umask like figures do
   generation = _GEN + os.path.basename(tmp)[len(_TMP + "gen-"):]
   link = os.path.join(directory, _TMP + "link" + generation)
   published = False
@@ -532,7 +541,9 @@ def save_result(directory: str, arrays: Mapping[str, Any], meta: Mapping[str, An
   data = buf.getvalue()
   with RunLock(directory):
     checksum = {"algorithm": "sha256", RESULTS: _sha256(data), "previous": _previous_sha256(directory)}
-    text = json.dumps(to_jsonable({**meta, "checksum": checksum}), indent=2, sort_keys=True, allow_nan=True)
+    full = to_jsonable({**meta, "checksum": checksum})
+    full["checksum"]["meta"] = _meta_sha256(json.loads(json.dumps(full, allow_nan=True)))  # as a reader parses it
+    text = json.dumps(full, indent=2, sort_keys=True, allow_nan=True)
     _publish(directory, {RESULTS: data, META: text.encode()})
 
 
@@ -544,7 +555,21 @@ def _parse_meta(path: str, raw: bytes) -> dict[str, Any]:
                              f"corrupted. {_FIX}") from None
   if not isinstance(meta, dict):
     raise CorruptResultError(f"{path!r} should hold a JSON object; found {type(meta).__name__}. {_FIX}")
+  checksum = meta.get("checksum")
+  if isinstance(checksum, dict) and ("meta" in checksum or set(checksum) - _CHECKSUM_KEYS):
+    own = {**meta, "checksum": {k: v for k, v in checksum.items() if k != "meta"}}
+    if checksum.get("meta") != _meta_sha256(own):
+      raise CorruptResultError(f"{path!r} does not match its own checksum: the file is corrupted (this is damage, "
+                               f"not a change of config). {_FIX}")
   return meta
+
+
+_CHECKSUM_KEYS = {"algorithm", RESULTS, "previous", "meta"}
+
+
+def _meta_sha256(meta: Mapping[str, Any]) -> str:
+  """The SHA-256 of ``meta`` in a canonical JSON form (sorted keys, no spaces): what ``checksum.meta`` records."""
+  return _sha256(json.dumps(meta, sort_keys=True, separators=(",", ":"), allow_nan=True).encode())
 
 
 def _read_meta(path: str) -> dict[str, Any]:
