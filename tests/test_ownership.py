@@ -292,3 +292,22 @@ def test_a_training_step_without_checksums_is_not_resumed_from_and_plain_restore
   os.remove(os.path.join(path, checkpoint.CHECKSUM_FILE))
   with pytest.warns(UserWarning, match="loaded UNVERIFIED"):
     checkpoint.restore(path)
+
+
+def test_a_large_grid_is_saved_a_bounded_number_of_times_and_still_resumes(tmp_path, monkeypatch):
+  from jaxscape.surface import executor
+
+  x = jnp.linspace(-1.0, 1.0, 8)[:, None]
+  obj = js.Objective.from_apply(lambda p, x: x * p["w"][None, :], data=(x, 2.0 * x), loss="mse", batch_size=None,
+                                name="line")
+  params, dirs, out, ndev = {"w": jnp.ones((1,))}, [{"w": jnp.ones((1,))}], str(tmp_path / "s"), len(jax.devices())
+  monkeypatch.setattr(executor, "SAVE_ALWAYS_POINTS", 10)  # "large" from 11 points, at most 3 saves
+  monkeypatch.setattr(executor, "MAX_SAVES", 3)
+  real, saves = jio.save_result, []
+  monkeypatch.setattr(executor._io, "save_result", lambda d, a, m: (saves.append(int(a["done"].sum())), real(d, a, m)))
+  surf = js.loss_surface(obj, params, dirs, x=(-1.0, 1.0, 8 * ndev), chunk_size=ndev, chunks_per_call=1, out_dir=out,
+                         quiet=True)
+  assert saves == [3 * ndev, 6 * ndev, 8 * ndev]  # 8 calls: after the 3rd, the 6th and the last
+  again = js.loss_surface(obj, params, dirs, x=(-1.0, 1.0, 8 * ndev), chunk_size=ndev, chunks_per_call=1,
+                          out_dir=out, quiet=True)
+  np.testing.assert_array_equal(again.loss, surf.loss)

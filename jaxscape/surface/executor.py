@@ -226,6 +226,25 @@ def _without_batches(objective: Objective) -> Objective:
   return dataclasses.replace(objective, x=None, y=None, w=None)
 
 
+SAVE_ALWAYS_POINTS = 100_000
+"""Grids up to this many points are saved after every call; larger ones at most :data:`MAX_SAVES` times."""
+MAX_SAVES = 100
+
+
+def saves_every(num_points: int, num_calls: int) -> int:
+  """Save after every this many calls: 1, or for a large grid enough calls apart for at most ``MAX_SAVES`` saves.
+
+  Each save writes (and compresses) the whole grid's maps, so saving a large
+  grid after every call would cost time quadratic in its size; with at most
+  ``MAX_SAVES`` saves a kill loses at most ``1 / MAX_SAVES`` of the run.
+
+  Example:
+    >>> saves_every(10_000, 500), saves_every(9_006_001, 8_796)
+    (1, 88)
+  """
+  return 1 if num_points <= SAVE_ALWAYS_POINTS else max(1, math.ceil(num_calls / MAX_SAVES))
+
+
 def _chunk(coords: np.ndarray, index: np.ndarray, dtype: Any, mesh: jax.sharding.Mesh) -> Chunk:
   """A call's points on ``mesh``, sharded over its ``"grid"`` axis."""
   grid_sharding = NamedSharding(mesh, P("grid"))
@@ -658,7 +677,8 @@ def loss_surface(
 
     from tqdm.auto import tqdm
 
-    for points in tqdm(rounds, disable=quiet or pid != 0, desc="surface", unit="call"):
+    every = saves_every(num_points, len(rounds))
+    for r, points in enumerate(tqdm(rounds, disable=quiet or pid != 0, desc="surface", unit="call")):
       idx = np.array_split(points, nproc)[pid]
       c = np.zeros((call_size, len(axes)))
       c[: idx.size] = grid_coordinates(axes, idx)
@@ -673,7 +693,8 @@ def loss_surface(
         v = np.asarray(got[k][keep], np.float64)
         values[k][idx] = np.where(np.isfinite(v), v, np.nan)
       done[idx] = True
-      save(result(time.perf_counter() - start, int(done.sum()) - done_before))
+      if (r + 1) % every == 0 or r + 1 == len(rounds):
+        save(result(time.perf_counter() - start, int(done.sum()) - done_before))
     surf = result(time.perf_counter() - start, todo.size)
     if not rounds:
       save(surf)
