@@ -847,3 +847,32 @@ def test_a_full_disk_keeps_the_previous_result_loadable_and_says_so(tmp_path, mo
   resumed = run_surface(out)
   assert resumed.meta["points_evaluated"] == 17
   np.testing.assert_array_equal(resumed.loss, run_surface(None).loss)
+
+
+KILL_OVERWRITE = PROBLEM + """
+import os, signal, sys
+from jaxscape import io as jio
+real_write, count = jio.ResultStore.write, [0]
+def write(self, *a, **kw):     # the process dies right after its 3rd complete write
+  real_write(self, *a, **kw)
+  count[0] += 1
+  if count[0] == 3:
+    os.kill(os.getpid(), signal.SIGKILL)
+jio.ResultStore.write = write
+run(sys.argv[1], None, overwrite=True)
+print("not killed")
+"""
+
+
+def test_a_sigkilled_overwrite_leaves_the_old_result_and_the_same_command_resumes_the_replacement(tmp_path):
+  out = str(tmp_path / "run")
+  jio.save_result(out, {"loss": np.zeros((3, 3))}, {"config": {"kind": "surface", "axes": "another"}})
+  proc = _python(KILL_OVERWRITE, out)
+  assert proc.returncode == -9, proc.stdout + proc.stderr
+  arrays, meta = jio.load_result(out)  # the old result is still the published one
+  assert arrays["loss"].shape == (3, 3) and meta["config"]["axes"] == "another"
+  resumed = run_surface(out, None, overwrite=True)  # the same command: the staged 12 points are kept
+  assert resumed.meta["points_evaluated"] == 25 - 12
+  np.testing.assert_array_equal(resumed.loss, run_surface(None, None).loss)
+  np.testing.assert_array_equal(js.load_surface(out).loss, resumed.loss)
+  assert not os.path.exists(os.path.join(out, jio.REPLACEMENT))
