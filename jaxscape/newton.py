@@ -44,7 +44,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -486,6 +486,15 @@ def _sfn_minimize(obj, params, max_steps, tol, damping, step_cap):
           "status": status, "flatness": flatness(lam, vecs, g)}
 
 
+def _check_sfn_settings(max_steps: Any, tol: Any, damping: Any, step_cap: Any) -> None:
+  if not isinstance(max_steps, int) or max_steps < 0:
+    raise ValueError(f"max_steps must be a non-negative int; got {max_steps!r}")
+  if not tol > 0:
+    raise ValueError(f"tol must be positive; got {tol!r}")
+  if not damping >= 0 or not step_cap > 0:
+    raise ValueError(f"damping must be >= 0 and step_cap > 0; got damping={damping!r}, step_cap={step_cap!r}")
+
+
 def minimize_saddle_free(
     obj: Objective,
     params: PyTree,
@@ -529,12 +538,7 @@ def minimize_saddle_free(
     >>> cp.converged, float(cp.index), round(cp.loss, 6)
     (True, 0.0, -0.25)
   """
-  if not isinstance(max_steps, int) or max_steps < 0:
-    raise ValueError(f"max_steps must be a non-negative int; got {max_steps!r}")
-  if not tol > 0:
-    raise ValueError(f"tol must be positive; got {tol!r}")
-  if not damping >= 0 or not step_cap > 0:
-    raise ValueError(f"damping must be >= 0 and step_cap > 0; got damping={damping!r}, step_cap={step_cap!r}")
+  _check_sfn_settings(max_steps, tol, damping, step_cap)
   out = _sfn_minimize(obj, params, max_steps, tol, damping, step_cap)
   lam = out["eigenvalues"]
   eps_value = float(default_eps(lam)) if eps is None else float(eps)
@@ -626,12 +630,7 @@ def minimize_saddle_free_many(obj: Objective, starts: PyTree, *, max_steps: int 
     ([1.0, -1.0], [True, True])
   """
   _check_stacked(starts, "starts")
-  if not isinstance(max_steps, int) or max_steps < 0:
-    raise ValueError(f"max_steps must be a non-negative int; got {max_steps!r}")
-  if not tol > 0:
-    raise ValueError(f"tol must be positive; got {tol!r}")
-  if not damping >= 0 or not step_cap > 0:
-    raise ValueError(f"damping must be >= 0 and step_cap > 0; got damping={damping!r}, step_cap={step_cap!r}")
+  _check_sfn_settings(max_steps, tol, damping, step_cap)
   out = jax.vmap(lambda p: _sfn_minimize(obj, p, max_steps, tol, damping, step_cap))(starts)
   gn = np.asarray(out["grad_norm"])
   return {"params": out["params"], "loss": np.asarray(out["value"]), "grad_norm": gn,
