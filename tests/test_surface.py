@@ -122,8 +122,12 @@ def test_resume_after_a_killed_run_loses_no_finished_chunk(problem, tmp_path, mo
   resumed = js.loss_surface(obj, p, dirs, x=(-1, 1, 5), y=(-1, 1, 3), quiet=True, chunk_size=4, chunks_per_call=1, devices=jax.devices()[:1], out_dir=out)
   assert resumed.meta["points_evaluated"] == 7  # only the unfinished points
   np.testing.assert_allclose(resumed.loss, full.loss, rtol=1e-6)
-  again = js.loss_surface(obj, p, dirs, x=(-1, 1, 5), y=(-1, 1, 3), quiet=True, chunk_size=3, out_dir=out)
-  assert again.meta["points_evaluated"] == 0  # finished: nothing recomputed, any chunk size
+  again = js.loss_surface(obj, p, dirs, x=(-1, 1, 5), y=(-1, 1, 3), quiet=True, chunk_size=4, devices=jax.devices()[:1],
+                          out_dir=out)
+  assert again.meta["points_evaluated"] == 0  # finished: nothing recomputed
+  with pytest.raises(ValueError, match="chunk_size: saved 4, now 3"):  # values depend on it in the last bits
+    js.loss_surface(obj, p, dirs, x=(-1, 1, 5), y=(-1, 1, 3), quiet=True, chunk_size=3, devices=jax.devices()[:1],
+                    out_dir=out)
   loaded = js.load_surface(out)
   np.testing.assert_allclose(loaded.loss, full.loss, rtol=1e-6)
   np.testing.assert_allclose(loaded.accuracy, full.accuracy, rtol=1e-6)
