@@ -1,5 +1,5 @@
 # jaxscape: two commands on a fresh machine.
-#   make experiment NAME=<name> [PRESET=smoke|cpu|full] [SEED=0] [DATA_DIR=...]
+#   make experiment NAME=<name> [PRESET=smoke|cpu|full] [SEED=0] [DATA_DIR=...] [SET="key=value key2=value2"]
 #   make test
 VENV   ?= .venv
 PYTHON ?= python3
@@ -24,7 +24,7 @@ test: install
 	$(PY) -m pytest -q -n $(JOBS) tests
 
 experiment: install
-	$(PY) -m experiments $(NAME) --preset $(PRESET) --seed $(SEED) $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
+	$(PY) -m experiments $(NAME) --preset $(PRESET) --seed $(SEED) $(if $(DATA_DIR),--data-dir $(DATA_DIR),) $(foreach s,$(SET),--set $(s))
 
 experiments: install
 	@set -e; for f in experiments/[a-z]*.py; do \

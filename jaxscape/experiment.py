@@ -199,6 +199,64 @@ def load_dataset(spec: dict[str, Any], data_dir: str | None) -> data.Dataset:
 # ----------------------------------------------------------------------------- running
 
 
+def _same_kind(old: Any, new: Any) -> bool:
+  """Whether an override keeps the preset value's kind (an int stays an integer, a number a number, a list a list)."""
+  if old is None:
+    return True
+  if isinstance(old, bool) or isinstance(new, bool):
+    return isinstance(old, bool) and isinstance(new, bool)
+  if isinstance(old, int):
+    return isinstance(new, int)
+  if isinstance(old, float):
+    return isinstance(new, (int, float))
+  return isinstance(new, type(old)) or (isinstance(old, (list, tuple)) and isinstance(new, list))
+
+
+def apply_overrides(config: Mapping[str, Any], assignments: Sequence[str]) -> dict[str, Any]:
+  """A copy of ``config`` with ``KEY=VALUE`` assignments applied (big_vision / ml_collections style).
+
+  ``KEY`` is a field of the preset, nested with dots (``main.grid``; list
+  items by index, ``extra.0.grid``); ``VALUE`` is JSON (``31``, ``[4, 8]``,
+  ``true``) or a bare string. Each key must exist and keep its kind (an
+  integer stays an integer): a typo is an error naming the fields there are.
+
+  Example:
+    >>> apply_overrides({"grid": 21, "main": {"depths": [4, 16]}}, ["grid=31", "main.depths=[4, 8]"])
+    {'grid': 31, 'main': {'depths': [4, 8]}}
+  """
+  import copy
+  import json
+
+  out = copy.deepcopy(dict(config))
+  for text in assignments:
+    if "=" not in text:
+      raise ValueError(f"--set expects KEY=VALUE (e.g. grid=31, main.depths=[4,8]); got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+      value = json.loads(raw)
+    except json.JSONDecodeError:
+      value = raw
+    node, parts = out, key.split(".")
+    for depth, part in enumerate(parts):
+      where = ".".join(parts[:depth]) or "the preset"
+      if isinstance(node, list):
+        if not (part.isdigit() and int(part) < len(node)):
+          raise ValueError(f"--set {key}: {where} is a list of {len(node)} items; expected an index 0..{len(node) - 1}, "
+                           f"got {part!r}")
+        part = int(part)
+      elif not isinstance(node, dict) or part not in node:
+        fields = sorted(node) if isinstance(node, dict) else []
+        raise ValueError(f"--set {key}: no field {part!r} in {where}; expected one of {fields}")
+      if depth == len(parts) - 1:
+        if not _same_kind(node[part], value):
+          raise ValueError(f"--set {key}: the preset's value is {node[part]!r} ({type(node[part]).__name__}); got "
+                           f"{value!r} ({type(value).__name__})")
+        node[part] = value
+      else:
+        node = node[part]
+  return out
+
+
 def run(module: Any, argv: Sequence[str] | None = None) -> int:
   """Runs ``experiments/<name>.py``: ``CONFIGS[preset]`` -> ``main(config, out_dir)`` -> report.
 
@@ -221,8 +279,17 @@ def run(module: Any, argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--data-dir", default=None)
   parser.add_argument("--out", default=None)
+  parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a field of the preset (nested with dots, JSON values), repeatable; recorded in "
+                           "config.json and the report")
   args = parser.parse_args(argv)
-  config = {**module.CONFIGS[args.preset], "preset": args.preset, "seed": args.seed, "data_dir": args.data_dir}
+  try:
+    preset = apply_overrides(module.CONFIGS[args.preset], args.overrides)
+  except ValueError as e:
+    print(f"{name} [{args.preset}]: error: {e}", file=sys.stderr)
+    return 2
+  config = {**preset, "preset": args.preset, "seed": args.seed, "data_dir": args.data_dir,
+            **({"overrides": list(args.overrides)} if args.overrides else {})}
   out = args.out or getattr(module, "RUN_DIR", None) or os.path.join("runs", f"{name}-{args.preset}")
   with signals.interruptible():
     try:
@@ -230,6 +297,9 @@ def run(module: Any, argv: Sequence[str] | None = None) -> int:
       with jio.RunLock(out):  # the run owns its directory until its report is written
         jio.write_json(os.path.join(out, "config.json"), config)
         report = module.main(config, out)
+        if args.overrides:
+          report.notes.append(f"The {args.preset} preset was overridden: {', '.join(args.overrides)} (thresholds and "
+                              "claims were calibrated for the preset as it is).")
         with open(os.path.join(out, "report.md"), "w") as f:
           f.write(report.render())
     except signals.Interrupted as e:

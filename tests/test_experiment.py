@@ -219,3 +219,26 @@ def test_report_note_failures_lists_the_failed_checks():
   r.note_failures()
   assert r.notes == ["Not reproduced at this scale (smoke preset, seed 1): b. Settings were fixed before running and "
                      "not tuned."]
+
+
+def test_overrides_are_validated_against_the_preset_and_recorded(tmp_path, capsys):
+  preset = {"grid": 21, "span": 1.0, "name": "a", "main": {"depths": [4, 16]}, "extra": [{"grid": 7}]}
+  got = experiment.apply_overrides(preset, ["grid=31", "span=2", "main.depths=[4,8]", "extra.0.grid=9", "name=b"])
+  assert got == {"grid": 31, "span": 2, "name": "b", "main": {"depths": [4, 8]}, "extra": [{"grid": 9}]}
+  assert preset["grid"] == 21 and preset["extra"][0]["grid"] == 7  # the preset itself is untouched
+  for bad, match in (("grd=3", r"no field 'grd' in the preset; expected one of \['extra', 'grid', 'main', 'name', 'span'\]"),
+                     ("grid=2.5", r"preset's value is 21 \(int\); got 2.5 \(float\)"),
+                     ("main.depths=4", "got 4"), ("extra.3.grid=1", "a list of 1 items"), ("grid", "KEY=VALUE")):
+    with pytest.raises(ValueError, match=match):
+      experiment.apply_overrides(preset, [bad])
+  import experiments.surface_demo as module
+
+  out = str(tmp_path / "demo")
+  assert experiment.run(module, ["--preset", "smoke", "--out", out, "--set", "grid=3", "--set", "line=5"]) == 0
+  with open(os.path.join(out, "config.json")) as f:
+    config = json.load(f)
+  assert config["grid"] == 3 and config["line"] == 5 and config["overrides"] == ["grid=3", "line=5"]
+  with open(os.path.join(out, "report.md")) as f:
+    assert "The smoke preset was overridden: grid=3, line=5" in f.read()
+  assert experiment.run(module, ["--preset", "smoke", "--out", out, "--set", "gird=3"]) == 2
+  assert "no field 'gird'" in capsys.readouterr().err
