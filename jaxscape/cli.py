@@ -62,17 +62,34 @@ def demo_network(seed: int = 0, *, widths: Sequence[int] = (32, 32), epochs: int
   return update(model, params, state), ds, history
 
 
-def _objective(model: Any, ds: Any, split: str, batch_size: int):
+def _objective(model: Any, ds: Any, split: str, batch_size: int, loss: str | None = None):
   from .objective import Objective
+  from .sources import UserModel
 
   pair = ds.train if split == "train" else ds.test
-  return Objective.from_model(model, data=pair, batch_size=batch_size, name=f"{ds.name}-{split}")
+  if isinstance(model, UserModel):
+    return model.objective(pair, loss=loss or "cross_entropy", batch_size=batch_size, name=f"{ds.name}-{split}")
+  return Objective.from_model(model, data=pair, batch_size=batch_size, name=f"{ds.name}-{split}",
+                              loss=loss or "cross_entropy")
 
 
 def _add_source_flags(p: argparse.ArgumentParser) -> None:
   src = p.add_mutually_exclusive_group(required=True)
   src.add_argument("--checkpoint", help="checkpoint directory written by `jaxscape train`")
   src.add_argument("--demo", action="store_true", help="train a small MLP on digits first (seconds)")
+  src.add_argument("--model", default=None, metavar="PKG.MODULE:FACTORY",
+                   help="your own model: FACTORY(**--model-kwargs) returns a flax.nnx, flax.linen or equinox module or "
+                        "an (apply(params, x), params) pair (also path/to/file.py:FACTORY); needs --data")
+  p.add_argument("--model-kwargs", type=_json_object, default={}, metavar="JSON",
+                 help="--model: keyword arguments of the factory, a JSON object")
+  p.add_argument("--params", "--model_file", dest="params", default=None, metavar="PATH",
+                 help="--model: its parameters from an orbax directory or a .msgpack, .npz or .safetensors file "
+                      "(leaves matched by name; default: the factory's own)")
+  p.add_argument("--data", default=None, metavar="NAME|PKG.MODULE:FN|FILE.npz",
+                 help="--model: a built-in dataset, FN() returning a Dataset or (x, y[, x_test, y_test]), or a .npz "
+                      "with x, y (and x_test, y_test)")
+  p.add_argument("--loss", default=None, choices=["cross_entropy", "binary_cross_entropy", "mse"],
+                 help="the per-example loss (default cross_entropy; binary_cross_entropy takes logits)")
   p.add_argument("--demo-epochs", type=_int_at_least(1), default=40, help="training epochs of --demo")
   p.add_argument("--data-dir", default=None, help="directory of on-disk datasets (MNIST, CIFAR)")
   p.add_argument("--split", default="train", choices=["train", "test"], help="data split the loss is averaged over")
@@ -81,8 +98,33 @@ def _add_source_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument("--seed", type=_seed, default=0, help="seed of every random choice (directions, probes, --demo)")
 
 
+def _json_object(text: str) -> dict[str, Any]:
+  """An argparse type: a JSON object (``'{"width": 64}'``)."""
+  import json
+
+  try:
+    value = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"width\": 64}}'; got {text!r} ({e})") from None
+  if not isinstance(value, dict):
+    raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"width\": 64}}'; got {text!r}")
+  return value
+
+
 def _source(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
-  """``(model, dataset, record)`` from ``--demo`` or ``--checkpoint``."""
+  """``(model, dataset, record)`` from ``--demo``, ``--checkpoint`` or ``--model`` (a :class:`~jaxscape.sources.UserModel`)."""
+  if args.model:
+    from . import sources
+
+    if args.data is None:
+      raise ValueError("--model needs --data (a built-in dataset, PKG.MODULE:FN or a .npz file with x and y)")
+    ds = sources.load_data(args.data, args.data_dir)
+    model = sources.user_model(args.model, kwargs=args.model_kwargs, params_path=args.params,
+                               example=ds.x_train[:1], seed=args.seed)
+    return model, ds, {**model.record, "data": args.data, "loss": args.loss or "cross_entropy"}
+  for flag in ("params", "data"):
+    if getattr(args, flag) is not None:
+      raise ValueError(f"--{flag} goes with --model (your own model); a --checkpoint or --demo brings its own")
   if args.demo:
     model, ds, _ = demo_network(args.seed, epochs=args.demo_epochs)
     return model, ds, {"demo": True, "seed": args.seed}
@@ -250,9 +292,9 @@ def _surface(args: argparse.Namespace) -> int:
     raise ValueError("--checkpoint, --checkpoint2 and --checkpoint3 must be different runs (the same one twice makes "
                      f"a zero direction or a degenerate plane); got {', '.join(given)}")
   model, ds, source = _source(args)
-  obj, params = _objective(model, ds, args.split, args.batch_size)
+  obj, params = _objective(model, ds, args.split, args.batch_size, args.loss)
   if args.checkpoint2:
-    others = [_objective(_load_checkpoint(c, args.data_dir)[0], ds, args.split, args.batch_size)
+    others = [_objective(_load_checkpoint(c, args.data_dir)[0], ds, args.split, args.batch_size, args.loss)
               for c in (args.checkpoint2, args.checkpoint3) if c]
     states = [obj.state] + [o.state for o, _ in others] if args.bn_policy == "interpolate" else None
     source["checkpoint2"] = os.path.abspath(args.checkpoint2)
@@ -449,7 +491,7 @@ def _hessian(args: argparse.Namespace) -> int:
     raise ValueError("nothing to compute: give --top-k/--bottom-k > 0, --trace or --density")
   jio.check_output_dir(out, what="--out")  # before any loading or computing
   model, ds, source = _source(args)
-  obj, params = _objective(model, ds, args.split, args.batch_size)
+  obj, params = _objective(model, ds, args.split, args.batch_size, args.loss)
   loss = float(jax.jit(obj.value)(params))
   if not math.isfinite(loss):
     raise ValueError(f"the loss at the point is {loss} (not finite): its curvature means nothing; the parameters "
