@@ -10,12 +10,12 @@ SEED   ?= 0
 DATA_DIR ?=
 JOBS   ?= 2
 
-.PHONY: install test experiment experiments bench clean
+.PHONY: install test experiment experiments bench clean lock
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -42,3 +42,11 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# Newest versions allowed by pyproject.toml, in a scratch venv, written to constraints.txt (then run make test).
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q --upgrade pip
+	.venv-lock/bin/python -m pip install -q -e '.[test]'
+	{ head -2 constraints.txt; .venv-lock/bin/python -m pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt && rm -rf .venv-lock

@@ -762,8 +762,10 @@ def fingerprint(tree: Any) -> str:
 
 def environment() -> dict[str, Any]:
   """Package versions, devices and precision, recorded with every result."""
-  versions = {}
-  for pkg in ("jaxscape", "jax", "jaxlib", "flax", "optax", "numpy"):
+  from . import __version__
+
+  versions = {"jaxscape": __version__}
+  for pkg in ("jax", "jaxlib", "flax", "optax", "numpy"):
     try:
       versions[pkg] = metadata.version(pkg)
     except metadata.PackageNotFoundError:
