@@ -23,7 +23,8 @@ matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["contour", "contourf", "heatmap", "surface3d", "curve", "trajectory", "density", "save_figures", "save", "close"]
+__all__ = ["contour", "contourf", "heatmap", "surface3d", "curve", "trajectory", "density", "save_figures", "save", "close",
+           "axis_labels", "field_label", "FIGSIZE"]
 __all__ += ["panels", "critical_points", "path_losses", "curvature_slice", "spectrum", "signed_log_histogram",
             "loss_vs_index", "escape", "critical_point_figures", "curvature_panels",
             "bowl_and_slices"]
@@ -42,11 +43,72 @@ def _need_2d(surf: Any, what: str) -> None:
     raise ValueError(f"{what} needs a 2-D surface; got {surf.ndim}-D (use plot.curve for 1-D)")
 
 
+FIGSIZE = (4.5, 3.6)
+"""Inches of a single figure: one column of a two-column paper at full size (fonts stay readable)."""
+
+
 def _axes(ax, projection: str | None = None):
   if ax is not None:
     return ax.figure, ax
-  fig = plt.figure(figsize=(6, 5))
+  fig = plt.figure(figsize=FIGSIZE)
   return fig, fig.add_subplot(111, projection=projection)
+
+
+_NORM_NAMES = {"filter": "filter-normalised", "layer": "layer-normalised", "model": "model-normalised",
+               "none": "unnormalised"}
+
+
+def axis_labels(surf: Any) -> tuple[str, str]:
+  """Names of the x and y axes from the directions recorded with a surface (``"x"``/``"y"`` when unknown).
+
+  Random directions say their normalisation (``δ (random, filter-normalised)``),
+  Hessian directions their eigenvalue, an interpolation its ends, PCA
+  directions their explained variance.
+  """
+  info = ((getattr(surf, "meta", None) or {}).get("config") or {}).get("directions") or {}
+  kind = info.get("kind")
+  if kind == "random":
+    norm = _NORM_NAMES.get(info.get("norm"), info.get("norm"))
+    return f"δ (random, {norm})", f"η (random, {norm})"
+  if kind == "hessian":
+    lam = info.get("eigenvalues") or []
+    names = [f"v{i + 1} (λ = {v:.3g})" if i < len(lam) else f"v{i + 1}" for i, v in enumerate(lam[:2] + [None] * 2)]
+    return names[0], names[1]
+  if kind == "interpolation":
+    return "α (0: θa, 1: θb)", "y"
+  if kind == "plane":
+    return "α (θb − θa)", "β (θc − θa)"
+  if kind == "pca":
+    ratio = info.get("explained_variance_ratio") or [None, None]
+    return tuple(f"PC{i + 1}" + (f" ({100 * r:.1f} % var.)" if r is not None else "") for i, r in
+                 enumerate(ratio[:2] + [None] * (2 - len(ratio[:2]))))
+  return "x", "y"
+
+
+def field_label(surf: Any, field: str) -> str:
+  """``"train loss (cross_entropy)"``: the field with the data split and loss recorded with the surface."""
+  objective = ((getattr(surf, "meta", None) or {}).get("config") or {}).get("objective") or {}
+  if field != "loss":
+    return field
+  dataset, loss = objective.get("dataset"), objective.get("loss")
+  split = dataset.rsplit("-", 1)[-1] if isinstance(dataset, str) and "-" in dataset else None
+  return f"{split + ' ' if split in ('train', 'test') else ''}loss" + (f" ({loss})" if loss else "")
+
+
+def _mark_origin(ax, surf: Any) -> None:
+  """A star at the grid's origin (the point the surface is centred on) when it lies inside the grid."""
+  if surf.x[0] <= 0 <= surf.x[-1] and surf.y[0] <= 0 <= surf.y[-1]:
+    ax.plot([0.0], [0.0], marker="*", color="k", markersize=9, linestyle="none", label="θ (centre)")
+
+
+def _colorbar(fig, mappable, ax, label: str, log: bool):
+  bar = fig.colorbar(mappable, ax=ax)
+  bar.set_label(label)
+  if log:
+    bar.locator = matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0))
+    bar.formatter = matplotlib.ticker.LogFormatterSciNotation(labelOnlyBase=False)
+    bar.update_ticks()
+  return bar
 
 
 def _levels(z: np.ndarray, vmin: float | None, vmax: float | None, vlevel: float | None, log: bool, num: int = 20):
@@ -62,7 +124,13 @@ def _levels(z: np.ndarray, vmin: float | None, vmax: float | None, vlevel: float
     return np.geomspace(lo, hi, num)
   if vlevel is not None:
     return np.arange(lo, hi + 0.5 * vlevel, vlevel)
+  if lo > 0 and hi / lo > 100:  # a basin far below the rim: log-spaced levels keep lines in the basin
+    return np.geomspace(lo, hi, num)
   return np.linspace(lo, hi, num)
+
+
+def _level_format(value: float) -> str:
+  return f"{value:.3g}"
 
 
 def contour(surf: Any, *, field: str = "loss", ax=None, vmin=None, vmax=None, vlevel=None, log: bool = False,
@@ -74,8 +142,10 @@ def contour(surf: Any, *, field: str = "loss", ax=None, vmin=None, vmax=None, vl
   norm = matplotlib.colors.LogNorm() if log else None
   cs = ax.contour(surf.x, surf.y, z, levels=_levels(z, vmin, vmax, vlevel, log), cmap=cmap, norm=norm)
   if labels:
-    ax.clabel(cs, inline=True, fontsize=7, fmt="%.3g")
-  ax.set_xlabel("x"), ax.set_ylabel("y"), ax.set_title(title or field)
+    ax.clabel(cs, inline=True, fontsize=7, fmt=_level_format)
+  _mark_origin(ax, surf)
+  xlabel, ylabel = axis_labels(surf)
+  ax.set_xlabel(xlabel), ax.set_ylabel(ylabel), ax.set_title(title or field_label(surf, field))
   return fig, ax
 
 
@@ -87,8 +157,10 @@ def contourf(surf: Any, *, field: str = "loss", ax=None, vmin=None, vmax=None, v
   fig, ax = _axes(ax)
   norm = matplotlib.colors.LogNorm() if log else None
   cs = ax.contourf(surf.x, surf.y, z, levels=_levels(z, vmin, vmax, vlevel, log), cmap=cmap, norm=norm, extend="both")
-  fig.colorbar(cs, ax=ax)
-  ax.set_xlabel("x"), ax.set_ylabel("y"), ax.set_title(title or field)
+  _colorbar(fig, cs, ax, field_label(surf, field), log)
+  _mark_origin(ax, surf)
+  xlabel, ylabel = axis_labels(surf)
+  ax.set_xlabel(xlabel), ax.set_ylabel(ylabel), ax.set_title(title or field_label(surf, field))
   return fig, ax
 
 
@@ -100,8 +172,10 @@ def heatmap(surf: Any, *, field: str = "loss", ax=None, vmin=None, vmax=None, lo
   fig, ax = _axes(ax)
   norm = matplotlib.colors.LogNorm(vmin=vmin, vmax=vmax) if log else matplotlib.colors.Normalize(vmin=vmin, vmax=vmax)
   im = ax.imshow(z, origin="lower", extent=(surf.x[0], surf.x[-1], surf.y[0], surf.y[-1]), aspect="auto", cmap=cmap, norm=norm)
-  fig.colorbar(im, ax=ax)
-  ax.set_xlabel("x"), ax.set_ylabel("y"), ax.set_title(title or field)
+  _colorbar(fig, im, ax, field_label(surf, field), log)
+  _mark_origin(ax, surf)
+  xlabel, ylabel = axis_labels(surf)
+  ax.set_xlabel(xlabel), ax.set_ylabel(ylabel), ax.set_title(title or field_label(surf, field))
   return fig, ax
 
 
@@ -117,8 +191,13 @@ def surface3d(surf: Any, *, field: str = "loss", ax=None, zmax: float | None = N
   fig, ax = _axes(ax, projection="3d")
   xx, yy = np.meshgrid(surf.x, surf.y)
   ax.plot_surface(xx, yy, np.ma.masked_invalid(z), cmap=cmap, linewidth=0, antialiased=True)
-  ax.set_xlabel("x"), ax.set_ylabel("y"), ax.set_zlabel(f"log10 {field}" if log else field)
-  ax.set_title(title or field)
+  label = field_label(surf, field)
+  xlabel, ylabel = axis_labels(surf)
+  ax.set_xlabel(xlabel, fontsize=8), ax.set_ylabel(ylabel, fontsize=8)
+  ax.set_zlabel(f"log10 {label}" if log else label, fontsize=8)
+  ax.locator_params(nbins=4)  # fewer ticks: the labels of a 3-D box overlap otherwise
+  ax.tick_params(labelsize=7)
+  ax.set_title(title or label)
   return fig, ax
 
 
@@ -132,16 +211,23 @@ def curve(surf: Any, *, ax=None, log: bool = False, metric: str | None = "accura
   if surf.ndim != 1:
     raise ValueError(f"curve needs a 1-D surface; got {surf.ndim}-D (use contour or heatmap)")
   fig, ax = _axes(ax)
-  ax.plot(surf.x, surf.loss, "b-", label=label or "loss")
-  ax.set_xlabel("α"), ax.set_ylabel("loss", color="b")
+  loss_label = field_label(surf, "loss")
+  ax.plot(surf.x, surf.loss, "b-", label=label or loss_label)
+  xlabel = axis_labels(surf)[0]
+  ax.set_xlabel("α" if xlabel == "x" else xlabel)
   if log:
     ax.set_yscale("log")
-  if metric is not None and metric in surf.metrics:
+  ends = [a for a in ((0.0, 1.0) if xlabel.startswith("α (0") else (0.0,)) if surf.x[0] <= a <= surf.x[-1]]
+  if ends:  # the solutions the curve is about: θ (or θa and θb of an interpolation)
+    ax.plot(ends, np.interp(ends, surf.x, surf.loss), "ko", markersize=5, label="θa, θb" if len(ends) == 2 else "θ")
+  twin = metric is not None and metric in surf.metrics
+  ax.set_ylabel(loss_label, color="b" if twin else "k")  # colours name the axes only when there are two
+  if twin:
     right = ax.twinx()
     right.plot(surf.x, surf.metrics[metric], "r--", label=metric)
     right.set_ylabel(metric, color="r")
     ax.right = right
-  ax.set_title(title or "loss along direction")
+  ax.set_title(title or f"{loss_label} along the direction")
   return fig, ax
 
 

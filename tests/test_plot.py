@@ -266,3 +266,48 @@ def test_edge_of_stability_draws_sharpness_thresholds_losses_and_the_reach_marks
   assert bx.get_yscale() == "log"
   with pytest.raises(ValueError, match="the same C runs"):
     plot.edge_of_stability(step, lam, [4.0, 2.0], loss_step, loss[:1])
+
+
+def _surface_with_meta(kind_info, ndim=2):
+  from jaxscape.surface import Surface
+
+  x = np.linspace(-1, 2, 7) if ndim == 1 else np.linspace(-1, 1, 5)
+  loss = (x - 0.5) ** 2 + 0.01 if ndim == 1 else np.add.outer(x**2, x**2) * 1e3 + 1e-2  # a basin 5 decades deep
+  meta = {"config": {"directions": kind_info, "objective": {"dataset": "digits-train", "loss": "cross_entropy"}}}
+  axes = (x,) if ndim == 1 else (x, x)
+  return Surface(axes, loss, {"accuracy": np.ones_like(loss)} if ndim == 1 else {}, 0, meta)
+
+
+def test_figures_are_labelled_after_the_directions_and_mark_the_trained_point():
+  surf = _surface_with_meta({"kind": "random", "norm": "filter"})
+  for fn in (plot.contour, plot.contourf, plot.heatmap):
+    fig, ax = fn(surf)
+    assert ax.get_xlabel() == "δ (random, filter-normalised)" and ax.get_ylabel() == "η (random, filter-normalised)"
+    assert ax.get_title() == "train loss (cross_entropy)"
+    stars = [line for line in ax.lines if line.get_marker() == "*"]
+    assert len(stars) == 1 and stars[0].get_xydata().tolist() == [[0.0, 0.0]], fn.__name__
+    if fn is not plot.contour:
+      assert fig.axes[-1].get_ylabel() == "train loss (cross_entropy)"  # the colour bar says what it shows
+    plt.close(fig)
+  fig, ax = plot.contour(surf)
+  values = [float(t.get_text()) for t in ax.texts]  # each label reads as its level ("0.613", never "613")
+  assert values and all(surf.loss.min() <= v <= surf.loss.max() for v in values)
+  levels = next(c.levels for c in ax.collections if hasattr(c, "levels"))
+  assert np.sum(levels < 1.0) >= 5  # log-spaced default levels put lines inside a basin 5 decades deep
+  plt.close(fig)
+  fig, ax = plot.contourf(surf, log=True)
+  assert len(fig.axes[-1].get_yticks()) >= 3  # a log colour bar with more than one tick
+  plt.close(fig)
+  fig, ax = plot.surface3d(_surface_with_meta({"kind": "hessian", "eigenvalues": [4.4374, 2.6295]}))
+  assert ax.get_xlabel() == "v1 (λ = 4.44)" and ax.get_ylabel() == "v2 (λ = 2.63)"
+  plt.close(fig)
+  line = _surface_with_meta({"kind": "interpolation"}, ndim=1)
+  fig, ax = plot.curve(line)
+  ends = [l for l in ax.lines if l.get_marker() == "o"]
+  assert ends and ends[0].get_xdata().tolist() == [0.0, 1.0] and ax.get_xlabel() == "α (0: θa, 1: θb)"
+  assert ax.yaxis.label.get_color() == "b" and ax.right.get_ylabel() == "accuracy"
+  plt.close(fig)
+  fig, ax = plot.curve(line, metric=None)
+  assert ax.yaxis.label.get_color() == "k"  # one axis: no colour code
+  plt.close(fig)
+  assert plot.axis_labels(_surface_with_meta({})) == ("x", "y")  # unknown directions: plain names
