@@ -775,6 +775,8 @@ def _plot_parser(sub) -> None:
   p.add_argument("--zmax", type=_float_in(-float("inf")), default=None, help="clip the 3-D surface at this loss")
   p.add_argument("--log", action="store_true", help="log-scale colours and contour levels")
   p.add_argument("--vtk", action="store_true", help="also write surface.vtk for ParaView")
+  p.add_argument("--html", action="store_true",
+                 help="also write surface.html: an interactive 3-D surface and contour map (plotly, offline)")
   p.add_argument("--out", default=None, help="where to write the figures (default: run_dir)")
   p.set_defaults(func=_plot)
 
@@ -791,6 +793,8 @@ def _plot(args: argparse.Namespace) -> int:
   paths = plot.save_figures(surf, out, vmin=args.vmin, vmax=args.vmax, vlevel=args.vlevel, log=args.log, zmax=args.zmax)
   if args.vtk:
     paths.append(_vtk(surf, out, zmax=args.zmax, log=args.log))
+  if args.html:
+    paths.append(plot.html(surf, os.path.join(out, "surface.html"), log=args.log))
   note = plot.partial_note(surf)
   if note:
     print(f"{note}: the run in {args.run_dir} has not finished (rerun its command to resume); missing points are "

@@ -199,6 +199,42 @@ def load_dataset(spec: dict[str, Any], data_dir: str | None) -> data.Dataset:
 # ----------------------------------------------------------------------------- running
 
 
+MAX_HTML = 12
+"""Interactive views an experiment's report links at most (the first surfaces, by directory name)."""
+
+
+def write_html(out_dir: str, limit: int = MAX_HTML) -> list[str]:
+  """Interactive HTML views (:func:`jaxscape.plot.html`) of the surfaces a run saved in ``out_dir``'s subdirectories.
+
+  They go to ``out_dir/html/<surface>.html`` with one shared ``plotly.min.js``
+  (offline). Returns their paths relative to ``out_dir`` (none without plotly).
+  """
+  from . import io as jio
+  from . import plot
+  from .surface import load_surface
+
+  try:
+    import plotly  # noqa: F401
+  except ImportError:
+    return []
+  names = []
+  for name in ["."] + sorted(n for n in os.listdir(out_dir) if not n.startswith(".") and n != "html"):
+    try:
+      kind = jio.load_result(os.path.join(out_dir, name))[1].get("config", {}).get("kind")
+    except (OSError, ValueError):
+      continue
+    if kind == "surface":
+      names.append(name)
+  written = []
+  for name in names[:limit]:
+    surf = load_surface(os.path.join(out_dir, name))
+    name = "surface" if name == "." else name
+    if surf.ndim in (1, 2) and np.isfinite(surf.loss).any():
+      os.makedirs(os.path.join(out_dir, "html"), exist_ok=True)
+      written.append(os.path.relpath(plot.html(surf, os.path.join(out_dir, "html", f"{name}.html")), out_dir))
+  return written
+
+
 def _same_kind(old: Any, new: Any) -> bool:
   """Whether an override keeps the preset value's kind (an int stays an integer, a number a number, a list a list)."""
   if old is None:
@@ -297,6 +333,10 @@ def run(module: Any, argv: Sequence[str] | None = None) -> int:
       with jio.RunLock(out):  # the run owns its directory until its report is written
         jio.write_json(os.path.join(out, "config.json"), config)
         report = module.main(config, out)
+        views = write_html(out)
+        if views:
+          report.section("Interactive figures", "Open in a browser (offline, plotly): " + ", ".join(
+              f"[{os.path.splitext(os.path.basename(v))[0]}]({v})" for v in views))
         if args.overrides:
           report.notes.append(f"The {args.preset} preset was overridden: {', '.join(args.overrides)} (thresholds and "
                               "claims were calibrated for the preset as it is).")

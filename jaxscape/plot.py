@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 __all__ = ["contour", "contourf", "heatmap", "surface3d", "curve", "trajectory", "density", "save_figures", "save", "close",
-           "axis_labels", "field_label", "FIGSIZE"]
+           "axis_labels", "field_label", "FIGSIZE", "html"]
 __all__ += ["panels", "critical_points", "path_losses", "curvature_slice", "spectrum", "signed_log_histogram",
             "loss_vs_index", "escape", "critical_point_figures", "curvature_panels",
             "bowl_and_slices"]
@@ -240,6 +240,55 @@ def trajectory(surf: Any, coords: np.ndarray, *, ax=None, explained: np.ndarray 
   if explained is not None:
     ax.set_xlabel(f"PC1: {100 * explained[0]:.1f} %"), ax.set_ylabel(f"PC2: {100 * explained[1]:.1f} %")
   return fig, ax
+
+
+def html(surf: Any, path: str, *, field: str = "loss", log: bool = False, plotlyjs: str = "directory") -> str:
+  """Writes an interactive, self-contained HTML view of a surface (plotly; works offline, no CDN).
+
+  2-D: a rotatable 3-D surface beside a contour map; 1-D: the curve. Axis
+  names, the title and the trained-point marker are those of the PNG figures
+  (:func:`axis_labels`, :func:`field_label`). ``plotlyjs="directory"`` writes
+  ``plotly.min.js`` once next to the HTML files (many surfaces share it);
+  ``"inline"`` embeds it (one ~4 MB file). Needs ``pip install plotly``
+  (the ``html`` extra).
+
+  Returns:
+    ``path``.
+  """
+  try:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+  except ImportError:
+    raise ImportError("interactive HTML figures need plotly: pip install plotly (or the 'html' extra)") from None
+  z = _field(surf, field).astype(float)
+  shown = np.log10(np.maximum(z, 1e-12)) if log else z
+  label = field_label(surf, field)
+  zlabel = f"log10 {label}" if log else label
+  xlabel, ylabel = axis_labels(surf)
+  note = partial_note(surf)
+  title = label + (f" — {note}" if note else "")
+  if surf.ndim == 1:
+    fig = go.Figure(go.Scatter(x=np.asarray(surf.x), y=shown, mode="lines", name=label))
+    fig.update_layout(xaxis_title="α" if xlabel == "x" else xlabel, yaxis_title=zlabel)
+  else:
+    _need_2d(surf, "html")
+    fig = make_subplots(rows=1, cols=2, specs=[[{"type": "surface"}, {"type": "xy"}]],
+                        subplot_titles=("surface", "contours"))
+    x, y = np.asarray(surf.x), np.asarray(surf.y)
+    fig.add_trace(go.Surface(x=x, y=y, z=shown, colorscale="Viridis", colorbar={"title": zlabel, "x": 0.40, "len": 0.8}), 1, 1)
+    fig.add_trace(go.Contour(x=x, y=y, z=shown, colorscale="Viridis", showscale=False,
+                             contours={"showlabels": True}), 1, 2)
+    if x[0] <= 0 <= x[-1] and y[0] <= 0 <= y[-1]:
+      fig.add_trace(go.Scatter(x=[0.0], y=[0.0], mode="markers", marker={"symbol": "star", "size": 12,
+                                                                         "color": "black"}, name="θ (centre)"), 1, 2)
+    fig.update_layout(scene={"xaxis_title": xlabel, "yaxis_title": ylabel, "zaxis_title": zlabel})
+    fig.update_xaxes(title_text=xlabel, row=1, col=2)
+    fig.update_yaxes(title_text=ylabel, row=1, col=2)
+  fig.update_layout(title=title, width=1100, height=520)
+  if plotlyjs not in ("directory", "inline"):
+    raise ValueError(f"plotlyjs must be 'directory' or 'inline'; got {plotlyjs!r}")
+  fig.write_html(path, include_plotlyjs="directory" if plotlyjs == "directory" else True, full_html=True)
+  return path
 
 
 def close(fig) -> None:
