@@ -456,3 +456,70 @@ def edge_of_stability(sharpness: Sequence[float], threshold: float | Sequence[fl
   first = int(hits[0])
   return {"reached": True, "first": first, "in_band": float(np.mean(np.abs(ratio[first:] - 1) <= band)),
           "plateau": float(np.median(s[first:])), "plateau_ratio": float(np.median(ratio[first:]))}
+
+
+__all__ += ["slope_interval", "correlation_drop"]
+
+
+def slope_interval(x: Sequence[float], y: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+  """Least-squares slope of ``y ≈ a + b x`` with its two-sided confidence interval (Student t, from the residuals).
+
+  The interval uses the scatter about the line, so a trend that is real but not
+  linear widens it rather than being hidden: ``hi < 0`` says "falls" at ``level``.
+
+  Args:
+    x, y: at least 3 paired values.
+    level: confidence level of the interval.
+
+  Returns:
+    ``(slope, lo, hi)``.
+
+  Example:
+    >>> b, lo, hi = slope_interval([0, 1, 2, 3], [0.0, -1.1, -1.9, -3.0])
+    >>> round(b, 2), lo < b < hi < 0
+    (-0.98, True)
+  """
+  x, y = _pair(x, y)
+  if x.size < 3 or not 0 < level < 1:
+    raise ValueError(f"need at least 3 points and 0 < level < 1; got {x.size} points and level {level}")
+  xc = x - x.mean()
+  sxx = float((xc**2).sum())
+  if sxx == 0:
+    raise ValueError("x is constant: the slope is undefined")
+  b = float((xc * (y - y.mean())).sum() / sxx)
+  resid = y - y.mean() - b * xc
+  se = np.sqrt(float((resid**2).sum()) / (x.size - 2) / sxx)
+  import scipy.stats  # imported here to keep `import jaxscape` light
+  half = float(scipy.stats.t.ppf(0.5 + level / 2, x.size - 2)) * se
+  return b, float(b - half), float(b + half)
+
+
+def correlation_drop(high: Sequence[float], low: Sequence[float], num: int) -> tuple[float, float]:
+  """How far Pearson correlations fall from one group to another, in Fisher ``z = atanh(r)`` units.
+
+  Each correlation comes from ``num`` pairs, so its ``z`` is approximately
+  normal with standard error ``1 / sqrt(num - 3)`` (Fisher 1921) whatever the
+  true correlation; the difference of the group means has standard error
+  ``sqrt((1/len(high) + 1/len(low)) / (num - 3))``. ``r = ±1`` gives an infinite ``z``.
+
+  Args:
+    high: correlations of the group expected to be higher.
+    low: correlations of the other group.
+    num: pairs behind each correlation (> 3).
+
+  Returns:
+    ``(mean z(high) - mean z(low), its standard error)``.
+
+  Example:
+    >>> dz, se = correlation_drop([0.9, 0.95], [0.5], num=28)
+    >>> round(dz, 3), round(se, 3)
+    (1.103, 0.245)
+  """
+  hi, lo = np.asarray(high, np.float64).ravel(), np.asarray(low, np.float64).ravel()
+  if hi.size == 0 or lo.size == 0 or num <= 3:
+    raise ValueError(f"need non-empty groups and num > 3 pairs per correlation; got {hi.size}, {lo.size}, num={num}")
+  if np.any(np.abs(hi) > 1 + 1e-12) or np.any(np.abs(lo) > 1 + 1e-12):
+    raise ValueError(f"correlations must lie in [-1, 1]; got {hi} and {lo}")
+  with np.errstate(divide="ignore"):
+    z_hi, z_lo = np.arctanh(np.clip(hi, -1, 1)), np.arctanh(np.clip(lo, -1, 1))
+  return float(z_hi.mean() - z_lo.mean()), float(np.sqrt((1 / hi.size + 1 / lo.size) / (num - 3)))
