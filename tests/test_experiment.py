@@ -79,6 +79,8 @@ def test_experiment_smoke(name, tmp_path):
     assert json.load(f)["seed"] == 1
   assert os.path.isfile(os.path.join(out, "results.npz")) and os.path.isfile(os.path.join(out, "meta.json"))
   assert any(f.endswith(".png") for f in os.listdir(out))
+  if os.path.isdir(os.path.join(out, "html")):  # the report links the interactive views it wrote
+    assert "## Interactive figures" in report and "(html/" in report
 
 
 def test_full_preset_without_data_dir_is_a_one_line_error(capsys):
