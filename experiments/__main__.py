@@ -14,7 +14,7 @@ import sys
 from typing import Sequence
 
 import experiments
-from jaxscape import experiment
+from jaxscape import experiment, plot
 
 
 def names() -> list[str]:
@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   if name not in available:
     print(f"unknown experiment {name!r}: expected one of {', '.join(available)}", file=sys.stderr)
     return 2
-  return experiment.run(importlib.import_module(f"experiments.{name}"), rest)
+  return experiment.run(importlib.import_module(f"experiments.{name}"), rest, html_views=plot.html_views)
 
 
 if __name__ == "__main__":

@@ -76,4 +76,4 @@ def main(config: dict, out_dir: str) -> Report:
 
 
 if __name__ == "__main__":
-  sys.exit(experiment.run(sys.modules[__name__]))
+  sys.exit(experiment.run(sys.modules[__name__], html_views=plot.html_views))

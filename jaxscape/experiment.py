@@ -199,42 +199,6 @@ def load_dataset(spec: dict[str, Any], data_dir: str | None) -> data.Dataset:
 # ----------------------------------------------------------------------------- running
 
 
-MAX_HTML = 12
-"""Interactive views an experiment's report links at most (the first surfaces, by directory name)."""
-
-
-def write_html(out_dir: str, limit: int = MAX_HTML) -> list[str]:
-  """Interactive HTML views (:func:`jaxscape.plot.html`) of the surfaces a run saved in ``out_dir``'s subdirectories.
-
-  They go to ``out_dir/html/<surface>.html`` with one shared ``plotly.min.js``
-  (offline). Returns their paths relative to ``out_dir`` (none without plotly).
-  """
-  from . import io as jio
-  from . import plot
-  from .surface import load_surface
-
-  try:
-    import plotly  # noqa: F401
-  except ImportError:
-    return []
-  names = []
-  for name in ["."] + sorted(n for n in os.listdir(out_dir) if not n.startswith(".") and n != "html"):
-    try:
-      kind = jio.load_result(os.path.join(out_dir, name))[1].get("config", {}).get("kind")
-    except (OSError, ValueError):
-      continue
-    if kind == "surface":
-      names.append(name)
-  written = []
-  for name in names[:limit]:
-    surf = load_surface(os.path.join(out_dir, name))
-    name = "surface" if name == "." else name
-    if surf.ndim in (1, 2) and np.isfinite(surf.loss).any():
-      os.makedirs(os.path.join(out_dir, "html"), exist_ok=True)
-      written.append(os.path.relpath(plot.html(surf, os.path.join(out_dir, "html", f"{name}.html")), out_dir))
-  return written
-
-
 def _same_kind(old: Any, new: Any) -> bool:
   """Whether an override keeps the preset value's kind (an int stays an integer, a number a number, a list a list)."""
   if old is None:
@@ -293,7 +257,8 @@ def apply_overrides(config: Mapping[str, Any], assignments: Sequence[str]) -> di
   return out
 
 
-def run(module: Any, argv: Sequence[str] | None = None) -> int:
+def run(module: Any, argv: Sequence[str] | None = None, *,
+        html_views: Callable[[str], list[str]] | None = None) -> int:
   """Runs ``experiments/<name>.py``: ``CONFIGS[preset]`` -> ``main(config, out_dir)`` -> report.
 
   Flags: ``--preset smoke|cpu|full`` (default ``cpu``), ``--seed`` (default 0;
@@ -304,7 +269,9 @@ def run(module: Any, argv: Sequence[str] | None = None) -> int:
   The run holds its directory's :class:`~jaxscape.io.RunLock` throughout (a
   second run on the same ``--out`` is refused, exit code 2).
   A missing dataset or a bad config is a one-line error naming the
-  experiment and preset (exit code 2).
+  experiment and preset (exit code 2). ``html_views(out) -> paths`` (the
+  runners pass :func:`jaxscape.plot.html_views`; the harness never imports
+  plotting) writes interactive views that the report links.
   """
   from . import io as jio
 
@@ -333,7 +300,7 @@ def run(module: Any, argv: Sequence[str] | None = None) -> int:
       with jio.RunLock(out):  # the run owns its directory until its report is written
         jio.write_json(os.path.join(out, "config.json"), config)
         report = module.main(config, out)
-        views = write_html(out)
+        views = [] if html_views is None else html_views(out)
         if views:
           report.section("Interactive figures", "Open in a browser (offline, plotly): " + ", ".join(
               f"[{os.path.splitext(os.path.basename(v))[0]}]({v})" for v in views))

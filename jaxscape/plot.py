@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import matplotlib
@@ -24,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 __all__ = ["contour", "contourf", "heatmap", "surface3d", "curve", "trajectory", "density", "save_figures", "save", "close",
-           "axis_labels", "field_label", "FIGSIZE", "html"]
+           "axis_labels", "field_label", "FIGSIZE", "html", "html_views"]
 __all__ += ["panels", "critical_points", "path_losses", "curvature_slice", "spectrum", "signed_log_histogram",
             "loss_vs_index", "escape", "critical_point_figures", "curvature_panels",
             "bowl_and_slices"]
@@ -291,6 +292,41 @@ def html(surf: Any, path: str, *, field: str = "loss", log: bool = False, plotly
   return path
 
 
+MAX_HTML = 12
+"""Interactive views an experiment's report links at most (the first surfaces, by directory name)."""
+
+
+def html_views(out_dir: str, limit: int = MAX_HTML) -> list[str]:
+  """Interactive HTML views (:func:`html`) of the surfaces a run saved in ``out_dir``'s subdirectories.
+
+  They go to ``out_dir/html/<surface>.html`` with one shared ``plotly.min.js``
+  (offline). Returns their paths relative to ``out_dir`` (none without plotly).
+  """
+  from . import io as jio
+  from .surface import load_surface
+
+  try:
+    import plotly  # noqa: F401
+  except ImportError:
+    return []
+  names = []
+  for name in ["."] + sorted(n for n in os.listdir(out_dir) if not n.startswith(".") and n != "html"):
+    try:
+      kind = jio.load_result(os.path.join(out_dir, name))[1].get("config", {}).get("kind")
+    except (OSError, ValueError):
+      continue
+    if kind == "surface":
+      names.append(name)
+  written = []
+  for name in names[:limit]:
+    surf = load_surface(os.path.join(out_dir, name))
+    name = "surface" if name == "." else name
+    if surf.ndim in (1, 2) and np.isfinite(surf.loss).any():
+      os.makedirs(os.path.join(out_dir, "html"), exist_ok=True)
+      written.append(os.path.relpath(html(surf, os.path.join(out_dir, "html", f"{name}.html")), out_dir))
+  return written
+
+
 def close(fig) -> None:
   """Closes a figure (free its memory in long loops)."""
   plt.close(fig)
@@ -324,8 +360,6 @@ def save_figures(surf: Any, out_dir: str, *, prefix: str = "", vmin=None, vmax=N
   A surface whose run has not finished says so on every figure
   (:func:`partial_note`); its missing points stay blank.
   """
-  import os
-
   os.makedirs(out_dir, exist_ok=True)
   figures = []
   if surf.ndim == 1:

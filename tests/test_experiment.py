@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import experiments
-from jaxscape import data, experiment
+from jaxscape import data, experiment, plot
 from jaxscape.experiment import Report, fmt, table
 
 
@@ -70,7 +70,7 @@ def test_experiment_smoke(name, tmp_path):
   module = importlib.import_module(f"experiments.{name}")
   assert {"smoke", "cpu", "full"} <= set(module.CONFIGS)
   out = str(tmp_path / name)
-  assert experiment.run(module, ["--preset", "smoke", "--out", out, "--seed", "1"]) == 0
+  assert experiment.run(module, ["--preset", "smoke", "--out", out, "--seed", "1"], html_views=plot.html_views) == 0
   with open(os.path.join(out, "report.md")) as f:
     report = f.read()
   assert report.startswith(f"# {name}: ") and ("PASS" in report.splitlines()[0] or "FAIL" in report.splitlines()[0])

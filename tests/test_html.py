@@ -73,12 +73,11 @@ def test_the_html_renders_in_headless_chromium(tmp_path, capsys):
 
 
 def test_an_experiment_report_links_the_interactive_views_of_its_surfaces(tmp_path):
-  from jaxscape import experiment
   from jaxscape import io as jio
 
   out = str(tmp_path / "run")
   jio.save(_surface(), out)  # a run that saved surfaces in its directory and in a subdirectory
   jio.save(_surface(1), os.path.join(out, "line"))
-  assert experiment.write_html(out) == ["html/surface.html", "html/line.html"]
+  assert plot.html_views(out) == ["html/surface.html", "html/line.html"]
   assert os.path.isfile(os.path.join(out, "html", "plotly.min.js")) and not any(
       n.startswith(".") for n in os.listdir(os.path.join(out, "html")))
