@@ -492,9 +492,9 @@ def _hessian(args: argparse.Namespace) -> int:
   jio.check_output_dir(out, what="--out")  # before any loading or computing
   model, ds, source = _source(args)
   obj, params = _objective(model, ds, args.split, args.batch_size, args.loss)
-  loss = float(jax.jit(obj.value)(params))
-  if not math.isfinite(loss):
-    raise ValueError(f"the loss at the point is {loss} (not finite): its curvature means nothing; the parameters "
+  loss, metrics = jax.jit(obj.loss)(params)  # once: checked here, recorded with the result
+  if not math.isfinite(float(loss)):
+    raise ValueError(f"the loss at the point is {float(loss)} (not finite): its curvature means nothing; the parameters "
                      "(checkpoint) or the data are broken")
   config = {"kind": "hessian", "source": source, "objective": obj.describe(), "seed": args.seed, "matrix": args.kind,
             "top_k": args.top_k, "bottom_k": args.bottom_k, "lanczos_steps": args.lanczos_steps, "tol": args.tol,
@@ -522,7 +522,6 @@ def _hessian(args: argparse.Namespace) -> int:
     arrays.update(computed)
     part_stats[part] = stats
     store.write(arrays, meta(complete=False))
-  loss, metrics = jax.jit(obj.loss)(params)
   store.write(arrays, meta(complete=True, loss=float(loss), **{k: float(v) for k, v in metrics.items()}), final=True)
   print(f"loss {float(loss):.5g} at the point; results in {out}"
         + (f" (saved by an earlier run: {', '.join(resumed)})" if resumed else ""))
