@@ -981,7 +981,52 @@ def regime_sharpness(studies: dict[str, dict[str, np.ndarray]], *, eps: Any, reg
   return fig, axes
 
 
-__all__ += ["histograms", "twin_trends", "finite_size"]
+__all__ += ["histograms", "twin_trends", "finite_size", "concentration"]
+
+
+def concentration(widths: Any, losses: Any, corr: Any, sizes: Any, energies: Any, fit: tuple[float, ...], *,
+                  references: dict[str, float], net_title: str = "", spin_title: str = ""):
+  """Four panels on values concentrating with size (Choromanska et al. 2015): networks of growing width, spin glasses of growing N.
+
+  Top: final losses per width (log abscissa) and energies per N with the
+  reference levels; bottom: the std of the losses and ρ(train, test) against
+  width (:func:`twin_trends`), and the finite-size extrapolation (:func:`finite_size`).
+
+  Args:
+    widths: hidden widths, one per row of ``losses``.
+    losses: final test losses ``[len(widths), seeds]``.
+    corr: Pearson ρ(train loss, test loss) per width.
+    sizes: system sizes N, one per row of ``energies``.
+    energies: energies per spin ``[len(sizes), runs]``.
+    fit: ``(a, b, ...)`` of :func:`jaxscape.stats.finite_size_fit`.
+    references: ``{label: level}`` of the energy axis, solid then dashed.
+    net_title, spin_title: titles of the two histograms.
+
+  Returns:
+    ``(fig, axes)``.
+
+  Example:
+    >>> fig, axes = concentration([2, 4], [[0.5, 0.7], [0.4, 0.41]], [0.9, 0.2], [8, 27], [[-1.5, -1.4], [-1.6, -1.55]],
+    ...                           (-1.65, 1.0), references={"-E0": -1.657, "-E∞": -1.633})
+    >>> len(axes), axes[3].get_xlabel()
+    (4, 'N^(-0.667)')
+  """
+  (fig, axes), loss, e = panels(4, cols=2, size=(5.5, 4)), np.asarray(losses, np.float64), np.asarray(energies, float)
+  styles = dict(zip(references, ("-", "--", ":")))
+  histograms({f"h = {h}": v for h, v in zip(widths, loss)}, ax=axes[0], log=True, title=net_title,
+             bins=np.geomspace(max(np.nanmin(loss), 1e-4) * 0.95, np.nanmax(loss) * 1.05, 50),
+             xlabel="final test loss (NLL)")
+  low = min([e.min(), *references.values()])
+  histograms({f"N = {n}": v for n, v in zip(sizes, e)}, ax=axes[1], cmap="plasma", cmap_max=0.85,
+             vlines={f"{k} = {v:.4f}": (v, styles[k]) for k, v in references.items()},
+             bins=np.linspace(low - 0.02, e.max() + 0.02, 60), xlabel="energy per spin H/N at the GD end point",
+             title=spin_title)
+  twin_trends(widths, ("std of final test loss", loss.std(axis=1, ddof=1)),
+              ("Pearson ρ(train loss, test loss)", corr), right_ylim=(-1.05, 1.05), ax=axes[2], xlabel="hidden units",
+              title="spread and ρ vs width")
+  finite_size(sizes, e, fit, hlines={k: (v, styles[k]) for k, v in references.items()},
+              ax=axes[3], ylabel="energy per spin", title="finite-size extrapolation")
+  return fig, axes
 
 
 def histograms(groups: dict[str, Any], *, bins: Any = 40, cmap: str = "viridis", cmap_max: float = 0.9,

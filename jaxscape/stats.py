@@ -111,26 +111,50 @@ def nonconvex_fraction(lambda_min: np.ndarray, lambda_max: np.ndarray, rel: floa
   return float(np.mean(lo[ok] < -rel * np.abs(hi[ok])))
 
 
-def finite_size_fit(sizes: Sequence[float], values: Sequence[float], exponent: float = -2 / 3) -> tuple[float, float]:
+def finite_size_fit(sizes: Sequence[float], values: Sequence[float], exponent: float = -2 / 3,
+                    errors: Sequence[float] | None = None) -> tuple[float, float, float]:
   """Least-squares ``value ≈ a + b * size**exponent``; ``a`` is the infinite-size extrapolation.
+
+  With ``errors`` (the standard error of each value, e.g. the spread of
+  independent disorder samples over the root of their number) the fit is
+  weighted by ``1 / errors**2`` and the standard error of ``a`` follows from
+  these errors (known variances); without, every value weighs the same and
+  the error of ``a`` is estimated from the residuals (NaN for two sizes).
+  The extrapolation leans on the smallest sizes, where ``values`` are least
+  certain: weighting keeps one noisy small-size mean from moving ``a``.
 
   Args:
     sizes: system sizes (e.g. the spin-glass ``N``), one per value.
     values: measured values (e.g. mean energy per spin at each size).
     exponent: finite-size scaling exponent (``-2/3`` for spherical spin-glass energies).
+    errors: optional positive standard errors of ``values``.
 
   Returns:
-    ``(a, b)``.
+    ``(a, b, a_se)``: intercept, slope and the standard error of ``a``.
 
   Example:
-    >>> a, b = finite_size_fit([8, 27, 64], [-1.6 + 2 / 4, -1.6 + 2 / 9, -1.6 + 2 / 16])
+    >>> a, b, _ = finite_size_fit([8, 27, 64], [-1.6 + 2 / 4, -1.6 + 2 / 9, -1.6 + 2 / 16])
     >>> round(a, 6), round(b, 6)
     (-1.6, 2.0)
   """
   sizes = np.asarray(sizes, np.float64)
   if np.any(sizes <= 0):
     raise ValueError(f"sizes must be positive; got {sizes.tolist()}")
-  return linear_fit(sizes ** exponent, values)
+  x, y = _pair(sizes ** exponent, values)
+  if errors is None:
+    w = np.ones_like(x)
+  else:
+    se = np.asarray(errors, np.float64).ravel()
+    if se.shape != x.shape or not np.all(np.isfinite(se) & (se > 0)):
+      raise ValueError(f"errors must be {x.size} positive finite standard errors, one per value; got {se.tolist()}")
+    w = se ** -2.0
+  design = np.stack([np.ones_like(x), x], axis=1)
+  cov = np.linalg.inv(design.T @ (w[:, None] * design))
+  a, b = cov @ (design.T @ (w * y))
+  if errors is None:
+    dof = x.size - 2
+    cov = cov * (float(np.sum((y - a - b * x) ** 2)) / dof if dof > 0 else np.nan)
+  return float(a), float(b), float(np.sqrt(cov[0, 0]))
 
 
 def poor_fraction(losses: np.ndarray, reference: np.ndarray, factor: float = 2.0) -> np.ndarray:

@@ -39,10 +39,37 @@ def test_fit_summary_and_nonconvex_fraction():
 
 def test_finite_size_fit_recovers_line():
   n = np.array([20.0, 40.0, 80.0, 120.0])
-  a, b = stats.finite_size_fit(n, -1.63 + 0.8 * n ** (-2 / 3))
-  assert abs(a + 1.63) < 1e-12 and abs(b - 0.8) < 1e-10
+  a, b, se = stats.finite_size_fit(n, -1.63 + 0.8 * n ** (-2 / 3))
+  assert abs(a + 1.63) < 1e-12 and abs(b - 0.8) < 1e-10 and se < 1e-12
   with pytest.raises(ValueError, match="positive"):
     stats.finite_size_fit([0, 1], [1, 2])
+  with pytest.raises(ValueError, match="4 positive finite standard errors"):
+    stats.finite_size_fit(n, n, errors=[1.0, 0.0, 1.0, 1.0])
+
+
+def test_weighted_finite_size_fit_matches_polyfit_and_its_error_bar_covers():
+  """Weighted fit = numpy's weighted polyfit; the standard error of a gives 95 % intervals that hold 95 % of the time.
+
+  Coverage over 4000 noisy draws (binomial SE 0.34 %): known errors with the normal 1.96, the unweighted
+  residual estimate (2 degrees of freedom with 4 sizes) with Student's t_2 quantile 4.303.
+  """
+  n = np.array([20.0, 40.0, 80.0, 120.0])
+  x, se = n ** (-2 / 3), np.array([0.02, 0.008, 0.004, 0.003])
+  rng = np.random.default_rng(0)
+  y = -1.63 + 0.8 * x + se * rng.standard_normal(4)
+  a, b, _ = stats.finite_size_fit(n, y, errors=se)
+  np.testing.assert_allclose((b, a), np.polyfit(x, y, 1, w=1 / se), rtol=1e-10)
+  hits = {"weighted": 0, "plain": 0}
+  draws = 4000
+  for _ in range(draws):
+    y = -1.63 + 0.8 * x + se * rng.standard_normal(4)
+    a, _, a_se = stats.finite_size_fit(n, y, errors=se)
+    hits["weighted"] += abs(a + 1.63) <= 1.96 * a_se
+    y = -1.63 + 0.8 * x + 0.01 * rng.standard_normal(4)
+    a, _, a_se = stats.finite_size_fit(n, y)
+    hits["plain"] += abs(a + 1.63) <= 4.303 * a_se
+  for name, h in hits.items():
+    assert 0.935 <= h / draws <= 0.965, (name, h / draws)
 
 
 def test_poor_fraction_and_spread():
