@@ -31,7 +31,7 @@ experiments: install
 	  n=$$(basename $$f .py); \
 	  $(PY) -m experiments.$$n --preset $(PRESET) --seed $(SEED) $(if $(DATA_DIR),--data-dir $(DATA_DIR),); \
 	done
-	@echo "index: runs/index.md"
+	@echo "gallery: runs/index.html (and runs/index.md)"
 
 bench: install
 	$(PY) benchmarks/surface.py

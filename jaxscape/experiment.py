@@ -24,10 +24,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import html
 import os
+import re
 import shlex
 import sys
 import time
+import urllib.parse
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -265,7 +268,8 @@ def run(module: Any, argv: Sequence[str] | None = None, *,
   changes every random choice of the run), ``--data-dir`` (datasets on disk,
   for ``full``), ``--out`` (default ``runs/<name>-<preset>``, or the module's
   ``RUN_DIR``). Writes ``config.json`` first and ``report.md`` from the
-  :class:`Report` that ``main`` returns, then refreshes ``runs/index.md``.
+  :class:`Report` that ``main`` returns, then refreshes the gallery
+  ``runs/index.md`` and ``runs/index.html`` (:func:`write_index`).
   The run holds its directory's :class:`~jaxscape.io.RunLock` throughout (a
   second run on the same ``--out`` is refused, exit code 2).
   A missing dataset or a bad config is a one-line error naming the
@@ -326,18 +330,141 @@ def run(module: Any, argv: Sequence[str] | None = None, *,
 
 
 def write_index(runs_dir: str) -> str:
-  """Writes ``runs_dir/index.md`` linking every run's ``report.md`` with its verdict."""
-  rows = []
-  for entry in sorted(os.listdir(runs_dir)):
-    report = os.path.join(runs_dir, entry, "report.md")
-    if os.path.isfile(report):
-      with open(report) as f:
-        first = f.readline().strip().lstrip("# ")
-      rows.append(f"- [{entry}]({entry}/report.md): {first}")
+  """Writes the gallery of the runs in ``runs_dir``: ``index.md`` and a self-contained ``index.html``.
+
+  One row per subdirectory holding a ``report.md``: its experiment, preset and
+  seed (``config.json``, else the report's header), the verdict, the first
+  figure the report links as a thumbnail, and links to the report and to the
+  interactive ``*.html`` views it links. Every link is relative, so the
+  directory can be moved or served as it is; the HTML needs no network and no
+  JavaScript. A run without a figure still gets its row.
+
+  Args:
+    runs_dir: the directory of run directories (``runs/``).
+
+  Returns:
+    The path of ``index.md`` (``index.html`` lies beside it).
+
+  Example:
+    >>> import os, tempfile
+    >>> runs = tempfile.mkdtemp()
+    >>> os.mkdir(os.path.join(runs, "demo-smoke"))
+    >>> _ = open(os.path.join(runs, "demo-smoke", "report.md"), "w").write(Report("demo", "c", 0, "smoke").render())
+    >>> os.path.basename(write_index(runs))
+    'index.md'
+    >>> sorted(f for f in os.listdir(runs) if f.startswith("index"))
+    ['index.html', 'index.md']
+  """
+  runs = [_run_summary(os.path.join(runs_dir, entry)) for entry in sorted(os.listdir(runs_dir))
+          if os.path.isfile(os.path.join(runs_dir, entry, "report.md"))]
   path = os.path.join(runs_dir, "index.md")
   with open(path, "w") as f:
-    f.write("# jaxscape runs\n\n" + "\n".join(rows) + "\n")
+    f.write(_index_markdown(runs))
+  with open(os.path.join(runs_dir, "index.html"), "w") as f:
+    f.write(_index_html(runs))
   return path
+
+
+_THUMBNAIL_WIDTH = 240  # pixels: a gallery row stays one screen line high with one figure per run
+_IMAGE = re.compile(r"!\[(.*?)\]\(([^()\s]+)\)")
+_VIEW = re.compile(r"(?<!!)\[(.*?)\]\(([^()\s]+\.html)\)")
+_INDEX_COLUMNS = ["run", "experiment", "preset", "seed", "verdict", "figure", "interactive"]
+_PRESET_SEED = re.compile(r"Preset `(.+?)`, seed (-?\d+)\.")  # the line Report.render writes
+
+
+def _local_file(run_dir: str, target: str) -> str | None:
+  """``target`` when it is a relative link to an existing file of ``run_dir`` (URLs and absolute paths are not)."""
+  if "://" in target or os.path.isabs(target) or not os.path.isfile(os.path.join(run_dir, target)):
+    return None
+  return target
+
+
+def _run_summary(run_dir: str) -> dict[str, Any]:
+  """What the gallery shows of one run, read from its ``report.md`` and ``config.json``."""
+  from . import io as jio
+
+  entry = os.path.basename(run_dir)
+  with open(os.path.join(run_dir, "report.md")) as f:
+    lines = f.read().splitlines()
+  header = lines[0].lstrip("#").strip() if lines else ""
+  name, _, verdict = header.rpartition(": ")
+  if not name:  # not a harness header "# name: VERDICT"
+    name, verdict = entry, "?"
+  try:
+    config = jio.read_json(os.path.join(run_dir, "config.json"))
+  except (OSError, ValueError):
+    config = {}
+  preset, seed = config.get("preset"), config.get("seed")
+  if preset is None or seed is None:
+    if match := next(filter(None, map(_PRESET_SEED.match, lines)), None):
+      preset, seed = match.group(1), int(match.group(2))
+  images = [(_local_file(run_dir, t), c) for line in lines for c, t in _IMAGE.findall(line)]
+  views = {}
+  for line in lines:
+    for label, target in _VIEW.findall(line):
+      if (local := _local_file(run_dir, target)) and local not in views:
+        views[local] = label
+  return {"entry": entry, "name": name, "verdict": verdict, "preset": preset, "seed": seed,
+          "figure": next(((t, c) for t, c in images if t), None), "views": list(views.items())}
+
+
+def _href(entry: str, target: str) -> str:
+  """A relative URL from the runs directory to ``target`` in run ``entry``."""
+  return urllib.parse.quote(f"{entry}/{target}")
+
+
+def _md_cell(x: Any) -> str:
+  """Text safe in a Markdown table cell and link label."""
+  text = "-" if x is None else str(x)
+  for c in "\\|[]<>*`":
+    text = text.replace(c, "\\" + c)
+  return text
+
+
+def _index_markdown(runs: Sequence[Mapping[str, Any]]) -> str:
+  rows = []
+  for r in runs:
+    figure = "-"
+    if r["figure"]:
+      src, caption = _href(r["entry"], r["figure"][0]), html.escape(r["figure"][1]).replace("|", "&#124;")
+      figure = f'[<img src="{src}" width="{_THUMBNAIL_WIDTH}" alt="{caption}">]({src})'
+    views = ", ".join(f"[{_md_cell(label)}]({_href(r['entry'], t)})" for t, label in r["views"]) or "-"
+    verdict = f"**{_md_cell(r['verdict'])}**"
+    rows.append((f"[{_md_cell(r['entry'])}]({_href(r['entry'], 'report.md')})", _md_cell(r["name"]),
+                 _md_cell(r["preset"]), _md_cell(r["seed"]), verdict, figure, views))
+  body = table(_INDEX_COLUMNS, rows) if rows else "No runs yet."
+  return f"# jaxscape runs\n\n{body}\n"
+
+
+_INDEX_STYLE = """body { font-family: system-ui, sans-serif; margin: 2em; }
+table { border-collapse: collapse; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: left; vertical-align: top; }
+.verdict { font-weight: bold; color: #fff; background: #777; }
+.pass { background: #2e7d32; }
+.fail { background: #c62828; }"""
+
+
+def _index_html(runs: Sequence[Mapping[str, Any]]) -> str:
+  esc = functools.partial(html.escape, quote=True)
+  rows = []
+  for r in runs:
+    report = _href(r["entry"], "report.md")
+    figure = "-"
+    if r["figure"]:
+      src = _href(r["entry"], r["figure"][0])
+      figure = (f'<a href="{esc(src)}"><img src="{esc(src)}" width="{_THUMBNAIL_WIDTH}" '
+                f'alt="{esc(r["figure"][1])}"></a>')
+    views = ", ".join(f'<a href="{esc(_href(r["entry"], t))}">{esc(label)}</a>' for t, label in r["views"]) or "-"
+    kind = {"PASS": "pass", "FAIL": "fail"}.get(r["verdict"], "unknown")
+    cells = [f'<a href="{esc(report)}">{esc(r["entry"])}</a>', esc(r["name"]),
+             esc("-" if r["preset"] is None else str(r["preset"])), esc("-" if r["seed"] is None else str(r["seed"])),
+             f'<span class="verdict {kind}">{esc(r["verdict"])}</span>', figure, views]
+    rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+  head = "".join(f"<th>{h}</th>" for h in _INDEX_COLUMNS)
+  body = (f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n</table>"
+          if rows else "<p>No runs yet.</p>")
+  return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>jaxscape runs</title>\n"
+          f"<style>\n{_INDEX_STYLE}\n</style>\n</head>\n<body>\n<h1>jaxscape runs</h1>\n{body}\n</body>\n</html>\n")
 
 
 # ----------------------------------------------------------------------------- studies over trained seeds

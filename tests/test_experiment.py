@@ -1,9 +1,11 @@
 """The experiment harness: reports, dataset specs, running every experiment at its smoke preset."""
 
+import html.parser
 import importlib
 import json
 import os
 import pkgutil
+import urllib.parse
 
 import numpy as np
 import pytest
@@ -53,13 +55,89 @@ def test_load_dataset_reads_the_subdir(tmp_path):
     experiment.load_dataset({"name": "mnist", "subdir": "mnist"}, str(tmp_path))
 
 
-def test_write_index(tmp_path):
-  (tmp_path / "a").mkdir()
-  (tmp_path / "a" / "report.md").write_text("# a: PASS\n")
-  (tmp_path / "b").mkdir()  # no report: not listed
+class _Gallery(html.parser.HTMLParser):
+  """The rows of index.html: per row its cells' text, link targets, image sources/widths and verdict classes."""
+
+  def __init__(self):
+    super().__init__()
+    self.rows, self.head_links = [], []
+
+  def handle_starttag(self, tag, attrs):
+    attrs = dict(attrs)
+    if tag == "tr":
+      self.rows.append({"text": "", "links": [], "images": [], "classes": []})
+    elif self.rows and tag == "a":
+      self.rows[-1]["links"].append(attrs["href"])
+    elif self.rows and tag == "img":
+      self.rows[-1]["images"].append((attrs["src"], attrs.get("width")))
+    elif self.rows and tag == "span":
+      self.rows[-1]["classes"].append(attrs.get("class", ""))
+    elif tag in ("script", "link"):
+      self.head_links.append(tag)
+
+  def handle_data(self, data):
+    if self.rows:
+      self.rows[-1]["text"] += data + " "
+
+
+def _fake_runs(tmp_path):
+  """Two runs of the harness's layout (one with a figure and a view, one without) and a directory without a report."""
+  good = tmp_path / "demo-smoke"
+  (good / "html").mkdir(parents=True)
+  plot.plt.imsave(str(good / "surface.png"), np.eye(4))  # a real (tiny) PNG
+  (good / "html" / "surface.html").write_text("<html></html>")
+  report = Report("demo", claim="c", seed=3, preset="smoke")
+  report.check("holds", True, "1 < 2")
+  report.figure("missing.png", "a figure the run did not write: skipped")
+  report.figure("surface.png", "the surface | with a pipe & <angle>")
+  report.section("Interactive figures", "Open: [surface](html/surface.html), [gone](html/gone.html)")
+  (good / "report.md").write_text(report.render())
+  (good / "config.json").write_text(json.dumps({"preset": "smoke", "seed": 3}))
+  bad = tmp_path / "a<b>-cpu"  # no figure, no config.json: preset and seed come from the report's header
+  bad.mkdir()
+  failed = Report("a<b>", claim="c", seed=7, preset="cpu")
+  failed.check("holds", False, "2 > 1")
+  (bad / "report.md").write_text(failed.render())
+  (tmp_path / "unfinished").mkdir()  # no report: no row
+  return good, bad
+
+
+def test_write_index_gallery(tmp_path):
+  good, bad = _fake_runs(tmp_path)
   path = experiment.write_index(str(tmp_path))
-  with open(path) as f:
-    assert f.read() == "# jaxscape runs\n\n- [a](a/report.md): a: PASS\n"
+  assert path == str(tmp_path / "index.md")
+  with open(tmp_path / "index.html") as f:
+    page = f.read()
+  parser = _Gallery()
+  parser.feed(page)
+  assert parser.head_links == [] and "http" not in page  # self-contained: no script, no stylesheet, no CDN
+  header, *rows = parser.rows
+  assert len(rows) == 2  # sorted by directory: "a<b>-cpu" then "demo-smoke"; "unfinished" has no report
+  failed, passed = rows
+  assert "a&lt;b&gt;" in page and "<b>" not in page  # names are escaped
+  assert failed["classes"] == ["verdict fail"] and "FAIL" in failed["text"] and "cpu" in failed["text"]
+  assert " 7 " in failed["text"] and failed["images"] == []
+  assert passed["classes"] == ["verdict pass"] and " 3 " in passed["text"] and "smoke" in passed["text"]
+  assert passed["images"] == [("demo-smoke/surface.png", "240")]  # the first linked figure that exists
+  assert passed["links"] == ["demo-smoke/report.md", "demo-smoke/surface.png", "demo-smoke/html/surface.html"]
+  for row in rows:
+    for target in row["links"] + [src for src, _ in row["images"]]:
+      assert (tmp_path / urllib.parse.unquote(target)).is_file(), target
+  assert failed["links"] == ["a%3Cb%3E-cpu/report.md"]
+
+  with open(tmp_path / "index.md") as f:
+    md = f.read().splitlines()
+  assert md[:2] == ["# jaxscape runs", ""] and md[2].startswith("| run | experiment | preset | seed | verdict |")
+  assert len(md) == 6 and all(line.count(" | ") == 6 for line in md[4:])  # a pipe in a caption does not split a cell
+  assert md[4].startswith(r"| [a\<b\>-cpu](a%3Cb%3E-cpu/report.md) | a\<b\> | cpu | 7 | **FAIL** | - | - |")
+  assert '[<img src="demo-smoke/surface.png" width="240"' in md[5] and "(demo-smoke/html/surface.html)" in md[5]
+  assert "gone" not in md[5]
+
+
+def test_write_index_without_runs(tmp_path):
+  experiment.write_index(str(tmp_path))
+  assert (tmp_path / "index.md").read_text() == "# jaxscape runs\n\nNo runs yet.\n"
+  assert "No runs yet." in (tmp_path / "index.html").read_text()
 
 
 EXPERIMENTS = sorted(m.name for m in pkgutil.iter_modules(experiments.__path__) if not m.name.startswith("_"))
