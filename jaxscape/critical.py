@@ -693,8 +693,8 @@ def distinct_minima(obj: Objective, params: PyTree, losses: np.ndarray, converge
                     grad_tol: float, psd_rtol: float) -> tuple[list[int], list[tuple]]:
   """The distinct ends of many converged descents, each verified as a minimum by ``jax.grad`` and the dense Hessian.
 
-  Ends whose losses agree within ``rtol`` (relative) are one minimum (:func:`jaxscape.stats.distinct`, first end
-  kept); only converged ends count, unless none converged: then every end is a candidate (and is still verified).
+  Ends whose losses agree within ``rtol`` (relative to ``max(1, |loss|)``) are one minimum
+  (:func:`jaxscape.stats.distinct`: the lowest end of each group is kept); only converged ends count, unless none converged: then every end is a candidate (and is still verified).
   An end is a verified minimum when ``||grad|| <= grad_tol`` and ``lambda_min >= -psd_rtol * lambda_max``.
 
   Args:
@@ -706,7 +706,7 @@ def distinct_minima(obj: Objective, params: PyTree, losses: np.ndarray, converge
     grad_tol, psd_rtol: the verification's gradient bound and relative eigenvalue floor.
 
   Returns:
-    ``(index, rows)``: the run index of each distinct end (ascending loss order of first appearance), and per end
+    ``(index, rows)``: the run index of each distinct end, in ascending order of loss, and per end
     the row ``(rank, loss, ||grad||, lambda_min, lambda_max, converged runs at that loss, verified)`` named by
     :data:`MINIMA_FIELDS`.
 
