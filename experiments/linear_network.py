@@ -7,7 +7,7 @@ Run: ``make experiment NAME=linear_network [PRESET=smoke|cpu|full] [SEED=0]``.
 """
 from __future__ import annotations
 
-import itertools
+import functools
 import os
 import sys
 import time
@@ -30,30 +30,12 @@ _BASE = {"samples": 50, "teacher_scale": 3.0, "noise": 0.1, "lr_linear": 0.05, "
 CONFIGS = {"smoke": {**_BASE, "starts": 12, "steps": 1000, "grid": 11, "points": 11},
            "cpu": {**_BASE, "starts": 100, "steps": 20000, "grid": 41},
            "full": {**_BASE, "starts": 1000, "steps": 50000, "grid": 101}}
-_HIDDEN = ["layers/0", "head"]  # the 3 hidden units: kernel columns of layers/0, rows of head
-
-
-def _linear(p, x):  # any depth: x @ (W_1 ... W_L), the two products (sum_i w_i1 v_i, sum_i w_i2 v_i)
-  return x @ models.linear.end_to_end(p)
-
-
-def _sigmoid(p, x):
-  return jax.nn.sigmoid(x @ p["layers"][0]["kernel"]) @ p["head"]["kernel"]
+_INIT = functools.partial(models.linear.init, dtype=jnp.float64)  # 2-3-1 by default; every check runs in float64
+_SIGMOID = functools.partial(models.linear.forward, activation=jax.nn.sigmoid)
 
 
 def _product(u, x):
   return x @ u
-
-
-def _init(key, scale=1.0, widths=(3,)):
-  ks, sizes = jax.random.split(key, len(widths) + 1), [2, *widths, 1]
-  w = [scale * jax.random.normal(k, (a, b), jnp.float64) for k, a, b in zip(ks, sizes[:-1], sizes[1:])]
-  return {"layers": {i: {"kernel": a} for i, a in enumerate(w[:-1])}, "head": {"kernel": w[-1]}}
-
-
-def _permutations(params):  # the 5 other hidden-unit orders of one point
-  return [paths.permute_hidden_units(params, jnp.array(p), *paths.dense_layer_paths(*_HIDDEN, bias=None))
-          for p in itertools.permutations(range(3)) if p != (0, 1, 2)]
 
 
 def main(config: dict, out_dir: str) -> Report:
@@ -61,66 +43,54 @@ def main(config: dict, out_dir: str) -> Report:
   root, n, r = jax.random.key(seed), c["samples"], c["starts"]
   with jax.enable_x64(True):
     x = jax.random.normal(jax.random.fold_in(root, 0), (n, 2), jnp.float64)
-    teacher = _init(jax.random.fold_in(root, 1), c["teacher_scale"])
-    y = _sigmoid(teacher, x) + c["noise"] * jax.random.normal(jax.random.fold_in(root, 2), (n, 1), jnp.float64)
-    obj = {f: js.Objective.from_apply(f, data=(x, y), loss="mse", batch_size=None, name="teacher")
-           for f in (_linear, _sigmoid, _product)}
-    value = lambda f, p: float(obj[f].value(p))
-    starts = jax.vmap(_init)(jax.random.split(jax.random.fold_in(root, 3), r))
+    teacher = _INIT(jax.random.fold_in(root, 1), scale=c["teacher_scale"])
+    y = _SIGMOID(teacher, x) + c["noise"] * jax.random.normal(jax.random.fold_in(root, 2), (n, 1), jnp.float64)
+    obj = {k: js.Objective.from_apply(f, data=(x, y), loss="mse", batch_size=None, name="teacher")
+           for k, f in (("linear", models.linear.forward), ("sigmoid", _SIGMOID), ("product", _product))}
+    starts = jax.vmap(_INIT)(jax.random.split(jax.random.fold_in(root, 3), r))
     # linear: L depends on the weights only through u = W v; L(u) is least squares with Hessian 2 X^T X / N
     u_star = jnp.linalg.lstsq(x, y)[0]
-    l_star, lam_u = value(_product, u_star), np.asarray(hessian.dense_eigh(obj[_product], u_star)[0])
+    l_star, lam_u = float(obj["product"].value(u_star)), np.asarray(hessian.dense_eigh(obj["product"], u_star)[0])
     lam_ref = np.linalg.eigvalsh(2 * np.asarray(x.T @ x) / n)
     rows_product = []
     for i in range(5):  # random weights (2-3-1 and 2-3-3-1) and a refactorisation with the same products
       for depth, widths in (("2-3-1", (3,)), ("2-3-3-1", (3, 3))):
-        p = _init(jax.random.fold_in(root, 10 + i), 1.0, widths)
-        chk = models.linear.product_check(jax.random.fold_in(root, 20 + i), obj[_linear].value, obj[_product].value, p)
+        p = _INIT(jax.random.fold_in(root, 10 + i), (2, *widths, 1))
+        chk = models.linear.product_check(jax.random.fold_in(root, 20 + i), obj["linear"].value, obj["product"].value, p)
         rows_product.append((depth, i, *chk))
     worst = max(max(row[5], row[6]) / max(1.0, row[2]) for row in rows_product)
     t0 = time.perf_counter()
-    ends_lin = newton.gradient_descent(obj[_linear], starts, lr=c["lr_linear"], steps=c["steps"])
-    loss_lin = np.asarray(jax.vmap(obj[_linear].value)(ends_lin))
+    ends_lin = newton.gradient_descent(obj["linear"], starts, lr=c["lr_linear"], steps=c["steps"])
+    loss_lin = np.asarray(jax.vmap(obj["linear"].value)(ends_lin))
     u_ends = np.asarray(jax.vmap(models.linear.end_to_end)(ends_lin))
     gap = np.abs(loss_lin - l_star) / l_star
-    origin = critical.describe_point(jax.random.fold_in(root, 4), obj[_linear], js.tree.zeros_like(_init(root)))
-    deep = critical.describe_point(jax.random.fold_in(root, 5), obj[_linear], js.tree.zeros_like(_init(root, 1.0, (3, 3))))
+    origin = critical.describe_point(jax.random.fold_in(root, 4), obj["linear"], js.tree.zeros_like(_INIT(root)))
+    deep = critical.describe_point(jax.random.fold_in(root, 5), obj["linear"], js.tree.zeros_like(_INIT(root, (2, 3, 3, 1))))
     origin_ref = -float(np.linalg.norm(2 * np.asarray(x.T @ y) / n))  # H(0) = [[0, B], [B^T, 0]], B = -c (x) I_3
     # sigmoid: the same starts, GD, then saddle-free Newton (descent only, short capped steps) to an exact minimum
-    ends_sig = newton.gradient_descent(obj[_sigmoid], starts, lr=c["lr_sigmoid"], steps=c["steps"])
-    gd_wall, gd_loss = time.perf_counter() - t0, np.asarray(jax.vmap(obj[_sigmoid].value)(ends_sig))
-    ref = newton.minimize_saddle_free_many(obj[_sigmoid], ends_sig, max_steps=c["refine_steps"], tol=c["refine_tol"],
+    ends_sig = newton.gradient_descent(obj["sigmoid"], starts, lr=c["lr_sigmoid"], steps=c["steps"])
+    gd_wall, gd_loss = time.perf_counter() - t0, np.asarray(jax.vmap(obj["sigmoid"].value)(ends_sig))
+    ref = newton.minimize_saddle_free_many(obj["sigmoid"], ends_sig, max_steps=c["refine_steps"], tol=c["refine_tol"],
                                            step_cap=c["step_cap"])
     size = lambda t: np.asarray(js.tree.distances(t, js.tree.zeros_like(js.tree.select(t, 0))))
     move, ref_norm = np.asarray(js.tree.distances(ref["params"], ends_sig)) / size(ends_sig), size(ref["params"])
     conv = np.flatnonzero(ref["converged"])
-    pool = conv if conv.size else np.arange(r)  # none converged (a tiny preset): the ends still get verified, and fail
-    reps = [int(pool[i]) for i in stats.distinct(ref["loss"][pool], np.zeros(pool.size), rtol=c["gd_rtol"])]
-    minima, perm_rows, copies_of = [], [], {}
-    for rank, i in enumerate(reps):  # verify each distinct end independently: jax.grad and the dense Hessian
-      p = js.tree.select(ref["params"], i)
-      g = float(js.tree.norm(jax.grad(obj[_sigmoid].value)(p)))
-      lam = np.asarray(hessian.dense_eigh(obj[_sigmoid], p)[0])
-      ok = g <= c["grad_tol"] and lam[0] >= -c["psd_rtol"] * lam[-1]
-      runs = int(np.sum(stats.copies(ref["loss"], np.zeros(r), i, rtol=c["gd_rtol"]) & ref["converged"]))
-      minima.append((rank, float(ref["loss"][i]), g, lam[0], lam[-1], runs, ok))
-      copies_of[rank] = perm = _permutations(p)
-      for k, q in enumerate(perm):
-        lq, dist = value(_sigmoid, q), float(js.tree.norm(js.tree.sub(q, p)) / js.tree.norm(p))
-        line = paths.interpolate(obj[_sigmoid], p, q, jnp.linspace(0.0, 1.0, c["points"])).losses
-        height = float(paths.barrier(line, jnp.linspace(0.0, 1.0, c["points"])).height)
-        perm_rows.append((rank, k, abs(lq - minima[-1][1]) / minima[-1][1], dist, height, height / minima[-1][1]))
+    reps, minima = critical.distinct_minima(obj["sigmoid"], ref["params"], ref["loss"], ref["converged"],
+                                            rtol=c["gd_rtol"], grad_tol=c["grad_tol"], psd_rtol=c["psd_rtol"])
+    copies_of = {rank: paths.hidden_unit_copies(js.tree.select(ref["params"], i), "layers/0", "head", bias=None)
+                 for rank, i in enumerate(reps)}
+    perm_rows = [(rank, k, *row) for rank, i in enumerate(reps) for k, row in enumerate(paths.copy_barriers(
+        obj["sigmoid"], js.tree.select(ref["params"], i), copies_of[rank], jnp.linspace(0.0, 1.0, c["points"]),
+        loss=minima[rank][1]))]
     verified = [m for m in minima if m[6]]
     a = js.tree.select(ref["params"], reps[0])
     far = max(range(5), key=lambda k: perm_rows[k][4])  # the lowest minimum's copy behind the highest barrier
     planes = {"ab": (js.tree.select(ref["params"], reps[min(1, len(reps) - 1)]), copies_of[0][far]),
               "copies": (copies_of[0][far], copies_of[0][(far + 1) % 5])}
-    surfs = {k: js.loss_surface(obj[_sigmoid], a, js.directions.plane_directions(a, *pts), x=(-0.5, 1.5, c["grid"]),
+    surfs = {k: js.loss_surface(obj["sigmoid"], a, js.directions.plane_directions(a, *pts), x=(-0.5, 1.5, c["grid"]),
                                 y=(-0.5, 1.5, c["grid"]), quiet=True) for k, pts in planes.items()}
     span = max(2.0, 2 * float(np.abs(u_star).max()))
-    ug = [np.linspace(float(u_star[j, 0]) - span, float(u_star[j, 0]) + span, c["grid"]) for j in range(2)]
-    uu = jnp.stack(jnp.meshgrid(*ug), axis=-1).reshape(-1, 2, 1)
-    bowl = js.Surface(tuple(ug), np.asarray(jax.vmap(obj[_product].value)(uu)).reshape(c["grid"], c["grid"]), {}, 0, {})
+    bowl = models.linear.product_surface(obj["product"].value, u_star, span=span, num=c["grid"])
   perm = np.array([row[2:] for row in perm_rows]) if perm_rows else np.zeros((0, 4))
   moved = perm[:, 1] > 1e-6  # a transposition of two coinciding units maps the point onto itself: not a second copy
   js.io.save_result(out_dir, {
@@ -128,7 +98,7 @@ def main(config: dict, out_dir: str) -> Report:
       "linear_end_loss": loss_lin, "linear_end_products": u_ends, "origin_eigenvalues": origin.eigenvalues,
       "sigmoid_gd_loss": gd_loss, "sigmoid_loss": ref["loss"], "sigmoid_grad_norm": ref["grad_norm"],
       "sigmoid_eigenvalues": ref["eigenvalues"], "minima": np.array([m[:6] for m in minima], np.float64),
-      "permutation_rows": np.array(perm_rows, np.float64), "bowl_loss": bowl.loss, "bowl_u1": ug[0], "bowl_u2": ug[1],
+      "permutation_rows": np.array(perm_rows, np.float64), "bowl_loss": bowl.loss, "bowl_u1": bowl.x, "bowl_u2": bowl.y,
       **{f"slice_{k}_loss": s.loss for k, s in surfs.items()}, "slice_coords": surfs["ab"].x}, {
       "config": config, "environment": js.io.environment(), "gd_wall_s": gd_wall,
       "minima_columns": ["rank", "loss", "grad_norm", "lambda_min", "lambda_max", "runs"],

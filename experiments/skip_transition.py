@@ -14,7 +14,7 @@ import time
 
 import jax
 
-from jaxscape import experiment, io, models, plot
+from jaxscape import experiment, io, plot
 from jaxscape.experiment import Report
 
 _ADAM = {"optimizer": "adam", "learning_rate": 1e-3, "batch_size": 64, "eval_batch_size": 1024}
@@ -57,24 +57,21 @@ CONFIGS = {
         "extra": [], "checks": {**_CHECKS, "deep_from": 56}},
 }
 VARIANTS, _LABELS, _COLORS = ("plain", "residual"), ("family", "variant", "depth"), {"plain": "tab:red", "residual": "tab:blue"}
-_FIGURES = {"trends": ({}, "Non-convex fraction, log10 of the maximum grid loss and test accuracy against depth."),
-            "ratio_maps": ({"dpi": 80, "tight": False}, "Full-Hessian lambda_min/lambda_max maps (Li et al. Fig. 7 "
-                           "style), seed 0.")}
+_CAPTIONS = {"trends": "Non-convex fraction, log10 of the maximum grid loss and test accuracy against depth.",
+             "ratio_maps": "Full-Hessian lambda_min/lambda_max maps (Li et al. Fig. 7 style), seed 0."}
 
 
 def _checks(rep: Report, res: dict, depths: list[int], c: dict) -> None:
-  mean = lambda s, k: s[k]["mean"] if k in s else float("nan")  # noqa: E731
-  deep, per = [d for d in depths if d >= c["deep_from"]], lambda k, ds: {
-      v: [mean(res[(v, d)]["summary"], k) for d in ds] for v in VARIANTS}
-  (nc, deep_nc, exact), lg, acc = (per(GATED, depths), per(GATED, deep), per(EXACT, depths)), per(
-      "log10_max_loss", depths), per("test_accuracy", deep)
-  txt = lambda v, xs=nc: ", ".join(f"d{d}: {x:.3f}" for d, x in zip(depths, xs[v]))  # noqa: E731
+  deep = [d for d in depths if d >= c["deep_from"]]
+  per = functools.partial(experiment.seed_means, res, variants=VARIANTS)
+  nc, deep_nc, exact = per(GATED, sizes=depths), per(GATED, sizes=deep), per(EXACT, sizes=depths)
+  lg, acc = per("log10_max_loss", sizes=depths), per("test_accuracy", sizes=deep)
+  txt = lambda v, xs=nc: experiment.size_text(depths, xs[v])  # noqa: E731
   rise, gaps = nc["plain"][-1] - nc["plain"][0], [p - r for p, r in zip(deep_nc["plain"], deep_nc["residual"])]
   rep.check(f"(i) plain non-convex fraction rises by >= {c['plain_rise_min']} from depth {depths[0]} to {depths[-1]} "
             f"and exceeds residual's by >= {c['plain_gap_min']} at depth >= {c['deep_from']}", rise >= c[
             "plain_rise_min"] and bool(deep) and all(x >= c["plain_gap_min"] for x in gaps), f"plain seed means "
-            f"{txt('plain')} (rise {rise:.3f}); plain - residual " + ", ".join(
-                f"d{d}: {x:.3f}" for d, x in zip(deep, gaps)))
+            f"{txt('plain')} (rise {rise:.3f}); plain - residual " + experiment.size_text(deep, gaps))
   rep.check(f"(ii) residual non-convex fraction <= {c['residual_nonconvex_max']} at depth >= {c['deep_from']} "
             "and <= plain's at every depth", bool(deep) and all(x <= c["residual_nonconvex_max"] for x in
             deep_nc["residual"]) and all(r <= p for r, p in zip(nc["residual"], nc["plain"])),
@@ -103,11 +100,8 @@ def _checks(rep: Report, res: dict, depths: list[int], c: dict) -> None:
 def main(config: dict, out_dir: str) -> Report:
   t_start, seed, c, fams = time.perf_counter(), int(config["seed"]), config["checks"], [config["main"], *config["extra"]]
   datasets = [experiment.load_dataset(f["data"], config.get("data_dir")) for f in fams]  # fail fast, before training
-  kw = ("grid", "span", "eval_batch_size", "ratio_grid", "ratio_seeds", "plane_seeds", "lanczos_steps", "trace_probes",
-        "seeds")
-  results = [experiment.variant_surfaces(jax.random.fold_in(jax.random.key(seed), i), functools.partial(
-      models.build, f["model"], **f["kwargs"]), {v: f["variants"][v] for v in VARIANTS}, f["depths"], ds, f["train"],
-      rel=c["rel"], **{k: f[k] for k in kw}) for i, (f, ds) in enumerate(zip(fams, datasets))]
+  results = [experiment.family_surfaces(jax.random.fold_in(jax.random.key(seed), i), f, ds, variants=VARIANTS,
+                                        rel=c["rel"]) for i, (f, ds) in enumerate(zip(fams, datasets))]
   (fam, *_), (res, *_), (ds0, *_), env = fams, results, datasets, io.environment()
   g, rg, span, depths = fam["grid"], fam["ratio_grid"], fam["span"], [int(d) for d in fam["depths"]]
   rep = Report("skip_transition", seed=seed, preset=config["preset"], claim=(
@@ -138,14 +132,13 @@ def main(config: dict, out_dir: str) -> Report:
   rep.section("Per seed", experiment.seed_surface_runs({(f["label"], *k): x for f, r in zip(fams, results)
                                                         for k, x in r.items()}, _LABELS))
   for i, (f, r) in enumerate(zip(fams, results)):   # the trends and ratio maps of the main family only
-    figs = plot.seed_surface_figures(r, rel=c["rel"], label=f["label"], colors=_COLORS, trends=i == 0)
-    name = "landscapes.png" if i == 0 else f"landscapes_{f['label'].lower()}.png"
-    plot.save(figs.pop("landscapes")[0], f"{out_dir}/{name}", dpi=70)
-    rep.figure(name, f"{f['label']}: contours (left) and 3-D log-loss (right) per depth; rows plain / residual (as Li "
+    files = plot.save_seed_surface_figures(r, out_dir, name="landscapes" if i == 0 else f"landscapes_{f['label'].lower()}",
+                                           rel=c["rel"], label=f["label"], colors=_COLORS, trends=i == 0)
+    rep.figure(files.pop("landscapes"), f"{f['label']}: contours (left) and 3-D log-loss (right) per depth; rows plain / residual (as Li "
                "et al. Fig. 5). Red dots: non-convex points of the finite-difference 2x2 Hessian." if i == 0 else
                f"{f['label']} with (residual) and without (plain) shortcuts, shown beside the MLPs.")
-    for key, (fig, _) in figs.items():
-      rep.figure(plot.save(fig, f"{out_dir}/{key}.png", **_FIGURES[key][0]).rsplit("/", 1)[1], _FIGURES[key][1])
+    for key, file in files.items():
+      rep.figure(file, _CAPTIONS[key])
   rep.notes += [
       "Ratio maps (signed lambda_min/lambda_max): a short Lanczos run gives inner bounds (lambda_min from above), "
       "so |lambda_min| and |ratio| are under-estimated; papers.md found them not discriminative at CPU scale.", *experiment.seed_surface_notes({
@@ -156,9 +149,7 @@ def main(config: dict, out_dir: str) -> Report:
   io.save_result(out_dir, {k: v for f, r in zip(fams, results) for (v_, d), x in r.items()
                            for k, v in experiment.seed_surface_arrays(f"{f['label']}_{v_}_d{d}_", x).items()}, {
       "config": config, "environment": env, "wall_time_s": time.perf_counter() - t_start, "verdict": rep.verdict,
-      "statistics": {
-          f["label"]: {f"{v}_d{d}": {k: x[k] for k in ("seeds", "summary", "train_s", "surface_s", "num_params")}
-                       for (v, d), x in r.items()} for f, r in zip(fams, results)}})
+      "statistics": {f["label"]: experiment.seed_surface_meta(r) for f, r in zip(fams, results)}})
   return rep
 
 

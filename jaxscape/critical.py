@@ -81,6 +81,8 @@ __all__ = [
     "PopulationSummary",
     "summarize",
     "describe_point",
+    "distinct_minima",
+    "MINIMA_FIELDS",
     "index",
     "default_eps",
     "flatness",
@@ -681,6 +683,59 @@ def describe_point(key: jax.Array, obj: Objective, params: PyTree, *, eps: float
   return PointDescription(grad_norm=float(tree_lib.norm(jax.grad(obj.value)(params))), eigenvalues=lam,
                           lambda_min=float(lam.min()), lambda_max=float(lam.max()), num_negative=int(np.sum(lam < -eps)),
                           index=float(index(lam, eps=eps)), min_change=float(np.min(change)))
+
+
+MINIMA_FIELDS = ("rank", "loss", "grad_norm", "lambda_min", "lambda_max", "runs", "verified")
+"""Names of the entries of each row of :func:`distinct_minima`."""
+
+
+def distinct_minima(obj: Objective, params: PyTree, losses: np.ndarray, converged: np.ndarray, *, rtol: float,
+                    grad_tol: float, psd_rtol: float) -> tuple[list[int], list[tuple]]:
+  """The distinct ends of many converged descents, each verified as a minimum by ``jax.grad`` and the dense Hessian.
+
+  Ends whose losses agree within ``rtol`` (relative to ``max(1, |loss|)``) are one minimum
+  (:func:`jaxscape.stats.distinct`: the lowest end of each group is kept); only converged ends count, unless none converged: then every end is a candidate (and is still verified).
+  An end is a verified minimum when ``||grad|| <= grad_tol`` and ``lambda_min >= -psd_rtol * lambda_max``.
+
+  Args:
+    obj: the objective (dense Hessian: a small model; use ``jax.enable_x64``).
+    params: stacked ends (leading run axis).
+    losses: ``[runs]`` their losses.
+    converged: ``[runs]`` bools, whether each descent converged.
+    rtol: relative loss tolerance of "the same minimum".
+    grad_tol, psd_rtol: the verification's gradient bound and relative eigenvalue floor.
+
+  Returns:
+    ``(index, rows)``: the run index of each distinct end, in ascending order of loss, and per end
+    the row ``(rank, loss, ||grad||, lambda_min, lambda_max, converged runs at that loss, verified)`` named by
+    :data:`MINIMA_FIELDS`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, numpy as np, jaxscape as js
+    >>> obj = js.Objective.from_apply(lambda p, x: x @ p, data=(jnp.eye(2), jnp.ones(2)), loss="mse")
+    >>> with jax.enable_x64(True):
+    ...   ends = jnp.array([[1.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
+    ...   index, rows = distinct_minima(obj, ends, np.array([0.0, 0.0, 1.0]), np.array([True, True, False]),
+    ...                                 rtol=1e-9, grad_tol=1e-8, psd_rtol=1e-9)
+    >>> index, rows[0][5], rows[0][6]
+    ([0], 1, True)
+  """
+  losses, converged = np.asarray(losses), np.asarray(converged, bool)
+  if losses.ndim != 1 or losses.shape != converged.shape or losses.shape[0] != tree_lib.num_runs(params):
+    raise ValueError(f"losses and converged must be [runs] for the {tree_lib.num_runs(params)} stacked ends; got "
+                     f"shapes {losses.shape} and {converged.shape}")
+  conv = np.flatnonzero(converged)
+  pool = conv if conv.size else np.arange(losses.size)
+  index = [int(pool[i]) for i in stats.distinct(losses[pool], np.zeros(pool.size), rtol=rtol)]
+  rows = []
+  for rank, i in enumerate(index):
+    p = tree_lib.select(params, i)
+    g = float(tree_lib.norm(jax.grad(obj.value)(p)))
+    lam = np.asarray(dense_eigh(obj, p)[0])
+    ok = g <= grad_tol and lam[0] >= -psd_rtol * lam[-1]
+    runs = int(np.sum(stats.copies(losses, np.zeros(losses.size), i, rtol=rtol) & converged))
+    rows.append((rank, float(losses[i]), g, lam[0], lam[-1], runs, ok))
+  return index, rows
 
 
 def _check_search_args(method, max_steps, tol, lm_steps, window, step_cap):

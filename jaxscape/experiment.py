@@ -44,7 +44,8 @@ from .surface import default_chunk_size, loss_surface
 __all__ = ["Report", "table", "fmt", "mean_std", "spread", "load_dataset", "run", "write_index", "seed_surfaces",
            "stack_surfaces", "seed_surface_arrays", "train_regimes", "solution_measures",
            "interpolation_lines", "regime_study", "train_sizes", "variant_surfaces",
-           "seed_surface_statistics", "seed_surface_runs", "seed_surface_notes"]
+           "seed_surface_statistics", "seed_surface_runs", "seed_surface_notes", "seed_means", "size_text", "family_surfaces",
+           "seed_surface_meta"]
 
 
 # ----------------------------------------------------------------------------- reports
@@ -839,3 +840,81 @@ def seed_surface_notes(studies: Mapping[tuple, Mapping[str, Any]], *, min_accura
           if r["train_accuracy"] < min_accuracy] + [
       f"Non-finite grid losses over all surfaces: {int(sum(r['num_nonfinite'] for *_, r in runs))} (recorded as NaN, "
       "left out of maxima)."]
+
+
+def seed_means(studies: Mapping[tuple[str, int], Mapping[str, Any]], name: str, variants: Sequence[str],
+               sizes: Sequence[int]) -> dict[str, list[float]]:
+  """The seed mean of one :func:`jaxscape.stats.seed_summary` entry for every variant and size.
+
+  Args:
+    studies: ``{(variant, size): seed_surfaces result}`` (:func:`variant_surfaces`).
+    name: the entry (e.g. ``"fd_nonconvex_fraction"``).
+    variants, sizes: which studies, in order.
+
+  Returns:
+    ``{variant: [mean at each size]}``; NaN where a study's summary has no such entry.
+
+  Example:
+    >>> studies = {("plain", 4): {"summary": {"loss": {"mean": 0.5}}}, ("plain", 8): {"summary": {}}}
+    >>> seed_means(studies, "loss", ["plain"], [4, 8])
+    {'plain': [0.5, nan]}
+  """
+  summary = lambda v, d: studies[(v, int(d))]["summary"]  # noqa: E731
+  return {v: [summary(v, d)[name]["mean"] if name in summary(v, d) else float("nan") for d in sizes] for v in variants}
+
+
+def size_text(sizes: Sequence[int], values: Sequence[float], *, prefix: str = "d", digits: int = 3) -> str:
+  """``"d4: 0.125, d16: 0.500"``: one value per size, for report evidence.
+
+  Example:
+    >>> size_text([4, 16], [0.125, 0.5])
+    'd4: 0.125, d16: 0.500'
+  """
+  if len(sizes) != len(values):
+    raise ValueError(f"need one value per size; got {len(sizes)} sizes and {len(values)} values")
+  return ", ".join(f"{prefix}{d}: {x:.{digits}f}" for d, x in zip(sizes, values))
+
+
+def seed_surface_meta(studies: Mapping[tuple[str, int], Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+  """The JSON part of :func:`variant_surfaces` results (for ``meta.json``): ``{"<variant>_d<size>": {...}}``.
+
+  Each entry keeps ``seeds`` (per-run statistics), ``summary``, ``train_s``, ``surface_s`` and ``num_params``;
+  the surfaces themselves go to ``results.npz`` (:func:`seed_surface_arrays`).
+
+  Example:
+    >>> r = {"seeds": [], "summary": {}, "train_s": 1.0, "surface_s": 2.0, "num_params": 3, "surfaces": []}
+    >>> seed_surface_meta({("plain", 4): r})
+    {'plain_d4': {'seeds': [], 'summary': {}, 'train_s': 1.0, 'surface_s': 2.0, 'num_params': 3}}
+  """
+  keep = ("seeds", "summary", "train_s", "surface_s", "num_params")
+  return {f"{v}_d{d}": {k: x[k] for k in keep} for (v, d), x in studies.items()}
+
+
+_FAMILY_SURFACE_ARGS = ("seeds", "grid", "span", "eval_batch_size", "ratio_grid", "ratio_seeds", "plane_seeds",
+                        "lanczos_steps", "trace_probes")
+
+
+def family_surfaces(key: jax.Array, family: Mapping[str, Any], ds: data.Dataset, *, variants: Sequence[str],
+                    rel: float = 0.01) -> dict[tuple[str, int], dict[str, Any]]:
+  """:func:`variant_surfaces` of a model family as a config describes it.
+
+  Args:
+    key: the key of the family.
+    family: a JSON dict: ``model`` (a :data:`jaxscape.models.REGISTRY` name) and its ``kwargs``, ``variants``
+      (``{name: extra kwargs}``), ``depths``, ``train`` (:class:`~jaxscape.train.TrainConfig` fields) and the
+      :func:`seed_surfaces` settings ``seeds``, ``grid``, ``span``, ``eval_batch_size``, ``ratio_grid``,
+      ``ratio_seeds``, ``plane_seeds``, ``lanczos_steps``, ``trace_probes``.
+    ds: the dataset.
+    variants: which of ``family["variants"]``, in order.
+    rel: non-convexity threshold of :func:`jaxscape.stats.surface_stats`.
+
+  Returns:
+    ``{(variant, depth): seed_surfaces result}``.
+  """
+  missing = sorted({"model", "kwargs", "variants", "depths", "train", *_FAMILY_SURFACE_ARGS} - set(family))
+  if missing or not set(variants) <= set(family["variants"]):
+    raise ValueError(f"a family needs the fields {missing} and the variants {list(variants)}; got fields "
+                     f"{sorted(family)} and variants {sorted(family.get('variants', {}))}")
+  build = functools.partial(models.build, family["model"], **family["kwargs"])
+  return variant_surfaces(key, build, {v: family["variants"][v] for v in variants}, family["depths"], ds,
+                          family["train"], rel=rel, **{k: family[k] for k in _FAMILY_SURFACE_ARGS})

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 from typing import Sequence
 
@@ -76,6 +77,8 @@ __all__ = [
     "is_monotone",
     "permute_hidden_units",
     "shuffle_hidden_units",
+    "hidden_unit_copies",
+    "copy_barriers",
     "dense_layer_paths",
     "Alignment",
     "weight_matching",
@@ -401,6 +404,68 @@ def shuffle_hidden_units(key: jax.Array, params: PyTree, layers: Sequence[str], 
     perm = jax.random.permutation(jax.random.fold_in(key, i), leaves[name].shape[-1])
     params = permute_hidden_units(params, perm, *dense_layer_paths(layer, nxt, kernel=kernel, bias=bias))
   return params
+
+
+def hidden_unit_copies(params: PyTree, layer: str, next_layer: str, *, kernel: str = "kernel",
+                       bias: str | None = "bias") -> list[PyTree]:
+  """The ``h! - 1`` other orders of one Dense layer's ``h`` hidden units: copies of a point at the same loss.
+
+  Permutation ``perm`` (every one of ``itertools.permutations(range(h))`` but the identity, in that order) is
+  applied by :func:`permute_hidden_units` with :func:`dense_layer_paths`; meant for small layers (``h!`` grows fast).
+
+  Args:
+    params: Flax-layout parameters.
+    layer, next_layer: ``/``-joined paths of the layer whose units are permuted and of the layer they feed.
+    kernel, bias: leaf names inside each layer (``bias=None``: no biases).
+
+  Returns:
+    ``h! - 1`` parameter pytrees.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> p = {"l0": {"kernel": jnp.array([[1.0, 2.0]])}, "l1": {"kernel": jnp.array([[3.0], [4.0]])}}
+    >>> [q["l0"]["kernel"].tolist() for q in hidden_unit_copies(p, "l0", "l1", bias=None)]
+    [[[2.0, 1.0]]]
+  """
+  leaves = dict(zip(tree.leaf_names(params), jax.tree.leaves(params)))
+  name = f"{layer}/{kernel}"
+  if name not in leaves:
+    raise ValueError(f"no leaf named {name!r} in params; leaves are {list(leaves)}")
+  h, paths = leaves[name].shape[-1], dense_layer_paths(layer, next_layer, kernel=kernel, bias=bias)
+  return [permute_hidden_units(params, jnp.array(perm), *paths) for perm in itertools.permutations(range(h))
+          if perm != tuple(range(h))]
+
+
+def copy_barriers(obj: Objective, params: PyTree, copies: Sequence[PyTree], alphas: jax.typing.ArrayLike, *,
+                  loss: float | None = None) -> np.ndarray:
+  """How far each copy of a point (e.g. :func:`hidden_unit_copies`) is, and the barrier on the line to it.
+
+  Args:
+    obj: the objective.
+    params: the point ``theta``.
+    copies: points ``theta'`` expected at the same loss.
+    alphas: coordinates of the straight line ``theta -> theta'`` (:func:`interpolate`), covering ``[0, 1]``.
+    loss: ``L(theta)`` when already known (e.g. from the search that found ``theta``); ``None``: evaluated.
+
+  Returns:
+    ``[len(copies), 4]`` float64: ``|L(theta') - L| / L``, ``||theta' - theta|| / ||theta||``, the barrier height
+    (:func:`barrier`) and the height over ``L``, one row per copy.
+
+  Example:
+    >>> import jax.numpy as jnp, jaxscape as js
+    >>> obj = js.Objective.from_apply(lambda p, x: x @ p, data=(jnp.eye(2), jnp.ones(2)), loss="mse")
+    >>> copy_barriers(obj, jnp.array([2.0, 0.0]), [jnp.array([0.0, 2.0])], jnp.linspace(0.0, 1.0, 3)).tolist()
+    [[0.0, 1.4142135381698608, 0.0, 0.0]]
+  """
+  alphas = _coords(alphas, "alphas")
+  ref = float(obj.value(params)) if loss is None else float(loss)
+  rows = []
+  for q in copies:
+    tree.check_same_structure(params, q, "params and each copy")
+    dist = float(tree.norm(tree.sub(q, params)) / tree.norm(params))
+    height = float(barrier(interpolate(obj, params, q, alphas).losses, alphas).height)
+    rows.append((abs(float(obj.value(q)) - ref) / ref, dist, height, height / ref))
+  return np.array(rows, np.float64).reshape(len(rows), 4)
 
 
 # ------------------------------------------------------------ weight matching

@@ -1183,6 +1183,26 @@ def seed_surface_figures(studies: dict[tuple[str, int], Any], *, rel: float = 0.
   return out
 
 
+_SEED_SURFACE_SAVE = {"landscapes": {"dpi": 70}, "trends": {}, "ratio_maps": {"dpi": 80, "tight": False}}
+
+
+def save_seed_surface_figures(studies: dict[tuple[str, int], Any], out_dir: str, *, name: str = "landscapes",
+                              **figure_kw: Any) -> dict[str, str]:
+  """Draws :func:`seed_surface_figures` and saves each as a PNG in ``out_dir``; returns ``{figure: file name}``.
+
+  The landscapes go to ``<name>.png`` (dpi 70), the others to ``<figure>.png`` (trends at dpi 90, ratio maps at
+  dpi 80 without tight cropping), in :func:`seed_surface_figures`' order.
+
+  Args:
+    studies: as for :func:`seed_surface_figures`.
+    out_dir: the directory.
+    name: the landscapes' file stem.
+    **figure_kw: the other arguments of :func:`seed_surface_figures` (``rel``, ``label``, ``colors``, ``trends``).
+  """
+  figs = seed_surface_figures(studies, **figure_kw)
+  return {key: os.path.basename(save(fig, os.path.join(out_dir, f"{name if key == 'landscapes' else key}.png"),
+                                     **_SEED_SURFACE_SAVE[key])) for key, (fig, _) in figs.items()}
+
 __all__ += ["sharpness_history"]
 
 

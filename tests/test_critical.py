@@ -509,3 +509,27 @@ def test_minimize_saddle_free_many_matches_the_single_runs(x64):
   assert not capped["converged"].all() and "max_steps" in capped["status"]
   with pytest.raises(ValueError, match="tol must be positive"):
     newton.minimize_saddle_free_many(obj, starts, tol=0.0)
+
+
+def test_distinct_minima_groups_converged_ends_and_verifies_them_densely(x64):
+  rng = np.random.default_rng(0)
+  x, y = rng.normal(size=(40, 3)), rng.normal(size=(40,))
+  obj = js.Objective.from_apply(lambda p, xb: xb @ p, data=(x, y), loss="mse")
+  star = np.linalg.lstsq(x, y, rcond=None)[0]
+  ends = jnp.asarray(np.stack([star, star + 1.0, star, star]))
+  losses = np.array([float(obj.value(e)) for e in ends])
+  index, rows = critical.distinct_minima(obj, ends, losses, np.array([True, True, True, False]), rtol=1e-9,
+                                         grad_tol=1e-8, psd_rtol=1e-9)
+  assert index == [0, 1]  # ascending loss; 2 is a copy of 0, the not converged end 3 is left out
+  lam = np.linalg.eigvalsh(2 * x.T @ x / 40)  # the least-squares Hessian
+  rank, loss, g, lo, hi, runs, ok = rows[0]
+  assert (rank, runs, bool(ok)) == (0, 2, True) and g <= 1e-12  # float64 gradient at the lstsq solution
+  np.testing.assert_allclose([loss, lo, hi], [losses[0], lam[0], lam[-1]], rtol=1e-12)
+  g_far = np.linalg.norm(2 * x.T @ (x @ (star + 1.0) - y) / 40)
+  np.testing.assert_allclose(rows[1][2], g_far, rtol=1e-12)
+  assert rows[1][5] == 1 and not rows[1][6]  # a converged end with a gradient: not a minimum
+  _, saddle = critical.distinct_minima(_saddle_obj(), jnp.zeros((1, 2)), np.zeros(1), np.array([False]), rtol=1e-9,
+                                       grad_tol=1e-8, psd_rtol=1e-9)
+  assert saddle[0][3] == -2.0 and saddle[0][5] == 0 and not saddle[0][6]  # none converged: still verified, and fails
+  with pytest.raises(ValueError, match=r"\[runs\]"):
+    critical.distinct_minima(obj, ends, losses[:2], np.ones(2, bool), rtol=1e-9, grad_tol=1e-8, psd_rtol=1e-9)

@@ -322,3 +322,32 @@ def test_overrides_are_validated_against_the_preset_and_recorded(tmp_path, capsy
     assert "The smoke preset was overridden: grid=3, line=5" in f.read()
   assert experiment.run(module, ["--preset", "smoke", "--out", out, "--set", "gird=3"]) == 2
   assert "no field 'gird'" in capsys.readouterr().err
+
+
+def test_seed_means_size_text_and_meta():
+  studies = {("plain", 4): _seed_surface_study(0.1), ("plain", 8): _seed_surface_study()}
+  means = experiment.seed_means(studies, "test_accuracy", ["plain"], [4, 8])
+  ref = [np.mean([s["test_accuracy"] for s in studies[("plain", d)]["seeds"]]) for d in (4, 8)]
+  np.testing.assert_allclose(means["plain"], ref, rtol=1e-12)  # the summary's mean is the plain mean over seeds
+  assert np.isnan(experiment.seed_means(studies, "absent", ["plain"], [4])["plain"][0])
+  assert experiment.size_text([4, 16], [0.1234, 1.0]) == "d4: 0.123, d16: 1.000"
+  with pytest.raises(ValueError, match="one value per size"):
+    experiment.size_text([4], [])
+  meta = experiment.seed_surface_meta(studies)
+  assert list(meta) == ["plain_d4", "plain_d8"] and sorted(meta["plain_d4"]) == sorted(
+      ["seeds", "summary", "train_s", "surface_s", "num_params"])
+
+
+def test_family_surfaces_reads_the_family_config(monkeypatch):
+  seen = {}
+  monkeypatch.setattr(experiment, "variant_surfaces", lambda key, build, variants, sizes, ds, train, **kw: seen.update(
+      build=build, variants=variants, sizes=sizes, train=train, kw=kw) or "out")
+  family = {"model": "mlp", "kwargs": {"in_features": 4}, "variants": {"a": {"x": 1}, "b": {"x": 2}}, "depths": [2],
+            "train": {"epochs": 1}, **{k: 1 for k in ("seeds", "grid", "span", "eval_batch_size", "ratio_grid",
+                                                       "ratio_seeds", "plane_seeds", "lanczos_steps", "trace_probes")}}
+  assert experiment.family_surfaces(None, family, None, variants=["b", "a"], rel=0.5) == "out"
+  assert list(seen["variants"]) == ["b", "a"] and seen["build"].args == ("mlp",) and seen["build"].keywords == {
+      "in_features": 4}
+  assert seen["kw"]["rel"] == 0.5 and seen["kw"]["grid"] == 1 and len(seen["kw"]) == 10
+  with pytest.raises(ValueError, match=r"fields \['grid'\]"):
+    experiment.family_surfaces(None, {k: v for k, v in family.items() if k != "grid"}, None, variants=["a"])

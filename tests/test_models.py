@@ -352,3 +352,34 @@ def test_tangent_spectrum_matches_dense_reference():
       ref = np.linalg.eigvalsh(basis.T @ (hess - (w @ grad / n) * np.eye(n)) @ basis)
       np.testing.assert_allclose(eig[d, s], ref, atol=1e-9)
   assert np.all(eig[..., 0] > 0)   # GD end points are minima
+
+
+def test_linear_init_and_forward_match_numpy(x64):
+  p = models.linear.init(jax.random.key(3), (2, 4, 3, 1), scale=2.0, dtype=jnp.float64)
+  keys = jax.random.split(jax.random.key(3), 3)
+  for k, w, shape in zip(keys, [p["layers"][0]["kernel"], p["layers"][1]["kernel"], p["head"]["kernel"]],
+                         [(2, 4), (4, 3), (3, 1)]):
+    np.testing.assert_array_equal(w, 2.0 * np.asarray(jax.random.normal(k, shape, jnp.float64)))
+  w1, w2, v = (np.asarray(a) for a in (p["layers"][0]["kernel"], p["layers"][1]["kernel"], p["head"]["kernel"]))
+  x = np.random.default_rng(0).normal(size=(5, 2))
+  sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+  # float64 rounding of a few products: 1e-12 relative
+  np.testing.assert_allclose(models.linear.forward(p, x), x @ w1 @ w2 @ v, rtol=1e-12)
+  np.testing.assert_allclose(models.linear.forward(p, x, jax.nn.sigmoid), sig(sig(x @ w1) @ w2) @ v, rtol=1e-12)
+  with pytest.raises(ValueError, match="input and an output"):
+    models.linear.init(jax.random.key(0), (2,))
+
+
+def test_linear_product_surface_is_the_product_loss_on_a_grid(x64):
+  rng = np.random.default_rng(1)
+  x, y = rng.normal(size=(30, 2)), rng.normal(size=(30, 1))
+  loss = lambda u: jnp.mean((x @ u - y) ** 2)  # noqa: E731
+  center = jnp.array([[0.5], [-1.0]])
+  s = models.linear.product_surface(loss, center, span=2.0, num=5)
+  u1, u2 = np.linspace(-1.5, 2.5, 5), np.linspace(-3.0, 1.0, 5)
+  np.testing.assert_allclose(s.x, u1, rtol=0, atol=1e-15)
+  np.testing.assert_allclose(s.y, u2, rtol=0, atol=1e-15)
+  ref = np.array([[np.mean((x @ np.array([[a], [b]]) - y) ** 2) for a in u1] for b in u2])
+  np.testing.assert_allclose(s.loss, ref, rtol=1e-12)  # float64 sums of 30 squares
+  with pytest.raises(ValueError, match=r"\[2, 1\]"):
+    models.linear.product_surface(loss, jnp.zeros((3, 1)), span=1.0, num=3)

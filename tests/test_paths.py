@@ -406,3 +406,38 @@ def test_aligned_barriers_of_stacked_runs_match_the_direct_computation():
   assert r.aligned_distance[0] < r.distance[0]
   with pytest.raises(ValueError, match=r"run indices in \[0, 3\)"):
     paths.aligned_barriers(jax.random.key(3), obj, runs, _LAYERS3, ts, pairs=[(0, 3)])
+
+
+def test_hidden_unit_copies_are_the_other_orders_and_keep_the_function(x64):
+  rng = np.random.default_rng(0)
+  w, v = rng.normal(size=(2, 3)), rng.normal(size=(3, 1))
+  p = {"l0": {"kernel": jnp.asarray(w)}, "l1": {"kernel": jnp.asarray(v)}}
+  copies = paths.hidden_unit_copies(p, "l0", "l1", bias=None)
+  perms = [(0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)]
+  assert len(copies) == 5
+  x = rng.normal(size=(4, 2))
+  for q, perm in zip(copies, perms):
+    np.testing.assert_array_equal(q["l0"]["kernel"], w[:, perm])
+    np.testing.assert_array_equal(q["l1"]["kernel"], v[perm, :])
+    np.testing.assert_allclose(np.tanh(x @ np.asarray(q["l0"]["kernel"])) @ np.asarray(q["l1"]["kernel"]),
+                               np.tanh(x @ w) @ v, rtol=1e-13)  # a reordered sum of 3 terms
+  with pytest.raises(ValueError, match="no leaf named 'l2/kernel'"):
+    paths.hidden_unit_copies(p, "l2", "l1")
+
+
+def test_copy_barriers_match_a_numpy_line(x64):
+  rng = np.random.default_rng(2)
+  x, y = rng.normal(size=(20, 2)), rng.normal(size=(20,))
+  apply = lambda p, xb: jnp.sin(xb @ p)  # noqa: E731
+  obj = js.Objective.from_apply(apply, data=(x, y), loss="mse")
+  a, copies = np.array([1.0, -0.5]), [np.array([-1.0, 2.0]), np.array([0.3, 0.3])]
+  alphas = np.linspace(0.0, 1.0, 11)
+  rows = paths.copy_barriers(obj, jnp.asarray(a), [jnp.asarray(q) for q in copies], alphas)
+  L = lambda p: np.mean((np.sin(x @ p) - y) ** 2)  # noqa: E731
+  for row, q in zip(rows, copies):
+    line = np.array([L((1 - t) * a + t * q) for t in alphas])
+    height = line.max() - max(line[0], line[-1])
+    ref = [abs(L(q) - L(a)) / L(a), np.linalg.norm(q - a) / np.linalg.norm(a), height, height / L(a)]
+    np.testing.assert_allclose(row, ref, rtol=1e-12, atol=1e-14)  # float64 means of 20 terms
+  given = paths.copy_barriers(obj, jnp.asarray(a), [jnp.asarray(copies[0])], alphas, loss=2 * L(a))
+  np.testing.assert_allclose(given[0, 3], rows[0, 2] / (2 * L(a)), rtol=1e-12)  # the given loss is the reference

@@ -1,5 +1,6 @@
 """plot: every figure function draws on a new or a given axis and returns (fig, ax) (or a path)."""
 
+import os
 import types
 
 import matplotlib.pyplot as plt
@@ -311,3 +312,16 @@ def test_figures_are_labelled_after_the_directions_and_mark_the_trained_point():
   assert ax.yaxis.label.get_color() == "k"  # one axis: no colour code
   plt.close(fig)
   assert plot.axis_labels(_surface_with_meta({})) == ("x", "y")  # unknown directions: plain names
+
+
+def test_save_seed_surface_figures_writes_each_figure_and_names_its_file(tmp_path):
+  seed = {"fd_nonconvex_fraction": 0.5, "nonconvex_fraction": 0.25, "max_loss": 2.0, "log10_max_loss": 0.3,
+          "test_accuracy": 0.9}
+  studies = {(v, d): {"surfaces": [_bowl()], "seeds": [seed], "ratios": [_bowl()]} for d in (1, 4)
+             for v in ("plain", "residual")}
+  files = plot.save_seed_surface_figures(studies, str(tmp_path), name="landscapes_mlp", label="MLP")
+  assert files == {"landscapes": "landscapes_mlp.png", "trends": "trends.png", "ratio_maps": "ratio_maps.png"}
+  assert sorted(os.listdir(tmp_path)) == sorted(files.values())
+  assert plot.save_seed_surface_figures(studies, str(tmp_path), name="only",
+                                        trends=False) == {"landscapes": "only.png"}
+  plt.close("all")

@@ -23,12 +23,15 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from .. import tree
+from ..surface.grid import Surface
 from .mlp import MLP
 
-__all__ = ["DeepLinear", "end_to_end", "refactor", "product_check", "PRODUCT_CHECK_FIELDS"]
+__all__ = ["DeepLinear", "init", "forward", "end_to_end", "refactor", "product_check", "PRODUCT_CHECK_FIELDS",
+           "product_surface"]
 
 PRODUCT_CHECK_FIELDS = ("loss", "loss_refactored", "loss_of_product", "abs_diff_refactored", "abs_diff_product",
                         "max_abs_product_diff", "rel_param_distance")
@@ -49,6 +52,63 @@ class DeepLinear(MLP):
   def __init__(self, in_features: int, widths: Sequence[int], out_features: int, *, use_bias: bool = False,
                rngs: nnx.Rngs):
     super().__init__(in_features, widths, out_features, activation="linear", use_bias=use_bias, rngs=rngs)
+
+
+def init(key: jax.Array, sizes: Sequence[int] = (2, 3, 1), *, scale: float = 1.0,
+         dtype: Any = jnp.float32) -> dict:
+  """Plain bias-free parameters of a dense chain (the 2-3-1 net by default), entries ``N(0, scale^2)``.
+
+  Layer ``i`` (``sizes[i] x sizes[i + 1]``) draws from ``split(key, len(sizes) - 1)[i]``; the layout is that of
+  :class:`DeepLinear` split by :func:`jaxscape.adapters.split`, so :func:`end_to_end` and :func:`forward` apply.
+
+  Args:
+    key: ``jax.random`` key.
+    sizes: input, hidden and output sizes (at least two).
+    scale: standard deviation of the entries.
+    dtype: their dtype (``jnp.float64`` needs ``jax.enable_x64``).
+
+  Returns:
+    ``{"layers": {0: {"kernel": ...}, ...}, "head": {"kernel": ...}}``.
+
+  Example:
+    >>> import jax
+    >>> p = init(jax.random.key(0), (2, 3, 1))
+    >>> p["layers"][0]["kernel"].shape, p["head"]["kernel"].shape
+    ((2, 3), (3, 1))
+  """
+  if len(sizes) < 2:
+    raise ValueError(f"sizes must name an input and an output size at least; got {list(sizes)}")
+  keys = jax.random.split(key, len(sizes) - 1)
+  w = [scale * jax.random.normal(k, (a, b), dtype) for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
+  return {"layers": {i: {"kernel": a} for i, a in enumerate(w[:-1])}, "head": {"kernel": w[-1]}}
+
+
+def forward(params: Any, x: jax.Array, activation: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
+  """The bias-free dense chain ``act(... act(x W_1) ...) W_L``; without ``activation``: ``x @ end_to_end(params)``.
+
+  The linear net is evaluated through its product, the one matrix its loss depends on.
+
+  Args:
+    params: parameters as for :func:`end_to_end` (biases ignored).
+    x: ``[B, in_features]`` inputs.
+    activation: applied after every hidden layer (e.g. ``jax.nn.sigmoid``); ``None``: the linear net.
+
+  Returns:
+    ``[B, out_features]`` outputs.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> p = init(jax.random.key(0))
+    >>> forward(p, jnp.ones((4, 2)), jax.nn.sigmoid).shape
+    (4, 1)
+  """
+  if activation is None:
+    return x @ end_to_end(params)
+  kernels = _kernels(params)
+  hidden = x
+  for k in kernels[:-1]:
+    hidden = activation(hidden @ k)
+  return hidden @ kernels[-1]
 
 
 def end_to_end(params: Any) -> jax.Array:
@@ -138,3 +198,33 @@ def product_check(key: jax.Array, loss: Callable[[Any], jax.Array], product_loss
   l_p, l_q, l_w = float(loss(params)), float(loss(q)), float(product_loss(w_p))
   return (l_p, l_q, l_w, abs(l_p - l_q), abs(l_p - l_w), float(jnp.max(jnp.abs(w_p - w_q))),
           float(tree.norm(tree.sub(q, params)) / tree.norm(params)))
+
+
+def product_surface(product_loss: Callable[[jax.Array], jax.Array], center: jax.Array, *, span: float,
+                    num: int) -> Surface:
+  """The loss of a two-input, one-output linear net over its product ``u`` (``[2, 1]``): a 2-D grid around ``center``.
+
+  Coordinate ``j`` runs over ``center[j, 0] +- span`` in ``num`` points; ``loss[i, j]`` is ``product_loss`` at
+  ``u = (x[j], y[i])`` (rows along ``y``, as :class:`~jaxscape.surface.Surface` holds it). All points are evaluated
+  in one ``vmap``.
+
+  Args:
+    product_loss: ``L(u)``, the loss as a function of the end-to-end product.
+    center: ``[2, 1]`` centre of the grid (e.g. the least-squares product).
+    span: half-width of the grid on each axis.
+    num: points per axis.
+
+  Returns:
+    A :class:`~jaxscape.surface.Surface` with axes ``(u1, u2)``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> s = product_surface(lambda u: jnp.sum(u ** 2), jnp.zeros((2, 1)), span=1.0, num=3)
+    >>> s.loss.tolist()
+    [[2.0, 1.0, 2.0], [1.0, 0.0, 1.0], [2.0, 1.0, 2.0]]
+  """
+  if np.shape(center) != (2, 1):
+    raise ValueError(f"center must be a [2, 1] product (two inputs, one output); got shape {np.shape(center)}")
+  axes = [np.linspace(float(center[j, 0]) - span, float(center[j, 0]) + span, num) for j in range(2)]
+  points = jnp.stack(jnp.meshgrid(*axes), axis=-1).reshape(-1, 2, 1)
+  return Surface(tuple(axes), np.asarray(jax.vmap(product_loss)(points)).reshape(num, num), {}, 0, {})
