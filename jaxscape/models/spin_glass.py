@@ -264,8 +264,9 @@ def descend_ensemble(w0: jax.Array, X: jax.Array, *, lr: float = 0.1, tol: float
   (each run stops at ``||P nabla H|| < tol`` or after ``max_steps`` steps),
   but the work is done in rounds of ``round_steps``: after each round only
   the unconverged runs continue, ``K`` per disorder sample (padded to a power
-  of two with converged runs, which stay where they are), so the few slow
-  runs near marginal minima do not keep the whole batch busy. Rounds loop in
+  of two with converged runs, which stay where they are), on the disorder
+  samples that still have such runs (padded likewise with finished samples),
+  so the few slow runs near marginal minima do not keep the whole batch busy. Rounds loop in
   Python; runs inside a round are vmapped.
 
   Args:
@@ -290,18 +291,23 @@ def descend_ensemble(w0: jax.Array, X: jax.Array, *, lr: float = 0.1, tol: float
   w, e, g, steps, conv = (np.array(a) for a in out)
   used = chunk
   while used < max_steps and not conv.all():
-    k = _bucket(int((~conv).sum(axis=1).max()), s)
-    order = np.argsort(conv, axis=1, kind="stable")[:, :k]   # unconverged first, then converged padding
+    # Only the disorder samples with unconverged runs continue (padded to a power of two with finished ones):
+    # each step reads every continuing sample's couplings, so a few late runs must not keep all D busy.
+    done = conv.all(axis=1)
+    live = np.flatnonzero(~done)
+    pad = np.concatenate([live, np.flatnonzero(done)[:_bucket(live.size, d) - live.size]])
+    k = _bucket(int((~conv[live]).sum(axis=1).max()), s)
+    order = np.argsort(conv[pad], axis=1, kind="stable")[:, :k]   # unconverged first, then converged padding
     this = min(chunk, max_steps - used)
-    sub = _descend_grid(jnp.asarray(np.take_along_axis(w, order[..., None], axis=1)), X, lr=lr, tol=tol,
-                        max_steps=this)
+    sub = _descend_grid(jnp.asarray(np.take_along_axis(w[pad], order[..., None], axis=1)), X[jnp.asarray(pad)],
+                        lr=lr, tol=tol, max_steps=this)
     sub = [np.asarray(a) for a in sub]
-    active = ~np.take_along_axis(conv, order, axis=1)
-    rows, cols = np.nonzero(active)
-    idx = order[rows, cols]
-    w[rows, idx], e[rows, idx], g[rows, idx] = sub[0][rows, cols], sub[1][rows, cols], sub[2][rows, cols]
-    steps[rows, idx] += sub[3][rows, cols]
-    conv[rows, idx] = sub[4][rows, cols]
+    active = ~np.take_along_axis(conv[pad], order, axis=1)
+    local, cols = np.nonzero(active)
+    rows, idx = pad[local], order[local, cols]
+    w[rows, idx], e[rows, idx], g[rows, idx] = sub[0][local, cols], sub[1][local, cols], sub[2][local, cols]
+    steps[rows, idx] += sub[3][local, cols]
+    conv[rows, idx] = sub[4][local, cols]
     used += this
   return Descent(w, e, g, steps, conv)
 
