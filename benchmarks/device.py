@@ -47,6 +47,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 import traceback
 from typing import Any, Callable
@@ -69,6 +70,7 @@ class Sizes:
   train_batch: int = 128
   train_steps: int = 20
   max_hvps: int = 300
+  hvp_images: int | None = None  # images of the HVP's objective, in one batch when set (None: images, batch_size)
   hvp_reps: int = 10
   matmul_n: int = 8192
   matmul_reps: int = 50
@@ -76,8 +78,8 @@ class Sizes:
   dry_run: bool = False
 
 
-DRY = Sizes(images=200, batch_size=64, grid=3, loop_points=2, depths=(8, 8), train_images=256, train_batch=32,
-            train_steps=2, max_hvps=12, hvp_reps=2, matmul_n=256, matmul_reps=2, lm_sequences=8, dry_run=True)
+DRY = Sizes(images=100, batch_size=32, grid=3, loop_points=2, depths=(8, 8), train_images=256, train_batch=32,
+            train_steps=2, max_hvps=12, hvp_images=16, hvp_reps=2, matmul_n=256, matmul_reps=2, lm_sequences=8, dry_run=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,13 +110,13 @@ class _Recorder:
   """Rows of one part, rewritten to ``path`` after each one (a killed part keeps what it measured)."""
 
   def __init__(self, path: str, part: str):
-    self.path, self.part, self.rows = path, part, []
+    self.path, self.part, self.rows, self.start = path, part, [], time.time()
 
   def add(self, variant: str, figure: str, value: Any, unit: str = "", *, compile_s: float | None = None,
           target: str | None = None, met: bool | None = None, note: str = "") -> None:
     self.rows.append({"part": self.part, "variant": variant, "figure": figure, "value": value, "unit": unit,
                       "compile_s": compile_s, "target": target, "met": met, "note": note})
-    print(f"[{self.part}] {variant}: {figure} = {value} {unit}".rstrip(), flush=True)
+    print(f"[{self.part} {time.time() - self.start:6.1f} s] {variant}: {figure} = {value} {unit}".rstrip(), flush=True)
     self.flush()
 
   def error(self, variant: str, exc: BaseException) -> None:
@@ -238,10 +240,11 @@ def _part_matmul(rec: _Recorder, s: Sizes, args, deadline: float) -> None:
       rec.error(name, exc)
 
 
-def _resnet_setup(s: Sizes, args, depth: int, shortcuts: bool):
+def _resnet_setup(s: Sizes, args, depth: int, shortcuts: bool, images: int | None = None):
+  """:func:`resnet.setup` over ``s.images`` in batches of ``s.batch_size`` (``images``: that many, one batch)."""
   from resnet import setup
 
-  return setup(s.images, args.data_dir, s.batch_size, depth=depth, shortcuts=shortcuts)
+  return setup(images or s.images, args.data_dir, images or s.batch_size, depth=depth, shortcuts=shortcuts)
 
 
 def _surfaces(rec: _Recorder, label: str, obj, params, dirs, flops: float, s: Sizes, deadline: float, *,
@@ -274,7 +277,9 @@ def _part_hvp(rec: _Recorder, s: Sizes, args, deadline: float) -> None:
 
   import jaxscape as js
 
-  obj, params, dirs, _ = _resnet_setup(s, args, s.depths[1], True)
+  # The dry run's HVP is over 16 images in one batch: on a CPU, XLA's gradients of convolutions inside lax.scan
+  # (and the eigensolver's loop) are 5-15x slower than alone.
+  obj, params, dirs, _ = _resnet_setup(s, args, s.depths[1], True, s.hvp_images)
   variant = f"ResNet-{s.depths[1]} float32"
   hvp = jax.jit(js.hessian.hvp)  # the objective (and its data) is an argument, not a compiled-in constant
   first_s, _ = _timed(lambda: hvp(obj, params, dirs[0]))
@@ -343,8 +348,12 @@ def _part_transformer(rec: _Recorder, s: Sizes, args, deadline: float) -> None:
   dirs = js.random_directions(jax.random.key(0), params, n=2, layout=obj.layout)
   apply, _, state, _ = js.adapters.split(model)
   flops = models.flops_per_example(apply, params, state, held_out["input_ids"][0])
-  _surfaces(rec, f"d{cfg.d_model} x{cfg.num_layers} layers, T={cfg.seq_len}", obj, params, dirs, flops, s, deadline,
-            grid_target=False)
+  # flax's nnx.Embed returns its own param_dtype (float32) whatever the table's dtype, so under a bfloat16
+  # compute_dtype the blocks meet float32 activations and bfloat16 weights: standard promotion computes those in
+  # float32 (strict promotion refuses them). The bfloat16 rows are of that mixed model.
+  with jax.numpy_dtype_promotion("standard"):
+    _surfaces(rec, f"d{cfg.d_model} x{cfg.num_layers} layers, T={cfg.seq_len}", obj, params, dirs, flops, s,
+              deadline, grid_target=False)
 
 
 def _child(args, s: Sizes) -> None:
@@ -438,6 +447,12 @@ def _parent(args, argv: list[str]) -> str:
   if unknown:
     raise SystemExit(f"--parts: unknown part(s) {unknown}; expected some of {[p.name for p in PARTS]}")
   parts = [p for p in PARTS if p.name in wanted]
+  # One compilation cache for the run's processes, fresh each run: the setup's many small programs (model
+  # initialisation, directions: ~15 s per process on a CPU) compile once; every compile time in the table is
+  # that of a program compiled once in the run.
+  cache = tempfile.mkdtemp(prefix="jaxscape-device-cache-")
+  child_env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
   scale = args.budget_s / sum(p.budget_s for p in parts)
   rows: list[dict] = []
   for p in parts:
@@ -455,7 +470,7 @@ def _parent(args, argv: list[str]) -> str:
     print(f"== {p.name}: {min(planned, left):.0f} s planned, {hard:.0f} s at most", flush=True)
     t = time.time()
     try:
-      rc = subprocess.run(cmd, timeout=hard).returncode
+      rc = subprocess.run(cmd, timeout=hard, env=child_env).returncode
       status = "ok" if rc == 0 else f"exited with status {rc}"
     except subprocess.TimeoutExpired:
       status = f"timed out after {hard:.0f} s"
@@ -469,6 +484,7 @@ def _parent(args, argv: list[str]) -> str:
                    "target": None, "met": None, "note": "the log has its output"})
     env["wall_s"] = time.time() - start
     _write(args.out, rows, env)
+  shutil.rmtree(cache, ignore_errors=True)
   env["wall_s"] = time.time() - start
   return _write(args.out, rows, env)
 
