@@ -2,7 +2,7 @@
 
 Run through ``bash benchmarks/device.sh`` (it installs the carried wheels and
 sets ``PYTHONPATH``); ``--dry-run`` runs the very same code at tiny sizes on a
-CPU in well under a minute (the tests do). Figures, each measured in this run
+CPU in about a minute (~2 minutes on 2 busy cores; the tests do). Figures, each measured in this run
 with the device, the jax version and the compile time beside it:
 
 1. ``resnet20`` / ``resnet56`` (``short``: with shortcuts, ``noshort``:
@@ -216,7 +216,7 @@ def _trace_chunk(tarball: str, run_chunk: Callable[[], Any]) -> None:
   shutil.rmtree(trace_dir, ignore_errors=True)
   if os.path.getsize(tarball) > 15 * 2**20:  # what comes back from the device machine is at most 16 MiB a file
     os.remove(tarball)
-    print(f"trace dropped: over 15 MiB", flush=True)
+    print("trace dropped: over 15 MiB", flush=True)
 
 
 def _dtypes():
@@ -491,7 +491,7 @@ def _parent(args, argv: list[str]) -> str:
 
 def _parser() -> argparse.ArgumentParser:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--dry-run", action="store_true", help="tiny sizes: the same code on a CPU in well under a minute")
+  ap.add_argument("--dry-run", action="store_true", help="tiny sizes: the same code on a CPU in a minute or two")
   ap.add_argument("--data-dir", default=None, help="CIFAR-10 (python batches); default: synthetic CIFAR-shaped data")
   ap.add_argument("--out", default=os.environ.get("OUT") or os.path.join(ROOT, "runs", "device"),
                   help="where device.md, device.json and trace.tar.gz go (default: $OUT, else runs/device)")
