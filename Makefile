@@ -10,7 +10,7 @@ SEED   ?= 0
 DATA_DIR ?=
 JOBS   ?= 2
 
-.PHONY: install test experiment experiments bench clean lock
+.PHONY: install test experiment experiments bench bench-device wheels clean lock
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,20 @@ bench: install
 	$(PY) benchmarks/affine.py
 	$(PY) benchmarks/scaling.py
 	$(PY) benchmarks/resnet.py
+
+# The prepared accelerator run (docs/gpu.md): every GPU figure in one command, table in $(OUT)/device.md.
+OUT ?= runs/device
+bench-device:
+	OUT=$(OUT) PYTHON=$(if $(wildcard $(PY)),$(PY),$(PYTHON)) bash benchmarks/device.sh $(ARGS)
+
+# Wheels of the packages jaxscape imports that the GPU machine lacks (it has no network): .whl/ (git-ignored),
+# carried with the tree (run(..., carry=[".whl"])). Pure-Python wheels, about 60 KB.
+WHEELS = matfree==0.6.3 mnist1d==0.0.2.post1
+wheels:
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl $(WHEELS)
+	du -sh .whl
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,8 +1,8 @@
 """ResNet benchmark: a ResNet-20 51×51 surface over a 10,000-image training set.
 
 ResNet-20 (He et al. 2016; jaxscape's ``resnet``, projection shortcuts,
-272,474 parameters) on 32×32×3 images in 10 classes: the first
-``--num-train`` (default 10,000) CIFAR-10 training images with ``--data-dir``
+272,474 parameters; ``--depth 56`` and ``--no-shortcuts`` for the others)
+on 32×32×3 images in 10 classes: the first ``--num-train`` (default 10,000) CIFAR-10 training images with ``--data-dir``
 (per-channel standardised), else synthetic CIFAR-shaped data (uniform pixels,
 labels from a random linear teacher, standardised the same way). The network
 is at its initialisation (speed does not depend on the weights); the
@@ -95,9 +95,14 @@ def calibrate_batchnorm(net: nnx.Module, x: np.ndarray) -> None:
     bn.momentum = m
 
 
-def setup(num_train: int, data_dir: str | None, batch_size: int):
+def setup(num_train: int, data_dir: str | None, batch_size: int, *, depth: int = 20, shortcuts: bool = True):
+  """ResNet-``depth`` at its initialisation, BatchNorm calibrated, over ``num_train`` images: ``(obj, params, dirs, flops)``.
+
+  ``obj`` is the frozen-BatchNorm objective, ``dirs`` two filter-normalised
+  directions (``biasbn``) and ``flops`` the forward FLOPs per image.
+  """
   ds = load_data(num_train, data_dir)
-  net = models.build("resnet", 0, depth=20, num_classes=10, in_channels=3)
+  net = models.build("resnet", 0, depth=depth, num_classes=10, in_channels=3, shortcuts=shortcuts)
   calibrate_batchnorm(net, ds.x_train[:batch_size])
   obj, params = js.Objective.from_model(net, data=ds.train, batch_size=batch_size, name=ds.name, bn_policy="frozen")
   dirs = js.random_directions(jax.random.key(1), params, n=2, norm="filter", ignore="biasbn")
@@ -142,12 +147,16 @@ def main() -> None:
   ap.add_argument("--loop-points", type=int, default=2 if on_cpu else 20, help="points timed in the per-point loop")
   ap.add_argument("--batch-size", type=int, default=512)
   ap.add_argument("--chunk-size", type=int, default=None, help="grid points per chunk (default: jaxscape's)")
+  ap.add_argument("--depth", type=int, default=20, help="ResNet depth 6n + 2 (default 20)")
+  ap.add_argument("--no-shortcuts", action="store_true", help="remove every shortcut (Li et al.'s -noshort)")
   args = ap.parse_args()
   for name in ("num_train", "points", "loop_points", "batch_size"):
     if getattr(args, name) < 1:
       ap.error(f"--{name.replace('_', '-')} must be a positive integer; got {getattr(args, name)}")
 
-  obj, params, dirs, flops = setup(args.num_train, args.data_dir, args.batch_size)
+  obj, params, dirs, flops = setup(args.num_train, args.data_dir, args.batch_size, depth=args.depth,
+                                   shortcuts=not args.no_shortcuts)
+  label = f"ResNet-{args.depth}" + ("-noshort" if args.no_shortcuts else "")
   n, total = obj.num_examples, GRID * GRID
   dev = jax.devices()[0]
   ndev = jax.device_count()
@@ -155,7 +164,7 @@ def main() -> None:
   part = part_of(args.points, total)
   print(f"device: {dev.device_kind} ({dev.platform}) x{jax.device_count()}, {os.cpu_count()} CPU cores; "
         f"jax {jax.__version__}")
-  print(f"ResNet-20 ({js.tree.size(params)} parameters), {n} {obj.describe()['dataset']} images in batches of "
+  print(f"{label} ({js.tree.size(params)} parameters), {n} {obj.describe()['dataset']} images in batches of "
         f"{obj.batch_size}, BatchNorm frozen (eval mode), grid {GRID}x{GRID}, chunk {chunk} points")
   peak = matmul_gflops(2048 if on_cpu else 8192)
   surf, compile_s, centre = time_jaxscape(obj, params, dirs, part, chunk)
@@ -183,7 +192,7 @@ def main() -> None:
           f"time is linear in the number of images)")
   print(json.dumps({
       "device": f"{dev.device_kind} x{jax.device_count()}", "platform": dev.platform, "cpu_cores": os.cpu_count(),
-      "model": "ResNet-20", "params": js.tree.size(params), "images": n, "data": obj.describe()["dataset"],
+      "model": label, "params": js.tree.size(params), "images": n, "data": obj.describe()["dataset"],
       "batch_size": obj.batch_size, "bn_policy": "frozen", "chunk_size": surf.meta["chunk_size"],
       "points_measured": measured, "points_per_second": pps, "compile_s": compile_s,
       "loop_points": args.loop_points, "loop_points_per_second": loop_pps, "speedup": pps / loop_pps,
