@@ -233,6 +233,13 @@ def operator(obj: Objective, params: PyTree, *, kind: str = "hessian",
     the GGN of the unpenalised model plus ``weight_decay * I``, the penalty's
     exact Hessian.
 
+  With ``obj.batching == "unroll"`` (:data:`jaxscape.objective.BATCHINGS`:
+  convolutional nets on the CPU) ``matvec`` calls the product compiled as its
+  own program (``jax.pure_callback``; it works under ``jit`` and ``vmap``,
+  one product after another, and raises a ``ValueError`` under
+  differentiation), so loops over products run at a standalone product's
+  speed; 64-bit products stay inside the caller's program.
+
   Args:
     obj: the objective.
     params: the point.
@@ -249,6 +256,36 @@ def operator(obj: Objective, params: PyTree, *, kind: str = "hessian",
   """
   if kind not in KINDS:
     raise ValueError(f"kind must be one of {KINDS}; got {kind!r}")
+  matvec, like = _operator(obj, params, kind, leaves)
+  # 64-bit products stay in the program: a callback running outside the caller's enable_x64 context would
+  # receive its arguments cut to 32 bits.
+  if obj.batching != "unroll" or any(jnp.dtype(a.dtype).itemsize == 8 for a in jax.tree.leaves(like)):
+    return matvec, like
+  product = functools.partial(_product, kind=kind, leaves=_static_leaves(leaves))
+  shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), like)
+
+  @jax.custom_jvp
+  def called(obj, params, v):
+    # Each product is its own compiled program, called from whatever loop runs this matvec: XLA's CPU
+    # compiler keeps the gradients of convolutions inside loop bodies as naive loop nests (BATCHINGS).
+    return jax.pure_callback(product, shapes, obj, params, v, vmap_method="sequential")
+
+  @called.defjvp
+  def _refuse(primals, tangents):
+    raise ValueError("curvature products of an objective with batching='unroll' are host callbacks and cannot be "
+                     "differentiated (they can be jit-ed and vmap-ed); differentiate through "
+                     "operator(obj.with_batching('scan'), ...) instead")
+
+  return (lambda v: called(obj, params, v)), like
+
+
+@functools.partial(jax.jit, static_argnames=("kind", "leaves"))
+def _product(obj: Objective, params: PyTree, v: PyTree, *, kind: str, leaves: Leaves) -> PyTree:
+  return _operator(obj, params, kind, leaves)[0](v)
+
+
+def _operator(obj: Objective, params: PyTree, kind: str, leaves: Leaves) -> tuple[Callable[[PyTree], PyTree], PyTree]:
+  """:func:`operator` in the caller's program (the products :func:`operator` calls under ``unroll``)."""
   if leaves is None:
     like = params
     full = lambda s: s
@@ -284,7 +321,7 @@ def operator(obj: Objective, params: PyTree, *, kind: str = "hessian",
       (g,) = jax.linear_transpose(lin, like)(hjv)
       return g
 
-    acc = obj.sum_over_batches(batch_ggn)
+    acc = obj.sum_over_batches(batch_ggn, obj.batching)
     return jax.tree.map(lambda a, b: a / n + weight_decay * b, acc, v)
 
   return ggn_matvec, like

@@ -76,8 +76,27 @@ BN_POLICIES = ("frozen", "interpolate", "recompute")
   ``bn_policy="recompute"``; recorded with ``recompute_batches``).
 """
 
-__all__ = ["Objective", "FirstLayer", "DataError", "per_example_loss", "LOSSES", "BN_POLICIES", "with_l2", "l2_penalty",
-           "split_l2"]
+BATCHINGS = ("scan", "unroll")
+"""How the differentiated full-data value goes over the batches (:attr:`Objective.batching`).
+
+* ``scan``: one ``lax.scan`` over the batches (a program of one batch's size
+  whatever the number of batches). The default.
+* ``unroll``: a Python loop over the batches in :meth:`Objective.value` and
+  the Gauss-Newton product (one copy of the batch computation per batch), and
+  every curvature product of :func:`jaxscape.hessian.operator` compiled as its
+  own program, which the loops of Lanczos, Hutchinson, ... call (a host
+  callback). Chosen automatically (``batching="auto"``) for models with
+  convolutions on the CPU with at most :data:`UNROLL_MAX_BATCHES` batches:
+  XLA's CPU compiler lowers the gradient of a convolution to a fast library
+  call only outside loops; inside a ``lax.scan`` or ``while_loop`` body it
+  stays a naive loop nest (benchmarks/hessian.py ``--conv-only``).
+"""
+
+UNROLL_MAX_BATCHES = 8
+"""``batching="auto"`` unrolls at most this many batches (compile time grows with each copy)."""
+
+__all__ = ["Objective", "FirstLayer", "DataError", "BATCHINGS", "UNROLL_MAX_BATCHES", "per_example_loss", "LOSSES",
+           "BN_POLICIES", "with_l2", "l2_penalty", "split_l2"]
 
 
 class DataError(ValueError):
@@ -273,6 +292,19 @@ def _check_first_layer(fl: FirstLayer, apply: Apply, params: PyTree, state: PyTr
                      f"apply(params, state, x); they differ on the first examples")
 
 
+def _has_convolution(jaxpr: Any) -> bool:
+  """Whether a (closed) jaxpr or any jaxpr nested in its equations' parameters has a convolution."""
+  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "conv_general_dilated":
+      return True
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        if hasattr(getattr(sub, "jaxpr", sub), "eqns") and _has_convolution(sub):
+          return True
+  return False
+
+
 def _cast_floating(t: PyTree, dtype: Any) -> PyTree:
   return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, t)
 
@@ -333,6 +365,9 @@ class Objective:
       as class indices (static; found at construction when ``params`` are
       given, ``None`` otherwise): the labels were checked to lie in
       ``[0, num_classes)``, and :meth:`with_data` checks new ones.
+    batching: how :meth:`value` (the differentiated path) and the curvature
+      operators of :mod:`jaxscape.hessian` go over the batches (static; one
+      of :data:`BATCHINGS`). Set with :meth:`with_batching`.
   """
 
   apply: Apply
@@ -349,6 +384,7 @@ class Objective:
   layout: Any = directions.flax_layout
   num_classes: int | None = None
   total_weight: float | None = None
+  batching: str = "scan"
 
   def __post_init__(self):
     if self.total_weight is None:  # built without weights: every example counts once
@@ -371,6 +407,7 @@ class Objective:
       inputs: str | None = None,
       targets: str | None = None,
       weights: str | None = None,
+      batching: str = "auto",
   ) -> "Objective":
     """Objective of a plain ``apply_fn(params, x) -> outputs``.
 
@@ -411,10 +448,13 @@ class Objective:
       compute_dtype: dtype of the forward pass (e.g. ``jnp.bfloat16``); the
         losses are computed from outputs cast back to the parameters' dtype
         and summed in it. ``None``: the parameters' dtype.
+      batching: one of :data:`BATCHINGS` or ``"auto"`` (decided from
+        ``params``; see :meth:`with_batching`).
     """
     obj = cls._build(_Stateless(apply_fn), (), params, data, loss, batch_size, name, metrics, (), None,
                      (inputs, targets, weights))
-    return obj.with_first_layer(first_layer, params).with_compute_dtype(compute_dtype)
+    obj = obj.with_first_layer(first_layer, params).with_compute_dtype(compute_dtype)
+    return obj.with_batching(batching, params)
 
   @classmethod
   def from_stateful(
@@ -437,6 +477,7 @@ class Objective:
       inputs: str | None = None,
       targets: str | None = None,
       weights: str | None = None,
+      batching: str = "auto",
   ) -> "Objective":
     """Objective of a pure ``apply_fn(params, state, x) -> outputs`` with closed-over state.
 
@@ -452,7 +493,7 @@ class Objective:
       state: the model's non-trainable state (``{}`` if none).
       params: optional example parameters, to check the outputs fit the loss.
       data, loss, batch_size, name, metrics, first_layer, compute_dtype, inputs,
-        targets, weights: as in :meth:`from_apply`.
+        targets, weights, batching: as in :meth:`from_apply`.
       bn_policy: ``frozen`` or ``recompute`` (see :data:`BN_POLICIES`);
         recorded in :meth:`describe`.
       layout: the per-leaf rule of the parameters for filter normalisation
@@ -492,7 +533,8 @@ class Objective:
     else:
       obj = cls._build(apply_fn, state, params, data, loss, batch_size, name, metrics, extra, layout,
                        (inputs, targets, weights))
-    return obj.with_first_layer(first_layer, params).with_compute_dtype(compute_dtype)
+    obj = obj.with_first_layer(first_layer, params).with_compute_dtype(compute_dtype)
+    return obj.with_batching(batching, params)
 
   @classmethod
   def from_model(
@@ -512,6 +554,7 @@ class Objective:
       inputs: str | None = None,
       targets: str | None = None,
       weights: str | None = None,
+      batching: str = "auto",
   ) -> tuple["Objective", PyTree]:
     """Objective of a ``flax.nnx``, ``flax.linen`` or ``equinox`` model, and its trainable parameters.
 
@@ -536,6 +579,7 @@ class Objective:
         one (:func:`jaxscape.adapters.nnx.first_layer`: jaxscape's MLPs and
         ResNets), a :class:`FirstLayer`, or ``None`` (always the plain path).
       compute_dtype: dtype of the forward pass, as in :meth:`from_apply`.
+      batching: as in :meth:`from_apply`.
 
     Returns:
       ``(objective, params)``.
@@ -563,7 +607,8 @@ class Objective:
     obj = cls.from_stateful(split.apply, split.state, split.params, data=data, loss=loss, batch_size=batch_size,
                             name=name, metrics=metrics, bn_policy=bn_policy, first_layer=first_layer,
                             compute_dtype=compute_dtype, layout=split.layout, recompute_stats=stats,
-                            recompute_batches=recompute_batches, inputs=inputs, targets=targets, weights=weights)
+                            recompute_batches=recompute_batches, inputs=inputs, targets=targets, weights=weights,
+                            batching=batching)
     return obj, split.params
 
   @classmethod
@@ -659,7 +704,10 @@ class Objective:
     bs = _balanced(n, int(batch_size or self.batch_size))
     xb, yb, wb, total = _batch(x, y, w, bs)
     info.update(dataset=name or info.get("dataset", "data"), num_examples=n, batch_size=bs)
-    return dataclasses.replace(self, x=xb, y=yb, w=wb, num_examples=n, total_weight=total, info=tuple(info.items()))
+    # An unrolled value keeps to its batch limit on other data (a large test split scans).
+    batching = "scan" if int(wb.shape[0]) > UNROLL_MAX_BATCHES else self.batching
+    return dataclasses.replace(self, x=xb, y=yb, w=wb, num_examples=n, total_weight=total, info=tuple(info.items()),
+                               batching=batching)
 
   def with_first_layer(self, first_layer: FirstLayer | None, params: PyTree | None = None) -> "Objective":
     """The same objective with its first layer described (or, with ``None``, forgotten: plain path only).
@@ -676,6 +724,32 @@ class Objective:
     if params is not None:
       _check_first_layer(first_layer, self.apply, params, self.state, self.x[0])
     return dataclasses.replace(self, first_layer_spec=(first_layer, self.apply))
+
+  def with_batching(self, batching: str, params: PyTree | None = None) -> "Objective":
+    """The same objective going over its batches as ``batching`` says (see :data:`BATCHINGS`).
+
+    Args:
+      batching: ``"scan"``, ``"unroll"``, or ``"auto"``: ``"unroll"`` when the
+        default backend is the CPU, there are at most
+        :data:`UNROLL_MAX_BATCHES` batches and the model (traced on one batch
+        at ``params``, no FLOPs) contains a convolution; else ``"scan"``
+        (always ``"scan"`` without ``params``).
+      params: example parameters, for ``"auto"``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxscape as js
+      >>> obj = js.Objective.from_apply(lambda p, x: x @ p, jnp.ones((2, 3)), data=(jnp.ones((4, 2)), jnp.zeros(4, jnp.int32)))
+      >>> obj.batching, obj.with_batching("unroll").describe()["batching"]
+      ('scan', 'unroll')
+    """
+    if batching == "auto":
+      batching = "scan"
+      if params is not None and jax.default_backend() == "cpu" and self.num_batches <= UNROLL_MAX_BATCHES:
+        if _has_convolution(jax.make_jaxpr(lambda p: self.batch_sums(p, self.batch(0)))(params)):
+          batching = "unroll"
+    if batching not in BATCHINGS:
+      raise ValueError(f"batching must be one of {BATCHINGS} or 'auto'; got {batching!r}")
+    return dataclasses.replace(self, batching=batching)
 
   def with_compute_dtype(self, dtype: Any) -> "Objective":
     """The same objective with its forward pass in ``dtype`` (``None``: the parameters' dtype).
@@ -726,6 +800,8 @@ class Objective:
       d["first_layer"] = self.first_layer.name
     if self.compute_dtype is not None:
       d["compute_dtype"] = self.compute_dtype
+    if self.batching != "scan":
+      d["batching"] = self.batching
     return d
 
   def _to_compute(self, t: PyTree) -> PyTree:
@@ -825,8 +901,15 @@ class Objective:
     means = {k: v / jnp.asarray(count, _standard_result_type(v, count)) for k, v in sums.items()}
     return means.pop("loss"), means
 
-  def sum_over_batches(self, sums: Callable[[tuple[Any, Any, jax.Array]], PyTree]) -> PyTree:
-    """``Σ_b sums(batch b)`` over the objective's batches ``(x, y, w)``: one ``lax.scan``.
+  def sum_over_batches(self, sums: Callable[[tuple[Any, Any, jax.Array]], PyTree], batching: str = "scan") -> PyTree:
+    """``Σ_b sums(batch b)`` over the objective's batches ``(x, y, w)``, in batch order.
+
+    ``batching`` (one of :data:`BATCHINGS`): ``"scan"`` adds inside one
+    ``lax.scan``; ``"unroll"`` in a Python loop (one copy of ``sums`` per
+    batch in the program); the same additions in the same order either way.
+    The forward-only full sums (:meth:`loss`, surfaces) scan; the
+    differentiated paths (:meth:`value`, the Gauss-Newton product) pass
+    :attr:`batching`.
 
     The first batch initialises the carry, so the carry has the same
     sharding/varying-ness as the sums (needed inside ``shard_map``). With a
@@ -834,10 +917,17 @@ class Objective:
     compile its body, doubling the compiled program (its HVP, for curvature)
     for nothing.
     """
+    if batching not in BATCHINGS:
+      raise ValueError(f"batching must be one of {BATCHINGS}; got {batching!r}")
     batches = (self.x, self.y, self.w)
     first = sums(jax.tree.map(lambda b: b[0], batches))
     if self.num_batches == 1:
       return first
+    if batching == "unroll":
+      total = first
+      for i in range(1, self.num_batches):
+        total = jax.tree.map(jnp.add, total, sums(self.batch(i)))
+      return total
 
     def body(carry, batch):
       return jax.tree.map(jnp.add, carry, sums(batch)), None
@@ -845,20 +935,26 @@ class Objective:
     total, _ = jax.lax.scan(body, first, jax.tree.map(lambda b: b[1:], batches))
     return total
 
-  def full_sums(self, params: PyTree) -> dict[str, jax.Array]:
-    """Sums of per-example loss and metrics over the whole dataset (one scan)."""
-    return self.sum_over_batches(lambda batch: self.batch_sums(params, batch))
+  def full_sums(self, params: PyTree, batching: str = "scan") -> dict[str, jax.Array]:
+    """Sums of per-example loss and metrics over the whole dataset (see :meth:`sum_over_batches`)."""
+    return self.sum_over_batches(lambda batch: self.batch_sums(params, batch), batching)
 
   def value(self, params: PyTree) -> jax.Array:
-    """Full-data mean loss alone (differentiable: use it for gradients and HVPs)."""
-    return self.loss(params)[0]
+    """Full-data mean loss alone (differentiable: use it for gradients and HVPs).
+
+    It goes over the batches as :attr:`batching` says (:meth:`loss` always
+    scans); with ``"unroll"`` the value can differ from ``loss(params)[0]``
+    in the last bits (the same sums in the same order, compiled apart).
+    """
+    loss = self.full_sums(params, self.batching)["loss"]
+    return loss / jnp.asarray(self.total_weight, _standard_result_type(loss, self.total_weight))
 
 
 jax.tree_util.register_dataclass(
     Objective,
     data_fields=["x", "y", "w", "state"],
     meta_fields=["apply", "per_example", "metric_fns", "num_examples", "info", "first_layer_spec", "compute_dtype",
-                 "layout", "num_classes", "total_weight"],
+                 "layout", "num_classes", "total_weight", "batching"],
 )
 
 
