@@ -234,11 +234,13 @@ def operator(obj: Objective, params: PyTree, *, kind: str = "hessian",
     exact Hessian.
 
   With ``obj.batching == "unroll"`` (:data:`jaxscape.objective.BATCHINGS`:
-  convolutional nets on the CPU) ``matvec`` calls the product compiled as its
-  own program (``jax.pure_callback``; it works under ``jit`` and ``vmap``,
-  one product after another, and raises a ``ValueError`` under
-  differentiation), so loops over products run at a standalone product's
-  speed; 64-bit products stay inside the caller's program.
+  convolutional nets on the CPU) and a single CPU device, ``matvec`` calls
+  the product compiled as its own program (``jax.pure_callback``; it works
+  under ``jit`` and ``vmap``, one product after another, and raises a
+  ``ValueError`` under differentiation), so loops over products run at a
+  standalone product's speed. 64-bit products, and products where the
+  program may span several devices (several CPU devices, any accelerator),
+  stay inside the caller's program.
 
   Args:
     obj: the objective.
@@ -258,8 +260,11 @@ def operator(obj: Objective, params: PyTree, *, kind: str = "hessian",
     raise ValueError(f"kind must be one of {KINDS}; got {kind!r}")
   matvec, like = _operator(obj, params, kind, leaves)
   # 64-bit products stay in the program: a callback running outside the caller's enable_x64 context would
-  # receive its arguments cut to 32 bits.
-  if obj.batching != "unroll" or any(jnp.dtype(a.dtype).itemsize == 8 for a in jax.tree.leaves(like)):
+  # receive its arguments cut to 32 bits. So do products on several devices: a program sharded over several
+  # CPU devices holds the client's threads while its callbacks wait for the product's own program (a deadlock,
+  # seen with 8 CPU devices), and an accelerator's callback would queue behind the program that waits for it.
+  if (obj.batching != "unroll" or any(jnp.dtype(a.dtype).itemsize == 8 for a in jax.tree.leaves(like))
+      or jax.default_backend() != "cpu" or jax.device_count() != 1):
     return matvec, like
   product = functools.partial(_product, kind=kind, leaves=_static_leaves(leaves))
   shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), like)

@@ -82,10 +82,10 @@ BATCHINGS = ("scan", "unroll")
 * ``scan``: one ``lax.scan`` over the batches (a program of one batch's size
   whatever the number of batches). The default.
 * ``unroll``: a Python loop over the batches in :meth:`Objective.value` and
-  the Gauss-Newton product (one copy of the batch computation per batch), and
-  every curvature product of :func:`jaxscape.hessian.operator` compiled as its
-  own program, which the loops of Lanczos, Hutchinson, ... call (a host
-  callback). Chosen automatically (``batching="auto"``) for models with
+  the Gauss-Newton product (one copy of the batch computation per batch), and,
+  on a single CPU device, every curvature product of
+  :func:`jaxscape.hessian.operator` compiled as its own program, which the
+  loops of Lanczos, Hutchinson, ... call (a host callback). Chosen automatically (``batching="auto"``) for models with
   convolutions on the CPU with at most :data:`UNROLL_MAX_BATCHES` batches:
   XLA's CPU compiler lowers the gradient of a convolution to a fast library
   call only outside loops; inside a ``lax.scan`` or ``while_loop`` body it
