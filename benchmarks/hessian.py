@@ -23,8 +23,9 @@ compilation excluded and reported separately):
 * curvature of a convolutional net (:func:`conv_curvature`): a 9,930-parameter
   linen CNN over the 8x8 digits; a full-data HVP through the scan over batches
   (``batching="scan"``) and with the objective's automatic strategy
-  (``"unroll"`` on the CPU), and a Lanczos step of ``hessian.eigenvalues``,
-  each against one standalone jitted HVP on all 1797 digits at once;
+  (``"unroll"`` on the CPU), a Lanczos step of ``hessian.eigenvalues`` and
+  the default ``hessian.trace`` (seconds, HVPs), each against one standalone
+  jitted HVP on all 1797 digits at once;
 * trace calibration on the 3,466-parameter 64-32-32-10 MLP in float64
   (:func:`trace_calibration`): HVPs to SE < 1 % for Hutchinson and Hutch++
   (sketch sizes 10/20/40) over a few keys, and the share of ``--trace-keys``
@@ -245,6 +246,12 @@ def conv_curvature(*, reps: int = 3, lanczos_steps: int = 20) -> None:
   per = t / int(res.num_hvps)
   print(f"Lanczos, batching {obj.batching!r} ({int(res.num_hvps)} HVPs): {1e3 * per:.1f} ms per HVP = "
         f"{per / t_one:.2f} x standalone (compile {c:.1f} s); top eigenvalue {float(res.values[0]):.4f}")
+  run = lambda: js.hessian.trace(jax.random.key(3), obj, params)  # the defaults: Hutch++ to 1 % standard error
+  t, c, tr, _ = timed(run, reps=1)
+  per = t / int(tr.num_hvps)
+  print(f"trace (defaults), batching {obj.batching!r}: {t:.1f} s, {int(tr.num_hvps)} HVPs, {1e3 * per:.1f} ms per HVP = "
+        f"{per / t_one:.2f} x standalone (compile {c:.1f} s); estimate {float(tr.estimate):.3f} +- "
+        f"{float(tr.ci95):.3f}, converged {bool(tr.converged)}")
 
 
 def main():
