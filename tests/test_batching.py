@@ -64,6 +64,7 @@ def test_unroll_matches_scan_and_one_batch_in_float64(x64, dict_batch):
   assert auto.num_batches == 4 and float(auto.w[-1].sum()) > 0 and int((auto.w[-1] > 0).sum()) == 1
   assert "scan[" not in str(jax.make_jaxpr(auto.value)(p)) and "scan[" in str(jax.make_jaxpr(scan.value)(p))
   v = tree.normal_like(jax.random.key(1), p)
+  assert "pure_callback" not in str(jax.make_jaxpr(lambda u: hessian.hvp(auto, p, u))(v))  # 64-bit stays in program
   for o in (auto, scan):
     np.testing.assert_allclose(float(o.value(p)), float(one.value(p)), rtol=1e-12)
     _close(jax.grad(o.value)(p), jax.grad(one.value)(p), 1e-12)
