@@ -3,11 +3,16 @@
 A 51×51 filter-normalised grid for a 64-256-256-10 ReLU MLP over all 1797
 scikit-learn digits. Printed, all measured in this run:
 
-* jaxscape points/second (compilation excluded, reported separately);
+* jaxscape points/second (compilation excluded, reported separately), on the
+  plain path (every layer per point) and the affine first-layer path
+  (:class:`jaxscape.FirstLayer`: the 64-wide first layer runs once per
+  direction and chunk; what ``Objective.from_model`` picks for jaxscape's MLPs);
 * a per-point loop (one jitted full-data loss per grid point: the original
-  loss-landscape tool's algorithm) points/second, and the ratio;
-* achieved forward GFLOP/s (2·N·(64·256 + 256·256 + 256·10) per point) and
-  this machine's float32 matmul GFLOP/s (a 2048³ matmul), and the ratio;
+  loss-landscape tool's algorithm) points/second, and the ratios;
+* achieved GFLOP/s: forward-equivalent (2·N·(64·256 + 256·256 + 256·10) per
+  point, what a per-point evaluation computes) and executed (the affine path
+  computes less), against this machine's float32 matmul GFLOP/s (a 2048³
+  matmul, measured before and after; their mean);
 * peak RSS of a 21×21 and a 101×101 grid, each in a fresh process.
 
 Run: ``make bench`` (or ``python benchmarks/surface.py [--num 51]``).
@@ -40,7 +45,18 @@ def mlp(params, x):
   return x
 
 
-def setup():
+def after_first_layer(params, state, z):
+  """The MLP after its first layer's pre-activation ``z`` (the ``rest`` of :class:`jaxscape.FirstLayer`)."""
+  del state
+  return mlp(params[1:], jax.nn.relu(z))
+
+
+def setup(first_layer: bool = False):
+  """The digits MLP's objective, centre and two filter-normalised directions.
+
+  With ``first_layer`` the objective knows the first Dense layer (the affine
+  path: the first layer runs once per direction and chunk, not once per point).
+  """
   d = load_digits()
   x, y = (d.data / 16.0).astype(np.float32), d.target.astype(np.int32)
   key = jax.random.key(0)
@@ -48,13 +64,21 @@ def setup():
   for i, (a, b) in enumerate(zip(WIDTHS[:-1], WIDTHS[1:])):
     k = jax.random.fold_in(key, i)
     params.append({"kernel": jax.random.normal(k, (a, b)) * np.sqrt(2.0 / a), "bias": jnp.zeros(b)})
-  obj = js.Objective.from_apply(mlp, params, data=(x, y), batch_size=512, name="digits")
+  fl = js.FirstLayer.dense((0,), after_first_layer, name="dense 0") if first_layer else None
+  obj = js.Objective.from_apply(mlp, params, data=(x, y), batch_size=512, name="digits", first_layer=fl)
   dirs = js.random_directions(jax.random.key(1), params, n=2, norm="filter", ignore="biasbn")
   return obj, params, dirs
 
 
 def flops_per_point(n: int) -> float:
+  """Forward FLOPs of one grid point over ``n`` examples (the matmuls; what a per-point evaluation computes)."""
   return 2.0 * n * sum(a * b for a, b in zip(WIDTHS[:-1], WIDTHS[1:]))
+
+
+def executed_flops_per_point(n: int, chunk: int, directions: int = 2) -> float:
+  """Matmul FLOPs the affine path executes per point: the first layer ``directions + 1`` times per chunk."""
+  first = 2.0 * n * WIDTHS[0] * WIDTHS[1]
+  return flops_per_point(n) - first + first * (directions + 1) / chunk
 
 
 def matmul_gflops(n: int = 2048, reps: int = 10, dtype=jnp.float32) -> float:
@@ -68,13 +92,14 @@ def matmul_gflops(n: int = 2048, reps: int = 10, dtype=jnp.float32) -> float:
   return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
 
 
-def time_jaxscape(obj, params, dirs, num: int) -> tuple[float, float]:
+def time_jaxscape(obj, params, dirs, num: int) -> tuple[float, float, int]:
+  """``(points/s, compile seconds, chunk size)`` of a ``num x num`` surface at the default chunk size."""
   grid = dict(x=(-1, 1, num), y=(-1, 1, num), quiet=True)
   t = time.perf_counter()
   js.loss_surface(obj, params, dirs, x=(-1, 1, 3), y=(-1, 1, 3), quiet=True)  # compile (same chunk shape)
   compile_s = time.perf_counter() - t
   surf = js.loss_surface(obj, params, dirs, **grid)
-  return surf.meta["points_per_second"], compile_s
+  return surf.meta["points_per_second"], compile_s, surf.meta["chunk_size"]
 
 
 def time_per_point(obj, params, dirs, num_points: int) -> float:
@@ -108,19 +133,23 @@ def main() -> None:
     return rss_child(args.rss_child)
 
   obj, params, dirs = setup()
+  affine = setup(first_layer=True)[0]
   n = obj.num_examples
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}  jax {jax.__version__}")
   print(f"model 64-256-256-10 ReLU ({js.tree.size(params)} params), {n} digits, grid {args.num}x{args.num}")
-  peak = matmul_gflops()
-  pps, compile_s = time_jaxscape(obj, params, dirs, args.num)
+  peaks = [matmul_gflops()]
+  rows = {name: time_jaxscape(o, params, dirs, args.num) for name, o in (("plain", obj), ("affine", affine))}
   loop_pps = time_per_point(obj, params, dirs, args.loop_points)
-  achieved = pps * flops_per_point(n) / 1e9
-  print(f"jaxscape:        {pps:10.1f} points/s   (compile {compile_s:.1f} s)")
-  print(f"per-point loop:  {loop_pps:10.1f} points/s")
-  print(f"speed-up:        {pps / loop_pps:10.2f} x")
-  print(f"achieved:        {achieved:10.1f} GFLOP/s (forward FLOPs)")
-  print(f"matmul peak:     {peak:10.1f} GFLOP/s (float32 2048^3)")
-  print(f"fraction of peak:{achieved / peak:10.2f}")
+  peaks.append(matmul_gflops())
+  peak = float(np.mean(peaks))
+  print(f"matmul:          {peaks[0]:10.1f} then {peaks[1]:.1f} GFLOP/s (float32 2048^3; their mean is the peak)")
+  print(f"per-point loop:  {loop_pps:10.1f} points/s   {loop_pps * flops_per_point(n) / 1e9 / peak:5.2f} of peak")
+  for name, (pps, compile_s, chunk) in rows.items():
+    equivalent = pps * flops_per_point(n) / 1e9
+    executed = pps * (executed_flops_per_point(n, chunk) if name == "affine" else flops_per_point(n)) / 1e9
+    print(f"jaxscape {name:7s} {pps:10.1f} points/s   chunk {chunk}, compile {compile_s:.1f} s; "
+          f"{pps / loop_pps:.2f} x the loop; forward-equivalent {equivalent:.1f} GFLOP/s = {equivalent / peak:.2f} "
+          f"of peak; executed {executed:.1f} GFLOP/s = {executed / peak:.2f} of peak")
   if not args.no_rss:
     rss = {}
     for num in (21, 101):
