@@ -10,6 +10,7 @@ if [ ! -x "$ROOT/usr/bin/python3" ]; then
 fi
 cp /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/ssl/certs/ca-certificates.crt"  # a proxy's CA, if there is one
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+cp /etc/hosts "$ROOT/etc/hosts"  # this host's own name: gloo (the 2-process test) resolves it
 mountpoint -q "$ROOT/proc" || mount --bind /proc "$ROOT/proc"
 mkdir -p "$ROOT/repo"
 mountpoint -q "$ROOT/repo" || mount --bind "$REPO" "$ROOT/repo"
