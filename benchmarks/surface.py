@@ -13,6 +13,9 @@ scikit-learn digits. Printed, all measured in this run:
   point, what a per-point evaluation computes) and executed (the affine path
   computes less), against this machine's float32 matmul GFLOP/s (a 2048³
   matmul, measured before and after; their mean);
+* the ceiling (:func:`ceiling`): each op of the forward pass (the three
+  matmuls, bias + ReLU, the cross-entropy) timed alone over a chunk's points,
+  their sum and the whole pass in plain JAX, as fractions of the matmul rate;
 * peak RSS of a 21×21 and a 101×101 grid, each in a fresh process.
 
 Run: ``make bench`` (or ``python benchmarks/surface.py [--num 51]``).
@@ -116,6 +119,47 @@ def time_per_point(obj, params, dirs, num_points: int) -> float:
   return num_points / (time.perf_counter() - t)
 
 
+def _seconds(f, *args, reps: int = 20) -> float:
+  jax.block_until_ready(f(*args))
+  t = time.perf_counter()
+  for _ in range(reps):
+    out = f(*args)
+  jax.block_until_ready(out)
+  return (time.perf_counter() - t) / reps
+
+
+def ceiling(n: int, points: int, peak: float) -> None:
+  """Where the time of a forward pass over ``points`` grid points goes: each op of the MLP timed alone.
+
+  The same work as a chunk of the surface in plain JAX (all ``n`` examples at
+  once, the points vmapped): each layer's batched matmul, the bias + ReLU and
+  the cross-entropy, alone, and the whole forward pass. The sum of the parts
+  bounds what any evaluation of this network reaches with these XLA kernels.
+  """
+  key = jax.random.key(0)
+  mm = jax.jit(lambda h, w: jnp.einsum("pbi,pij->pbj", h, w))
+  total = 0.0
+  for a, b in zip(WIDTHS[:-1], WIDTHS[1:]):
+    t = _seconds(mm, jax.random.normal(key, (points, n, a)), jax.random.normal(key, (points, a, b)))
+    total += t
+    print(f"  matmul [{points},{n},{a}] x [{points},{a},{b}]: {1e3 * t:.2f} ms, "
+          f"{2 * points * n * a * b / t / 1e9 / peak:.2f} of peak")
+  t = _seconds(jax.jit(lambda h, b: jax.nn.relu(h + b)), jax.random.normal(key, (points, n, 256)),
+               jnp.zeros((points, 1, 256)))
+  total += 2 * t
+  print(f"  bias + ReLU [{points},{n},256]: {1e3 * t:.2f} ms (twice)")
+  t = _seconds(jax.jit(lambda z: jax.nn.logsumexp(z, -1) - z[..., 0]), jax.random.normal(key, (points, n, 10)))
+  total += t
+  print(f"  cross-entropy [{points},{n},10]: {1e3 * t:.2f} ms")
+  params = [{"kernel": jax.random.normal(key, (points, a, b)) * 0.1, "bias": jnp.zeros((points, b))}
+            for a, b in zip(WIDTHS[:-1], WIDTHS[1:])]
+  x = jax.random.normal(key, (n, WIDTHS[0]))
+  whole = _seconds(jax.jit(jax.vmap(lambda p: jax.nn.logsumexp(mlp(p, x), -1).sum())), params)
+  work = points * flops_per_point(n) / 1e9
+  print(f"  sum of the parts: {1e3 * total:.2f} ms = {work / total / peak:.2f} of peak; the whole forward pass in "
+        f"plain JAX: {1e3 * whole:.2f} ms = {work / whole / peak:.2f} of peak")
+
+
 def rss_child(num: int) -> None:
   obj, params, dirs = setup()
   js.loss_surface(obj, params, dirs, x=(-1, 1, num), y=(-1, 1, num), quiet=True)
@@ -150,6 +194,8 @@ def main() -> None:
     print(f"jaxscape {name:7s} {pps:10.1f} points/s   chunk {chunk}, compile {compile_s:.1f} s; "
           f"{pps / loop_pps:.2f} x the loop; forward-equivalent {equivalent:.1f} GFLOP/s = {equivalent / peak:.2f} "
           f"of peak; executed {executed:.1f} GFLOP/s = {executed / peak:.2f} of peak")
+  print(f"ceiling: the forward pass of {rows['plain'][2]} points over all {n} digits, op by op (plain JAX):")
+  ceiling(n, rows["plain"][2], peak)
   if not args.no_rss:
     rss = {}
     for num in (21, 101):
