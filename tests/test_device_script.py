@@ -29,6 +29,25 @@ def _driver():
   return module
 
 
+def _known_bf16_nan() -> bool:
+  """Whether this jax computes the bfloat16 projection block of scripts/bf16_cpu_nan.py as NaN under jit.
+
+  jax 0.12's CPU backend does (an upstream regression; eager evaluation is finite). Then, and only then,
+  the rehearsal's bfloat16 ResNet surface may be refused at its centre (``NonFiniteOriginError``) — the
+  library's correct answer to a NaN loss — and every other row must still be there.
+  """
+  spec = importlib.util.spec_from_file_location("bf16_cpu_nan", os.path.join(ROOT, "scripts", "bf16_cpu_nan.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  eager, jitted = module.reproduces()
+  return eager and not jitted
+
+
+def _excused(row, known_nan: bool) -> bool:
+  return (known_nan and row["part"] == "resnet56-short" and row["variant"].endswith("bfloat16")
+          and row["figure"] == "error" and str(row["value"]).startswith("NonFiniteOriginError"))
+
+
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
   out = tmp_path_factory.mktemp("device")
@@ -46,13 +65,15 @@ def dry_run(tmp_path_factory):
 def test_every_figure_is_in_the_table(dry_run):
   out, stdout, raw = dry_run
   rows = raw["rows"]
-  errors = [r for r in rows if r["figure"] in ("error", "skipped")]
+  known_nan = _known_bf16_nan()
+  errors = [r for r in rows if r["figure"] in ("error", "skipped") and not _excused(r, known_nan)]
   assert not errors, errors
   assert all(p["status"] == "ok" for p in raw["env"]["parts"].values()), raw["env"]["parts"]
   figures = {(r["part"], r["variant"], r["figure"]) for r in rows}
   expected = {("matmul", d, "matmul") for d in ("bfloat16", "float32")}
-  for dtype in ("bfloat16", "float32"):
+  for dtype in ("float32",) if known_nan else ("bfloat16", "float32"):
     expected |= {("resnet56-short", f"ResNet-8 {dtype}", f) for f in SURFACE_FIGURES}
+  for dtype in ("bfloat16", "float32"):
     expected |= {("transformer", f"d16 x2 layers, T=16 {dtype}", f) for f in SURFACE_FIGURES}
   expected |= {("hvp56", "ResNet-8 float32", f) for f in ("HVPs/s", "top-5 eigenvalues", "top-5 time", "top-5 HVPs",
                                                           "top-5 certified")}
@@ -80,7 +101,7 @@ def test_the_figures_are_sane(dry_run):
       assert isinstance(r["value"], float) and r["value"] >= 0, r
       if figure != "compile":
         assert r["value"] > 0, r
-  for dtype in ("bfloat16", "float32"):
+  for dtype in ("float32",) if _known_bf16_nan() else ("bfloat16", "float32"):
     r = value[("resnet56-short", f"ResNet-8 {dtype}", "points/s")]
     grid = value[("resnet56-short", f"ResNet-8 {dtype}", "3x3 grid")]
     assert grid["note"] == "measured"  # the dry run's grid always fits its budget
