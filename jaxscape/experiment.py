@@ -37,6 +37,7 @@ import jax
 import numpy as np
 
 from . import adapters, data, hessian, models, sharpness, signals, stats, train, tree
+from . import io as jio
 from .directions import interpolation_direction, random_directions
 from .objective import Objective
 from .surface import default_chunk_size, loss_surface
@@ -278,8 +279,6 @@ def run(module: Any, argv: Sequence[str] | None = None, *,
   runners pass :func:`jaxscape.plot.html_views`; the harness never imports
   plotting) writes interactive views that the report links.
   """
-  from . import io as jio
-
   spec = getattr(module, "__spec__", None)
   name = (spec.name if spec is not None else module.__name__).rsplit(".", 1)[-1]
   parser = argparse.ArgumentParser(prog=f"experiments.{name}", description=(module.__doc__ or "").strip().splitlines()[0])
@@ -382,8 +381,6 @@ def _local_file(run_dir: str, target: str) -> str | None:
 
 def _run_summary(run_dir: str) -> dict[str, Any]:
   """What the gallery shows of one run, read from its ``report.md`` and ``config.json``."""
-  from . import io as jio
-
   entry = os.path.basename(run_dir)
   with open(os.path.join(run_dir, "report.md")) as f:
     lines = f.read().splitlines()

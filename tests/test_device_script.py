@@ -7,6 +7,7 @@ sizes. The three ResNet parts left out (``resnet56-noshort``,
 ``resnet56-short`` with another depth or without shortcuts.
 """
 
+import functools
 import importlib.util
 import json
 import os
@@ -29,6 +30,7 @@ def _driver():
   return module
 
 
+@functools.lru_cache(maxsize=None)
 def _known_bf16_nan() -> bool:
   """Whether this jax computes the bfloat16 projection block of scripts/bf16_cpu_nan.py as NaN under jit.
 
